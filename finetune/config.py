@@ -1,0 +1,257 @@
+"""The one typed configuration of a fine-tuning run, shared by YAML files, the command line and the web app.
+
+Field names follow transformers' example scripts. Every field carries its help text in
+``metadata["help"]``: the CLI's ``--help``, the web form and the commented YAMLs all read it from here.
+Values may arrive as strings (command line, YAML scalars like ``2e-4``); ``TrainConfig.from_dict``
+coerces them to the annotated types and reports every problem at once, before any model loads.
+"""
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from finetune.errors import ConfigError
+
+TaskName = Literal["causal-lm", "text-classification", "image-classification"]
+SchedulerName = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+TASKS = typing.get_args(TaskName)
+
+# Learning rates when none is given. LoRA adapters start at zero and need a larger step than
+# full fine-tuning; a freshly initialised classification head needs a larger one still.
+DEFAULT_LORA_LR = 2e-4
+DEFAULT_FULL_LR = 2e-5
+DEFAULT_HEAD_LR = 2e-3
+
+
+def _help(text: str, **kwargs) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """A fine-tuning run: which checkpoint, which data, how to train it, where to write it."""
+
+    model_name_or_path: str = _help("Hub id (e.g. gpt2, bert-base-uncased) or local path of the base checkpoint.")
+    train_file: str = _help(
+        "Training data: .txt/.csv/.jsonl for text; an image folder, .zip, or .csv/.jsonl of image paths for images."
+    )
+    output_dir: str = _help("Run directory to write: config, status, events, metrics, adapter and checkpoints.")
+    task: Optional[TaskName] = _help(
+        "What to train. Inferred from the checkpoint when absent (GPT-2: causal-lm, BERT: text-classification,"
+        " ViT/ResNet: image-classification).",
+        default=None,
+    )
+    validation_file: Optional[str] = _help("Evaluation data in the same format; split off train_file when absent.", default=None)
+    validation_split_percentage: float = _help(
+        "Percent of train_file held out for evaluation when no validation_file is given.", default=10.0
+    )
+    text_column: Optional[str] = _help("Column holding the text; guessed from the data when absent.", default=None)
+    label_column: Optional[str] = _help("Column holding the class label; guessed when absent.", default=None)
+    image_column: Optional[str] = _help("Column holding image file paths (csv/jsonl image data); guessed when absent.", default=None)
+    num_train_epochs: float = _help("Passes over the training data (ignored when max_steps > 0).", default=5.0)
+    max_steps: int = _help("Total optimizer steps; overrides num_train_epochs when > 0.", default=-1)
+    per_device_train_batch_size: int = _help("Training examples per device per forward pass.", default=8)
+    per_device_eval_batch_size: int = _help("Evaluation examples per device per forward pass.", default=16)
+    learning_rate: Optional[float] = _help(
+        f"Peak learning rate. Default: {DEFAULT_LORA_LR} for LoRA, {DEFAULT_FULL_LR} for full fine-tuning.", default=None
+    )
+    head_learning_rate: Optional[float] = _help(
+        f"Peak learning rate of a newly initialised classification head. Default: {DEFAULT_HEAD_LR} with LoRA,"
+        " learning_rate with full fine-tuning.",
+        default=None,
+    )
+    weight_decay: float = _help("AdamW weight decay (not applied to biases and norms).", default=0.0)
+    warmup_ratio: float = _help("Fraction of training steps spent warming the learning rate up from 0.", default=0.1)
+    lr_scheduler_type: SchedulerName = _help("Learning-rate schedule after warmup.", default="linear")
+    gradient_accumulation_steps: int = _help("Forward passes accumulated per optimizer step.", default=1)
+    max_grad_norm: float = _help("Gradient clipping norm; 0 disables clipping.", default=1.0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = _help("Mixed precision on GPU (bf16 on CPU too).", default="no")
+    seed: int = _help("Random seed for data split, shuffling, head initialisation and dropout.", default=42)
+    logging_steps: int = _help("Write a train event every this many optimizer steps.", default=10)
+    eval_steps: Optional[int] = _help("Evaluate every this many optimizer steps; default once per epoch.", default=None)
+    save_steps: Optional[int] = _help("Save a resumable checkpoint every this many steps; default once per epoch.", default=None)
+    save_total_limit: Optional[int] = _help("Keep at most this many checkpoints (oldest deleted); all when absent.", default=2)
+    max_seq_length: Optional[int] = _help(
+        "Token length for text classification; default: the longest example (95th percentile), capped at the model's limit.",
+        default=None,
+    )
+    block_size: Optional[int] = _help(
+        "Token block length for causal LM; default: the model's context, capped at 512 and at what the data fills.",
+        default=None,
+    )
+    finetune_method: Literal["lora", "full"] = _help("lora trains a small adapter; full trains every weight.", default="lora")
+    lora_r: int = _help("LoRA rank: size of the low-rank update.", default=16)
+    lora_alpha: float = _help("LoRA scaling numerator (update is scaled by alpha / r).", default=32.0)
+    lora_dropout: float = _help("Dropout on the LoRA input.", default=0.05)
+    lora_target_modules: Optional[list[str]] = _help(
+        "Module names to adapt (e.g. c_attn or query,value); discovered from the model when absent.", default=None
+    )
+    resume_from_checkpoint: Optional[Union[bool, str]] = _help(
+        "Checkpoint directory to resume from, or true for the latest one in output_dir/checkpoints.", default=None
+    )
+    early_stopping_patience: Optional[int] = _help(
+        "Stop after this many evaluations without a better eval loss; never when absent.", default=None
+    )
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems)
+
+    def problems(self) -> list[str]:
+        """Every invalid value, one message each (empty when the config is valid)."""
+        p = []
+        for name in ("model_name_or_path", "train_file", "output_dir"):
+            if not str(getattr(self, name) or "").strip():
+                p.append(f"{name}: required, got nothing")
+        positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                    "logging_steps", "lora_r", "eval_steps", "save_steps", "save_total_limit", "max_seq_length",
+                    "block_size", "early_stopping_patience")
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                p.append(f"{name}: must be a positive integer, got {value}")
+        for name in ("learning_rate", "head_learning_rate", "num_train_epochs", "lora_alpha"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                p.append(f"{name}: must be a positive number, got {value}")
+        for name in ("weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                p.append(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name, upper in (("warmup_ratio", 1.0), ("lora_dropout", 1.0)):
+            if not 0 <= getattr(self, name) < upper:
+                p.append(f"{name}: must be in [0, {upper}), got {getattr(self, name)}")
+        if not 0 < self.validation_split_percentage < 100:
+            p.append(f"validation_split_percentage: must be between 0 and 100, got {self.validation_split_percentage}")
+        return p
+
+    @property
+    def learning_rate_or_default(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return DEFAULT_LORA_LR if self.finetune_method == "lora" else DEFAULT_FULL_LR
+
+    @property
+    def head_learning_rate_or_default(self) -> float:
+        if self.head_learning_rate is not None:
+            return self.head_learning_rate
+        return DEFAULT_HEAD_LR if self.finetune_method == "lora" else self.learning_rate_or_default
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from loosely typed values (YAML, CLI strings, form fields), listing every problem at once."""
+        hints = typing.get_type_hints(cls)
+        problems = [f"{key}: unknown setting (known settings: see --help)" for key in values if key not in hints]
+        coerced = {}
+        for key, raw in values.items():
+            if key in hints:
+                try:
+                    coerced[key] = coerce(raw, hints[key])
+                except ValueError as err:
+                    problems.append(f"{key}: {err}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in coerced]
+        problems += [f"{name}: required, got nothing" for name in missing]
+        if problems:
+            # Still validate what could be read, so the user sees every problem in one go.
+            filled = {f.name: "x" for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+            problems += _value_problems(cls, {**filled, **coerced})
+            raise ConfigError(problems)
+        return cls(**coerced)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Optional[dict[str, Any]] = None) -> "TrainConfig":
+        return cls.from_dict({**read_yaml(path), **(overrides or {})})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _value_problems(cls: type, values: dict[str, Any]) -> list[str]:
+    try:
+        cls(**values)
+    except ConfigError as err:
+        return err.problems
+    return []
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"--config: file {path} does not exist; expected a YAML file of run settings"])
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError([f"--config: {path} is not valid YAML ({err})"]) from err
+    if not isinstance(values, dict):
+        raise ConfigError([f"--config: {path} must hold a mapping of setting: value, got {type(values).__name__}"])
+    return values
+
+
+def field_help() -> dict[str, str]:
+    """Help text of every field, by name."""
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
+
+
+def coerce(raw: Any, annotation: Any) -> Any:
+    """Convert ``raw`` to ``annotation`` (str, int, float, bool, Literal, list[str], Optional/Union of those)."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("none", "null", "")):
+            if type(None) in options:
+                return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return coerce(raw, option)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(" or ".join(errors))
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if raw not in choices:
+            raise ValueError(f"expected one of {', '.join(map(str, choices))}, got {raw!r}")
+        return raw
+    if origin is list:
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"expected a list of names, got {raw!r}")
+        return [str(item).strip() for item in items if str(item).strip()]
+    return _coerce_scalar(raw, annotation)
+
+
+def _coerce_scalar(raw: Any, annotation: type) -> Any:
+    if annotation is bool:
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in ("true", "yes", "1", "false", "no", "0"):
+            return str(raw).lower() in ("true", "yes", "1")
+        raise ValueError(f"expected true or false, got {raw!r}")
+    if annotation is int:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError(f"expected an integer, got {raw!r}")
+        try:
+            return int(float(raw)) if isinstance(raw, str) and "e" in raw.lower() else int(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+    if annotation is float:
+        if isinstance(raw, bool):
+            raise ValueError(f"expected a number, got {raw!r}")
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {raw!r}") from None
+    if annotation is str:
+        if isinstance(raw, (dict, list)):
+            raise ValueError(f"expected text, got {raw!r}")
+        return str(raw)
+    raise TypeError(f"unsupported annotation {annotation}")

@@ -1,0 +1,85 @@
+"""What every task provides to the training recipe, and the parts classification tasks share."""
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import DatasetDict
+from transformers import PreTrainedModel
+
+from finetune.config import TrainConfig
+from finetune.data import Columns, load_splits
+from finetune.lora import new_head_modules
+
+
+class Task:
+    """A training task: how to load the model and processor, encode data, and score predictions."""
+
+    name: str
+    auto_model_class: Any
+
+    def load_processor(self, model_name_or_path: str) -> Any:
+        raise NotImplementedError
+
+    def model_kwargs(self, labels: Optional[list[str]], processor: Any) -> dict:
+        """Extra from_pretrained arguments (label maps for classification heads)."""
+        return {}
+
+    def load_model(self, model_name_or_path: str, labels: Optional[list[str]], processor: Any) -> tuple[PreTrainedModel, list[str]]:
+        """The model and the names of its freshly initialised modules (which must be trained in full)."""
+        model, info = self.auto_model_class.from_pretrained(
+            model_name_or_path, output_loading_info=True, **self.model_kwargs(labels, processor))
+        missing = list(info.get("missing_keys", [])) + [m[0] if isinstance(m, tuple) else m
+                                                       for m in info.get("mismatched_keys", [])]
+        return model, new_head_modules(model, missing)
+
+    def load_data(self, cfg: TrainConfig, workdir: Path) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
+        """Raw train/validation splits, the resolved columns and the class names (None without labels)."""
+        given = Columns(text=cfg.text_column, label=cfg.label_column, image=cfg.image_column)
+        return load_splits(cfg.train_file, cfg.validation_file, self.name, given, cfg.validation_split_percentage,
+                           cfg.seed, workdir)
+
+    def encode(self, cfg: TrainConfig, data: DatasetDict, columns: Columns, processor: Any,
+               model: PreTrainedModel) -> tuple[DatasetDict, dict]:
+        """Model inputs for train/validation and the data-derived settings it chose (e.g. max_seq_length)."""
+        raise NotImplementedError
+
+    def collate_fn(self, processor: Any):
+        raise NotImplementedError
+
+    def eval_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        """Per-example (or per-token) tensors to gather across processes for the metrics."""
+        raise NotImplementedError
+
+    def compute_metrics(self, gathered: dict[str, np.ndarray], num_labels: Optional[int]) -> dict:
+        raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    """Shared by text and image classification: a head over ``labels``, accuracy/F1 metrics."""
+
+    def model_kwargs(self, labels: Optional[list[str]], processor: Any) -> dict:
+        return {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+            # The checkpoint's own head (e.g. ImageNet's 1000 classes) is replaced by a new one.
+            "ignore_mismatched_sizes": True,
+        }
+
+    def eval_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        labels = batch["labels"]
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+        return {
+            "loss": F.cross_entropy(logits, labels, reduction="none"),
+            "predictions": logits.argmax(dim=-1),
+            "references": labels,
+        }
+
+    def compute_metrics(self, gathered: dict[str, np.ndarray], num_labels: Optional[int]) -> dict:
+        from evaluation.metrics import classification_metrics
+
+        metrics = classification_metrics(gathered["predictions"], gathered["references"], num_labels=num_labels)
+        return {"eval_loss": float(np.mean(gathered["loss"])), **metrics}

@@ -1,0 +1,102 @@
+"""Causal language modelling (GPT-2): texts are tokenized, joined and cut into blocks of block_size tokens."""
+
+import logging
+from itertools import chain
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import DatasetDict
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, default_data_collator
+
+from finetune.config import TrainConfig
+from finetune.data import Columns
+from finetune.errors import UserError
+from finetune.tasks.base import Task
+
+logger = logging.getLogger(__name__)
+
+# Longest block chosen by default (tokens): longer blocks cost memory quadratically for little gain
+# on the small data sets people fine-tune on.
+DEFAULT_MAX_BLOCK = 512
+# Shortest block the default will shrink to, and how many training blocks it aims to keep, so that a
+# small file still yields enough examples to learn from.
+MIN_BLOCK, TARGET_BLOCKS = 32, 64
+
+
+def load_tokenizer(model_name_or_path: str):
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    if tokenizer.pad_token is None:
+        # GPT-2 has no padding token; padded positions are masked anyway, so eos serves.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def model_max_length(model: PreTrainedModel, tokenizer) -> int:
+    config_limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    limits = [n for n in (config_limit, tokenizer.model_max_length) if n and n < 1_000_000]
+    return min(limits) if limits else DEFAULT_MAX_BLOCK
+
+
+class CausalLMTask(Task):
+    name = "causal-lm"
+    auto_model_class = AutoModelForCausalLM
+
+    def load_processor(self, model_name_or_path: str) -> Any:
+        return load_tokenizer(model_name_or_path)
+
+    def encode(self, cfg: TrainConfig, data: DatasetDict, columns: Columns, processor: Any,
+               model: PreTrainedModel) -> tuple[DatasetDict, dict]:
+        tokenizer = processor
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+        def tokenize(batch):
+            # eos between documents so the model learns where one ends.
+            return {"input_ids": [tokenizer(str(t or ""))["input_ids"] + eos for t in batch[columns.text]]}
+
+        tokenized = data.map(tokenize, batched=True, remove_columns=data["train"].column_names)
+        block_size = cfg.block_size or self._default_block_size(tokenized, model_max_length(model, tokenizer))
+        if cfg.block_size and cfg.block_size > model_max_length(model, tokenizer):
+            raise UserError(f"block_size: {cfg.block_size} exceeds the model's context of "
+                            f"{model_max_length(model, tokenizer)} tokens")
+        grouped = tokenized.map(lambda b: _group_texts(b, block_size), batched=True)
+        for split, table in grouped.items():
+            if len(table) == 0:
+                raise UserError(f"{'train_file' if split == 'train' else 'validation data'}: has fewer than "
+                                f"block_size={block_size} tokens; add text or lower block_size")
+        return grouped, {"block_size": block_size}
+
+    @staticmethod
+    def _default_block_size(tokenized: DatasetDict, context: int) -> int:
+        total_tokens = sum(len(ids) for ids in tokenized["train"]["input_ids"])
+        validation_tokens = sum(len(ids) for ids in tokenized["validation"]["input_ids"])
+        block = min(context, DEFAULT_MAX_BLOCK)
+        while block > MIN_BLOCK and (total_tokens // block < TARGET_BLOCKS or validation_tokens < block):
+            block //= 2
+        logger.info("block_size=%d chosen from %d training tokens (set block_size to override)", block, total_tokens)
+        return block
+
+    def collate_fn(self, processor: Any):
+        return default_data_collator
+
+    def eval_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+        # Position t predicts token t + 1.
+        logits, targets = logits[:, :-1].float(), batch["labels"][:, 1:]
+        losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none", ignore_index=-100)
+        return {"losses": losses, "predictions": logits.argmax(dim=-1), "references": targets}
+
+    def compute_metrics(self, gathered: dict[str, np.ndarray], num_labels: Optional[int]) -> dict:
+        from evaluation.metrics import causal_lm_metrics
+
+        mask = gathered["references"] != -100
+        return causal_lm_metrics(gathered["losses"][mask], gathered["predictions"][mask], gathered["references"][mask])
+
+
+def _group_texts(batch: dict, block_size: int) -> dict:
+    """Join token lists and cut them into full blocks (the remainder is dropped), as run_clm.py does."""
+    ids = list(chain.from_iterable(batch["input_ids"]))
+    usable = (len(ids) // block_size) * block_size
+    blocks = [ids[i: i + block_size] for i in range(0, usable, block_size)]
+    return {"input_ids": blocks, "attention_mask": [[1] * block_size for _ in blocks], "labels": [list(b) for b in blocks]}

@@ -1,0 +1,268 @@
+"""Fine-tune a GPT-2, BERT, ViT or ResNet checkpoint with LoRA (or fully) on Accelerate.
+
+    accelerate launch finetune/train.py --config run.yaml [--key value ...]
+    python -m finetune.train --config run.yaml [--key value ...]
+
+Flags override the YAML's keys. The recipe reads top to bottom: config, accelerator, data, model,
+optimizer, loop, save. Everything it produces goes to the run directory (finetune/rundir.py).
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from finetune.config import TrainConfig, field_help, read_yaml
+from finetune.errors import ConfigError, UserError
+from finetune.rundir import RunDirectory
+
+logger = logging.getLogger("finetune")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
+    """--config YAML plus --key value overrides, all validated together."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of settings (see configs/)")
+    for name, text in field_help().items():
+        parser.add_argument(f"--{name}", default=argparse.SUPPRESS, help=text)
+    args, unknown = parser.parse_known_args(argv)
+    values = read_yaml(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k != "config"})
+    problems = [f"{flag}: unknown command-line argument" for flag in unknown if flag.startswith("--")]
+    try:
+        cfg = TrainConfig.from_dict(values)
+    except ConfigError as err:
+        raise ConfigError(problems + err.problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def train(cfg: TrainConfig, run: RunDirectory) -> str:
+    """Run the recipe; returns the final state (finished or cancelled)."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from transformers import get_scheduler
+
+    from finetune import training
+    from finetune.rundir import RunDirectoryTracker
+    from finetune.tasks import get_task, load_model_config, resolve_task
+
+    stop = training.StopSignal()
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision,
+        log_with=[RunDirectoryTracker(run)],
+        # Shuffling seeded by (seed, epoch) so a resumed run sees the batches the original would have.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    accelerator.init_trackers("lora-lab")
+    set_seed(cfg.seed)
+    task = get_task(resolve_task(load_model_config(cfg.model_name_or_path), cfg.task, cfg.model_name_or_path))
+    if accelerator.is_main_process:
+        logger.info("Task %s on %d process(es), device %s", task.name, accelerator.num_processes, accelerator.device)
+
+    # ---- data and model ------------------------------------------------------------------------
+    with accelerator.main_process_first():
+        raw, columns, labels = task.load_data(cfg, run.path)
+    processor = task.load_processor(cfg.model_name_or_path)
+    set_seed(cfg.seed)  # the new head starts from the same weights in every run with this seed
+    model, new_heads = task.load_model(cfg.model_name_or_path, labels, processor)
+    with accelerator.main_process_first():
+        data, derived = task.encode(cfg, raw, columns, processor, model)
+    model = training.prepare_model(model, cfg, new_heads)
+    trainable, total = training.count_parameters(model)
+    if accelerator.is_main_process:
+        logger.info("Columns %s; %d train / %d eval examples; settings from data %s; trainable %d of %d parameters",
+                    columns, len(data["train"]), len(data["validation"]), derived, trainable, total)
+
+    collate = task.collate_fn(processor)
+    train_dl = DataLoader(data["train"], shuffle=True, batch_size=cfg.per_device_train_batch_size, collate_fn=collate)
+    eval_dl = DataLoader(data["validation"], batch_size=cfg.per_device_eval_batch_size, collate_fn=collate)
+    optimizer = training.build_optimizer(model, cfg, new_heads)
+    model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
+
+    steps_per_epoch = math.ceil(len(train_dl) / cfg.gradient_accumulation_steps)
+    max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
+    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    eval_steps, save_steps = cfg.eval_steps or steps_per_epoch, cfg.save_steps or steps_per_epoch
+    # The prepared scheduler steps once per process per optimizer step (accelerate's convention).
+    scheduler = accelerator.prepare(get_scheduler(
+        cfg.lr_scheduler_type, optimizer,
+        num_warmup_steps=math.ceil(cfg.warmup_ratio * max_steps) * accelerator.num_processes,
+        num_training_steps=max_steps * accelerator.num_processes))
+
+    # ---- start or resume -------------------------------------------------------------------------
+    resume_from = training.checkpoint_to_resume(cfg, run)
+    if resume_from is not None:
+        state = training.load_checkpoint(accelerator, resume_from)
+        logger.info("Resumed from %s at step %d", resume_from, state.step)
+    else:
+        state = training.TrainerState()
+        state.base_metrics = training.evaluate(model, eval_dl, accelerator, task, len(labels or []) or None)
+        accelerator.log(state.base_metrics, step=0, log_kwargs={"run_directory": {"event": "eval"}})
+    if accelerator.is_main_process:
+        run.update_status(total_steps=max_steps, steps_per_epoch=steps_per_epoch, num_processes=accelerator.num_processes)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    started, samples, window_loss, window_batches = time.time(), 0, 0.0, 0
+    final_state, last_eval = "finished", state.base_metrics if resume_from is None else None
+    model.train()
+    for epoch in range(state.step // steps_per_epoch, num_epochs):
+        train_dl.set_epoch(epoch)
+        done_in_epoch = (state.step - epoch * steps_per_epoch) * cfg.gradient_accumulation_steps
+        batches = accelerator.skip_first_batches(train_dl, done_in_epoch) if done_in_epoch else train_dl
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            window_loss, window_batches = window_loss + loss.detach().float(), window_batches + 1
+            samples += batch[next(iter(batch))].shape[0] * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+
+            if state.step % cfg.logging_steps == 0 or state.step == max_steps:
+                mean_loss = accelerator.reduce(window_loss / window_batches, reduction="mean").item()
+                accelerator.log({"epoch": round(state.step / steps_per_epoch, 4), "loss": mean_loss,
+                                 "learning_rate": scheduler.get_last_lr()[0],
+                                 "samples_per_second": samples / (time.time() - started)}, step=state.step)
+                window_loss, window_batches = 0.0, 0
+
+            if state.step % eval_steps == 0 or state.step == max_steps:
+                last_eval = training.evaluate(model, eval_dl, accelerator, task, len(labels or []) or None)
+                accelerator.log(last_eval, step=state.step, log_kwargs={"run_directory": {"event": "eval"}})
+                state.record_eval(last_eval["eval_loss"])
+                patience = cfg.early_stopping_patience
+                if patience and state.evals_without_improvement >= patience:
+                    logger.info("Early stopping: eval loss has not improved for %d evaluations", patience)
+                    max_steps = state.step
+
+            cancelled = stop.agreed(accelerator)
+            if state.step % save_steps == 0 or cancelled:
+                training.save_checkpoint(accelerator, run, state, cfg.save_total_limit)
+            if cancelled:
+                final_state = "cancelled"
+            if cancelled or state.step >= max_steps:
+                break
+        if final_state == "cancelled" or state.step >= max_steps:
+            break
+
+    # ---- save ----------------------------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    if final_state == "finished":
+        _save_artifacts(accelerator, model, processor, run, cfg, task.name, labels, derived)
+        if accelerator.is_main_process:
+            run.write_metrics(_final_metrics(cfg, task.name, state, last_eval, model, accelerator, time.time() - started,
+                                             samples))
+    accelerator.end_training()
+    return final_state
+
+
+def _save_artifacts(accelerator, model, processor, run: RunDirectory, cfg: TrainConfig, task: str,
+                    labels: Optional[list[str]], derived: dict) -> None:
+    """The adapter (or full model) with its processor and label maps: everything inference needs."""
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(run.adapter_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    if accelerator.is_main_process:
+        processor.save_pretrained(run.adapter_dir)
+        info = {"task": task, "base_model": cfg.model_name_or_path, "finetune_method": cfg.finetune_method,
+                "labels": labels, "id2label": dict(enumerate(labels)) if labels else None,
+                "label2id": {name: i for i, name in enumerate(labels)} if labels else None, **derived}
+        (run.adapter_dir / "lora_lab.json").write_text(json.dumps(info, indent=2))
+
+
+def _final_metrics(cfg, task: str, state, last_eval: dict, model, accelerator, seconds: float, samples: int) -> dict:
+    from finetune.training import count_parameters, peak_memory_mb
+
+    trainable, total = count_parameters(accelerator.unwrap_model(model))
+    return {
+        "task": task,
+        "base": state.base_metrics,
+        "finetuned": last_eval,
+        "best_step": state.best_step,
+        "best_eval_loss": state.best_eval_loss,
+        "steps": state.step,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "trainable_percent": 100 * trainable / total,
+        "train_runtime_seconds": seconds,
+        "train_samples_per_second": samples / seconds if seconds > 0 else None,
+        "peak_memory_mb": peak_memory_mb(accelerator.device),
+        "num_processes": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "mixed_precision": cfg.mixed_precision,
+    }
+
+
+def _setup_logging(run: Optional[RunDirectory], is_main: bool) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if is_main else logging.WARNING)
+    if run is not None and is_main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(run.log_path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import os
+
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    try:
+        cfg = parse_args(argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    cfg.model_name_or_path = _absolute_if_local(cfg.model_name_or_path)
+    run = RunDirectory(cfg.output_dir)
+    previous = run.read_status().get("state")
+    if previous not in (None, "queued") and cfg.resume_from_checkpoint in (None, False):
+        # Never overwrite an earlier run's results.
+        print(f"error: output_dir: {run.path} already holds a {previous} run; choose a new output_dir "
+              "or pass --resume_from_checkpoint true to continue it", file=sys.stderr)
+        return 2
+    _setup_logging(run, is_main)
+    if is_main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        # config.yaml describes the run itself, so re-running it starts fresh rather than resuming.
+        dataclasses.replace(cfg, resume_from_checkpoint=None).to_yaml(run.config_path)
+        run.update_status(state="running", error=None, started_at=time.time(), ended_at=None, pid=os.getpid())
+    try:
+        final_state = train(cfg, run)
+    except UserError as err:
+        return _fail(run, is_main, str(err), code=2)
+    except Exception as err:  # report any crash in status.json, with the traceback in train.log
+        logger.exception("Training failed")
+        return _fail(run, is_main, f"{type(err).__name__}: {err}", code=1)
+    if is_main:
+        run.update_status(state=final_state, ended_at=time.time())
+        logger.info("Run %s: %s", final_state, run.path)
+    return 0
+
+
+def _absolute_if_local(name: str) -> str:
+    # Saved adapters record the base model path; a relative one would break when loaded from elsewhere.
+    return str(Path(name).resolve()) if Path(name).exists() else name
+
+
+def _fail(run: RunDirectory, is_main: bool, message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    if is_main:
+        logger.error(message)
+        run.update_status(state="failed", error=message, ended_at=time.time())
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Components of the training recipe (finetune/train.py), each small enough to test on its own."""
+
+import json
+import logging
+import math
+import resource
+import shutil
+import signal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from peft import PeftModel
+from torch import nn
+
+from finetune.config import TrainConfig
+from finetune.errors import UserError
+from finetune.lora import apply_lora, batchnorm_modules
+from finetune.rundir import RunDirectory
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer_state.json"
+NO_DECAY = ("bias", "norm", "ln_", "layernorm")
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint needs beyond accelerate's save_state: progress and early-stopping memory."""
+
+    step: int = 0
+    best_eval_loss: float = math.inf
+    best_step: Optional[int] = None
+    evals_without_improvement: int = 0
+    base_metrics: dict = field(default_factory=dict)
+
+    def record_eval(self, eval_loss: float) -> None:
+        if eval_loss < self.best_eval_loss:
+            self.best_eval_loss, self.best_step, self.evals_without_improvement = eval_loss, self.step, 0
+        else:
+            self.evals_without_improvement += 1
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a flag the loop checks at step boundaries, so a cancel saves a checkpoint."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        logger.warning("Received %s: stopping at the next step boundary", signal.Signals(signum).name)
+        self.requested = True
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """True on every process once any process was signalled (they must stop at the same step)."""
+        if accelerator.num_processes == 1:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def prepare_model(model: nn.Module, cfg: TrainConfig, new_heads: list[str]) -> nn.Module:
+    """LoRA-wrap the model (heads and BatchNorm layers saved in full), or leave every weight trainable."""
+    if cfg.finetune_method == "full":
+        return model
+    # BatchNorm running statistics change during training but are not LoRA weights: save them whole
+    # so a reloaded adapter predicts exactly as the model did at the end of training.
+    return apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules,
+                      modules_to_save=new_heads + batchnorm_modules(model))
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, new_heads: list[str]) -> torch.optim.AdamW:
+    """AdamW with the head at its own learning rate and no weight decay on biases and norms."""
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_head = any(f"{head}." in name for head in new_heads)
+        lr = cfg.head_learning_rate_or_default if is_head else cfg.learning_rate_or_default
+        decay = 0.0 if any(marker in name.lower() for marker in NO_DECAY) else cfg.weight_decay
+        groups.setdefault((lr, decay), []).append(param)
+    if not groups:
+        raise UserError("finetune_method: no trainable parameters; check lora_target_modules")
+    return torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()])
+
+
+def evaluate(model: nn.Module, dataloader, accelerator: Accelerator, task, num_labels: Optional[int]) -> dict:
+    """Metrics over the whole eval set, gathered from every process (duplicates from padding dropped)."""
+    model.eval()
+    collected: dict[str, list[np.ndarray]] = {}
+    with torch.no_grad():
+        for batch in dataloader:
+            outputs = accelerator.gather_for_metrics(task.eval_step(model, batch))
+            for key, value in outputs.items():
+                collected.setdefault(key, []).append(value.cpu().numpy())
+    model.train()
+    gathered = {key: np.concatenate(values) for key, values in collected.items()}
+    return task.compute_metrics(gathered, num_labels)
+
+
+def save_checkpoint(accelerator: Accelerator, run: RunDirectory, state: TrainerState, keep: Optional[int]) -> Path:
+    path = run.checkpoints_dir / f"step_{state.step}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / TRAINER_STATE).write_text(json.dumps(asdict(state), default=str))
+        for old in run.checkpoints()[:-keep] if keep else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def checkpoint_to_resume(cfg: TrainConfig, run: RunDirectory) -> Optional[Path]:
+    """The checkpoint named by resume_from_checkpoint (true = latest), or None to start fresh."""
+    if cfg.resume_from_checkpoint in (None, False):
+        return None
+    if cfg.resume_from_checkpoint is True:
+        latest = run.latest_checkpoint()
+        if latest is None:
+            raise UserError(f"resume_from_checkpoint: no checkpoint under {run.checkpoints_dir} to resume from")
+        return latest
+    path = Path(cfg.resume_from_checkpoint)
+    if not (path / TRAINER_STATE).is_file():
+        raise UserError(f"resume_from_checkpoint: {path} is not a checkpoint directory (no {TRAINER_STATE})")
+    return path
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainerState:
+    accelerator.load_state(str(path))
+    values = json.loads((path / TRAINER_STATE).read_text())
+    values["best_eval_loss"] = float(values["best_eval_loss"])
+    return TrainerState(**values)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters; PEFT's count leaves out the frozen copies of saved modules."""
+    if isinstance(model, PeftModel):
+        return model.get_nb_trainable_parameters()
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is in KiB on Linux: the process's peak resident memory.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -45,6 +45,8 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
 
 def train(cfg: TrainConfig, run: RunDirectory) -> str:
     """Run the recipe; returns the final state (finished or cancelled)."""
+    import datasets
+    import transformers
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
@@ -54,6 +56,9 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     from finetune.rundir import RunDirectoryTracker
     from finetune.tasks import get_task, load_model_config, resolve_task
 
+    # Progress bars are noise in train.log and the web app's log tail; events.jsonl carries progress.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
     stop = training.StopSignal()
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,

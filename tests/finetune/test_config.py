@@ -1,0 +1,64 @@
+"""The config schema: coercion from strings, every problem listed at once, YAMLs under configs/ load."""
+
+import pytest
+import yaml
+
+from finetune.config import DEFAULT_HEAD_LR, DEFAULT_LORA_LR, TrainConfig
+from finetune.errors import ConfigError
+from finetune.train import parse_args
+from tests.conftest import REPO, run_cli
+
+REQUIRED = {"model_name_or_path": "gpt2", "train_file": "a.txt", "output_dir": "out"}
+
+
+def test_strings_are_coerced_to_field_types():
+    cfg = TrainConfig.from_dict({**REQUIRED, "learning_rate": "2e-4", "max_steps": "10", "lora_target_modules": "query, value",
+                                 "resume_from_checkpoint": "true", "eval_steps": "none", "lora_alpha": 8})
+    assert cfg.learning_rate == 2e-4 and cfg.max_steps == 10 and cfg.eval_steps is None
+    assert cfg.lora_target_modules == ["query", "value"] and cfg.resume_from_checkpoint is True
+    assert TrainConfig.from_dict({**REQUIRED, "resume_from_checkpoint": "runs/x/checkpoints/step_4"}).resume_from_checkpoint == "runs/x/checkpoints/step_4"
+
+
+def test_every_problem_is_listed_at_once():
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig.from_dict({"model_name_or_path": "gpt2", "bogus": 1, "learning_rate": "fast", "lora_r": 0,
+                               "mixed_precision": "fp8", "warmup_ratio": 2})
+    problems = caught.value.problems
+    expected = ["bogus", "learning_rate", "lora_r", "mixed_precision", "warmup_ratio", "train_file", "output_dir"]
+    for name in expected:
+        assert any(p.startswith(name + ":") for p in problems), (name, problems)
+    assert len(problems) == len(expected)
+
+
+def test_defaults_suit_lora_and_new_heads():
+    cfg = TrainConfig.from_dict(REQUIRED)
+    assert cfg.learning_rate_or_default == DEFAULT_LORA_LR and cfg.head_learning_rate_or_default == DEFAULT_HEAD_LR
+    full = TrainConfig.from_dict({**REQUIRED, "finetune_method": "full"})
+    assert full.learning_rate_or_default < DEFAULT_LORA_LR and full.head_learning_rate_or_default == full.learning_rate_or_default
+    assert cfg.warmup_ratio > 0 and cfg.num_train_epochs >= 3
+
+
+def test_flags_override_yaml(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**REQUIRED, "learning_rate": 1e-3, "seed": 1}))
+    cfg = parse_args(["--config", str(path), "--learning_rate", "5e-5", "--lora_r", "4"])
+    assert (cfg.learning_rate, cfg.lora_r, cfg.seed) == (5e-5, 4, 1)
+
+
+def test_every_config_under_configs_loads():
+    paths = sorted((REPO / "configs").glob("*.yaml"))
+    families = set()
+    for path in paths:
+        cfg = TrainConfig.from_yaml(path)
+        families.add(cfg.model_name_or_path)
+    assert len(paths) == 4
+    assert families == {"gpt2", "bert-base-uncased", "google/vit-base-patch16-224-in21k", "microsoft/resnet-50"}
+
+
+def test_command_line_reports_bad_config_before_loading_anything(tmp_path):
+    result = run_cli("--config", str(REPO / "configs" / "bert.yaml"), "--output_dir", str(tmp_path / "run"),
+                     "--lora_r", "-3", "--colour", "blue", "--learning_rate", "quick")
+    assert result.returncode == 2
+    for expected in ("lora_r: must be a positive integer, got -3", "--colour: unknown", "learning_rate: expected a number"):
+        assert expected in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()

@@ -213,6 +213,7 @@ def _final_metrics(cfg, task: str, state, last_eval: dict, model, accelerator, s
 
 def _setup_logging(run: Optional[RunDirectory], is_main: bool) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if is_main else logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per file saved is noise
     if run is not None and is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(run.log_path)

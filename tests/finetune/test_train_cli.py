@@ -14,9 +14,11 @@ from tests.conftest import (OFFLINE_ENV, REPO, read_events, read_json, run_cli, 
                             write_sentiment_csv)
 
 # Small but real runs: a few epochs of a tiny model on learnable toy data (seconds each on 2 cores).
+# Random-init text models need larger steps than the defaults, which suit pre-trained weights.
+TINY_TEXT_LR = ["--learning_rate", "2e-3", "--head_learning_rate", "1e-2"]
 FAMILY_ARGS = {
-    "gpt2": ["--num_train_epochs", "4", "--per_device_train_batch_size", "8"],
-    "bert": ["--num_train_epochs", "6", "--per_device_train_batch_size", "16"],
+    "gpt2": ["--num_train_epochs", "4", *TINY_TEXT_LR],
+    "bert": ["--num_train_epochs", "6", *TINY_TEXT_LR],
     "vit": ["--num_train_epochs", "6", "--per_device_train_batch_size", "8"],
     "resnet": ["--num_train_epochs", "6", "--per_device_train_batch_size", "8"],
 }
@@ -85,7 +87,7 @@ def test_label_maps_are_saved_with_the_adapter(trained_runs):
 
 
 def test_resume_reaches_the_same_final_loss(tiny_checkpoints, data_files, tmp_path):
-    common = ["--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data_files["bert"]),
+    common = ["--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data_files["bert"]), *TINY_TEXT_LR,
               "--max_steps", "12", "--save_steps", "4", "--save_total_limit", "10", "--logging_steps", "1"]
     full = tmp_path / "full"
     assert run_cli(*common, "--output_dir", str(full)).returncode == 0
@@ -126,7 +128,7 @@ def test_two_cpu_processes_train_with_ddp(tiny_checkpoints, data_files, tmp_path
     launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "finetune/train.py")
     result = run_cli("--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data_files["bert"]),
-                     "--output_dir", str(out), "--num_train_epochs", "6", launcher=launcher, env=env)
+                     "--output_dir", str(out), "--num_train_epochs", "6", *TINY_TEXT_LR, launcher=launcher, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_json(out / "metrics.json")
     assert metrics["num_processes"] == 2

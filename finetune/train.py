@@ -46,6 +46,7 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
 def train(cfg: TrainConfig, run: RunDirectory) -> str:
     """Run the recipe; returns the final state (finished or cancelled)."""
     import datasets
+    import torch
     import transformers
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
@@ -88,8 +89,12 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
                     columns, len(data["train"]), len(data["validation"]), derived, trainable, total)
 
     collate = task.collate_fn(processor)
-    train_dl = DataLoader(data["train"], shuffle=True, batch_size=cfg.per_device_train_batch_size, collate_fn=collate)
-    eval_dl = DataLoader(data["validation"], batch_size=cfg.per_device_eval_batch_size, collate_fn=collate)
+    # Own generators: a DataLoader without one draws its worker seed from the global RNG at every
+    # pass, which would shift dropout masks after a resume.
+    train_dl = DataLoader(data["train"], shuffle=True, batch_size=cfg.per_device_train_batch_size, collate_fn=collate,
+                          generator=torch.Generator().manual_seed(cfg.seed))
+    eval_dl = DataLoader(data["validation"], batch_size=cfg.per_device_eval_batch_size, collate_fn=collate,
+                         generator=torch.Generator().manual_seed(cfg.seed))
     optimizer = training.build_optimizer(model, cfg, new_heads)
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
 

@@ -1,18 +1,43 @@
-"""Accuracy: the fraction of correct predictions, computed with scikit-learn: a local `evaluate` metric that needs no hub."""
+"""Accuracy metric: a local copy of the hub's, so scoring needs no network."""
 
 import datasets
-import evaluate
 from sklearn.metrics import accuracy_score
 
-_DESCRIPTION = "Accuracy: the fraction of correct predictions of integer class predictions against references."
-_CITATION = "Pedregosa et al., Scikit-learn: Machine Learning in Python, JMLR 12, 2011."
+import evaluate
+
+
+_DESCRIPTION = """
+Accuracy is the proportion of correct predictions among all predictions:
+Accuracy = (TP + TN) / (TP + TN + FP + FN)
+"""
+
+
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions (list of int): predicted class ids.
-    references (list of int): true class ids.
+    predictions (`list` of `int`): Predicted labels.
+    references (`list` of `int`): Ground truth labels.
+    normalize (`bool`): If `False`, return the number of correct predictions instead of their fraction. Defaults to `True`.
+    sample_weight (`list` of `float`): Sample weights. Defaults to `None`.
 
 Returns:
-    accuracy: the score.
+    accuracy (`float`): Between 0 and 1 (or a count with `normalize=False`). Higher is better.
+
+Examples:
+    >>> accuracy_metric = evaluate.load("evaluation/metrics/accuracy")
+    >>> accuracy_metric.compute(references=[0, 1, 2, 0, 1, 2], predictions=[0, 1, 1, 2, 1, 0])
+    {'accuracy': 0.5}
+"""
+
+
+_CITATION = """
+@article{scikit-learn,
+    title={Scikit-learn: Machine Learning in {P}ython},
+    author={Pedregosa, F. and Varoquaux, G. and Gramfort, A. and others},
+    journal={Journal of Machine Learning Research},
+    volume={12},
+    pages={2825--2830},
+    year={2011}
+}
 """
 
 
@@ -24,6 +49,7 @@ class Accuracy(evaluate.Metric):
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+            reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics.accuracy_score.html"],
         )
 
     def _compute(self, predictions, references, normalize=True, sample_weight=None):

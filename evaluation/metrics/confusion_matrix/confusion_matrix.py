@@ -1,18 +1,46 @@
-"""Confusion matrix (rows: true class, columns: predicted class), computed with scikit-learn: a local `evaluate` metric that needs no hub."""
+"""Confusion matrix metric: a local copy of the hub's that returns plain lists, so results serialise to JSON."""
 
 import datasets
-import evaluate
 from sklearn.metrics import confusion_matrix
 
-_DESCRIPTION = "Confusion matrix (rows: true class, columns: predicted class) of integer class predictions against references."
-_CITATION = "Pedregosa et al., Scikit-learn: Machine Learning in Python, JMLR 12, 2011."
+import evaluate
+
+
+_DESCRIPTION = """
+The confusion matrix counts, for every true class (row) and predicted class (column), how many examples
+of that class received that prediction. The diagonal holds the correct predictions.
+"""
+
+
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions (list of int): predicted class ids.
-    references (list of int): true class ids.
-    labels (list of int): row/column order; all present classes when absent.
+    predictions (`list` of `int`): Predicted labels.
+    references (`list` of `int`): Ground truth labels.
+    labels (`list` of `int`): The rows and columns, in order. Labels absent from the data give rows and columns of
+        zeros; labels not listed are left out. Defaults to the sorted labels present in `predictions` and `references`.
+    sample_weight (`list` of `float`): Sample weights. Defaults to `None`.
+    normalize (`str`): `'true'`, `'pred'` or `'all'` to divide by row, column or grand totals. Defaults to `None` (counts).
+
 Returns:
-    confusion_matrix: the score.
+    confusion_matrix (`list` of `list`): `confusion_matrix[i][j]` is the number of examples of class `labels[i]`
+        predicted as `labels[j]`.
+
+Examples:
+    >>> confusion_metric = evaluate.load("evaluation/metrics/confusion_matrix")
+    >>> confusion_metric.compute(references=[0, 1, 1], predictions=[0, 1, 0], labels=[0, 1, 2])
+    {'confusion_matrix': [[1, 0, 0], [1, 1, 0], [0, 0, 0]]}
+"""
+
+
+_CITATION = """
+@article{scikit-learn,
+    title={Scikit-learn: Machine Learning in {P}ython},
+    author={Pedregosa, F. and Varoquaux, G. and Gramfort, A. and others},
+    journal={Journal of Machine Learning Research},
+    volume={12},
+    pages={2825--2830},
+    year={2011}
+}
 """
 
 
@@ -24,6 +52,7 @@ class ConfusionMatrix(evaluate.Metric):
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+            reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics.confusion_matrix.html"],
         )
 
     def _compute(self, predictions, references, labels=None, sample_weight=None, normalize=None):

@@ -1,23 +1,49 @@
-"""Perplexity from per-token negative log-likelihoods: a local `evaluate` metric that needs no hub.
+"""Perplexity from per-token losses.
 
-Unlike the hub's model-based perplexity, this one takes the losses the trainer already computed,
-so scoring costs nothing extra.
+Unlike the hub's `perplexity`, which loads a model and scores texts itself, this one takes the negative
+log-likelihoods the trainer has already computed, so it costs nothing extra and needs no model.
 """
 
 import math
 
 import datasets
-import evaluate
 import numpy as np
 
-_DESCRIPTION = "Perplexity exp(mean NLL) over tokens, from per-token negative log-likelihoods (natural log)."
-_CITATION = "Jelinek et al., Perplexity: a measure of the difficulty of speech recognition tasks, JASA 62, 1977."
+import evaluate
+
+
+_DESCRIPTION = """
+Perplexity is the exponential of the mean negative log-likelihood per token:
+perplexity = exp(mean(losses)). It is the number of equally likely tokens the model is, on average, choosing
+between; lower is better and 1 is perfect.
+"""
+
+
 _KWARGS_DESCRIPTION = """
 Args:
-    losses (list of float): negative log-likelihood of each scored token, in nats.
+    losses (`list` of `float`): The negative log-likelihood (natural log) of each scored token, padding excluded.
+
 Returns:
-    loss: mean NLL per token.
-    perplexity: exp(loss).
+    loss (`float`): The mean negative log-likelihood per token.
+    perplexity (`float`): `exp(loss)`; `inf` when that overflows.
+
+Examples:
+    >>> perplexity_metric = evaluate.load("evaluation/metrics/perplexity")
+    >>> perplexity_metric.compute(losses=[0.0, 0.0])
+    {'loss': 0.0, 'perplexity': 1.0}
+"""
+
+
+_CITATION = """
+@article{jelinek1977perplexity,
+    title={Perplexity -- a measure of the difficulty of speech recognition tasks},
+    author={Jelinek, F. and Mercer, R. L. and Bahl, L. R. and Baker, J. K.},
+    journal={The Journal of the Acoustical Society of America},
+    volume={62},
+    number={S1},
+    pages={S63--S63},
+    year={1977}
+}
 """
 
 
@@ -28,9 +54,16 @@ class Perplexity(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
+            # float64: summing many float32 losses would lose precision.
             features=datasets.Features({"losses": datasets.Value("float64")}),
         )
 
     def _compute(self, losses):
-        mean = float(np.mean(losses))
-        return {"loss": mean, "perplexity": math.exp(mean)}
+        if len(losses) == 0:
+            raise ValueError("perplexity: no losses given; there are no tokens to score")
+        loss = float(np.mean(losses))
+        try:
+            perplexity = math.exp(loss)
+        except OverflowError:  # an untrained model's loss can pass ~709 nats; report inf rather than crash
+            perplexity = math.inf
+        return {"loss": loss, "perplexity": perplexity}

@@ -1,0 +1,34 @@
+"""LoRA targets are discovered from each architecture, never taken from a fixed list."""
+
+from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
+
+from finetune.lora import batchnorm_modules, discover_lora_targets
+
+EXPECTED = {
+    "gpt2": ["c_attn"],  # c_proj also names GPT-2's MLP output, so it is left out
+    "bert": ["key", "query", "value"],  # "dense" is in the MLP too
+    "vit": ["k_proj", "o_proj", "q_proj", "v_proj"],
+    "resnet": ["convolution"],  # no attention: every Conv2d
+}
+
+
+def _load(family, path):
+    if family == "gpt2":
+        return AutoModelForCausalLM.from_pretrained(path)
+    if family == "bert":
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    return AutoModelForImageClassification.from_pretrained(path, num_labels=2, ignore_mismatched_sizes=True)
+
+
+def test_targets_are_discovered_per_architecture(tiny_checkpoints):
+    checked = 0
+    for family, expected in EXPECTED.items():
+        model = _load(family, tiny_checkpoints[family])
+        assert discover_lora_targets(model, exclude=["classifier", "score"]) == expected, family
+        checked += 1
+    assert checked == 4
+
+
+def test_batchnorm_layers_are_found_only_in_resnet(tiny_checkpoints):
+    counts = {family: len(batchnorm_modules(_load(family, tiny_checkpoints[family]))) for family in EXPECTED}
+    assert counts["resnet"] == 6 and counts["gpt2"] == counts["bert"] == counts["vit"] == 0

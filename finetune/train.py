@@ -237,7 +237,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     cfg.model_name_or_path = _absolute_if_local(cfg.model_name_or_path)
     run = RunDirectory(cfg.output_dir)
-    previous = run.read_status().get("state")
+    previous = run.read_status().get("state") if is_main else None  # other ranks would see rank 0's "running"
     if previous not in (None, "queued") and cfg.resume_from_checkpoint in (None, False):
         # Never overwrite an earlier run's results.
         print(f"error: output_dir: {run.path} already holds a {previous} run; choose a new output_dir "

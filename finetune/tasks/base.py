@@ -72,9 +72,11 @@ class ClassificationTask(Task):
     def eval_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         labels = batch["labels"]
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+        probabilities = logits.softmax(dim=-1)
         return {
             "loss": F.cross_entropy(logits, labels, reduction="none"),
             "predictions": logits.argmax(dim=-1),
+            "scores": probabilities.max(dim=-1).values,
             "references": labels,
         }
 

@@ -1,0 +1,175 @@
+"""Compare runs side by side: config differences, base vs fine-tuned metrics, cost.
+
+    python -m evaluation.compare RUN_DIR [RUN_DIR ...] [--format markdown|csv|json] [--plot out.png]
+
+The Python API (``load_runs``, ``compare_runs``, ``curves``, ``best_runs``, ``plot_curves``) returns
+pandas DataFrames for the web app. It reads only run directories (docs/run-directory.md).
+"""
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import yaml
+
+from finetune.errors import UserError
+from finetune.rundir import RunDirectory
+
+# Metrics where smaller is better; every other score is better when larger.
+LOWER_IS_BETTER = ("eval_loss", "perplexity")
+PRIMARY_METRIC = {"causal-lm": "perplexity", "text-classification": "accuracy", "image-classification": "accuracy"}
+# Settings that always differ between runs and say nothing about how they were trained.
+NOT_SETTINGS = ("output_dir", "resume_from_checkpoint")
+
+
+@dataclass
+class Run:
+    """One run directory, read once."""
+
+    name: str
+    path: Path
+    state: str
+    error: Optional[str]
+    config: dict
+    metrics: dict
+    events: list[dict]
+
+
+def load_run(path: str | Path) -> Run:
+    run = RunDirectory(path)
+    if not run.is_run():
+        raise UserError(f"{path} is not a run directory: expected config.yaml or status.json in it")
+    status = run.read_status()
+    config = yaml.safe_load(run.config_path.read_text()) if run.config_path.is_file() else {}
+    return Run(name=run.path.name, path=run.path, state=status.get("state", "unknown"), error=status.get("error"),
+               config=config or {}, metrics=run.read_metrics(), events=run.read_events())
+
+
+def load_runs(paths: list[str | Path]) -> list[Run]:
+    return [load_run(p) for p in paths]
+
+
+def config_diff(runs: list[Run]) -> pd.DataFrame:
+    """The settings whose values differ between runs (one row per run)."""
+    table = pd.DataFrame([{k: v for k, v in r.config.items() if k not in NOT_SETTINGS} for r in runs],
+                         index=[r.name for r in runs])
+    differing = [c for c in table.columns if table[c].astype(str).nunique(dropna=False) > 1]
+    return table[differing]
+
+
+def _scores(metrics: dict) -> dict:
+    return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+
+
+def compare_runs(runs: list[Run]) -> pd.DataFrame:
+    """One row per run: state, differing settings, base/finetuned/delta per metric, best step and cost."""
+    rows = []
+    for run in runs:
+        base, tuned = _scores(run.metrics.get("base")), _scores(run.metrics.get("finetuned"))
+        row = {"run": run.name, "state": run.state}
+        for metric in sorted(set(base) | set(tuned)):
+            row[f"base_{metric}"], row[f"finetuned_{metric}"] = base.get(metric), tuned.get(metric)
+            if metric in base and metric in tuned:
+                row[f"delta_{metric}"] = tuned[metric] - base[metric]
+        row.update({
+            "best_step": run.metrics.get("best_step"),
+            "wall_time_s": run.metrics.get("train_runtime_seconds"),
+            "samples_per_s": run.metrics.get("train_samples_per_second"),
+            "peak_memory_mb": run.metrics.get("peak_memory_mb"),
+            "trainable_percent": run.metrics.get("trainable_percent"),
+        })
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("run")
+    diff = config_diff(runs)
+    return pd.concat([table[["state"]], diff, table.drop(columns=["state"])], axis=1).rename_axis("run")
+
+
+def best_runs(table: pd.DataFrame) -> dict[str, str]:
+    """For each fine-tuned metric, the run that scored best."""
+    best = {}
+    for column in [c for c in table.columns if c.startswith("finetuned_")]:
+        values = pd.to_numeric(table[column], errors="coerce").dropna()
+        if values.empty:
+            continue
+        metric = column.removeprefix("finetuned_")
+        best[metric] = values.idxmin() if metric in LOWER_IS_BETTER else values.idxmax()
+    return best
+
+
+def curves(runs: list[Run]) -> pd.DataFrame:
+    """Long table of every logged scalar: run, event (train|eval), step, metric, value."""
+    rows = [{"run": run.name, "event": e.get("event"), "step": e.get("step"), "metric": key, "value": value}
+            for run in runs for e in run.events for key, value in e.items()
+            if key not in ("event", "step", "time") and isinstance(value, (int, float))]
+    table = pd.DataFrame(rows, columns=["run", "event", "step", "metric", "value"])
+    # A resumed run logs some steps twice: keep the last record of each.
+    return table.drop_duplicates(["run", "event", "step", "metric"], keep="last")
+
+
+def plot_curves(runs: list[Run], out_path: str | Path) -> Path:
+    """Eval loss and the primary metric against step, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    table = curves(runs)
+    evals = table[table["event"] == "eval"]
+    task = next((r.metrics.get("task") or _task_of(r) for r in runs), None)
+    panels = ["eval_loss", PRIMARY_METRIC.get(task, "accuracy")]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, metric in zip(axes, panels):
+        for name, group in evals[evals["metric"] == metric].groupby("run"):
+            axis.plot(group["step"], group["value"], marker="o", label=name)
+        axis.set(title=metric, xlabel="step")
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    figure.tight_layout()
+    figure.savefig(out_path, dpi=100)
+    plt.close(figure)
+    return Path(out_path)
+
+
+def _task_of(run: Run) -> Optional[str]:
+    return run.config.get("task")
+
+
+def format_table(table: pd.DataFrame, fmt: str) -> str:
+    if fmt == "csv":
+        return table.to_csv()
+    if fmt == "json":
+        return table.reset_index().to_json(orient="records", indent=2)
+    marked = table.copy().astype(object)
+    for metric, run in best_runs(table).items():
+        marked.loc[run, f"finetuned_{metric}"] = f"**{_fmt(table.loc[run, f'finetuned_{metric}'])}**"
+    return marked.map(_fmt).to_markdown() + "\n\n**bold**: best fine-tuned value per metric.\n"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "" if pd.isna(value) else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run directories (output_dir of each run)")
+    parser.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
+    parser.add_argument("--plot", help="write eval loss and the primary metric against step to this PNG")
+    args = parser.parse_args(argv)
+    try:
+        runs = load_runs(args.runs)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(compare_runs(runs), args.format))
+    if args.plot:
+        print(f"plot written to {plot_curves(runs, args.plot)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -86,9 +86,3 @@ def apply_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, tar
                         modules_to_save=modules_to_save or None)
     return get_peft_model(model, config)
 
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total

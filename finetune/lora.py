@@ -63,7 +63,6 @@ def new_head_modules(model: nn.Module, missing_keys: Iterable[str]) -> list[str]
     heads = set()
     for key in missing_keys:
         module_name = key.rsplit(".", 1)[0]
-        module = model.get_submodule(module_name)
         # ResNet's head is Sequential(Flatten, Linear): save the whole Sequential.
         parent_name = module_name.rsplit(".", 1)[0] if "." in module_name else None
         if parent_name and isinstance(model.get_submodule(parent_name), nn.Sequential):

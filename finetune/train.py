@@ -46,11 +46,9 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
 def train(cfg: TrainConfig, run: RunDirectory) -> str:
     """Run the recipe; returns the final state (finished or cancelled)."""
     import datasets
-    import torch
     import transformers
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
     from transformers import get_scheduler
 
     from finetune import training
@@ -75,26 +73,8 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
         logger.info("Task %s on %d process(es), device %s", task.name, accelerator.num_processes, accelerator.device)
 
     # ---- data and model ------------------------------------------------------------------------
-    with accelerator.main_process_first():
-        raw, columns, labels = task.load_data(cfg, run.path)
-    processor = task.load_processor(cfg.model_name_or_path)
-    set_seed(cfg.seed)  # the new head starts from the same weights in every run with this seed
-    model, new_heads = task.load_model(cfg.model_name_or_path, labels, processor)
-    with accelerator.main_process_first():
-        data, derived = task.encode(cfg, raw, columns, processor, model)
-    model = training.prepare_model(model, cfg, new_heads)
-    trainable, total = training.count_parameters(model)
-    if accelerator.is_main_process:
-        logger.info("Columns %s; %d train / %d eval examples; settings from data %s; trainable %d of %d parameters",
-                    columns, len(data["train"]), len(data["validation"]), derived, trainable, total)
-
-    collate = task.collate_fn(processor)
-    # Own generators: a DataLoader without one draws its worker seed from the global RNG at every
-    # pass, which would shift dropout masks after a resume.
-    train_dl = DataLoader(data["train"], shuffle=True, batch_size=cfg.per_device_train_batch_size, collate_fn=collate,
-                          generator=torch.Generator().manual_seed(cfg.seed))
-    eval_dl = DataLoader(data["validation"], batch_size=cfg.per_device_eval_batch_size, collate_fn=collate,
-                         generator=torch.Generator().manual_seed(cfg.seed))
+    model, processor, data, labels, derived, new_heads = _load_data_and_model(cfg, run, accelerator, task)
+    train_dl, eval_dl = _dataloaders(cfg, data, task.collate_fn(processor))
     optimizer = training.build_optimizer(model, cfg, new_heads)
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
 
@@ -178,6 +158,40 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
                                              samples))
     accelerator.end_training()
     return final_state
+
+
+def _load_data_and_model(cfg: TrainConfig, run: RunDirectory, accelerator, task):
+    """(model ready to train, processor, encoded splits, class names, data-derived settings, new heads)."""
+    from accelerate.utils import set_seed
+
+    from finetune import training
+
+    with accelerator.main_process_first():
+        raw, columns, labels = task.load_data(cfg, run.path)
+    processor = task.load_processor(cfg.model_name_or_path)
+    set_seed(cfg.seed)  # the new head starts from the same weights in every run with this seed
+    model, new_heads = task.load_model(cfg.model_name_or_path, labels, processor)
+    with accelerator.main_process_first():
+        data, derived = task.encode(cfg, raw, columns, processor, model)
+    model = training.prepare_model(model, cfg, new_heads)
+    trainable, total = training.count_parameters(model)
+    if accelerator.is_main_process:
+        logger.info("Columns %s; %d train / %d eval examples; settings from data %s; trainable %d of %d parameters",
+                    columns, len(data["train"]), len(data["validation"]), derived, trainable, total)
+    return model, processor, data, labels, derived, new_heads
+
+
+def _dataloaders(cfg: TrainConfig, data, collate):
+    import torch
+    from torch.utils.data import DataLoader
+
+    # Own generators: a DataLoader without one draws its worker seed from the global RNG at every
+    # pass, which would shift dropout masks after a resume.
+    train_dl = DataLoader(data["train"], shuffle=True, batch_size=cfg.per_device_train_batch_size, collate_fn=collate,
+                          generator=torch.Generator().manual_seed(cfg.seed))
+    eval_dl = DataLoader(data["validation"], batch_size=cfg.per_device_eval_batch_size, collate_fn=collate,
+                         generator=torch.Generator().manual_seed(cfg.seed))
+    return train_dl, eval_dl
 
 
 def _save_artifacts(accelerator, model, processor, run: RunDirectory, cfg: TrainConfig, task: str,

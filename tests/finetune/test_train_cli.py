@@ -1,6 +1,5 @@
 """The training command line end to end, on tiny checkpoints: every family learns, reloads, resumes."""
 
-import os
 import shutil
 import signal
 import subprocess

@@ -118,7 +118,7 @@ def plot_curves(runs: list[Run], out_path: str | Path) -> Path:
 
     table = curves(runs)
     evals = table[table["event"] == "eval"]
-    task = next((r.metrics.get("task") or _task_of(r) for r in runs), None)
+    task = next((r.metrics.get("task") or r.config.get("task") for r in runs), None)
     panels = ["eval_loss", PRIMARY_METRIC.get(task, "accuracy")]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, metric in zip(axes, panels):
@@ -131,10 +131,6 @@ def plot_curves(runs: list[Run], out_path: str | Path) -> Path:
     figure.savefig(out_path, dpi=100)
     plt.close(figure)
     return Path(out_path)
-
-
-def _task_of(run: Run) -> Optional[str]:
-    return run.config.get("task")
 
 
 def format_table(table: pd.DataFrame, fmt: str) -> str:

@@ -10,7 +10,8 @@ Layout (documented in docs/run-directory.md)::
     output_dir/adapter/         PEFT adapter (or full model) + tokenizer/processor + lora_lab.json
     output_dir/checkpoints/step_N/  accelerate save_state checkpoints for resuming
 
-Readers never need the trainer's code: everything is JSON, YAML or safetensors.
+Readers never need the trainer's code: everything is JSON, YAML or safetensors. This module imports
+nothing heavy (no torch), so the web app reads runs on page load.
 """
 
 import json
@@ -18,8 +19,6 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Optional
-
-from accelerate.tracking import GeneralTracker
 
 STATES = ("queued", "running", "finished", "failed", "cancelled")
 
@@ -98,29 +97,3 @@ class RunDirectory:
     def latest_checkpoint(self) -> Optional[Path]:
         checkpoints = self.checkpoints()
         return checkpoints[-1] if checkpoints else None
-
-
-class RunDirectoryTracker(GeneralTracker):
-    """An accelerate tracker that appends every ``accelerator.log`` call to events.jsonl.
-
-    ``accelerator.log(values, step=..., log_kwargs={"run_directory": {"event": "eval"}})`` marks an
-    evaluation; anything else is a train event.
-    """
-
-    name = "run_directory"
-    requires_logging_directory = False
-    main_process_only = True
-
-    def __init__(self, run: RunDirectory):
-        super().__init__()
-        self.run = run
-
-    @property
-    def tracker(self) -> RunDirectory:
-        return self.run
-
-    def store_init_configuration(self, values: dict) -> None:
-        """config.yaml is written by the recipe itself; nothing more to store."""
-
-    def log(self, values: dict, step: Optional[int] = None, event: str = "train", **kwargs) -> None:
-        self.run.append_event({"event": event, "step": step, "time": time.time(), **values})

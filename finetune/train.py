@@ -52,7 +52,6 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     from transformers import get_scheduler
 
     from finetune import training
-    from finetune.rundir import RunDirectoryTracker
     from finetune.tasks import get_task, load_model_config, resolve_task
 
     # Progress bars are noise in train.log and the web app's log tail; events.jsonl carries progress.
@@ -62,7 +61,7 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
-        log_with=[RunDirectoryTracker(run)],
+        log_with=[training.RunDirectoryTracker(run)],
         # Shuffling seeded by (seed, epoch) so a resumed run sees the batches the original would have.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )

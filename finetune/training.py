@@ -6,6 +6,7 @@ import math
 import resource
 import shutil
 import signal
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -13,6 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
 from peft import PeftModel
 from torch import nn
 
@@ -148,3 +150,29 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     # ru_maxrss is in KiB on Linux: the process's peak resident memory.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class RunDirectoryTracker(GeneralTracker):
+    """An accelerate tracker that appends every ``accelerator.log`` call to events.jsonl.
+
+    ``accelerator.log(values, step=..., log_kwargs={"run_directory": {"event": "eval"}})`` marks an
+    evaluation; anything else is a train event.
+    """
+
+    name = "run_directory"
+    requires_logging_directory = False
+    main_process_only = True
+
+    def __init__(self, run: RunDirectory):
+        super().__init__()
+        self.run = run
+
+    @property
+    def tracker(self) -> RunDirectory:
+        return self.run
+
+    def store_init_configuration(self, values: dict) -> None:
+        """config.yaml is written by the recipe itself; nothing more to store."""
+
+    def log(self, values: dict, step: Optional[int] = None, event: str = "train", **kwargs) -> None:
+        self.run.append_event({"event": event, "step": step, "time": time.time(), **values})

@@ -22,6 +22,19 @@ TaskName = Literal["causal-lm", "text-classification", "image-classification"]
 SchedulerName = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 TASKS = typing.get_args(TaskName)
 
+# The model families LoRA Lab is built and tested for, with the task each one trains by default.
+DEFAULT_TASK = {
+    "gpt2": "causal-lm",
+    "bert": "text-classification",
+    "vit": "image-classification",
+    "resnet": "image-classification",
+}
+TASK_FAMILIES = {
+    "causal-lm": ("gpt2",),
+    "text-classification": ("bert", "gpt2"),
+    "image-classification": ("vit", "resnet"),
+}
+
 # Learning rates when none is given. LoRA adapters start at zero and need a larger step than
 # full fine-tuning; a freshly initialised classification head needs a larger one still.
 DEFAULT_LORA_LR = 2e-4

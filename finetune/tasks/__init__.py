@@ -2,20 +2,8 @@
 
 from transformers import AutoConfig, PretrainedConfig
 
+from finetune.config import DEFAULT_TASK, TASK_FAMILIES
 from finetune.errors import UserError
-
-# The model families LoRA Lab is built and tested for, with the task each one trains by default.
-DEFAULT_TASK = {
-    "gpt2": "causal-lm",
-    "bert": "text-classification",
-    "vit": "image-classification",
-    "resnet": "image-classification",
-}
-TASK_FAMILIES = {
-    "causal-lm": ("gpt2",),
-    "text-classification": ("bert", "gpt2"),
-    "image-classification": ("vit", "resnet"),
-}
 
 
 def load_model_config(model_name_or_path: str) -> PretrainedConfig:

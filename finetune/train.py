@@ -59,12 +59,14 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     transformers.utils.logging.disable_progress_bar()
     stop = training.StopSignal()
     accelerator = Accelerator(
+        cpu=_several_processes_without_accelerator(),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
         log_with=[training.RunDirectoryTracker(run)],
         # Shuffling seeded by (seed, epoch) so a resumed run sees the batches the original would have.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    _check_process_group(accelerator)
     accelerator.init_trackers("lora-lab")
     set_seed(cfg.seed)
     task = get_task(resolve_task(load_model_config(cfg.model_name_or_path), cfg.task, cfg.model_name_or_path))
@@ -157,6 +159,34 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
                                              samples))
     accelerator.end_training()
     return final_state
+
+
+def _several_processes_without_accelerator() -> bool:
+    """True when launched as one of several processes (accelerate launch --multi_gpu, torchrun) on a machine with no GPU.
+
+    accelerate then forms a gloo process group on CPU only if ACCELERATE_USE_CPU=true is in the environment,
+    which its multi-process launcher never sets (a config file's use_cpu reaches single-process launches only).
+    Without it every process would run alone, all writing the same run directory.
+    """
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    devices = getattr(torch, "accelerator", None)  # torch >= 2.6; CUDA alone before that
+    return not (devices.is_available() if devices is not None else torch.cuda.is_available())
+
+
+def _check_process_group(accelerator) -> None:
+    """Refuse to start when the launched processes did not join one process group (they would train separately)."""
+    import os
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        raise UserError(f"{launched} processes were launched but each runs alone (no process group on "
+                        f"{accelerator.device}); on a machine without GPUs launch with configs/accelerate/cpu_ddp.yaml "
+                        "or set ACCELERATE_USE_CPU=true")
 
 
 def _load_data_and_model(cfg: TrainConfig, run: RunDirectory, accelerator, task):

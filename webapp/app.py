@@ -1,8 +1,15 @@
-"""LoRA Lab web app entry point (the full app arrives with the web-app issue)."""
+"""LoRA Lab's Streamlit entry point: it only routes. Pages live in webapp/pages/, logic in webapp/services/."""
 
 import streamlit as st
 
-st.set_page_config(page_title="LoRA Lab", page_icon="🧪")
-st.title("LoRA Lab")
-st.write("The web app is under construction. Fine-tune headless meanwhile:")
-st.code("accelerate launch finetune/train.py --config configs/bert.yaml --train_file reviews.csv", language="bash")
+from webapp.services import jobs
+
+st.set_page_config(page_title="LoRA Lab", page_icon="🧪", layout="wide")
+# Queued runs need a runner; starting one is a no-op when it is alive (a file lock test, microseconds).
+jobs.ensure_runner()
+st.navigation([
+    st.Page("pages/new_run.py", title="New run", icon="🚀", default=True),
+    st.Page("pages/runs.py", title="Runs", icon="📈"),
+    st.Page("pages/compare.py", title="Compare", icon="⚖️"),
+    st.Page("pages/playground.py", title="Playground", icon="🎮"),
+]).run()

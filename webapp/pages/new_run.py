@@ -1,0 +1,115 @@
+"""New run: pick a checkpoint, pick or upload data, set hyperparameters and a device, launch."""
+
+import shlex
+import time
+
+import streamlit as st
+
+from finetune.config import field_help
+from finetune.errors import ConfigError, UserError
+from webapp import widgets
+from webapp.services import catalog, devices, launch, uploads
+
+HELP = field_help()
+CUSTOM = "custom"
+
+st.title("New run")
+
+# ---- 1. model ------------------------------------------------------------------------------------
+st.subheader("1 · Model")
+family_key = st.radio("Model family", [*catalog.FAMILIES, CUSTOM], horizontal=True, key="family",
+                      format_func=lambda k: catalog.FAMILIES[k].label if k != CUSTOM else "Other hub id or path")
+try:
+    if family_key == CUSTOM:
+        typed = st.text_input("Hub id or local path", key="custom_model", help=HELP["model_name_or_path"],
+                              placeholder="e.g. distilgpt2, bert-base-cased or /models/my-vit")
+        if not typed:
+            st.stop()
+        checkpoint = widgets.inspect_checkpoint(typed)
+    else:
+        family = catalog.FAMILIES[family_key]
+        with st.spinner("Preparing the demo checkpoints and sample data (first start only)…"):
+            checkpoint = widgets.preset_checkpoint(family_key, widgets.hub_online())
+except UserError as err:
+    st.error(str(err))
+    st.stop()
+family = catalog.FAMILIES[checkpoint.model_type]
+task = checkpoint.task
+if checkpoint.demo:
+    st.info(f"**Demo-sized checkpoint.** The Hub is not reachable, so this preset uses a tiny random-init "
+            f"{checkpoint.model_type} (2 layers, width 64) made on this machine, with sample data. It shows the "
+            f"whole workflow in seconds, not real quality; with network access the preset is `{family.hub_id}`.")
+else:
+    st.caption(f"Checkpoint `{checkpoint.name_or_path}` · {checkpoint.model_type} · task {task}")
+
+# ---- 2. data -------------------------------------------------------------------------------------
+st.subheader("2 · Data")
+source = st.radio("Training data", ["Sample data", "Upload a file"], horizontal=True, key="data_source")
+if source == "Upload a file":
+    uploaded = st.file_uploader(f"Upload {uploads.EXPECTED[task]}", type=list(uploads.ACCEPTED[task]), key="upload")
+    if uploaded is None:
+        st.stop()
+    try:
+        data_path = uploads.save_upload(uploaded.name, uploaded.getvalue(), task)
+    except UserError as err:
+        st.error(str(err))
+        st.stop()
+else:
+    data_path = widgets.sample_data(task)
+    st.caption(f"Sample data: `{data_path.name}`")
+
+try:
+    guessed = widgets.inspect_data(str(data_path), task)
+except UserError as err:
+    st.error(str(err))
+    st.stop()
+columns = widgets.column_mapping(guessed, task)
+try:
+    report = widgets.inspect_data(str(data_path), task, **columns) if columns != widgets.roles(guessed) else guessed
+except UserError as err:
+    st.error(str(err))
+    st.stop()
+widgets.data_preview(report)
+
+# ---- 3. settings ---------------------------------------------------------------------------------
+st.subheader("3 · Settings")
+defaults = {**family.defaults(), **(catalog.DEMO_OVERRIDES.get(family.key, {}) if checkpoint.demo else {})}
+if st.session_state.get("defaults_for") != (checkpoint.name_or_path, task):
+    # A new checkpoint brings its family's defaults and a fresh run name.
+    st.session_state.update(defaults_for=(checkpoint.name_or_path, task), run_name=f"{family.key}-{time.strftime('%m%d-%H%M%S')}")
+    widgets.reset_settings(defaults)
+if st.session_state.pop("renew_name", False):  # the last name was just used by a launch
+    st.session_state.run_name = f"{family.key}-{time.strftime('%m%d-%H%M%S')}"
+name = st.text_input("Run name", key="run_name", help="Folder name of the run; letters, digits, '.', '_' and '-'.")
+errors = widgets.ErrorSlots()
+errors.slot("run name")
+values = widgets.settings_form(task, errors)
+values.update(model_name_or_path=checkpoint.name_or_path, task=task, train_file=str(data_path), **columns)
+
+# ---- 4. device -----------------------------------------------------------------------------------
+st.subheader("4 · Device")
+gpus = widgets.detect_gpus()
+if gpus:
+    st.caption(" · ".join(f"GPU {g.index}: {g.name} ({g.memory_mib / 1024:.0f} GiB)" for g in gpus))
+else:
+    st.caption("No GPU found: runs train on the CPU, one at a time.")
+options = devices.setups(gpus)
+setup = options[st.selectbox("Run on", range(len(options)), format_func=lambda i: options[i].label, key="setup")]
+
+# ---- validate, show the command, launch ----------------------------------------------------------
+try:
+    cfg, command = launch.plan(name, values, setup)
+except ConfigError as err:
+    errors.show(launch.problems_by_field(err))
+    st.error(f"Fix {len(err.problems)} setting(s) marked above before launching.")
+    st.stop()
+except UserError as err:
+    errors.show(launch.problems_by_field(ConfigError([str(err)])))
+    st.stop()
+st.markdown("The exact command (run it in a terminal from the project folder to train headless):")
+st.code(shlex.join(command), language="bash")
+if st.button("Launch run", type="primary"):
+    run = launch.launch(cfg, command, setup)
+    st.session_state.update(selected_run=run.path.name, renew_name=True)
+    st.success(f"Run **{run.path.name}** is queued; it starts as soon as a {'GPU' if setup.uses_gpus else 'CPU slot'} is free.")
+    st.page_link("pages/runs.py", label="Watch it on the Runs page", icon="📈")

@@ -1,0 +1,109 @@
+"""Runs: every run with its state, live progress, curves and log; cancel, resume, delete, download."""
+
+import datetime
+
+import pandas as pd
+import streamlit as st
+
+from evaluation.compare import curves, load_run
+from finetune.errors import UserError
+from finetune.rundir import RunDirectory
+from webapp.services import jobs, runs, workspace
+
+REFRESH_SECONDS = 2  # the trainer flushes events per line; this is how stale the page may be
+STATE_ICONS = {"queued": "⏳", "starting": "🟡", "running": "🔵", "finished": "✅", "failed": "❌", "cancelled": "⏹️"}
+
+st.title("Runs")
+
+
+def _eta(seconds) -> str:
+    return str(datetime.timedelta(seconds=round(seconds))) if seconds is not None else "–"
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def overview() -> None:
+    summaries = runs.list_runs()
+    positions = runs.queue_positions()
+    if not summaries:
+        st.info("No runs yet.")
+        st.page_link("pages/new_run.py", label="Start one on the New run page", icon="🚀")
+        return
+    table = pd.DataFrame([{
+        "run": s.name, "state": f"{STATE_ICONS.get(s.state, '')} {s.state}"
+        + (f" (#{positions[s.name]} in queue)" if s.name in positions else ""),
+        "progress": s.progress, "step": f"{s.step}/{s.total_steps or '?'}", "ETA": _eta(s.eta_seconds) if s.state == "running" else "",
+        "task": s.task, "model": s.model} for s in summaries])
+    st.dataframe(table, hide_index=True, column_config={
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")})
+    if not jobs.runner_alive() and positions:
+        st.warning("The job runner is not running; reload the page to start it.")
+
+
+overview()
+names = [s.name for s in runs.list_runs()]
+if not names:
+    st.stop()
+default = names.index(st.session_state["selected_run"]) if st.session_state.get("selected_run") in names else 0
+name = st.selectbox("Run", names, index=default, key="runs_selected")
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def live(name: str) -> None:
+    summary = runs.summarize(workspace.runs_dir() / name)
+    label = f"{STATE_ICONS.get(summary.state, '')} {summary.state} · step {summary.step}/{summary.total_steps or '?'}"
+    if summary.state == "running":
+        label += f" · ETA {_eta(summary.eta_seconds)}"
+    st.progress(summary.progress, text=label)
+    if summary.error:
+        st.error(summary.error)
+    run = load_run(summary.path)
+    table = curves([run])
+    if not table.empty:
+        left, right = st.columns(2)
+        train = table[(table.event == "train") & (table.metric == "loss")]
+        evals = table[(table.event == "eval") & (table.metric == "eval_loss")]
+        losses = pd.concat([train.assign(metric="train loss"), evals.assign(metric="eval loss")])
+        left.line_chart(losses.pivot_table(index="step", columns="metric", values="value"), x_label="step")
+        scores = table[(table.event == "eval") & ~table.metric.isin(["eval_loss"])]
+        if not scores.empty:
+            right.line_chart(scores.pivot_table(index="step", columns="metric", values="value"), x_label="step")
+    if run.metrics.get("finetuned"):
+        base, tuned = run.metrics["base"], run.metrics["finetuned"]
+        shown = [k for k, v in tuned.items() if isinstance(v, (int, float))]
+        st.table(pd.DataFrame({"base model": [base.get(k) for k in shown], "fine-tuned": [tuned[k] for k in shown]},
+                              index=shown).T)
+    with st.expander("Log", expanded=summary.state in ("failed", "running", "starting")):
+        st.code(jobs.log_tail(RunDirectory(summary.path)) or "(no output yet)", language="log")
+
+
+live(name)
+summary = runs.summarize(workspace.runs_dir() / name)
+
+
+@st.dialog("Delete run")
+def confirm_delete(name: str) -> None:
+    st.write(f"Delete **{name}** with its adapter, checkpoints and logs? This cannot be undone.")
+    if st.button("Delete for good", type="primary"):
+        try:
+            runs.delete(summary.path)
+            st.session_state.pop("selected_run", None)
+            st.rerun()
+        except UserError as err:
+            st.error(str(err))
+
+
+cells = st.columns(4)
+if summary.active and cells[0].button("Cancel run"):
+    jobs.cancel(RunDirectory(summary.path))
+    st.toast(f"Cancelling {name}: it saves a checkpoint and stops at the next step.")
+if summary.state in ("cancelled", "failed") and cells[1].button("Resume"):
+    try:
+        runs.resume(summary.path)
+        st.rerun()
+    except UserError as err:
+        st.error(str(err))
+if not summary.active and cells[2].button("Delete…"):
+    confirm_delete(name)
+if summary.state == "finished":
+    cells[3].download_button("Download adapter (.zip)", runs.adapter_zip(summary.path), file_name=f"{name}-adapter.zip",
+                             mime="application/zip")

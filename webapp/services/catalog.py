@@ -1,0 +1,114 @@
+"""The model families the app offers, and checking a checkpoint someone typed in.
+
+A preset uses the real hub checkpoint when the hub answers (or it is cached); otherwise it falls
+back to the demo-sized local checkpoint, and says so.
+"""
+
+import json
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+import yaml
+
+from finetune.config import DEFAULT_TASK
+from finetune.errors import UserError
+from webapp.services import demo, workspace
+
+
+@dataclass(frozen=True)
+class Family:
+    """A preset: the hub checkpoint, its default task and the per-family YAML holding its defaults."""
+
+    key: str
+    label: str
+    hub_id: str
+    task: str
+
+    def defaults(self) -> dict:
+        """Training settings from configs/<family>.yaml (the same commented file the CLI uses)."""
+        values = yaml.safe_load((workspace.FAMILY_CONFIGS / f"{self.key}.yaml").read_text())
+        return {k: v for k, v in values.items() if k not in ("model_name_or_path", "train_file", "output_dir")}
+
+
+FAMILIES = {
+    "gpt2": Family("gpt2", "GPT-2 · text generation", "gpt2", "causal-lm"),
+    "bert": Family("bert", "BERT · text classification", "bert-base-uncased", "text-classification"),
+    "vit": Family("vit", "ViT · image classification", "google/vit-base-patch16-224-in21k", "image-classification"),
+    "resnet": Family("resnet", "ResNet · image classification", "microsoft/resnet-50", "image-classification"),
+}
+# Demo checkpoints are random-init: their text models need larger steps than pre-trained weights.
+DEMO_OVERRIDES = {"gpt2": {"learning_rate": 2e-3}, "bert": {"learning_rate": 2e-3, "head_learning_rate": 1e-2}}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name_or_path: str
+    model_type: str
+    task: str
+    demo: bool = False
+
+
+def hub_online(timeout: float = 1.5) -> bool:
+    """Whether the Hugging Face Hub can be reached (False at once when HF_HUB_OFFLINE is set)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_cached(hub_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+
+
+def preset_checkpoint(family: Family, online: bool) -> Checkpoint:
+    """The hub checkpoint when usable, else the demo one (made on first use)."""
+    if online or hub_cached(family.hub_id):
+        return Checkpoint(family.hub_id, family.key, family.task)
+    path = demo.checkpoint_path(demo.ensure_demo(workspace.demo_dir()), family.key)
+    return Checkpoint(str(path), family.key, family.task, demo=True)
+
+
+def inspect_checkpoint(name_or_path: str) -> Checkpoint:
+    """Read a checkpoint's config.json (local folder or hub) and check it is a supported kind."""
+    name = name_or_path.strip()
+    if not name:
+        raise UserError("model_name_or_path: required; enter a hub id (e.g. gpt2) or a local folder")
+    config = _read_config(name)
+    model_type = config.get("model_type")
+    if model_type not in DEFAULT_TASK:
+        raise UserError(f"model_name_or_path: {name!r} is a {model_type!r} checkpoint; "
+                        f"supported kinds are {', '.join(DEFAULT_TASK)}")
+    path = Path(name).expanduser()
+    return Checkpoint(str(path.resolve()) if path.is_dir() else name, model_type, DEFAULT_TASK[model_type])
+
+
+def _read_config(name: str) -> dict:
+    path = Path(name).expanduser()
+    try:
+        if path.is_dir():
+            return json.loads((path / "config.json").read_text())
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(name, "config.json")).read_text())
+    except Exception as err:  # missing file, bad JSON, unknown repo, no network: all the same to the user
+        raise UserError(f"model_name_or_path: cannot read {name!r}; expected a hub id reachable from this machine "
+                        f"or a local folder with config.json ({type(err).__name__})") from err
+
+
+def sample_data(task: str) -> Path:
+    return demo.sample_path(demo.ensure_demo(workspace.demo_dir()), task)
+
+
+def family_of(model_type: str) -> Optional[Family]:
+    return FAMILIES.get(model_type)

@@ -1,0 +1,66 @@
+"""The machine's accelerators, the launch setups they allow, and the exact `accelerate launch` command.
+
+GPUs are found with nvidia-smi rather than torch, so the page that lists them loads in milliseconds.
+Each setup is one of the commented presets in configs/accelerate/.
+"""
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from webapp.services import workspace
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    memory_mib: int
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How to launch a run: an accelerate preset and its process count (one GPU per process on GPUs)."""
+
+    label: str
+    preset: str
+    num_processes: int
+    uses_gpus: bool
+
+    def command(self, run_config: Path) -> list[str]:
+        """The launch command, paths relative to the source tree when they lie in it (for copy-paste)."""
+        preset = workspace.ACCELERATE_PRESETS / f"{self.preset}.yaml"
+        return ["accelerate", "launch", "--config_file", _short(preset), "--num_processes", str(self.num_processes),
+                "finetune/train.py", "--config", _short(run_config)]
+
+
+def detect_gpus() -> list[Gpu]:
+    """NVIDIA GPUs visible to this machine; empty when there are none (or no driver)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        index, name, memory = (part.strip() for part in line.split(","))
+        gpus.append(Gpu(int(index), name, int(float(memory))))
+    return gpus
+
+
+def setups(gpus: list[Gpu]) -> list[Setup]:
+    """The launch setups this machine supports, the recommended one first."""
+    if not gpus:
+        return [Setup("CPU · 1 process", "cpu", 1, False)]
+    options = [Setup(f"1 GPU · {gpus[0].name}", "single_gpu", 1, True)]
+    for count in range(2, len(gpus) + 1):
+        options.append(Setup(f"{count} GPUs · DDP", "multi_gpu", count, True))
+    if len(gpus) > 1:
+        options += [Setup(f"{len(gpus)} GPUs · FSDP", "fsdp", len(gpus), True),
+                    Setup(f"{len(gpus)} GPUs · DeepSpeed ZeRO-2", "deepspeed_zero2", len(gpus), True)]
+    return options
+
+
+def _short(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(workspace.REPO)) if path.is_relative_to(workspace.REPO) else str(path)

@@ -1,0 +1,41 @@
+"""Turning the New run form into a validated config, a run directory and a queued launch."""
+
+from pathlib import Path
+from typing import Any
+
+from finetune.config import TrainConfig
+from finetune.errors import ConfigError
+from finetune.rundir import RunDirectory
+from webapp.services import jobs, runs
+from webapp.services.devices import Setup
+
+
+def build_config(values: dict[str, Any], run_dir: Path) -> TrainConfig:
+    """A TrainConfig from form values; ConfigError lists every bad field ("name: message")."""
+    values = {k: v for k, v in values.items() if v is not None and v != ""}
+    return TrainConfig.from_dict({**values, "output_dir": str(run_dir)})
+
+
+def problems_by_field(err: ConfigError) -> dict[str, list[str]]:
+    """Group "field: message" problems by field, so the form shows each next to its input."""
+    grouped: dict[str, list[str]] = {}
+    for problem in err.problems:
+        name, _, message = problem.partition(":")
+        grouped.setdefault(name.strip(), []).append(message.strip() or problem)
+    return grouped
+
+
+def plan(name: str, values: dict[str, Any], setup: Setup) -> tuple[TrainConfig, list[str]]:
+    """The validated config and the exact launch command of a new run called ``name`` (nothing written)."""
+    run_dir = runs.check_new_name(name)
+    cfg = build_config(values, run_dir)
+    return cfg, setup.command(run_dir / "config.yaml")
+
+
+def launch(cfg: TrainConfig, command: list[str], setup: Setup) -> RunDirectory:
+    """Write the run's config.yaml and queue its command; the runner starts it when a slot is free."""
+    run = RunDirectory(cfg.output_dir)
+    run.path.mkdir(parents=True, exist_ok=False)
+    cfg.to_yaml(run.config_path)
+    jobs.enqueue(run, command, setup.num_processes if setup.uses_gpus else 0)
+    return run

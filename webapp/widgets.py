@@ -1,0 +1,152 @@
+"""Streamlit pieces the pages share: cached service calls, the settings form, data previews, error slots.
+
+Caches hold only plain data (checkpoint descriptions, data reports); loaded models are cached in the
+Playground with st.cache_resource, where sharing one model between sessions is safe.
+"""
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Optional
+
+import streamlit as st
+
+from finetune.config import TrainConfig, field_help
+from webapp.services import catalog, devices, uploads
+
+HELP = field_help()
+HINTS = typing.get_type_hints(TrainConfig)
+FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
+# The settings form: (field, widget kind). "text" fields may be left blank (= default or derived from data).
+BASIC = [("num_train_epochs", "float"), ("learning_rate", "text"), ("per_device_train_batch_size", "int"),
+         ("finetune_method", "choice"), ("mixed_precision", "choice"), ("gradient_accumulation_steps", "int")]
+LORA = [("lora_r", "int"), ("lora_alpha", "float"), ("lora_dropout", "float"), ("lora_target_modules", "text")]
+ADVANCED = [("head_learning_rate", "text"), ("warmup_ratio", "float"), ("weight_decay", "float"),
+            ("lr_scheduler_type", "choice"), ("max_seq_length", "text"), ("block_size", "text"),
+            ("validation_split_percentage", "float"), ("per_device_eval_batch_size", "int"), ("max_steps", "int"),
+            ("eval_steps", "text"), ("save_steps", "text"), ("early_stopping_patience", "text"),
+            ("max_grad_norm", "float"), ("logging_steps", "int"), ("seed", "int")]
+# Fields that mean nothing for a task are left out of its form.
+NOT_FOR = {"causal-lm": {"head_learning_rate", "max_seq_length"},
+           "text-classification": {"block_size"}, "image-classification": {"block_size", "max_seq_length"}}
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def hub_online() -> bool:
+    return catalog.hub_online()
+
+
+@st.cache_data(show_spinner=False)
+def preset_checkpoint(family_key: str, online: bool) -> catalog.Checkpoint:
+    return catalog.preset_checkpoint(catalog.FAMILIES[family_key], online)
+
+
+@st.cache_data(ttl=600, show_spinner="Reading the checkpoint's config…")
+def inspect_checkpoint(name: str) -> catalog.Checkpoint:
+    return catalog.inspect_checkpoint(name)
+
+
+@st.cache_data(show_spinner=False)
+def sample_data(task: str) -> Path:
+    return catalog.sample_data(task)
+
+
+@st.cache_data(show_spinner="Reading the data…", max_entries=32)
+def inspect_data(path: str, task: str, text_column: Optional[str] = None, label_column: Optional[str] = None,
+                 image_column: Optional[str] = None) -> uploads.DataReport:
+    return uploads.inspect_data(Path(path), task, text_column, label_column, image_column)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def detect_gpus() -> list[devices.Gpu]:
+    return devices.detect_gpus()
+
+
+def roles(report: uploads.DataReport) -> dict[str, Optional[str]]:
+    """The column roles of a report that apply to its data (image folders have fixed columns)."""
+    found = {"text_column": report.text_column, "label_column": report.label_column, "image_column": report.image_column}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def column_mapping(report: uploads.DataReport, task: str) -> dict[str, Optional[str]]:
+    """Select boxes for the column roles, pre-filled with the engine's guess."""
+    guessed = roles(report)
+    if report.path.suffix.lower() == ".zip" or report.path.is_dir():
+        st.caption(f"Images by class folder: {len(report.labels or [])} classes.")
+        return guessed
+    chosen = {}
+    cells = st.columns(len(guessed))
+    for cell, (role, guess) in zip(cells, guessed.items()):
+        names = report.column_names
+        chosen[role] = cell.selectbox(role.replace("_", " ").capitalize(), names, index=names.index(guess),
+                                      key=f"{role}:{report.path}", help=f"{HELP[role]} Guessed: {guess}.")
+    return chosen
+
+
+def data_preview(report: uploads.DataReport) -> None:
+    cells = st.columns(3)
+    cells[0].metric("Examples", report.num_examples)
+    if report.labels:
+        cells[1].metric("Classes", len(report.labels))
+        cells[2].bar_chart(report.label_counts, height=140, horizontal=True)
+    if report.thumbnails:
+        st.image([image for image, _ in report.thumbnails], caption=[label for _, label in report.thumbnails], width=72)
+    if not report.preview.empty and len(report.preview.columns):
+        st.dataframe(report.preview, hide_index=True, height=200)
+
+
+class ErrorSlots:
+    """A placeholder under each input, filled with that field's problems after validation."""
+
+    def __init__(self) -> None:
+        self.slots: dict[str, typing.Any] = {}
+
+    def slot(self, name: str) -> None:
+        self.slots[name] = st.empty()
+
+    def show(self, problems: dict[str, list[str]]) -> None:
+        for name, messages in problems.items():
+            target = self.slots.get(name)
+            text = "; ".join(messages) if target is not None else f"{name}: {'; '.join(messages)}"
+            (target or st).error(text)
+
+
+def reset_settings(defaults: dict) -> None:
+    """Put a family's defaults into the form's inputs."""
+    for name, kind in BASIC + LORA + ADVANCED:
+        value = defaults.get(name, FIELD_DEFAULTS.get(name))
+        if kind == "text":
+            value = ",".join(value) if isinstance(value, list) else ("" if value is None else str(value))
+        elif kind in ("int", "float"):
+            value = int(value) if kind == "int" else float(value)
+        st.session_state[f"cfg_{name}"] = value
+
+
+def settings_form(task: str, errors: ErrorSlots) -> dict:
+    """Render the hyperparameter inputs; returns their raw values for TrainConfig.from_dict."""
+    values = _inputs([f for f in BASIC if f[0] not in NOT_FOR[task]], errors, columns=3)
+    st.markdown("**LoRA** · targets left blank are discovered from the model's attention layers (Conv2d for ResNet).")
+    # Always drawn (greyed out for full fine-tuning): Streamlit forgets the values of inputs not drawn.
+    values.update(_inputs(LORA, errors, columns=4, disabled=values["finetune_method"] != "lora"))
+    with st.expander("Advanced settings"):
+        values.update(_inputs([f for f in ADVANCED if f[0] not in NOT_FOR[task]], errors, columns=3))
+    return values
+
+
+def _inputs(spec: list[tuple[str, str]], errors: ErrorSlots, columns: int, disabled: bool = False) -> dict:
+    values = {}
+    cells = st.columns(columns)
+    for i, (name, kind) in enumerate(spec):
+        with cells[i % columns]:
+            label, key = name.replace("_", " ").capitalize(), f"cfg_{name}"
+            if kind == "int":
+                values[name] = st.number_input(label, step=1, key=key, help=HELP[name], disabled=disabled)
+            elif kind == "float":
+                values[name] = st.number_input(label, step=0.01, format="%g", key=key, help=HELP[name], disabled=disabled)
+            elif kind == "choice":
+                values[name] = st.selectbox(label, typing.get_args(HINTS[name]), key=key, help=HELP[name], disabled=disabled)
+            else:
+                values[name] = st.text_input(label, key=key, help=HELP[name], placeholder="default", disabled=disabled)
+            errors.slot(name)
+    return values

@@ -1,0 +1,47 @@
+# LoRA Lab for a Hugging Face Docker Space (README front matter: `sdk: docker`, `app_port: 7860`).
+# Also runs anywhere with Docker: docker build -t lora-lab . && docker run --gpus all -p 7860:7860 lora-lab
+# See docs/deploying.md. No secrets go into the image: HF_TOKEN comes from the environment at run time.
+FROM python:3.11-slim
+
+# torch goes in first and pinned, from PyPI, whose default Linux wheel is the CUDA build: 2.10.x is built for
+# CUDA 12.8; 2.11 and later are built for CUDA 13 and need an NVIDIA driver >= 580.
+# It may hold several words, e.g.
+#   --build-arg TORCH_SPEC="torch==2.10.0 --index-url https://download.pytorch.org/whl/cu126"
+ARG TORCH_SPEC="torch==2.10.0"
+
+ENV HOME=/home/user \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    STREAMLIT_BROWSER_GATHER_USAGE_STATS=false \
+    STREAMLIT_SERVER_FILE_WATCHER_TYPE=none
+
+# Spaces run the container as uid 1000; everything the app writes (HOME, the venv, the source tree) is that user's.
+RUN useradd --create-home --uid 1000 user \
+    && install -d -o user -g user /opt/venv /home/user/app
+USER 1000
+WORKDIR /home/user/app
+
+# DL3013 (pin versions in pip): the version is pinned inside TORCH_SPEC, which hadolint cannot see through.
+# TORCH_SPEC is left unquoted on purpose so that it may hold several words.
+# hadolint ignore=DL3013
+RUN python -m venv /opt/venv \
+    && pip install --no-cache-dir $TORCH_SPEC
+
+# Dependencies from pyproject.toml alone (a layer that survives source edits), torch held at the version above.
+COPY --chown=user:user pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > /tmp/constraints.txt \
+    && pip install --no-cache-dir --requirement /tmp/requirements.txt --constraint /tmp/constraints.txt \
+    && rm /tmp/requirements.txt /tmp/constraints.txt
+
+# The app runs from its source tree (it launches `accelerate launch finetune/train.py` and reads configs/),
+# so the project is installed editable, in place.
+COPY --chown=user:user . .
+RUN pip install --no-cache-dir --no-deps --editable .
+
+EXPOSE 7860
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/_stcore/health' % os.environ.get('PORT', '7860'), timeout=4)"]
+
+# LORA_LAB_HOME: /data/lora-lab with persistent storage, else $HOME/lora-lab; port from $PORT (default 7860).
+CMD ["scripts/start-space.sh"]

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Start the LoRA Lab web app the way the Docker image does (its CMD): streamlit, headless, on 0.0.0.0:$PORT.
+# Usage: scripts/start-space.sh [extra streamlit flags]
+# Defaults, each set only when the variable is not set already:
+#   LORA_LAB_HOME  /data/lora-lab when /data is writable (Spaces persistent storage), else $HOME/lora-lab
+#   HF_HOME        /data/.huggingface when /data is writable, so downloaded models persist too;
+#                  else unset (the libraries then use $HOME/.cache/huggingface)
+#   PORT           7860 (the Space's app_port)
+# On a Space (SPACE_ID is set) XSRF protection is off unless STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION says
+# otherwise: the Space is shown in an iframe on huggingface.co, where browsers drop Streamlit's XSRF cookie
+# and every file upload would fail with 403.
+# HF_TOKEN, when given, stays in the environment only: nothing here writes it anywhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+persistent=""
+if [ -d /data ] && [ -w /data ]; then
+    persistent=/data
+fi
+if [ -z "${LORA_LAB_HOME:-}" ]; then
+    LORA_LAB_HOME="${persistent:-${HOME:?HOME is not set}}/lora-lab"
+fi
+export LORA_LAB_HOME
+if [ -z "${HF_HOME:-}" ] && [ -n "$persistent" ]; then
+    export HF_HOME="$persistent/.huggingface"
+fi
+if [ -n "${SPACE_ID:-}" ]; then
+    export STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION="${STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION:-false}"
+fi
+mkdir -p "$LORA_LAB_HOME"
+
+exec streamlit run webapp/app.py \
+    --server.address 0.0.0.0 \
+    --server.port "${PORT:-7860}" \
+    --server.headless true \
+    "$@"

@@ -167,8 +167,9 @@ def ensure_runner() -> None:
     """Start the runner unless one is alive (a second one started at the same time exits at once)."""
     if runner_alive():
         return
+    env = {**os.environ, "LORA_LAB_HOME": str(workspace.home())}  # the runner starts elsewhere (in REPO)
     with (workspace.home() / "runner.log").open("ab") as log:
-        subprocess.Popen([sys.executable, "-m", "webapp.services.jobs"], cwd=workspace.REPO, stdout=log,
+        subprocess.Popen([sys.executable, "-m", "webapp.services.jobs"], cwd=workspace.REPO, env=env, stdout=log,
                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 

@@ -1,0 +1,152 @@
+"""The web app's services: checkpoints, uploads, launch plans, devices, and managing runs on disk."""
+
+import fcntl
+import io
+import json
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from finetune.errors import ConfigError, UserError
+from finetune.rundir import RunDirectory
+from tests.conftest import write_sentiment_csv
+from webapp.services import catalog, devices, jobs, launch, runs, uploads
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A workspace whose runner lock this test holds, so queueing starts no background runner."""
+    monkeypatch.setenv("LORA_LAB_HOME", str(tmp_path))
+    with (tmp_path / "runner.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield tmp_path
+
+
+def test_inspect_checkpoint_reads_kind_and_task_and_refuses_others(tiny_checkpoints, tmp_path):
+    tasks = {family: catalog.inspect_checkpoint(str(path)).task for family, path in tiny_checkpoints.items()}
+    assert tasks == {"gpt2": "causal-lm", "bert": "text-classification", "vit": "image-classification",
+                     "resnet": "image-classification"}
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    problems = []
+    for name in (str(llama), str(tmp_path / "missing"), "   "):
+        with pytest.raises(UserError, match="model_name_or_path") as err:
+            catalog.inspect_checkpoint(name)
+        problems.append(str(err.value))
+    assert "supported kinds are gpt2, bert, vit, resnet" in problems[0]
+    assert len(problems) == 3
+
+
+def test_presets_fall_back_to_demo_checkpoints_offline(home, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert catalog.hub_online() is False
+    checkpoint = catalog.preset_checkpoint(catalog.FAMILIES["bert"], online=False)
+    assert checkpoint.demo and Path(checkpoint.name_or_path, "config.json").is_file()
+    assert catalog.preset_checkpoint(catalog.FAMILIES["bert"], online=True).name_or_path == "bert-base-uncased"
+    samples = [catalog.sample_data(task) for task in ("causal-lm", "text-classification", "image-classification")]
+    assert all(path.exists() for path in samples)
+    assert len(list(samples[2].iterdir())) == 3  # one folder per colour class
+
+
+def test_family_defaults_come_from_the_commented_yaml():
+    checked = 0
+    for family in catalog.FAMILIES.values():
+        defaults = family.defaults()
+        assert defaults["task"] == family.task and "model_name_or_path" not in defaults
+        checked += 1
+    assert checked == 4
+
+
+def test_uploads_are_checked_stored_once_and_read_by_the_engine(home, tmp_path):
+    data = write_sentiment_csv(tmp_path / "reviews.csv", rows=40).read_bytes()
+    first = uploads.save_upload("my reviews.csv", data, "text-classification")
+    assert first == uploads.save_upload("my reviews.csv", data, "text-classification")
+    assert first.name == "my_reviews.csv"
+    report = uploads.inspect_data(first, "text-classification")
+    assert (report.num_examples, report.text_column, report.label_column) == (40, "review", "sentiment")
+    assert report.label_counts == {"negative": 20, "positive": 20} and len(report.preview) == 10
+    for name, content, expected in (("notes.pdf", b"%PDF", "expected a .csv/.jsonl"), ("empty.csv", b"", "is empty")):
+        with pytest.raises(UserError, match=expected):
+            uploads.save_upload(name, content, "text-classification")
+    with pytest.raises(UserError, match="label_column"):
+        uploads.inspect_data(first, "text-classification", label_column="stars")
+
+
+def test_launch_plan_validates_every_field_and_gives_the_exact_command(home):
+    setup = devices.setups([])[0]
+    values = {"model_name_or_path": "gpt2", "train_file": "t.txt", "learning_rate": "abc", "lora_r": 0, "seed": ""}
+    with pytest.raises(ConfigError) as err:
+        launch.plan("first", values, setup)
+    problems = launch.problems_by_field(err.value)
+    assert set(problems) == {"learning_rate", "lora_r"}
+    with pytest.raises(UserError, match="run name"):
+        launch.plan("bad name!", {**values, "learning_rate": "2e-4", "lora_r": 8}, setup)
+    cfg, command = launch.plan("first", {**values, "learning_rate": "2e-4", "lora_r": 8}, setup)
+    assert cfg.learning_rate == 2e-4 and cfg.seed == 42  # blank fields keep their defaults
+    assert command[:5] == ["accelerate", "launch", "--config_file", "configs/accelerate/cpu.yaml", "--num_processes"]
+    run = launch.launch(cfg, command, setup)
+    assert run.read_status()["state"] == "queued"
+    assert json.loads((run.path / jobs.JOB_FILE).read_text()) == {"command": command, "gpus": 0}
+    with pytest.raises(UserError, match="exists already"):
+        launch.plan("first", {**values, "learning_rate": "2e-4", "lora_r": 8}, setup)
+
+
+def test_device_setups_follow_the_gpus_found():
+    assert [s.preset for s in devices.setups([])] == ["cpu"]
+    gpus = [devices.Gpu(i, "H100", 81559) for i in range(4)]
+    options = devices.setups(gpus)
+    assert [(s.preset, s.num_processes) for s in options] == [
+        ("single_gpu", 1), ("multi_gpu", 2), ("multi_gpu", 3), ("multi_gpu", 4), ("fsdp", 4), ("deepspeed_zero2", 4)]
+    presets = {s.preset for s in options} | {"cpu"}
+    assert all((devices.workspace.ACCELERATE_PRESETS / f"{p}.yaml").is_file() for p in presets)
+
+
+def _finished_run(root: Path, name: str) -> RunDirectory:
+    run = RunDirectory(root / name)
+    (run.adapter_dir / "sub").mkdir(parents=True)
+    (run.adapter_dir / "adapter_config.json").write_text("{}")
+    (run.adapter_dir / "sub" / "x.txt").write_text("x")
+    run.config_path.write_text("task: text-classification\nmodel_name_or_path: bert\n")
+    run.update_status(state="finished", started_at=time.time() - 10, total_steps=10)
+    for step in (5, 10):
+        run.append_event({"event": "train", "step": step, "loss": 1.0 / step})
+    return run
+
+
+def test_runs_are_summarised_managed_and_exported(home):
+    root = home / "runs"
+    done = _finished_run(root, "done")
+    running = RunDirectory(root / "running")
+    running.update_status(state="running", started_at=time.time() - 20, total_steps=40)
+    running.append_event({"event": "train", "step": 10, "loss": 0.5})
+    summaries = {s.name: s for s in runs.list_runs()}
+    assert summaries["done"].progress == 1.0 and summaries["done"].task == "text-classification"
+    assert summaries["running"].progress == 0.25 and 50 < summaries["running"].eta_seconds < 70
+    with zipfile.ZipFile(io.BytesIO(runs.adapter_zip(done.path))) as archive:
+        assert sorted(archive.namelist()) == ["done/adapter_config.json", "done/sub/x.txt"]
+    with pytest.raises(UserError, match="only a cancelled or failed run"):
+        runs.resume(done.path)
+    running.update_status(pid=os.getpid())  # a live process, like a trainer
+    with pytest.raises(UserError, match="cancel it first"):
+        runs.delete(running.path)
+    runs.delete(done.path)
+    assert not done.path.exists() and [s.name for s in runs.list_runs()] == ["running"]
+
+
+def test_resume_requeues_a_cancelled_run_from_its_checkpoint(home):
+    run = _finished_run(home / "runs", "stopped")
+    run.update_status(state="cancelled")
+    (run.path / jobs.JOB_FILE).write_text(json.dumps({"command": ["accelerate", "launch", "x"], "gpus": 0}))
+    (run.checkpoints_dir / "step_5").mkdir(parents=True)
+    runs.resume(run.path)
+    assert run.read_status()["state"] == "queued"
+    command = json.loads((run.path / jobs.JOB_FILE).read_text())["command"]
+    assert command == ["accelerate", "launch", "x", "--resume_from_checkpoint", "true"]
+    assert runs.queue_positions() == {"stopped": 1}
+

@@ -227,7 +227,11 @@ def _save_artifacts(accelerator, model, processor, run: RunDirectory, cfg: Train
                     labels: Optional[list[str]], derived: dict) -> None:
     """The adapter (or full model) with its processor and label maps: everything inference needs."""
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(run.adapter_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    # Whole tensors even where FSDP or DeepSpeed shard them (the unwrapped model's own state_dict would hold
+    # per-process shards of the weights FSDP's root unit owns, such as a classification head); every process calls it.
+    state_dict = accelerator.get_state_dict(model)
+    unwrapped.save_pretrained(run.adapter_dir, state_dict=state_dict, is_main_process=accelerator.is_main_process,
+                              save_function=accelerator.save)
     if accelerator.is_main_process:
         processor.save_pretrained(run.adapter_dir)
         info = {"task": task, "base_model": cfg.model_name_or_path, "finetune_method": cfg.finetune_method,

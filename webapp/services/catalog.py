@@ -39,8 +39,14 @@ FAMILIES = {
     "vit": Family("vit", "ViT · image classification", "google/vit-base-patch16-224-in21k", "image-classification"),
     "resnet": Family("resnet", "ResNet · image classification", "microsoft/resnet-50", "image-classification"),
 }
-# Demo checkpoints are random-init: their text models need larger steps than pre-trained weights.
-DEMO_OVERRIDES = {"gpt2": {"learning_rate": 2e-3}, "bert": {"learning_rate": 2e-3, "head_learning_rate": 1e-2}}
+# Demo checkpoints are random-init and tiny: they need larger steps and more passes than pre-trained weights.
+# Measured on the sample data (2-core CPU): BERT accuracy 0.50 -> 0.94 (24 s), ResNet 0.33 -> 1.0 (5 s),
+# GPT-2 perplexity 1052 -> 801 (16 s); ViT learns with the family defaults (0.67 -> 1.0).
+DEMO_OVERRIDES = {
+    "gpt2": {"learning_rate": 5e-3, "num_train_epochs": 15},
+    "bert": {"learning_rate": 2e-3, "head_learning_rate": 1e-2, "num_train_epochs": 10, "per_device_train_batch_size": 8},
+    "resnet": {"learning_rate": 5e-3, "head_learning_rate": 1e-2, "num_train_epochs": 10, "per_device_train_batch_size": 8},
+}
 
 
 @dataclass(frozen=True)

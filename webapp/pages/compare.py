@@ -38,11 +38,11 @@ metrics = sorted(evals.metric.unique())
 if metrics:
     primary = PRIMARY_METRIC.get(task, "eval_loss")
     metric = st.selectbox("Metric", metrics, index=metrics.index(primary) if primary in metrics else 0)
-    st.line_chart(evals[evals.metric == metric].pivot_table(index="step", columns="run", values="value"), x_label="step",
-                  y_label=metric)
+    # Long format (one row per point): series logged at different steps still draw as lines.
+    st.line_chart(evals[evals.metric == metric], x="step", y="value", color="run", y_label=metric)
 train = long[(long.event == "train") & (long.metric == "loss")]
 if not train.empty:
-    st.line_chart(train.pivot_table(index="step", columns="run", values="value"), x_label="step", y_label="train loss")
+    st.line_chart(train, x="step", y="value", color="run", y_label="train loss")
 
 matrices = [(run, run.metrics.get("finetuned", {}).get("confusion_matrix")) for run in selected]
 matrices = [(run, matrix) for run, matrix in matrices if matrix]

@@ -63,10 +63,13 @@ def live(name: str) -> None:
         train = table[(table.event == "train") & (table.metric == "loss")]
         evals = table[(table.event == "eval") & (table.metric == "eval_loss")]
         losses = pd.concat([train.assign(metric="train loss"), evals.assign(metric="eval loss")])
-        left.line_chart(losses.pivot_table(index="step", columns="metric", values="value"), x_label="step")
-        scores = table[(table.event == "eval") & ~table.metric.isin(["eval_loss"])]
+        # Long format (one row per point): eval points, sparser than train points, still draw as a line.
+        left.line_chart(losses, x="step", y="value", color="metric", y_label="loss")
+        # One scale per chart: perplexity (1..vocab size) would flatten next-token accuracy (0..1).
+        shown = ["perplexity"] if summary.task == "causal-lm" else ["accuracy", "f1", "precision", "recall"]
+        scores = table[(table.event == "eval") & table.metric.isin(shown)]
         if not scores.empty:
-            right.line_chart(scores.pivot_table(index="step", columns="metric", values="value"), x_label="step")
+            right.line_chart(scores, x="step", y="value", color="metric", y_label="score")
     if run.metrics.get("finetuned"):
         base, tuned = run.metrics["base"], run.metrics["finetuned"]
         shown = [k for k, v in tuned.items() if isinstance(v, (int, float))]

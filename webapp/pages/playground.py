@@ -14,7 +14,7 @@ if not finished:
     st.page_link("pages/runs.py", label="See the runs", icon="📈")
     st.stop()
 names = {s.name: s for s in finished}
-name = st.selectbox("Run", list(names), format_func=lambda n: f"{n} · {names[n].task} · {names[n].model}", key="play_run")
+name = st.selectbox("Run", list(names), format_func=lambda n: f"{n} · {names[n].task} · {names[n].model_label}", key="play_run")
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the base model and the adapter…")

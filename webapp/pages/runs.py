@@ -32,7 +32,7 @@ def overview() -> None:
         "run": s.name, "state": f"{STATE_ICONS.get(s.state, '')} {s.state}"
         + (f" (#{positions[s.name]} in queue)" if s.name in positions else ""),
         "progress": s.progress, "step": f"{s.step}/{s.total_steps or '?'}", "ETA": _eta(s.eta_seconds) if s.state == "running" else "",
-        "task": s.task, "model": s.model} for s in summaries])
+        "task": s.task, "model": s.model_label} for s in summaries])
     st.dataframe(table, hide_index=True, column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")})
     if not jobs.runner_alive() and positions:

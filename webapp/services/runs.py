@@ -36,6 +36,11 @@ class RunSummary:
         return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
 
     @property
+    def model_label(self) -> str:
+        """The hub id, or a local checkpoint's folder name (full paths crowd the tables)."""
+        return Path(self.model).name if self.model and Path(self.model).is_absolute() else (self.model or "?")
+
+    @property
     def active(self) -> bool:
         return self.state in ("queued", "starting", "running")
 

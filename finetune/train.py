@@ -162,7 +162,7 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
 
 
 def _several_processes_without_accelerator() -> bool:
-    """True when launched as one of several processes (accelerate launch --multi_gpu, torchrun) on a machine with no GPU.
+    """True when this is one of several launched processes (accelerate launch --multi_gpu, torchrun) and there is no GPU.
 
     accelerate then forms a gloo process group on CPU only if ACCELERATE_USE_CPU=true is in the environment,
     which its multi-process launcher never sets (a config file's use_cpu reaches single-process launches only).
@@ -184,9 +184,9 @@ def _check_process_group(accelerator) -> None:
 
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:
-        raise UserError(f"{launched} processes were launched but each runs alone (no process group on "
-                        f"{accelerator.device}); on a machine without GPUs launch with configs/accelerate/cpu_ddp.yaml "
-                        "or set ACCELERATE_USE_CPU=true")
+        raise UserError(f"{launched} processes were launched but each runs alone (accelerate formed no process group "
+                        f"on {accelerator.device}); launch one process (configs/accelerate/cpu.yaml or single_gpu.yaml), "
+                        "or set ACCELERATE_USE_CPU=true for several processes on the CPU")
 
 
 def _load_data_and_model(cfg: TrainConfig, run: RunDirectory, accelerator, task):

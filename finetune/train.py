@@ -70,7 +70,9 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     accelerator.init_trackers("lora-lab")
     set_seed(cfg.seed)
     task = get_task(resolve_task(load_model_config(cfg.model_name_or_path), cfg.task, cfg.model_name_or_path))
+    cfg.task = task.name
     if accelerator.is_main_process:
+        _write_config(cfg, run)  # now with the task inferred from the checkpoint
         logger.info("Task %s on %d process(es), device %s", task.name, accelerator.num_processes, accelerator.device)
 
     # ---- data and model ------------------------------------------------------------------------
@@ -293,8 +295,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     _setup_logging(run, is_main)
     if is_main:
         run.path.mkdir(parents=True, exist_ok=True)
-        # config.yaml describes the run itself, so re-running it starts fresh rather than resuming.
-        dataclasses.replace(cfg, resume_from_checkpoint=None).to_yaml(run.config_path)
+        _write_config(cfg, run)
         run.update_status(state="running", error=None, started_at=time.time(), ended_at=None, pid=os.getpid())
     try:
         final_state = train(cfg, run)
@@ -307,6 +308,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         run.update_status(state=final_state, ended_at=time.time())
         logger.info("Run %s: %s", final_state, run.path)
     return 0
+
+
+def _write_config(cfg: TrainConfig, run: RunDirectory) -> None:
+    # config.yaml describes the run itself, so re-running it starts fresh rather than resuming.
+    dataclasses.replace(cfg, resume_from_checkpoint=None).to_yaml(run.config_path)
 
 
 def _absolute_if_local(name: str) -> str:

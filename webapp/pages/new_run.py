@@ -103,9 +103,6 @@ except ConfigError as err:
     errors.show(launch.problems_by_field(err))
     st.error(f"Fix {len(err.problems)} setting(s) marked above before launching.")
     st.stop()
-except UserError as err:
-    errors.show(launch.problems_by_field(ConfigError([str(err)])))
-    st.stop()
 st.markdown("The exact command (run it in a terminal from the project folder to train headless):")
 st.code(shlex.join(command), language="bash")
 if st.button("Launch run", type="primary"):

@@ -4,9 +4,9 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import TrainConfig
-from finetune.errors import ConfigError
+from finetune.errors import ConfigError, UserError
 from finetune.rundir import RunDirectory
-from webapp.services import jobs, runs
+from webapp.services import jobs, runs, workspace
 from webapp.services.devices import Setup
 
 
@@ -27,8 +27,19 @@ def problems_by_field(err: ConfigError) -> dict[str, list[str]]:
 
 def plan(name: str, values: dict[str, Any], setup: Setup) -> tuple[TrainConfig, list[str]]:
     """The validated config and the exact launch command of a new run called ``name`` (nothing written)."""
-    run_dir = runs.check_new_name(name)
-    cfg = build_config(values, run_dir)
+    try:
+        run_dir = runs.check_new_name(name)
+    except UserError as err:
+        # Checked with the settings, so the form shows every problem at once.
+        run_dir, name_problem = workspace.runs_dir() / "unnamed", str(err)
+    else:
+        name_problem = None
+    try:
+        cfg = build_config(values, run_dir)
+    except ConfigError as err:
+        raise ConfigError(([name_problem] if name_problem else []) + err.problems) from None
+    if name_problem:
+        raise ConfigError([name_problem])
     return cfg, setup.command(run_dir / "config.yaml")
 
 

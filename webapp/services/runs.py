@@ -13,7 +13,7 @@ import yaml
 
 from finetune.errors import UserError
 from finetune.rundir import RunDirectory
-from webapp.services import jobs, workspace
+from webapp.services import devices, jobs, workspace
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -104,6 +104,9 @@ def resume(path: Path) -> None:
         raise UserError(f"resume: {path.name} is {state} with {'a' if run.latest_checkpoint() else 'no'} checkpoint; "
                         "only a cancelled or failed run with a checkpoint can resume")
     job = jobs.read_json(path / jobs.JOB_FILE)
+    if not job:  # trained from the command line into the runs folder: resume on this machine's default setup
+        setup = devices.setups(devices.detect_gpus())[0]
+        job = {"command": setup.command(run.config_path), "gpus": setup.num_processes if setup.uses_gpus else 0}
     command = job["command"]
     if "--resume_from_checkpoint" not in command:
         command = [*command, "--resume_from_checkpoint", "true"]

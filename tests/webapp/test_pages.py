@@ -300,7 +300,7 @@ def test_runs_page_states_details_and_actions(no_runner, trained_runs):
     assert {"accuracy", "eval_loss", "f1"} <= set(metrics.columns)
     assert metrics.loc["fine-tuned", "accuracy"] == RunDirectory(done).read_metrics()["finetuned"]["accuracy"]
     assert [d.label for d in at.download_button] == ["Download adapter (.zip)"]
-    assert labels(at) == ["Delete…"], "a finished run can only be deleted"
+    assert labels(at) == ["Delete…", "Push to Hub"], "a finished run can be deleted or pushed, not cancelled or resumed"
 
     # A failed run shows its error; it may resume or be deleted.
     at.selectbox(key="runs_selected").set_value("broken").run()
@@ -337,6 +337,17 @@ def test_runs_page_states_details_and_actions(no_runner, trained_runs):
     assert not broken.exists()
     assert set(at.selectbox(key="runs_selected").options) == {"done", "waiting", "stopped"}
     assert len(at.dataframe[0].value) == 3
+
+
+def test_runs_page_push_to_hub_needs_a_token(no_runner, trained_runs, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    copy_run(trained_runs["bert-lr2e-3"], no_runner, "done")
+    at = open_app("pages/runs.py")
+    assert button(at, "Push to Hub").disabled, "no repository typed yet"
+    at.text_input(key="repo:done").set_value("me/reviews-lora").run()
+    button(at, "Push to Hub").click().run()
+    assert_ok(at)
+    assert any("set HF_TOKEN" in message for message in errors(at)), errors(at)
 
 
 def test_runs_page_empty(no_runner):

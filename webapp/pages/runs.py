@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from evaluation.compare import curves, load_run
+from finetune import hub
 from finetune.errors import UserError
 from finetune.rundir import RunDirectory
 from webapp.services import jobs, runs, workspace
@@ -110,3 +111,15 @@ if not summary.active and cells[2].button("Delete…"):
 if summary.state == "finished":
     cells[3].download_button("Download adapter (.zip)", runs.adapter_zip(summary.path), file_name=f"{name}-adapter.zip",
                              mime="application/zip")
+if summary.state == "finished":
+    with st.expander("Push the adapter to the Hugging Face Hub"):
+        st.caption("Uploads the adapter with a generated model card (base model, data, metrics, config). "
+                   "The token comes from the HF_TOKEN environment variable (a Space secret) and is never stored.")
+        repo_id = st.text_input("Repository", placeholder="your-name/my-adapter", key=f"repo:{name}")
+        private = st.checkbox("Private repository", value=True, key=f"private:{name}")
+        if st.button("Push to Hub", disabled=not repo_id):
+            try:
+                with st.spinner("Uploading…"):
+                    st.success(f"Pushed to {hub.push_to_hub(summary.path, repo_id.strip(), private=private)}")
+            except UserError as err:
+                st.error(str(err))

@@ -28,7 +28,15 @@ table = compare_runs(selected)
 st.subheader("Base model vs fine-tuned")
 st.caption("Each run scores its untuned base model on the same evaluation split before training. "
            "**Bold**: best fine-tuned value per metric.")
-st.markdown(format_table(table, "markdown"))
+# The headline: settings that differ, then base / fine-tuned / delta of eval loss and the task's main metric.
+primary = PRIMARY_METRIC.get(task, "eval_loss")
+headline = [c for c in table.columns if not c.startswith(("base_", "finetuned_", "delta_"))
+            and c not in ("best_step", "wall_time_s", "samples_per_s", "peak_memory_mb", "trainable_percent")]
+headline += [f"{kind}_{metric}" for metric in dict.fromkeys((primary, "eval_loss")) for kind in ("base", "finetuned", "delta")
+             if f"{kind}_{metric}" in table.columns]
+st.markdown(format_table(table[headline], "markdown"))
+with st.expander("Every metric, and the cost of each run"):
+    st.markdown(format_table(table, "markdown"))
 st.download_button("Download table (.csv)", table.to_csv(), file_name="comparison.csv", mime="text/csv")
 
 st.subheader("Curves")
@@ -36,7 +44,6 @@ long = curves(selected)
 evals = long[long.event == "eval"]
 metrics = sorted(evals.metric.unique())
 if metrics:
-    primary = PRIMARY_METRIC.get(task, "eval_loss")
     metric = st.selectbox("Metric", metrics, index=metrics.index(primary) if primary in metrics else 0)
     # Long format (one row per point): series logged at different steps still draw as lines.
     st.line_chart(evals[evals.metric == metric], x="step", y="value", color="run", y_label=metric)

@@ -4,6 +4,7 @@ import shlex
 import time
 
 import streamlit as st
+import yaml
 
 from finetune.config import field_help
 from finetune.errors import ConfigError, UserError
@@ -103,8 +104,11 @@ except ConfigError as err:
     errors.show(launch.problems_by_field(err))
     st.error(f"Fix {len(err.problems)} setting(s) marked above before launching.")
     st.stop()
-st.markdown("The exact command (run it in a terminal from the project folder to train headless):")
+st.markdown("The exact command the runner starts. Launching writes the run's settings to the `config.yaml` it "
+            "names; to train headless instead, save the settings below there and run the command from the project folder.")
 st.code(shlex.join(command), language="bash")
+with st.expander("config.yaml"):
+    st.code(yaml.safe_dump(cfg.to_dict(), sort_keys=False), language="yaml")
 if st.button("Launch run", type="primary"):
     run = launch.launch(cfg, command, setup)
     st.session_state.update(selected_run=run.path.name, renew_name=True)

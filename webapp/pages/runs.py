@@ -51,6 +51,10 @@ name = st.selectbox("Run", names, index=default, key="runs_selected")
 @st.fragment(run_every=REFRESH_SECONDS)
 def live(name: str) -> None:
     summary = runs.summarize(workspace.runs_dir() / name)
+    was_active = st.session_state.get("live_active", {}).get(name)
+    st.session_state.setdefault("live_active", {})[name] = summary.active
+    if was_active and not summary.active:
+        st.rerun()  # the whole page: the buttons below depend on the run's state
     label = f"{STATE_ICONS.get(summary.state, '')} {summary.state} · step {summary.step}/{summary.total_steps or '?'}"
     if summary.state == "running":
         label += f" · ETA {_eta(summary.eta_seconds)}"
@@ -96,21 +100,21 @@ def confirm_delete(name: str) -> None:
             st.error(str(err))
 
 
-cells = st.columns(4)
-if summary.active and cells[0].button("Cancel run"):
+cells = iter(st.columns(4))  # the buttons that apply, side by side from the left
+if summary.active and next(cells).button("Cancel run"):
     jobs.cancel(RunDirectory(summary.path))
     st.toast(f"Cancelling {name}: it saves a checkpoint and stops at the next step.")
-if summary.state in ("cancelled", "failed") and cells[1].button("Resume"):
+if summary.state in ("cancelled", "failed") and next(cells).button("Resume"):
     try:
         runs.resume(summary.path)
         st.rerun()
     except UserError as err:
         st.error(str(err))
-if not summary.active and cells[2].button("Delete…"):
+if not summary.active and next(cells).button("Delete…"):
     confirm_delete(name)
 if summary.state == "finished":
-    cells[3].download_button("Download adapter (.zip)", runs.adapter_zip(summary.path), file_name=f"{name}-adapter.zip",
-                             mime="application/zip")
+    next(cells).download_button("Download adapter (.zip)", runs.adapter_zip(summary.path), file_name=f"{name}-adapter.zip",
+                            mime="application/zip")
 if summary.state == "finished":
     with st.expander("Push the adapter to the Hugging Face Hub"):
         st.caption("Uploads the adapter with a generated model card (base model, data, metrics, config). "

@@ -1,0 +1,278 @@
+"""End to end in a real browser: the Streamlit app, its job runner and the trainer, driven by headless Chromium.
+
+New run (BERT, uploaded CSV, preview, the demo preset's settings, launch) -> Runs (waits for "finished", curves)
+-> Compare (the run and its finetuned_accuracy in the table) -> Playground (Classify shows a prediction).
+A full-page screenshot of each page goes to tmp_path/screenshots; with UPDATE_SCREENSHOTS=1 they also replace
+docs/screenshots/*.png, the README's pictures (install fonts-noto-color-emoji first, or the page icons are boxes).
+
+Needs Debian's /usr/bin/chromium (scripts/setup.sh --dev installs it; Playwright's own browser download is not
+used), else skipped. Offline, the BERT preset is the demo checkpoint made on first start: about 1 minute on 2 cores.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, write_sentiment_csv
+from webapp.services import catalog
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev extra: scripts/setup.sh --dev")
+expect = sync_api.expect
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium: scripts/setup.sh --dev "
+                                                               "(apt-get install chromium chromium-driver)")
+BROWSER_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 1000}
+SCREENSHOTS = REPO / "docs" / "screenshots"
+TRAIN_TIMEOUT_S = 180
+DEMO_BERT = catalog.DEMO_OVERRIDES["bert"]
+STREAMLIT = Path(sys.executable).with_name("streamlit")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def processes_of(home: Path) -> list[int]:
+    """Pids whose environment holds LORA_LAB_HOME=home: the app, its runner and the trainers they started."""
+    marker = f"LORA_LAB_HOME={home}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:  # gone, or not ours to read
+            pass
+    return pids
+
+
+def stop_all(home: Path, app: subprocess.Popen) -> list[int]:
+    """SIGTERM then SIGKILL everything the test started; returns the pids still alive at the end (none, we hope)."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        for pid in [app.pid, *processes_of(home)]:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            app.poll()
+            left = processes_of(home) + ([app.pid] if app.returncode is None else [])
+            if not left:
+                return []
+            time.sleep(0.2)
+    return left
+
+
+@pytest.fixture
+def app(tmp_path):
+    """The app on a free port, with its own LORA_LAB_HOME; everything it started is stopped afterwards."""
+    # A short LORA_LAB_HOME: its paths show in the screenshots (the command, the runs' model column).
+    home = Path(tempfile.mkdtemp(prefix="lora-lab-e2e-")).resolve()
+    port = free_port()
+    env = {**os.environ, "LORA_LAB_HOME": str(home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_EVALUATE_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log = (tmp_path / "streamlit.log").open("wb")
+    proc = subprocess.Popen([str(STREAMLIT), "run", "webapp/app.py", "--server.headless", "true", "--server.port",
+                             str(port), "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                    if answer.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, f"streamlit exited: {(tmp_path / 'streamlit.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "streamlit did not answer /_stcore/health within 60 s"
+            time.sleep(0.3)
+        yield url, home
+    finally:
+        left = stop_all(home, proc)
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)
+        assert not left, f"processes left behind: {left}"
+
+
+@pytest.fixture
+def page(tmp_path):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS, headless=True)
+        context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
+
+
+def settle(page, quiet_s: float = 1.0, timeout_s: float = 60.0) -> None:
+    """Wait until Streamlit has finished the script run: no 'Running…' widget, spinner or skeleton for quiet_s."""
+    busy = page.locator('[data-testid="stStatusWidget"], [data-testid="stSpinner"], [data-testid="stSkeleton"]')
+    deadline, quiet_since = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        if busy.count() == 0:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= quiet_s:
+                return
+        else:
+            quiet_since = None
+        page.wait_for_timeout(100)
+    raise AssertionError("the page was still running after %.0f s" % timeout_s)
+
+
+def shoot(page, out: Path, name: str) -> Path:
+    """A full-page screenshot: Streamlit scrolls inside stMain, so the viewport is grown to the content first.
+
+    Taken again while any element is stale (greyed out during a rerun, e.g. of the Runs page's 2 s fragments).
+    """
+    height = page.get_by_test_id("stMain").evaluate("el => el.scrollHeight")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], height)})
+    page.wait_for_timeout(500)  # charts lay themselves out again for the new size
+    page.mouse.move(VIEWPORT["width"] // 2, 5)  # off the sidebar (hovering it shows its collapse button)
+    stale = page.locator('[data-stale="true"]')
+    path = out / f"{name}.png"
+    for _ in range(30):
+        if stale.count() == 0:
+            page.screenshot(path=str(path), full_page=True, animations="disabled")
+            if stale.count() == 0:
+                break
+        page.wait_for_timeout(200)
+    else:
+        raise AssertionError(f"{name}: the page kept rerunning, no clean screenshot")
+    page.set_viewport_size(VIEWPORT)
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, SCREENSHOTS / path.name)
+    return path
+
+
+def nav(page, title: str) -> None:
+    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+    expect(page.get_by_role("heading", name=title, level=1)).to_be_visible()
+
+
+def test_browser_end_to_end(app, page, tmp_path):
+    url, home = app
+    out = tmp_path / "screenshots"
+    out.mkdir()
+    started = last = time.monotonic()
+    timings = {}
+
+    def lap(step: str) -> None:
+        nonlocal last
+        now = time.monotonic()
+        timings[step] = now - last
+        last = now
+        print(f"[e2e] {step}: {timings[step]:.1f} s (total {now - started:.1f} s)", flush=True)
+
+    # ---- New run: BERT, an uploaded CSV, its preview, the demo settings, launch --------------------------------
+    page.goto(url)
+    expect(page.get_by_role("heading", name="New run", level=1)).to_be_visible()
+    page.get_by_text("BERT · text classification", exact=True).click()
+    # The first start writes the demo checkpoints (~20 s on 2 cores).
+    expect(page.get_by_text("Demo-sized checkpoint.")).to_be_visible(timeout=120_000)
+    lap("app up, demo checkpoints ready")
+
+    page.get_by_text("Upload a file", exact=True).click()
+    csv_path = write_sentiment_csv(tmp_path / "reviews.csv")
+    page.locator("input[type=file]").set_input_files(str(csv_path))
+    preview = page.get_by_test_id("stMetric").filter(has_text="Examples")
+    expect(preview).to_contain_text("240")
+    expect(page.get_by_test_id("stMetric").filter(has_text="Classes")).to_contain_text("2")
+    expect(page.get_by_test_id("stDataFrame")).to_be_visible()
+    # The demo BERT is random-init: its preset (catalog.DEMO_OVERRIDES) fills in settings under which it learns
+    # (larger learning rates, more epochs); the form must show them.
+    page.get_by_text("Advanced settings", exact=True).click()
+    for field, value in DEMO_BERT.items():
+        expect(page.get_by_label(field.replace("_", " ").capitalize(), exact=True)).to_have_value(f"{value:g}")
+    run_name = page.get_by_label("Run name", exact=True).input_value()
+    assert re.fullmatch(r"bert-\d{4}-\d{6}", run_name), run_name
+    command = f"finetune/train.py --config {home}/runs/{run_name}/config.yaml"
+    expect(page.get_by_test_id("stCode").first).to_contain_text(command)
+    settle(page)
+    lap("upload and preview")
+    shoot(page, out, "new_run")
+
+    page.get_by_role("button", name="Launch run").click()
+    expect(page.get_by_text(f"Run {run_name} is queued")).to_be_visible()
+    # What the form held is what the trainer gets.
+    config = yaml.safe_load((home / "runs" / run_name / "config.yaml").read_text())
+    assert {field: config[field] for field in DEMO_BERT} == DEMO_BERT, config
+    assert config["train_file"].endswith("/reviews.csv") and config["task"] == "text-classification", config
+    lap("launched")
+
+    # ---- Runs: wait for "finished", with curves and the base vs fine-tuned table ----------------------------
+    nav(page, "Runs")
+    progress = page.get_by_test_id("stProgress")
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    while True:
+        label = progress.inner_text() if progress.count() else ""
+        if "finished" in label:
+            break
+        if "failed" in label or "cancelled" in label or time.monotonic() > deadline:
+            logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(home.rglob("*.log")))
+            pytest.fail(f"run {run_name} did not finish within {TRAIN_TIMEOUT_S} s (progress: {label!r})\n{logs}")
+        page.wait_for_timeout(1000)
+    lap(f"training (queued -> finished): {label.strip()}")
+    # The page's buttons (Cancel / Download) are drawn outside the refreshing fragment, so they show the state of
+    # the last full run of the page: open Runs again to see the finished run's buttons.
+    nav(page, "Runs")
+    expect(progress).to_contain_text("finished")
+    expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(2)  # losses; accuracy and f1
+    expect(page.get_by_test_id("stTable")).to_contain_text("fine-tuned")
+    expect(page.get_by_role("button", name="Download adapter (.zip)")).to_be_visible()
+    settle(page)
+    shoot(page, out, "runs")
+
+    # ---- Compare: the run and its accuracy in the table ---------------------------------------------------
+    nav(page, "Compare")
+    table = page.get_by_test_id("stMarkdownContainer").locator("table").first
+    expect(table).to_contain_text(run_name)
+    headers = table.locator("th").all_inner_texts()
+    assert "finetuned_accuracy" in headers, headers
+    column = headers.index("finetuned_accuracy")
+    row = table.locator("tbody tr").filter(has_text=run_name)
+    accuracy = row.locator("td, th").nth(column).inner_text()
+    assert 0.0 <= float(accuracy) <= 1.0, accuracy
+    print(f"[e2e] {run_name}: finetuned_accuracy {accuracy}", flush=True)
+    expect(page.get_by_text("Confusion matrices", exact=False)).to_be_visible()
+    settle(page)
+    lap("compare")
+    shoot(page, out, "compare")
+
+    # ---- Playground: classify a sentence with the trained adapter -----------------------------------------
+    nav(page, "Playground")
+    page.get_by_label("Text", exact=True).fill("the acting was wonderful")
+    page.get_by_role("button", name="Classify").click()
+    prediction = page.get_by_test_id("stMetric").filter(has_text="Prediction")
+    expect(prediction).to_contain_text(re.compile(r"positive|negative"), timeout=120_000)
+    settle(page)
+    lap("playground")
+    shoot(page, out, "playground")
+
+    assert sorted(p.name for p in out.iterdir()) == ["compare.png", "new_run.png", "playground.png", "runs.png"]
+    print(f"[e2e] total {time.monotonic() - started:.1f} s; screenshots in {out}", flush=True)

@@ -49,7 +49,7 @@ def model_card(run_dir: str | Path) -> str:
         f"{metrics.get('steps')}; {_fmt(metrics.get('trainable_percent'))}% of the parameters trained.", "",
         "## Use", "", "```python", "from peft import PeftModel",
         f"# load the base model {base_id!r} with transformers, then:",
-        f"model = PeftModel.from_pretrained(base_model, \"<this repo>\")", "```", "",
+        "model = PeftModel.from_pretrained(base_model, \"<this repo>\")", "```", "",
         "## Training config", "", "```yaml", settings.strip(), "```", ""])
 
 

@@ -1,6 +1,5 @@
 """The job runner: FIFO order, one run per GPU (one on CPU), crashes and cancels settled on disk."""
 
-import fcntl
 import json
 import os
 import sys
@@ -25,12 +24,9 @@ run.update_status(state="finished")
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A workspace whose runner lock this test holds, so enqueue() starts no background runner."""
-    monkeypatch.setenv("LORA_LAB_HOME", str(tmp_path))
-    with (tmp_path / "runner.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        yield tmp_path
+def home(no_runner) -> Path:
+    """A workspace whose runner lock this test holds (see conftest), so queueing starts no background runner."""
+    return no_runner
 
 
 def queue_fake(home: Path, name: str, gpus: int = 0, script: str = FAKE_TRAINER) -> RunDirectory:

@@ -1,6 +1,5 @@
 """The web app's services: checkpoints, uploads, launch plans, devices, and managing runs on disk."""
 
-import fcntl
 import io
 import json
 import os
@@ -17,12 +16,9 @@ from webapp.services import catalog, devices, jobs, launch, runs, uploads
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A workspace whose runner lock this test holds, so queueing starts no background runner."""
-    monkeypatch.setenv("LORA_LAB_HOME", str(tmp_path))
-    with (tmp_path / "runner.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        yield tmp_path
+def home(no_runner) -> Path:
+    """A workspace whose runner lock this test holds (see conftest), so queueing starts no background runner."""
+    return no_runner
 
 
 def test_inspect_checkpoint_reads_kind_and_task_and_refuses_others(tiny_checkpoints, tmp_path):

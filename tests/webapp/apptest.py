@@ -1,0 +1,40 @@
+"""Small helpers for AppTest-driven page tests."""
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from finetune.rundir import RunDirectory
+from tests.webapp.conftest import APP
+
+CPU_PREFIX = "accelerate launch --config_file configs/accelerate/cpu.yaml"
+
+
+def open_app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    if page:
+        at.switch_page(page).run()
+    assert_ok(at)
+    return at
+
+
+def assert_ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def button(at: AppTest, label: str):
+    found = [b for b in at.button if b.label == label]
+    assert len(found) == 1, f"expected one {label!r} button, found {[b.label for b in at.button]}"
+    return found[0]
+
+
+def labels(at: AppTest) -> list[str]:
+    return [b.label for b in at.button]
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def state_of(run: Path) -> str:
+    return RunDirectory(run).read_status().get("state")

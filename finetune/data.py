@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 TEXT_FORMATS = {".txt": "text", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 TEXT_COLUMN_NAMES = ("text", "sentence", "content", "review", "document", "body", "prompt")
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "category", "target", "sentiment", "intent")
+MAX_UNZIPPED_BYTES = 16 * 2**30  # image archives: far above any LoRA data set, far below a full disk
 IMAGE_COLUMN_NAMES = ("image", "img", "image_path", "path", "file", "filename", "filepath")
 
 
@@ -65,6 +66,10 @@ def _extract_zip(path: Path, role: str, workdir: Path) -> Path:
                 # Refuse members that would land outside the target folder ("zip slip").
                 if not (target / member).resolve().is_relative_to(target.resolve()):
                     raise UserError(f"{role}: {path.name} holds an unsafe path {member!r}")
+            unpacked = sum(info.file_size for info in archive.infolist())
+            if unpacked > MAX_UNZIPPED_BYTES:  # a small upload must not fill the disk ("zip bomb")
+                raise UserError(f"{role}: {path.name} unpacks to {unpacked / 2**30:.1f} GiB; "
+                                f"at most {MAX_UNZIPPED_BYTES / 2**30:.0f} GiB of images are accepted")
             archive.extractall(target)
     except zipfile.BadZipFile as err:
         raise UserError(f"{role}: {path} is not a valid .zip archive ({err})") from err

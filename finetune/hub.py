@@ -75,8 +75,12 @@ def _finished(run_dir: str | Path) -> RunDirectory:
     return run
 
 
-def push_to_hub(run_dir: str | Path, repo_id: str, private: bool = True, token: Optional[str] = None) -> str:
-    """Upload the adapter folder plus README.md to ``repo_id``; returns the repository URL."""
+def push_to_hub(run_dir: str | Path, repo_id: str, private: bool = True, token: Optional[str] = None,
+                update_existing: bool = False) -> str:
+    """Upload the adapter folder plus README.md to ``repo_id``; returns the repository URL.
+
+    An existing repository is only written to with ``update_existing``: a typo must not overwrite a model.
+    """
     from huggingface_hub import HfApi
 
     token = token or os.environ.get("HF_TOKEN")
@@ -90,8 +94,12 @@ def push_to_hub(run_dir: str | Path, repo_id: str, private: bool = True, token: 
         shutil.copytree(run.adapter_dir, folder)
         (folder / "README.md").write_text(card)
         try:
+            if not update_existing and api.repo_exists(repo_id):
+                raise UserError(f"push: {repo_id!r} exists already; choose a new name, or allow updating it")
             url = api.create_repo(repo_id, private=private, exist_ok=True)
             api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=f"LoRA Lab run {run.path.name}")
+        except UserError:
+            raise
         except Exception as err:  # network, auth, naming: the library's message, never the token
             message = str(err).replace(token, "***")
             raise UserError(f"push: could not upload to {repo_id!r} ({type(err).__name__}: {message})") from None
@@ -103,13 +111,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("run", help="run directory of a finished run")
     parser.add_argument("--repo_id", help="target repository, e.g. you/bert-reviews-lora")
     parser.add_argument("--public", action="store_true", help="make a new repository public (default: private)")
+    parser.add_argument("--update", action="store_true", help="allow pushing into an existing repository")
     parser.add_argument("--card", action="store_true", help="print the model card and push nothing")
     args = parser.parse_args(argv)
     try:
         if args.card or not args.repo_id:
             print(model_card(args.run))
         else:
-            print(push_to_hub(args.run, args.repo_id, private=not args.public))
+            print(push_to_hub(args.run, args.repo_id, private=not args.public, update_existing=args.update))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

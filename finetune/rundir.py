@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 STATES = ("queued", "running", "finished", "failed", "cancelled")
+TRAINER_STATE = "trainer_state.json"  # in each checkpoint, beside accelerate's own files
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -88,10 +89,11 @@ class RunDirectory:
         _write_json_atomic(self.metrics_path, metrics)
 
     def checkpoints(self) -> list[Path]:
-        """Saved checkpoints, oldest first."""
+        """Complete checkpoints, oldest first (trainer_state.json is written last: a save cut short has none)."""
         if not self.checkpoints_dir.is_dir():
             return []
-        found = [p for p in self.checkpoints_dir.glob("step_*") if p.name.split("_")[-1].isdigit()]
+        found = [p for p in self.checkpoints_dir.glob("step_*")
+                 if p.name.split("_")[-1].isdigit() and (p / TRAINER_STATE).is_file()]
         return sorted(found, key=lambda p: int(p.name.split("_")[-1]))
 
     def latest_checkpoint(self) -> Optional[Path]:

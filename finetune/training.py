@@ -21,11 +21,10 @@ from torch import nn
 from finetune.config import TrainConfig
 from finetune.errors import UserError
 from finetune.lora import apply_lora, batchnorm_modules
-from finetune.rundir import RunDirectory
+from finetune.rundir import TRAINER_STATE, RunDirectory
 
 logger = logging.getLogger(__name__)
 
-TRAINER_STATE = "trainer_state.json"
 NO_DECAY = ("bias", "norm", "ln_", "layernorm")
 
 

@@ -80,7 +80,8 @@ def column_mapping(report: uploads.DataReport, task: str) -> dict[str, Optional[
     for cell, (role, guess) in zip(cells, guessed.items()):
         names = report.column_names
         chosen[role] = cell.selectbox(role.replace("_", " ").capitalize(), names, index=names.index(guess),
-                                      key=f"{role}:{report.path}", help=f"{HELP[role]} Guessed: {guess}.")
+                                      key=f"{role}:{report.path}", help=f"{HELP[role]} Guessed: {guess}.",
+                                      persist_state="session")
     return chosen
 
 
@@ -127,7 +128,8 @@ def settings_form(task: str, errors: ErrorSlots) -> dict:
     """Render the hyperparameter inputs; returns their raw values for TrainConfig.from_dict."""
     values = _inputs([f for f in BASIC if f[0] not in NOT_FOR[task]], errors, columns=3)
     st.markdown("**LoRA** · targets left blank are discovered from the model's attention layers (Conv2d for ResNet).")
-    # Always drawn (greyed out for full fine-tuning): Streamlit forgets the values of inputs not drawn.
+    # Always drawn (greyed out for full fine-tuning), and kept across page switches (persist_state), so the
+    # form never falls back to Streamlit's own zeros.
     values.update(_inputs(LORA, errors, columns=4, disabled=values["finetune_method"] != "lora"))
     with st.expander("Advanced settings"):
         values.update(_inputs([f for f in ADVANCED if f[0] not in NOT_FOR[task]], errors, columns=3))
@@ -141,12 +143,12 @@ def _inputs(spec: list[tuple[str, str]], errors: ErrorSlots, columns: int, disab
         with cells[i % columns]:
             label, key = name.replace("_", " ").capitalize(), f"cfg_{name}"
             if kind == "int":
-                values[name] = st.number_input(label, step=1, key=key, help=HELP[name], disabled=disabled)
+                values[name] = st.number_input(label, step=1, key=key, help=HELP[name], disabled=disabled, persist_state="session")
             elif kind == "float":
-                values[name] = st.number_input(label, step=0.01, format="%g", key=key, help=HELP[name], disabled=disabled)
+                values[name] = st.number_input(label, step=0.01, format="%g", key=key, help=HELP[name], disabled=disabled, persist_state="session")
             elif kind == "choice":
-                values[name] = st.selectbox(label, typing.get_args(HINTS[name]), key=key, help=HELP[name], disabled=disabled)
+                values[name] = st.selectbox(label, typing.get_args(HINTS[name]), key=key, help=HELP[name], disabled=disabled, persist_state="session")
             else:
-                values[name] = st.text_input(label, key=key, help=HELP[name], placeholder="default", disabled=disabled)
+                values[name] = st.text_input(label, key=key, help=HELP[name], placeholder="default", disabled=disabled, persist_state="session")
             errors.slot(name)
     return values

@@ -147,3 +147,39 @@ def _runs_runner(proc: Path, home: Path) -> bool:
             f"LORA_LAB_HOME={home}".encode() in (proc / "environ").read_bytes()
     except OSError:
         return False
+
+
+def test_jobs_that_cannot_start_fail_with_a_message_and_the_queue_moves_on(home):
+    runner = jobs.Runner(home / "runs", gpu_ids=[])
+    too_big = queue_fake(home, "too-big", gpus=2)
+    missing = RunDirectory(home / "runs" / "missing-binary")
+    jobs.enqueue(missing, ["/nonexistent/accelerate", "launch"], 0)
+    fine = queue_fake(home, "fine")
+    runner.tick()
+    assert state(too_big) == "failed" and "needs 2 GPU(s) but this machine has 0" in too_big.read_status()["error"]
+    assert state(missing) == "failed" and "could not launch: FileNotFoundError" in missing.read_status()["error"]
+    wait_for(lambda: state(fine) == "running")
+    finish(runner, fine)
+
+
+def test_a_run_left_running_by_a_vanished_trainer_is_marked_failed(home):
+    import subprocess
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = RunDirectory(home / "runs" / "orphan")
+    orphan.update_status(state="running", pid=gone.pid)  # e.g. a CLI run killed with SIGKILL
+    jobs.Runner(home / "runs", gpu_ids=[]).tick()
+    assert state(orphan) == "failed" and "ended without reporting" in orphan.read_status()["error"]
+
+
+def test_zombies_and_reused_pids_do_not_count_as_alive():
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    wait_for(lambda: jobs.process_start(child.pid) is None)  # exited, not yet reaped: a zombie
+    assert not jobs.pid_alive(child.pid)
+    child.wait()
+    me = os.getpid()
+    assert jobs.pid_alive(me) and jobs.pid_alive(me, jobs.process_start(me))
+    assert not jobs.pid_alive(me, "1"), "the same pid started at another time is another process"

@@ -242,3 +242,18 @@ def test_page_load_imports_neither_torch_nor_transformers(lab):
     line = next(line for line in result.stdout.splitlines() if line.startswith("LOAD"))
     print(line)
     assert float(line.split()[1]) < 30
+
+
+def test_new_run_form_keeps_its_values_across_page_switches(no_runner):
+    at = open_app()
+    at.radio(key="family").set_value("bert").run()
+    at.number_input(key="cfg_lora_r").set_value(8).run()
+    expected = {key: at.session_state[key] for key in ("cfg_per_device_train_batch_size", "cfg_num_train_epochs",
+                                                        "cfg_seed", "cfg_max_grad_norm", "run_name")}
+    at.switch_page("pages/runs.py").run()
+    at.switch_page("pages/new_run.py").run()
+    assert_ok(at)
+    assert at.radio(key="family").value == "bert" and at.number_input(key="cfg_lora_r").value == 8
+    kept = {key: at.session_state[key] for key in expected}
+    assert kept == expected and min(kept["cfg_per_device_train_batch_size"], kept["cfg_num_train_epochs"]) > 0
+    assert errors(at) == [] and "Launch run" in labels(at)

@@ -140,9 +140,12 @@ def test_resume_requeues_a_cancelled_run_from_its_checkpoint(home):
     run.update_status(state="cancelled")
     (run.path / jobs.JOB_FILE).write_text(json.dumps({"command": ["accelerate", "launch", "x"], "gpus": 0}))
     (run.checkpoints_dir / "step_5").mkdir(parents=True)
+    with pytest.raises(UserError, match="with no checkpoint"):  # a save cut short is no checkpoint
+        runs.resume(run.path)
+    (run.checkpoints_dir / "step_5" / "trainer_state.json").write_text("{}")
     runs.resume(run.path)
     assert run.read_status()["state"] == "queued"
     command = json.loads((run.path / jobs.JOB_FILE).read_text())["command"]
-    assert command == ["accelerate", "launch", "x", "--resume_from_checkpoint", "true"]
+    assert command == ["accelerate", "launch", "x", "--output_dir", str(run.path), "--resume_from_checkpoint", "true"]
     assert runs.queue_positions() == {"stopped": 1}
 

@@ -18,12 +18,12 @@ st.title("New run")
 
 # ---- 1. model ------------------------------------------------------------------------------------
 st.subheader("1 · Model")
-family_key = st.radio("Model family", [*catalog.FAMILIES, CUSTOM], horizontal=True, key="family",
+family_key = st.radio("Model family", [*catalog.FAMILIES, CUSTOM], horizontal=True, key="family", persist_state="session",
                       format_func=lambda k: catalog.FAMILIES[k].label if k != CUSTOM else "Other hub id or path")
 try:
     if family_key == CUSTOM:
         typed = st.text_input("Hub id or local path", key="custom_model", help=HELP["model_name_or_path"],
-                              placeholder="e.g. distilgpt2, bert-base-cased or /models/my-vit")
+                              placeholder="e.g. distilgpt2, bert-base-cased or /models/my-vit", persist_state="session")
         if not typed:
             st.stop()
         checkpoint = widgets.inspect_checkpoint(typed)
@@ -45,7 +45,8 @@ else:
 
 # ---- 2. data -------------------------------------------------------------------------------------
 st.subheader("2 · Data")
-source = st.radio("Training data", ["Sample data", "Upload a file"], horizontal=True, key="data_source")
+source = st.radio("Training data", ["Sample data", "Upload a file"], horizontal=True, key="data_source",
+                  persist_state="session")
 if source == "Upload a file":
     uploaded = st.file_uploader(f"Upload {uploads.EXPECTED[task]}", type=list(uploads.ACCEPTED[task]), key="upload")
     if uploaded is None:
@@ -81,7 +82,8 @@ if st.session_state.get("defaults_for") != (checkpoint.name_or_path, task):
     widgets.reset_settings(defaults)
 if st.session_state.pop("renew_name", False):  # the last name was just used by a launch
     st.session_state.run_name = f"{family.key}-{time.strftime('%m%d-%H%M%S')}"
-name = st.text_input("Run name", key="run_name", help="Folder name of the run; letters, digits, '.', '_' and '-'.")
+name = st.text_input("Run name", key="run_name", help="Folder name of the run; letters, digits, '.', '_' and '-'.",
+                     persist_state="session")
 errors = widgets.ErrorSlots()
 errors.slot("run name")
 values = widgets.settings_form(task, errors)
@@ -95,7 +97,8 @@ if gpus:
 else:
     st.caption("No GPU found: runs train on the CPU, one at a time.")
 options = devices.setups(gpus)
-setup = options[st.selectbox("Run on", range(len(options)), format_func=lambda i: options[i].label, key="setup")]
+setup = options[st.selectbox("Run on", range(len(options)), format_func=lambda i: options[i].label, key="setup",
+                                     persist_state="session")]
 
 # ---- validate, show the command, launch ----------------------------------------------------------
 try:

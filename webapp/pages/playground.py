@@ -29,6 +29,10 @@ try:
 except UserError as err:
     st.error(str(err))
     st.stop()
+except OSError as err:  # the adapter deleted meanwhile, or a base model neither cached nor reachable
+    st.error(f"run: cannot load {name} ({type(err).__name__}: {err}); its adapter and its base model "
+             f"{summary.model_label} must both be available")
+    st.stop()
 
 
 def show_scores(scores: list[tuple[str, float]]) -> None:

@@ -1,6 +1,7 @@
 """Runs: every run with its state, live progress, curves and log; cancel, resume, delete, download."""
 
 import datetime
+import os
 
 import pandas as pd
 import streamlit as st
@@ -12,7 +13,8 @@ from finetune.rundir import RunDirectory
 from webapp.services import jobs, runs, workspace
 
 REFRESH_SECONDS = 2  # the trainer flushes events per line; this is how stale the page may be
-STATE_ICONS = {"queued": "⏳", "starting": "🟡", "running": "🔵", "finished": "✅", "failed": "❌", "cancelled": "⏹️"}
+STATE_ICONS = {"queued": "⏳", "starting": "🟡", "running": "🔵", "stopping": "🟠", "finished": "✅", "failed": "❌",
+               "cancelled": "⏹️"}
 
 st.title("Runs")
 
@@ -50,6 +52,8 @@ name = st.selectbox("Run", names, index=default, key="runs_selected")
 
 @st.fragment(run_every=REFRESH_SECONDS)
 def live(name: str) -> None:
+    if not (workspace.runs_dir() / name).is_dir():  # deleted in another tab
+        st.rerun()
     summary = runs.summarize(workspace.runs_dir() / name)
     was_active = st.session_state.get("live_active", {}).get(name)
     st.session_state.setdefault("live_active", {})[name] = summary.active
@@ -113,17 +117,25 @@ if summary.state in ("cancelled", "failed") and next(cells).button("Resume"):
 if not summary.active and next(cells).button("Delete…"):
     confirm_delete(name)
 if summary.state == "finished":
-    next(cells).download_button("Download adapter (.zip)", runs.adapter_zip(summary.path), file_name=f"{name}-adapter.zip",
+    next(cells).download_button("Download adapter (.zip)", lambda: runs.adapter_zip(summary.path), file_name=f"{name}-adapter.zip",
                             mime="application/zip")
 if summary.state == "finished":
     with st.expander("Push the adapter to the Hugging Face Hub"):
-        st.caption("Uploads the adapter with a generated model card (base model, data, metrics, config). "
-                   "The token comes from the HF_TOKEN environment variable (a Space secret) and is never stored.")
-        repo_id = st.text_input("Repository", placeholder="your-name/my-adapter", key=f"repo:{name}")
-        private = st.checkbox("Private repository", value=True, key=f"private:{name}")
-        if st.button("Push to Hub", disabled=not repo_id):
-            try:
-                with st.spinner("Uploading…"):
-                    st.success(f"Pushed to {hub.push_to_hub(summary.path, repo_id.strip(), private=private)}")
-            except UserError as err:
-                st.error(str(err))
+        if os.environ.get("LORA_LAB_ALLOW_PUSH") != "1":
+            # Every visitor of a shared app would push with the operator's token: the operator opts in.
+            st.caption("Pushing uses the server's HF_TOKEN, so it is off unless the operator sets LORA_LAB_ALLOW_PUSH=1 "
+                       "(do so only where every user may write with that token, e.g. a private Space). From a "
+                       "terminal: `HF_TOKEN=... python -m finetune.hub RUN_DIR --repo_id you/name`.")
+        else:
+            st.caption("Uploads the adapter with a generated model card (base model, data, metrics, config), with the "
+                       "token in HF_TOKEN; the token is never stored or shown.")
+            repo_id = st.text_input("Repository", placeholder="your-name/my-adapter", key=f"repo:{name}")
+            private = st.checkbox("Private repository", value=True, key=f"private:{name}")
+            update = st.checkbox("Update the repository if it exists", value=False, key=f"update:{name}")
+            if st.button("Push to Hub", disabled=not repo_id):
+                try:
+                    with st.spinner("Uploading…"):
+                        url = hub.push_to_hub(summary.path, repo_id.strip(), private=private, update_existing=update)
+                    st.success(f"Pushed to {url}")
+                except UserError as err:
+                    st.error(str(err))

@@ -22,7 +22,7 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 class RunSummary:
     name: str
     path: Path
-    state: str  # queued | starting | running | finished | failed | cancelled
+    state: str  # queued | starting | running | stopping | finished | failed | cancelled
     task: Optional[str]
     model: Optional[str]
     step: int
@@ -42,21 +42,29 @@ class RunSummary:
 
     @property
     def active(self) -> bool:
-        return self.state in ("queued", "starting", "running")
+        return self.state in ("queued", "starting", "running", "stopping")
 
 
 def summarize(path: Path) -> RunSummary:
     run = RunDirectory(path)
     status = run.read_status()
     state = status.get("state", "unknown")
-    if state == "queued" and jobs.launched(run):
-        state = "starting"
+    if jobs.launched(run) and state in ("queued", "cancelled", "failed"):
+        # Launched but not settled: the trainer is starting, or has reported its end and is still exiting.
+        state = "starting" if state == "queued" else "stopping"
     config = _read_config(run)
     step = max((e.get("step") or 0 for e in run.read_events() if e.get("event") == "train"), default=0)
     return RunSummary(name=path.name, path=path, state=state, task=config.get("task"),
                       model=config.get("model_name_or_path"), step=step, total_steps=status.get("total_steps"),
                       eta_seconds=_eta(status, step) if state == "running" else None, error=status.get("error"),
-                      created_at=status.get("queued_at") or status.get("started_at") or path.stat().st_mtime)
+                      created_at=status.get("queued_at") or status.get("started_at") or _mtime(path))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # deleted from another tab a moment ago
+        return 0.0
 
 
 def _eta(status: dict, step: int) -> Optional[float]:
@@ -100,6 +108,8 @@ def resume(path: Path) -> None:
     """Queue a cancelled or failed run to continue from its latest checkpoint."""
     run = RunDirectory(path)
     state = run.read_status().get("state")
+    if jobs.launched(run):
+        raise UserError(f"resume: {path.name} is still stopping; try again in a moment")
     if state not in ("cancelled", "failed") or run.latest_checkpoint() is None:
         raise UserError(f"resume: {path.name} is {state} with {'a' if run.latest_checkpoint() else 'no'} checkpoint; "
                         "only a cancelled or failed run with a checkpoint can resume")
@@ -107,16 +117,29 @@ def resume(path: Path) -> None:
     if not job:  # trained from the command line into the runs folder: resume on this machine's default setup
         setup = devices.setups(devices.detect_gpus())[0]
         job = {"command": setup.command(run.config_path), "gpus": setup.num_processes if setup.uses_gpus else 0}
-    command = job["command"]
-    if "--resume_from_checkpoint" not in command:
-        command = [*command, "--resume_from_checkpoint", "true"]
+    command = _without(job["command"], "--resume_from_checkpoint", "--output_dir")
+    # Into this very folder, whatever output_dir config.yaml recorded (the run may have been moved).
+    command += ["--output_dir", str(run.path), "--resume_from_checkpoint", "true"]
     jobs.enqueue(run, command, job["gpus"])
+
+
+def _without(command: list[str], *flags: str) -> list[str]:
+    """``command`` less each ``--flag value`` pair named."""
+    kept, skip = [], False
+    for word in command:
+        if skip:
+            skip = False
+        elif word in flags:
+            skip = True
+        else:
+            kept.append(word)
+    return kept
 
 
 def delete(path: Path) -> None:
     """Remove a run that is not active (cancel it first)."""
     run = RunDirectory(path)
-    if jobs.is_active(run) or run.read_status().get("state") == "queued":
+    if jobs.is_active(run) or jobs.launched(run) or run.read_status().get("state") == "queued":
         raise UserError(f"delete: {path.name} is still queued or running; cancel it first")
     shutil.rmtree(path)
 

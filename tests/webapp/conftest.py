@@ -64,7 +64,7 @@ def trained_runs(demo_dir, tmp_path_factory) -> dict[str, Path]:
     return {name: root / name for name in specs}
 
 
-def _processes_of(home: Path) -> list[int]:
+def processes_of(home: Path) -> list[int]:
     """Pids of live processes whose environment holds LORA_LAB_HOME=home (job runners, launchers, trainers)."""
     marker = f"LORA_LAB_HOME={home}".encode()
     found = []
@@ -83,7 +83,7 @@ def stop_processes_of(home: Path, timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL, every process started under this workspace (re-scanned: a runner may spawn)."""
     deadline = time.time() + timeout
     sig = signal.SIGTERM
-    while pids := _processes_of(home):
+    while pids := processes_of(home):
         if time.time() > deadline:
             sig = signal.SIGKILL
         for pid in pids:

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, write_sentiment_csv
+from tests.webapp.conftest import processes_of
 from webapp.services import catalog
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev extra: scripts/setup.sh --dev")
@@ -46,21 +47,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def processes_of(home: Path) -> list[int]:
-    """Pids whose environment holds LORA_LAB_HOME=home: the app, its runner and the trainers they started."""
-    marker = f"LORA_LAB_HOME={home}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:  # gone, or not ours to read
-            pass
-    return pids
 
 
 def stop_all(home: Path, app: subprocess.Popen) -> list[int]:

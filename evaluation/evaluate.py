@@ -12,20 +12,19 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 from finetune.errors import UserError
 
 
-def _labelled_table(data_file: str, run_dir: Path, info: dict, workdir: Path):
+def _labelled_table(data_file: str, run_dir: Path, info: dict):
     """The data with columns resolved from the run's config and labels mapped to the run's ids."""
     from finetune.config import TrainConfig
-    from finetune.data import Columns, check_images, guess_columns, load_table
+    from finetune.data import Columns, Unpacking, check_images, guess_columns, load_table
 
     cfg = TrainConfig.from_yaml(run_dir / "config.yaml")
-    table = load_table(data_file, "--data", workdir)
+    table = load_table(data_file, "--data", Unpacking.from_config(cfg))
     given = Columns(*(c if c in table.column_names else None for c in (cfg.text_column, cfg.label_column, cfg.image_column)))
     columns = guess_columns(table, info["task"], given, "--data")
     if columns.image:
@@ -63,18 +62,17 @@ def evaluate_run(run_dir: str | Path, data_file: str, batch_size: int = 16) -> t
     run_dir = Path(run_dir)
     model, processor, info = load_trained(run_dir)
     task = get_task(info["task"])
-    with tempfile.TemporaryDirectory() as workdir:
-        cfg, table, columns = _labelled_table(data_file, run_dir, info, Path(workdir))
-        fixed = TrainConfig.from_dict({**cfg.to_dict(), "block_size": info.get("block_size"),
-                                       "max_seq_length": info.get("max_seq_length")})
-        encoded, _ = task.encode(fixed, DatasetDict(train=table), columns, processor, model)
-        references = _references(table, columns) if info["task"] != "causal-lm" else None
-        loader = torch.utils.data.DataLoader(encoded["train"], batch_size=batch_size, collate_fn=task.collate_fn(processor))
-        collected: dict[str, list] = {}
-        with torch.no_grad():
-            for batch in loader:
-                for key, value in task.eval_step(model, batch).items():
-                    collected.setdefault(key, []).append(value.numpy())
+    cfg, table, columns = _labelled_table(data_file, run_dir, info)
+    fixed = TrainConfig.from_dict({**cfg.to_dict(), "block_size": info.get("block_size"),
+                                   "max_seq_length": info.get("max_seq_length")})
+    encoded, _ = task.encode(fixed, DatasetDict(train=table), columns, processor, model)
+    references = _references(table, columns) if info["task"] != "causal-lm" else None
+    loader = torch.utils.data.DataLoader(encoded["train"], batch_size=batch_size, collate_fn=task.collate_fn(processor))
+    collected: dict[str, list] = {}
+    with torch.no_grad():
+        for batch in loader:
+            for key, value in task.eval_step(model, batch).items():
+                collected.setdefault(key, []).append(value.numpy())
     gathered = {k: np.concatenate(v) for k, v in collected.items()}
     metrics = task.compute_metrics(gathered, len(info["labels"]) if info.get("labels") else None)
     if info["task"] == "causal-lm":

@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from finetune.errors import ConfigError
+from finetune.rundir import write_text_atomic
 
 TaskName = Literal["causal-lm", "text-classification", "image-classification"]
 SchedulerName = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
@@ -111,6 +112,19 @@ class TrainConfig:
     early_stopping_patience: Optional[int] = _help(
         "Stop after this many evaluations without a better eval loss; never when absent.", default=None
     )
+    max_eval_samples: Optional[int] = _help(
+        "Evaluate on at most this many examples (drawn with seed), so evaluation never dominates a run;"
+        " all when absent.",
+        default=2000,
+    )
+    data_cache_dir: Optional[str] = _help(
+        "Folder where .zip data archives are unpacked, once per archive content; default ~/.cache/lora-lab/unpacked.",
+        default=None,
+    )
+    max_unpacked_mb: int = _help("Largest total size (MiB) a .zip data archive may unpack to.", default=2048)
+    max_compression_ratio: float = _help(
+        "Largest unpacked/packed size ratio of a member of a .zip data archive (refuses zip bombs).", default=100.0
+    )
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -125,12 +139,12 @@ class TrainConfig:
                 p.append(f"{name}: required, got nothing")
         positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                     "logging_steps", "lora_r", "eval_steps", "save_steps", "save_total_limit", "max_seq_length",
-                    "block_size", "early_stopping_patience")
+                    "block_size", "early_stopping_patience", "max_eval_samples", "max_unpacked_mb")
         for name in positive:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 p.append(f"{name}: must be a positive integer, got {value}")
-        for name in ("learning_rate", "head_learning_rate", "num_train_epochs", "lora_alpha"):
+        for name in ("learning_rate", "head_learning_rate", "num_train_epochs", "lora_alpha", "max_compression_ratio"):
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
                 p.append(f"{name}: must be a positive number, got {value}")
@@ -185,7 +199,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text_atomic(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _value_problems(cls: type, values: dict[str, Any]) -> list[str]:

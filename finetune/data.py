@@ -7,14 +7,15 @@ Every problem with the data raises UserError naming the file, the column and wha
 
 import io
 import logging
-import zipfile
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
 from PIL import Image as PILImage
 
+from finetune.archive import Limits, content_digest, unpack_zip
 from finetune.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -22,7 +23,6 @@ logger = logging.getLogger(__name__)
 TEXT_FORMATS = {".txt": "text", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 TEXT_COLUMN_NAMES = ("text", "sentence", "content", "review", "document", "body", "prompt")
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "category", "target", "sentiment", "intent")
-MAX_UNZIPPED_BYTES = 16 * 2**30  # image archives: far above any LoRA data set, far below a full disk
 IMAGE_COLUMN_NAMES = ("image", "img", "image_path", "path", "file", "filename", "filepath")
 
 
@@ -35,7 +35,25 @@ class Columns:
     image: Optional[str] = None
 
 
-def load_table(path: str | Path, role: str, workdir: Path) -> Dataset:
+@dataclass(frozen=True)
+class Unpacking:
+    """Where .zip archives are unpacked (one folder per archive content) and how large they may grow."""
+
+    root: Path = field(default_factory=lambda: default_unpack_root())
+    limits: Limits = Limits()
+
+    @classmethod
+    def from_config(cls, cfg) -> "Unpacking":
+        root = Path(cfg.data_cache_dir).expanduser() if cfg.data_cache_dir else default_unpack_root()
+        return cls(root, Limits(cfg.max_unpacked_mb * 2**20, cfg.max_compression_ratio))
+
+
+def default_unpack_root() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "lora-lab" / "unpacked"
+
+
+def load_table(path: str | Path, role: str, unpacking: Unpacking) -> Dataset:
     """Load one data file or folder as a Dataset; ``role`` (train_file/validation_file) names it in errors."""
     path = Path(path)
     if not path.exists():
@@ -43,7 +61,7 @@ def load_table(path: str | Path, role: str, workdir: Path) -> Dataset:
     if path.is_file() and path.stat().st_size == 0:
         raise UserError(f"{role}: {path} is empty; expected at least one example")
     if path.suffix.lower() == ".zip":
-        path = _extract_zip(path, role, workdir)
+        path = unpack_zip(path, unpacking.root / content_digest(path), unpacking.limits, role)
     if path.is_dir():
         return _load_image_folder(path, role)
     builder = TEXT_FORMATS.get(path.suffix.lower())
@@ -56,24 +74,6 @@ def load_table(path: str | Path, role: str, workdir: Path) -> Dataset:
     if len(table) == 0:
         raise UserError(f"{role}: {path} holds no examples")
     return table
-
-
-def _extract_zip(path: Path, role: str, workdir: Path) -> Path:
-    target = workdir / "data" / path.stem
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.namelist():
-                # Refuse members that would land outside the target folder ("zip slip").
-                if not (target / member).resolve().is_relative_to(target.resolve()):
-                    raise UserError(f"{role}: {path.name} holds an unsafe path {member!r}")
-            unpacked = sum(info.file_size for info in archive.infolist())
-            if unpacked > MAX_UNZIPPED_BYTES:  # a small upload must not fill the disk ("zip bomb")
-                raise UserError(f"{role}: {path.name} unpacks to {unpacked / 2**30:.1f} GiB; "
-                                f"at most {MAX_UNZIPPED_BYTES / 2**30:.0f} GiB of images are accepted")
-            archive.extractall(target)
-    except zipfile.BadZipFile as err:
-        raise UserError(f"{role}: {path} is not a valid .zip archive ({err})") from err
-    return target
 
 
 def _load_image_folder(path: Path, role: str) -> Dataset:
@@ -159,10 +159,10 @@ def check_images(table: Dataset, column: str, source: str, role: str) -> Dataset
 
 
 def load_splits(train_file: str, validation_file: Optional[str], task: str, given: Columns, percentage: float,
-                seed: int, workdir: Path) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
+                seed: int, unpacking: Unpacking) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
     """Train/validation splits, resolved columns and (for classification) the class names."""
-    train = load_table(train_file, "train_file", workdir)
-    validation = load_table(validation_file, "validation_file", workdir) if validation_file else None
+    train = load_table(train_file, "train_file", unpacking)
+    validation = load_table(validation_file, "validation_file", unpacking) if validation_file else None
     columns = guess_columns(train, task, given, "train_file")
     if validation is not None:
         guess_columns(validation, task, columns, "validation_file")

@@ -8,7 +8,8 @@ Layout (documented in docs/run-directory.md)::
     output_dir/metrics.json     final metrics: {"base": {...}, "finetuned": {...}, ...}
     output_dir/train.log        the trainer's log
     output_dir/adapter/         PEFT adapter (or full model) + tokenizer/processor + lora_lab.json
-    output_dir/checkpoints/step_N/  accelerate save_state checkpoints for resuming
+    output_dir/checkpoints/step_N/  accelerate save_state checkpoints for resuming (complete once
+                                    checkpoint_complete.json, written last, is there)
 
 Readers never need the trainer's code: everything is JSON, YAML or safetensors. This module imports
 nothing heavy (no torch), so the web app reads runs on page load.
@@ -16,19 +17,66 @@ nothing heavy (no torch), so the web app reads runs on page load.
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+# The source tree: runs are never written into it or over it.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SOURCE_FOLDERS = (".git", "finetune", "webapp", "evaluation", "configs", "scripts", "tests", "docs")
 STATES = ("queued", "running", "finished", "failed", "cancelled")
 TRAINER_STATE = "trainer_state.json"  # in each checkpoint, beside accelerate's own files
+CHECKPOINT_COMPLETE = "checkpoint_complete.json"  # written last: the checkpoint is whole
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    # Readers poll these files while the trainer writes them: replace, never truncate in place.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers, and a kill -9 at any moment, see the old or the new file whole.
+
+    The temporary file gets a unique name (the app writes from several threads), is fsynced before the
+    rename, and the folder after it, so the rename survives a power cut too.
+    """
+    path = Path(path)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
+        try:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    os.replace(tmp.name, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
+
+
+def process_start(pid: Optional[int]) -> Optional[str]:
+    """The process's start time (clock ticks since boot), None when there is no such live process.
+
+    Stored beside a pid, it tells the process apart from a later one that reuses the pid (after a restart).
+    Zombies count as gone: nothing reaps the orphans of a container whose PID 1 is the app.
+    """
+    try:
+        fields = Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def pid_alive(pid: Optional[int], started: Optional[str]) -> bool:
+    """True when ``pid`` is a live process that started at ``started`` (a pid without its start time never is)."""
+    return bool(pid and started) and process_start(pid) == started
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -63,7 +111,7 @@ class RunDirectory:
             raise ValueError(f"unknown run state {fields['state']!r}")
         status = {**self.read_status(), **fields, "updated_at": time.time()}
         self.path.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(self.status_path, status)
+        write_json_atomic(self.status_path, status)
         return status
 
     def append_event(self, event: dict) -> None:
@@ -86,16 +134,50 @@ class RunDirectory:
         return _read_json(self.metrics_path) or {}
 
     def write_metrics(self, metrics: dict) -> None:
-        _write_json_atomic(self.metrics_path, metrics)
+        write_json_atomic(self.metrics_path, metrics)
 
-    def checkpoints(self) -> list[Path]:
-        """Complete checkpoints, oldest first (trainer_state.json is written last: a save cut short has none)."""
+    def trainer_alive(self) -> bool:
+        """True while the trainer recorded in status.json (pid and its start time) is running."""
+        status = self.read_status()
+        return pid_alive(status.get("pid"), status.get("pid_started"))
+
+    def checkpoints(self, complete: bool = True) -> list[Path]:
+        """Complete checkpoints (or, with complete=False, those a kill cut short), oldest first."""
         if not self.checkpoints_dir.is_dir():
             return []
         found = [p for p in self.checkpoints_dir.glob("step_*")
-                 if p.name.split("_")[-1].isdigit() and (p / TRAINER_STATE).is_file()]
+                 if p.name.split("_")[-1].isdigit() and _is_complete(p) == complete]
         return sorted(found, key=lambda p: int(p.name.split("_")[-1]))
 
     def latest_checkpoint(self) -> Optional[Path]:
         checkpoints = self.checkpoints()
         return checkpoints[-1] if checkpoints else None
+
+
+def output_dir_problem(path: Path, resuming: bool) -> Optional[str]:
+    """Why ``path`` must not receive a run (None when it may): a run never overwrites anything not its own.
+
+    Accepted: a new or empty folder, a run queued there by the web app, or (when resuming) an earlier run.
+    """
+    path = Path(path).expanduser().resolve()
+    source = [PROJECT_ROOT / name for name in SOURCE_FOLDERS]
+    if path in {Path("/"), Path.home().resolve(), PROJECT_ROOT} or any(path.is_relative_to(s) for s in source):
+        return f"{path} is a system, home or project folder; choose a new folder for the run"
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file; expected a new or empty folder"
+    if not path.exists() or not any(path.iterdir()):
+        return None
+    state = RunDirectory(path).read_status().get("state")
+    if state not in STATES:
+        found = sorted(p.name for p in path.iterdir())[:5]
+        return (f"{path} is not empty (holds {', '.join(found)}) and holds no LoRA Lab run; "
+                "choose a new or empty folder")
+    if state != "queued" and not resuming:
+        return (f"{path} already holds a {state} run; choose a new output_dir "
+                "or pass --resume_from_checkpoint true to continue it")
+    return None
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    marker = _read_json(checkpoint / CHECKPOINT_COMPLETE)
+    return bool(marker and marker.get("complete")) and _read_json(checkpoint / TRAINER_STATE) is not None

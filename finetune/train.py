@@ -9,7 +9,6 @@ optimizer, loop, save. Everything it produces goes to the run directory (finetun
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import sys
@@ -19,7 +18,7 @@ from typing import Optional
 
 from finetune.config import TrainConfig, field_help, read_yaml
 from finetune.errors import ConfigError, UserError
-from finetune.rundir import RunDirectory
+from finetune.rundir import RunDirectory, output_dir_problem, process_start, write_json_atomic
 
 logger = logging.getLogger("finetune")
 
@@ -105,9 +104,11 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
 
     # ---- the loop ------------------------------------------------------------------------------
     started, samples, window_loss, window_batches = time.time(), 0, 0.0, 0
+    earlier_runtime, earlier_samples = state.runtime_seconds, state.samples  # from segments before a resume
     final_state, last_eval = "finished", state.base_metrics if resume_from is None else None
     model.train()
-    for epoch in range(state.step // steps_per_epoch, num_epochs):
+    # A run resumed from its last checkpoint (step == max_steps) has nothing left to train: the range is empty.
+    for epoch in range(state.step // steps_per_epoch, num_epochs if state.step < max_steps else 0):
         train_dl.set_epoch(epoch)
         done_in_epoch = (state.step - epoch * steps_per_epoch) * cfg.gradient_accumulation_steps
         batches = accelerator.skip_first_batches(train_dl, done_in_epoch) if done_in_epoch else train_dl
@@ -144,6 +145,7 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
 
             cancelled = stop.agreed(accelerator)
             if state.step % save_steps == 0 or cancelled:
+                state.runtime_seconds, state.samples = earlier_runtime + time.time() - started, earlier_samples + samples
                 training.save_checkpoint(accelerator, run, state, cfg.save_total_limit)
             if cancelled:
                 final_state = "cancelled"
@@ -155,10 +157,13 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     # ---- save ----------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
     if final_state == "finished":
+        if last_eval is None:  # resumed from a checkpoint taken after the last evaluation
+            last_eval = training.evaluate(model, eval_dl, accelerator, task, len(labels or []) or None)
+            accelerator.log(last_eval, step=state.step, log_kwargs={"run_directory": {"event": "eval"}})
         _save_artifacts(accelerator, model, processor, run, cfg, task.name, labels, derived)
         if accelerator.is_main_process:
-            run.write_metrics(_final_metrics(cfg, task.name, state, last_eval, model, accelerator, time.time() - started,
-                                             samples))
+            run.write_metrics(_final_metrics(cfg, task.name, state, last_eval, model, accelerator,
+                                             earlier_runtime + time.time() - started, earlier_samples + samples))
     accelerator.end_training()
     return final_state
 
@@ -198,7 +203,7 @@ def _load_data_and_model(cfg: TrainConfig, run: RunDirectory, accelerator, task)
     from finetune import training
 
     with accelerator.main_process_first():
-        raw, columns, labels = task.load_data(cfg, run.path)
+        raw, columns, labels = task.load_data(cfg)
     processor = task.load_processor(cfg.model_name_or_path)
     set_seed(cfg.seed)  # the new head starts from the same weights in every run with this seed
     model, new_heads = task.load_model(cfg.model_name_or_path, labels, processor)
@@ -239,7 +244,7 @@ def _save_artifacts(accelerator, model, processor, run: RunDirectory, cfg: Train
         info = {"task": task, "base_model": cfg.model_name_or_path, "finetune_method": cfg.finetune_method,
                 "labels": labels, "id2label": dict(enumerate(labels)) if labels else None,
                 "label2id": {name: i for i, name in enumerate(labels)} if labels else None, **derived}
-        (run.adapter_dir / "lora_lab.json").write_text(json.dumps(info, indent=2))
+        write_json_atomic(run.adapter_dir / "lora_lab.json", info)
 
 
 def _final_metrics(cfg, task: str, state, last_eval: dict, model, accelerator, seconds: float, samples: int) -> dict:
@@ -286,17 +291,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     cfg.model_name_or_path = _absolute_if_local(cfg.model_name_or_path)
     run = RunDirectory(cfg.output_dir)
-    previous = run.read_status().get("state") if is_main else None  # other ranks would see rank 0's "running"
-    if previous not in (None, "queued") and cfg.resume_from_checkpoint in (None, False):
-        # Never overwrite an earlier run's results.
-        print(f"error: output_dir: {run.path} already holds a {previous} run; choose a new output_dir "
-              "or pass --resume_from_checkpoint true to continue it", file=sys.stderr)
+    # Only rank 0 checks: other ranks would see the files rank 0 has just written.
+    problem = output_dir_problem(run.path, resuming=cfg.resume_from_checkpoint not in (None, False)) if is_main else None
+    if problem:
+        print(f"error: output_dir: {problem}", file=sys.stderr)
         return 2
     _setup_logging(run, is_main)
     if is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         _write_config(cfg, run)
-        run.update_status(state="running", error=None, started_at=time.time(), ended_at=None, pid=os.getpid())
+        run.update_status(state="running", error=None, started_at=time.time(), ended_at=None, pid=os.getpid(),
+                          pid_started=process_start(os.getpid()))
     try:
         final_state = train(cfg, run)
     except UserError as err:

@@ -21,7 +21,7 @@ from torch import nn
 from finetune.config import TrainConfig
 from finetune.errors import UserError
 from finetune.lora import apply_lora, batchnorm_modules
-from finetune.rundir import TRAINER_STATE, RunDirectory
+from finetune.rundir import CHECKPOINT_COMPLETE, TRAINER_STATE, RunDirectory, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ class TrainerState:
     best_step: Optional[int] = None
     evals_without_improvement: int = 0
     base_metrics: dict = field(default_factory=dict)
+    # Training time (s) and examples seen in earlier segments of a resumed run, so totals span every segment.
+    runtime_seconds: float = 0.0
+    samples: int = 0
 
     def record_eval(self, eval_loss: float) -> None:
         if eval_loss < self.best_eval_loss:
@@ -105,10 +108,15 @@ def evaluate(model: nn.Module, dataloader, accelerator: Accelerator, task, num_l
 
 
 def save_checkpoint(accelerator: Accelerator, run: RunDirectory, state: TrainerState, keep: Optional[int]) -> Path:
+    """accelerate's save_state plus trainer_state.json, then the completion marker once every process is done."""
     path = run.checkpoints_dir / f"step_{state.step}"
-    accelerator.save_state(str(path))
     if accelerator.is_main_process:
-        (path / TRAINER_STATE).write_text(json.dumps(asdict(state), default=str))
+        (path / CHECKPOINT_COMPLETE).unlink(missing_ok=True)  # re-saving this step: incomplete until marked again
+    accelerator.save_state(str(path))
+    accelerator.wait_for_everyone()  # each process writes its own RNG state
+    if accelerator.is_main_process:
+        write_json_atomic(path / TRAINER_STATE, asdict(state))
+        write_json_atomic(path / CHECKPOINT_COMPLETE, {"complete": True, "step": state.step})
         for old in run.checkpoints()[:-keep] if keep else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -120,13 +128,15 @@ def checkpoint_to_resume(cfg: TrainConfig, run: RunDirectory) -> Optional[Path]:
     if cfg.resume_from_checkpoint in (None, False):
         return None
     if cfg.resume_from_checkpoint is True:
+        for partial in run.checkpoints(complete=False):
+            logger.warning("Skipping %s: the save was cut short (no %s)", partial, CHECKPOINT_COMPLETE)
         latest = run.latest_checkpoint()
         if latest is None:
             raise UserError(f"resume_from_checkpoint: no checkpoint under {run.checkpoints_dir} to resume from")
         return latest
     path = Path(cfg.resume_from_checkpoint)
-    if not (path / TRAINER_STATE).is_file():
-        raise UserError(f"resume_from_checkpoint: {path} is not a checkpoint directory (no {TRAINER_STATE})")
+    if not (path / CHECKPOINT_COMPLETE).is_file():
+        raise UserError(f"resume_from_checkpoint: {path} is not a complete checkpoint directory (no {CHECKPOINT_COMPLETE})")
     return path
 
 

@@ -1,6 +1,5 @@
 """What every task provides to the training recipe, and the parts classification tasks share."""
 
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -10,7 +9,7 @@ from datasets import DatasetDict
 from transformers import PreTrainedModel
 
 from finetune.config import TrainConfig
-from finetune.data import Columns, load_splits
+from finetune.data import Columns, Unpacking, load_splits
 from finetune.lora import new_head_modules
 
 
@@ -35,11 +34,11 @@ class Task:
                                                        for m in info.get("mismatched_keys", [])]
         return model, new_head_modules(model, missing)
 
-    def load_data(self, cfg: TrainConfig, workdir: Path) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
+    def load_data(self, cfg: TrainConfig) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
         """Raw train/validation splits, the resolved columns and the class names (None without labels)."""
         given = Columns(text=cfg.text_column, label=cfg.label_column, image=cfg.image_column)
         return load_splits(cfg.train_file, cfg.validation_file, self.name, given, cfg.validation_split_percentage,
-                           cfg.seed, workdir)
+                           cfg.seed, Unpacking.from_config(cfg))
 
     def encode(self, cfg: TrainConfig, data: DatasetDict, columns: Columns, processor: Any,
                model: PreTrainedModel) -> tuple[DatasetDict, dict]:

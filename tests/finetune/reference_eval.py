@@ -15,7 +15,7 @@ def eval_loss_of_reloaded(run: Path) -> float:
     cfg = TrainConfig.from_yaml(run / "config.yaml")
     model, processor, info = load_trained(run)
     task = get_task(info["task"])
-    raw, columns, _ = task.load_data(cfg, run)
+    raw, columns, _ = task.load_data(cfg)
     fixed = TrainConfig.from_dict({**cfg.to_dict(), "block_size": info.get("block_size"),
                                    "max_seq_length": info.get("max_seq_length")})
     data, _ = task.encode(fixed, raw, columns, processor, model)

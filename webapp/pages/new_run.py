@@ -113,7 +113,7 @@ st.code(shlex.join(command), language="bash")
 with st.expander("config.yaml"):
     st.code(yaml.safe_dump(cfg.to_dict(), sort_keys=False), language="yaml")
 if st.button("Launch run", type="primary"):
-    run = launch.launch(cfg, command, setup)
+    run = launch.launch(cfg, setup)
     st.session_state.update(selected_run=run.path.name, renew_name=True)
     st.success(f"Run **{run.path.name}** is queued; it starts as soon as a {'GPU' if setup.uses_gpus else 'CPU slot'} is free.")
     st.page_link("pages/runs.py", label="Watch it on the Runs page", icon="📈")

@@ -29,9 +29,21 @@ class Setup:
 
     def command(self, run_config: Path) -> list[str]:
         """The launch command, paths relative to the source tree when they lie in it (for copy-paste)."""
-        preset = workspace.ACCELERATE_PRESETS / f"{self.preset}.yaml"
-        return ["accelerate", "launch", "--config_file", _short(preset), "--num_processes", str(self.num_processes),
-                "finetune/train.py", "--config", _short(run_config)]
+        return launch_command("accelerate", self.preset, self.num_processes, run_config, short=True)
+
+
+# The presets the app launches (configs/accelerate/two_machines.yaml needs a second machine: command line only).
+LAUNCHABLE_PRESETS = ("cpu", "single_gpu", "multi_gpu", "fsdp", "deepspeed_zero2")
+
+
+def launch_command(accelerate: str, preset: str, num_processes: int, run_config: Path, short: bool = False) -> list[str]:
+    """`accelerate launch` of the trainer on ``run_config`` with one of the project's presets."""
+    if preset not in LAUNCHABLE_PRESETS:
+        raise ValueError(f"unknown launch preset {preset!r}; expected one of {', '.join(LAUNCHABLE_PRESETS)}")
+    paths = [workspace.ACCELERATE_PRESETS / f"{preset}.yaml", workspace.REPO / "finetune" / "train.py", Path(run_config)]
+    preset_file, script, config = (_short(p) for p in paths) if short else (str(p) for p in paths)
+    return [accelerate, "launch", "--config_file", preset_file, "--num_processes", str(num_processes), script,
+            "--config", config]
 
 
 def detect_gpus() -> list[Gpu]:

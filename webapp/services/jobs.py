@@ -1,10 +1,14 @@
 """The job runner: starts queued runs first in, first out, at most one per GPU (one at a time on CPU).
 
-A run is queued by writing RUN/config.yaml, RUN/job.json (its launch command) and status "queued".
-The runner is a process of its own (``python -m webapp.services.jobs``), started by the app when none
-holds LORA_LAB_HOME/runner.lock, so no browser session owns it. It launches each trainer in a new
-session: trainers outlive the runner and the app alike, and a later runner picks up their state from
-disk. It never writes status.json while a trainer may (only after the trainer's processes are gone).
+A run is queued by writing RUN/config.yaml, RUN/job.json (which preset, how many processes and GPUs,
+whether to resume: names and counts, never a command) and status "queued". The runner builds the
+`accelerate launch` command itself from those checked values, so nothing in a run folder can become a
+command. The runner is a process of its own (``python -m webapp.services.jobs``), started by the app
+when none holds LORA_LAB_HOME/runner.lock, so no browser session owns it. It launches each trainer in a
+new session: trainers outlive the runner and the app alike, and a later runner picks up their state
+from disk. It never writes status.json while a trainer may (only after the trainer's processes are gone).
+Cancel sends SIGTERM and, after a grace period, SIGKILL to the run's process group; a run that reports
+nothing for too long is killed and failed as stalled (webapp/services/settings.py has both times).
 """
 
 import contextlib
@@ -16,55 +20,82 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from finetune.rundir import RunDirectory
-from webapp.services import devices, workspace
+from finetune.rundir import RunDirectory, pid_alive, process_start, write_json_atomic
+from webapp.services import devices, settings, workspace
 
-JOB_FILE = "job.json"  # {"command": [...], "gpus": N}: written when queued
-LAUNCH_FILE = "launch.json"  # {"pid": ..., "gpu_ids": [...], "launched_at": ...}: written by the runner
+JOB_FILE = "job.json"  # Job, written when queued
+LAUNCH_FILE = "launch.json"  # {"pid": ..., "started": ..., "gpu_ids": [...], "launched_at": ...}: by the runner
 LAUNCH_LOG = "launch.log"  # the launcher's stdout/stderr: errors from before the trainer's own log starts
-CANCEL_FILE = "cancel.requested"
+CANCEL_FILE = "cancel.requested"  # {"at": time}: Cancel sent SIGTERM then
+KILLED_FILE = "killed.json"  # {"reason": ...}: the runner SIGKILLed the run's processes
 POLL_SECONDS = 1.0
 IDLE_EXIT_SECONDS = 900  # a runner with nothing to do exits; the app starts a new one when needed
 GPU_CHECK_SECONDS = 60
+MAX_PROCESSES = 64
+
+
+@dataclass(frozen=True)
+class Job:
+    """How to launch a run: an accelerate preset, its process count, the GPUs it needs, whether to resume."""
+
+    preset: str
+    num_processes: int
+    gpus: int
+    resume: bool = False
+
+    @classmethod
+    def read(cls, run: RunDirectory) -> "Job":
+        """The run's job.json, checked field by field; ValueError says what is wrong."""
+        raw = read_json(run.path / JOB_FILE)
+        preset, processes, gpus, resume = (raw.get(k) for k in ("preset", "num_processes", "gpus", "resume"))
+        if preset not in devices.LAUNCHABLE_PRESETS:
+            raise ValueError(f"{JOB_FILE} names no known launch preset (got {preset!r})")
+        if not (_count(processes) and 1 <= processes <= MAX_PROCESSES and _count(gpus) and 0 <= gpus <= MAX_PROCESSES):
+            raise ValueError(f"{JOB_FILE} has bad process or GPU counts ({processes!r}, {gpus!r})")
+        if not isinstance(resume, bool):
+            raise ValueError(f"{JOB_FILE} has a bad resume flag ({resume!r})")
+        return cls(preset, processes, gpus, resume)
+
+    def write(self, run: RunDirectory) -> None:
+        write_json_atomic(run.path / JOB_FILE, asdict(self))
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def launch_command(run: RunDirectory, job: Job) -> list[str]:
+    """The trainer's command: this environment's accelerate, the preset, the run's own config and folder."""
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    command = devices.launch_command(accelerate, job.preset, job.num_processes, run.config_path)
+    # Into this very folder, whatever output_dir config.yaml recorded (the run may have been moved).
+    return command + ["--output_dir", str(run.path)] + (["--resume_from_checkpoint", "true"] if job.resume else [])
 
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError):  # missing, unreadable, half-written or not UTF-8
         return {}
-
-
-def process_start(pid: Optional[int]) -> Optional[str]:
-    """The process's start time (clock ticks since boot), None when there is no such live process.
-
-    Stored beside a pid, it tells the process apart from a later one that reuses the pid (after a restart).
-    Zombies count as gone: nothing reaps the orphans of a container whose PID 1 is the app.
-    """
-    try:
-        fields = Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, ValueError, IndexError, TypeError):
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
-def pid_alive(pid: Optional[int], started: Optional[str] = None) -> bool:
-    now = process_start(pid) if pid else None
-    return now is not None and (started is None or now == started)
+    return value if isinstance(value, dict) else {}
 
 
 def launched(run: RunDirectory) -> dict:
     return read_json(run.path / LAUNCH_FILE)
 
 
+def launcher_alive(run: RunDirectory) -> bool:
+    launch = launched(run)
+    return pid_alive(launch.get("pid"), launch.get("started"))
+
+
 def is_active(run: RunDirectory) -> bool:
-    """True while the launcher or the trainer of this run is alive."""
-    status, launch = run.read_status(), launched(run)
-    return pid_alive(launch.get("pid"), launch.get("started")) or \
-        (status.get("state") == "running" and pid_alive(status.get("pid")))
+    """True while the launcher or the trainer of this run is alive (pids checked with their start times)."""
+    return launcher_alive(run) or (run.read_status().get("state") == "running" and run.trainer_alive())
 
 
 @contextlib.contextmanager
@@ -75,11 +106,11 @@ def run_lock(run: RunDirectory):
         yield
 
 
-def enqueue(run: RunDirectory, command: list[str], gpus: int) -> None:
-    """Queue ``command`` for ``run`` and make sure a runner will start it."""
+def enqueue(run: RunDirectory, job: Job) -> None:
+    """Queue ``job`` for ``run`` and make sure a runner will start it."""
     run.path.mkdir(parents=True, exist_ok=True)
-    (run.path / JOB_FILE).write_text(json.dumps({"command": command, "gpus": gpus}, indent=2))
-    for stale in (LAUNCH_FILE, CANCEL_FILE):
+    job.write(run)
+    for stale in (LAUNCH_FILE, CANCEL_FILE, KILLED_FILE):
         (run.path / stale).unlink(missing_ok=True)
     run.update_status(state="queued", queued_at=time.time(), error=None, ended_at=None)
     ensure_runner()
@@ -93,14 +124,18 @@ def queued(runs_root: Path) -> list[RunDirectory]:
 
 
 def cancel(run: RunDirectory) -> None:
-    """Stop a run: a queued one at once, a launched one by SIGTERM (the trainer saves a checkpoint first)."""
+    """Stop a run: a queued one at once, a launched one by SIGTERM (the trainer saves a checkpoint first).
+
+    The runner escalates to SIGKILL when the run is still alive after the grace period.
+    """
     with run_lock(run):
         launch, status = launched(run), run.read_status()
-        if pid_alive(launch.get("pid"), launch.get("started")):
-            (run.path / CANCEL_FILE).touch()
+        if launcher_alive(run):
+            write_json_atomic(run.path / CANCEL_FILE, {"at": time.time()})
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(launch["pid"], signal.SIGTERM)  # the launcher and its trainer processes share this group
-        elif status.get("state") == "running" and pid_alive(status.get("pid")):
+        elif status.get("state") == "running" and run.trainer_alive():
+            write_json_atomic(run.path / CANCEL_FILE, {"at": time.time()})
             os.kill(status["pid"], signal.SIGTERM)  # started outside the app (command line): rank 0 tells the rest
         elif status.get("state") == "queued":
             run.update_status(state="cancelled", ended_at=time.time())
@@ -110,11 +145,26 @@ def _fail(run: RunDirectory, error: str) -> None:
     run.update_status(state="failed", ended_at=time.time(), error=error)
 
 
-class Runner:
-    """One pass of ``tick`` settles ended runs and starts what fits, in queue order."""
+def last_progress(run: RunDirectory) -> float:
+    """When the run last showed a sign of life: a status, event or log line, or its launch."""
+    times = [launched(run).get("launched_at") or 0.0]
+    for path in (run.status_path, run.events_path, run.log_path, run.path / LAUNCH_LOG):
+        with contextlib.suppress(OSError):
+            times.append(path.stat().st_mtime)
+    return max(times)
 
-    def __init__(self, runs_root: Path, gpu_ids: list[int]):
-        self.runs_root, self.gpu_ids = runs_root, gpu_ids
+
+class Runner:
+    """One pass of ``tick`` settles ended runs, stops overdue ones and starts what fits, in queue order.
+
+    ``command_for`` turns a run and its checked Job into the command to start (the trainer's, by default).
+    """
+
+    def __init__(self, runs_root: Path, gpu_ids: list[int],
+                 command_for: Callable[[RunDirectory, Job], list[str]] = launch_command,
+                 limits: Optional[settings.Settings] = None):
+        self.runs_root, self.gpu_ids, self.command_for = runs_root, gpu_ids, command_for
+        self.limits = limits or settings.load()
         self.children: dict[Path, subprocess.Popen] = {}
 
     def tick(self) -> bool:
@@ -122,25 +172,30 @@ class Runner:
         runs = [RunDirectory(p) for p in self.runs_root.iterdir() if p.is_dir()]
         busy = [r for r in runs if launched(r) and not self._reap_if_done(r)]
         for run in runs:
+            self._stop_if_overdue(run)
             self._settle_if_orphaned(run)
         used = {i for r in busy for i in launched(r).get("gpu_ids", [])}
         cpu_busy = any(not launched(r).get("gpu_ids") for r in busy)
         waiting = queued(self.runs_root)
         for run in waiting:
-            need = read_json(run.path / JOB_FILE).get("gpus", 0)
-            if need > len(self.gpu_ids):
-                _fail(run, f"needs {need} GPU(s) but this machine has {len(self.gpu_ids)}; queue it again on a setup that fits")
+            try:
+                job = Job.read(run)
+            except ValueError as err:
+                _fail(run, f"could not launch: {err}; start it again from the New run page")
+                continue
+            if job.gpus > len(self.gpu_ids):
+                _fail(run, f"needs {job.gpus} GPU(s) but this machine has {len(self.gpu_ids)}; queue it again on a setup that fits")
                 continue
             free = [i for i in self.gpu_ids if i not in used]
-            if (need and len(free) < need) or (not need and cpu_busy):
+            if (job.gpus and len(free) < job.gpus) or (not job.gpus and cpu_busy):
                 break  # first in, first out: later runs wait behind the head of the queue
-            ids = free[:need]
-            if self._launch(run, ids):
+            ids = free[:job.gpus]
+            if self._launch(run, job, ids):
                 used.update(ids)
-                cpu_busy = cpu_busy or not need
+                cpu_busy = cpu_busy or not job.gpus
         return bool(busy or waiting)
 
-    def _launch(self, run: RunDirectory, gpu_ids: list[int]) -> bool:
+    def _launch(self, run: RunDirectory, job: Job, gpu_ids: list[int]) -> bool:
         """Start the run's command on ``gpu_ids``; False when it could not start (the run is then settled)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if gpu_ids:
@@ -149,16 +204,16 @@ class Runner:
             if run.read_status().get("state") != "queued":
                 return False  # cancelled a moment ago
             try:
-                command = _resolve(read_json(run.path / JOB_FILE)["command"])
+                command = self.command_for(run, job)
                 with (run.path / LAUNCH_LOG).open("ab") as log:
                     child = subprocess.Popen(command, cwd=workspace.REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
-            except (OSError, KeyError, IndexError, TypeError) as err:  # a bad job must not stop the queue
+            except (OSError, ValueError) as err:  # a bad job must not stop the queue
                 _fail(run, f"could not launch: {type(err).__name__}: {err}")
                 return False
             self.children[run.path] = child
-            (run.path / LAUNCH_FILE).write_text(json.dumps({"pid": child.pid, "started": process_start(child.pid),
-                                                            "gpu_ids": gpu_ids, "launched_at": time.time()}))
+            write_json_atomic(run.path / LAUNCH_FILE, {"pid": child.pid, "started": process_start(child.pid),
+                                                       "gpu_ids": gpu_ids, "launched_at": time.time()})
         return True
 
     def _reap_if_done(self, run: RunDirectory) -> bool:
@@ -168,27 +223,57 @@ class Runner:
         if (child is not None and code is None) or is_active(run):
             return False
         self.children.pop(run.path, None)
-        state = run.read_status().get("state")
-        if state in ("queued", "running"):  # the trainer never wrote how it ended
+        if run.read_status().get("state") in ("queued", "running"):  # the trainer never wrote how it ended
+            killed = read_json(run.path / KILLED_FILE).get("reason")
             if (run.path / CANCEL_FILE).is_file():
-                run.update_status(state="cancelled", ended_at=time.time())
+                run.update_status(state="cancelled", ended_at=time.time(), error=killed)
+            elif killed:
+                _fail(run, f"{killed}; its processes were killed. Resume it from its last checkpoint")
             else:
                 _fail(run, f"the trainer exited (code {code}) before finishing: {log_tail(run, 3)}")
         (run.path / LAUNCH_FILE).unlink(missing_ok=True)
         return True
 
+    def _stop_if_overdue(self, run: RunDirectory) -> None:
+        """SIGKILL a run still alive long after Cancel, or silent for longer than the stall limit."""
+        if not is_active(run) or (run.path / KILLED_FILE).is_file():
+            return
+        cancelled_at, now = read_json(run.path / CANCEL_FILE).get("at"), time.time()
+        if cancelled_at and now - cancelled_at > self.limits.cancel_grace_seconds:
+            reason = f"did not stop within {self.limits.cancel_grace_seconds:g} s of Cancel"
+        elif now - last_progress(run) > self.limits.stall_seconds:
+            reason = f"stalled: it reported no progress for {self.limits.stall_seconds:g} s"
+        else:
+            return
+        write_json_atomic(run.path / KILLED_FILE, {"reason": reason, "at": now})
+        status, launch = run.read_status(), launched(run)
+        roots = [launch["pid"]] if launcher_alive(run) else [status["pid"]] if run.trainer_alive() else []
+        for pid in roots + [p for root in roots for p in descendants(root)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # also ends a stopped (SIGSTOP) process
+
     @staticmethod
     def _settle_if_orphaned(run: RunDirectory) -> None:
         """A run left "running" by a trainer that is gone (killed, machine restarted) is marked failed."""
         status = run.read_status()
-        if status.get("state") == "running" and not launched(run) and not pid_alive(status.get("pid")):
+        if status.get("state") == "running" and not launched(run) and not run.trainer_alive():
             _fail(run, f"the trainer (pid {status.get('pid')}) ended without reporting; resume it from its last checkpoint")
 
 
-def _resolve(command: list[str]) -> list[str]:
-    """`accelerate` from this environment when the job names it bare (the app's own virtual environment)."""
-    accelerate = Path(sys.executable).with_name("accelerate")
-    return [str(accelerate), *command[1:]] if command[0] == "accelerate" and accelerate.is_file() else command
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (torch's launcher may start ranks in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(proc.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
 
 
 def log_tail(run: RunDirectory, lines: int = 40) -> str:
@@ -257,6 +342,7 @@ def _serve(runner: Runner) -> None:
         if busy:
             idle_since = time.time()
         time.sleep(POLL_SECONDS)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -43,10 +43,10 @@ def plan(name: str, values: dict[str, Any], setup: Setup) -> tuple[TrainConfig, 
     return cfg, setup.command(run_dir / "config.yaml")
 
 
-def launch(cfg: TrainConfig, command: list[str], setup: Setup) -> RunDirectory:
-    """Write the run's config.yaml and queue its command; the runner starts it when a slot is free."""
+def launch(cfg: TrainConfig, setup: Setup) -> RunDirectory:
+    """Write the run's config.yaml and queue it on ``setup``; the runner starts it when a slot is free."""
     run = RunDirectory(cfg.output_dir)
     run.path.mkdir(parents=True, exist_ok=False)
     cfg.to_yaml(run.config_path)
-    jobs.enqueue(run, command, setup.num_processes if setup.uses_gpus else 0)
+    jobs.enqueue(run, jobs.Job(setup.preset, setup.num_processes, setup.num_processes if setup.uses_gpus else 0))
     return run

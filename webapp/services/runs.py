@@ -1,5 +1,6 @@
 """Reading and managing runs for the pages: summaries with progress and ETA, resume, delete, export."""
 
+import dataclasses
 import io
 import re
 import shutil
@@ -113,27 +114,12 @@ def resume(path: Path) -> None:
     if state not in ("cancelled", "failed") or run.latest_checkpoint() is None:
         raise UserError(f"resume: {path.name} is {state} with {'a' if run.latest_checkpoint() else 'no'} checkpoint; "
                         "only a cancelled or failed run with a checkpoint can resume")
-    job = jobs.read_json(path / jobs.JOB_FILE)
-    if not job:  # trained from the command line into the runs folder: resume on this machine's default setup
+    try:
+        job = jobs.Job.read(run)
+    except ValueError:  # trained from the command line into the runs folder: this machine's default setup
         setup = devices.setups(devices.detect_gpus())[0]
-        job = {"command": setup.command(run.config_path), "gpus": setup.num_processes if setup.uses_gpus else 0}
-    command = _without(job["command"], "--resume_from_checkpoint", "--output_dir")
-    # Into this very folder, whatever output_dir config.yaml recorded (the run may have been moved).
-    command += ["--output_dir", str(run.path), "--resume_from_checkpoint", "true"]
-    jobs.enqueue(run, command, job["gpus"])
-
-
-def _without(command: list[str], *flags: str) -> list[str]:
-    """``command`` less each ``--flag value`` pair named."""
-    kept, skip = [], False
-    for word in command:
-        if skip:
-            skip = False
-        elif word in flags:
-            skip = True
-        else:
-            kept.append(word)
-    return kept
+        job = jobs.Job(setup.preset, setup.num_processes, setup.num_processes if setup.uses_gpus else 0)
+    jobs.enqueue(run, dataclasses.replace(job, resume=True))
 
 
 def delete(path: Path) -> None:

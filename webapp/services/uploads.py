@@ -5,13 +5,15 @@ and its messages (file, column, what was expected) reach the page unchanged.
 """
 
 import hashlib
-import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from finetune.archive import unpack_zip
 from finetune.errors import UserError
-from webapp.services import workspace
+from finetune.rundir import write_bytes_atomic
+from webapp.services import settings, workspace
 
 ACCEPTED = {
     "causal-lm": ("txt", "csv", "jsonl", "json"),
@@ -42,29 +44,39 @@ class DataReport:
 
 
 def save_upload(filename: str, data: bytes, task: str) -> Path:
-    """Store an uploaded file (content-addressed, so re-uploads reuse it) after checking its kind."""
+    """Store an uploaded file and return the path the trainer reads: a .zip comes back unpacked, as a folder.
+
+    Everything lives in uploads/<content hash>/ under names chosen here (``upload.<ext>``, ``unpacked/``);
+    the user's file name only picks the extension. The same content is stored and unpacked once.
+    """
     suffix = Path(filename).suffix.lower().lstrip(".")
     if suffix not in ACCEPTED[task]:
         raise UserError(f"upload: {filename} is a .{suffix or '?'} file; expected {EXPECTED[task]}")
     if not data:
         raise UserError(f"upload: {filename} is empty; expected {EXPECTED[task]}")
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename).name)
-    path = workspace.uploads_dir() / hashlib.sha256(data).hexdigest()[:16] / safe
+    folder = workspace.uploads_dir() / hashlib.sha256(data).hexdigest()[:16]
+    path = folder / f"upload.{suffix}"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, data)
+    if suffix == "zip":
+        try:
+            return unpack_zip(path, folder / "unpacked", settings.load().archive_limits, "upload")
+        except UserError:
+            shutil.rmtree(folder, ignore_errors=True)  # a refused archive leaves nothing behind
+            raise
     return path
 
 
 def inspect_data(path: Path, task: str, text_column: Optional[str] = None, label_column: Optional[str] = None,
                  image_column: Optional[str] = None) -> DataReport:
     """Load ``path`` as the trainer will, resolving (or checking) the columns; UserError on any problem."""
-    from finetune.data import Columns, load_splits, load_table
+    from finetune.data import Columns, Unpacking, load_splits, load_table
 
     given = Columns(text=text_column, label=label_column, image=image_column)
-    workdir = Path(path).parent
-    splits, columns, labels = load_splits(str(path), None, task, given, 10.0, 42, workdir)
-    raw = load_table(path, "train_file", workdir)
+    unpacking = Unpacking(workspace.uploads_dir() / "unpacked", settings.load().archive_limits)
+    splits, columns, labels = load_splits(str(path), None, task, given, 10.0, 42, unpacking)
+    raw = load_table(path, "train_file", unpacking)
     head = raw.select(range(min(10, len(raw))))
     report = DataReport(path=Path(path), num_examples=len(raw), column_names=raw.column_names,
                         text_column=columns.text, label_column=columns.label, image_column=columns.image,

@@ -167,7 +167,10 @@ def output_dir_problem(path: Path, resuming: bool) -> Optional[str]:
         return f"{path} is a file; expected a new or empty folder"
     if not path.exists() or not any(path.iterdir()):
         return None
-    state = RunDirectory(path).read_status().get("state")
+    run = RunDirectory(path)
+    state = run.read_status().get("state")
+    if state is None and resuming and run.latest_checkpoint() is not None:
+        return None  # checkpoints of ours, copied or left by a run whose status was lost
     if state not in STATES:
         found = sorted(p.name for p in path.iterdir())[:5]
         return (f"{path} is not empty (holds {', '.join(found)}) and holds no LoRA Lab run; "

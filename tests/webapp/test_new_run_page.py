@@ -7,7 +7,6 @@ st.navigation), each test in a workspace of its own (fixtures in conftest.py).
 import io
 import json
 import os
-import shlex
 import subprocess
 import sys
 import textwrap
@@ -59,7 +58,7 @@ def test_new_run_launch_queues_the_run_and_the_runner_finishes_it(lab):
                 "learning_rate": 0.003, "finetune_method": "lora", "per_device_train_batch_size": 8}
     assert {k: config.get(k) for k in expected} == expected, f"{len(expected)} fields of config.yaml checked"
     job = json.loads((run / "job.json").read_text())
-    assert shlex.join(job["command"]) == command and job["gpus"] == 0
+    assert job == {"preset": "cpu", "num_processes": 1, "gpus": 0, "resume": False}
     status = RunDirectory(run).read_status()
     assert "queued_at" in status and status["state"] in ("queued", "running", "finished"), status
 
@@ -107,7 +106,7 @@ def test_new_run_upload_csv_preview_and_bad_files(no_runner, tmp_path):
     label_box = at.selectbox(key=next(k for k in _keys(at) if k.startswith("label_column:")))
     assert (text_box.value, label_box.value) == ("review", "sentiment")
     assert text_box.options == label_box.options == ["review", "sentiment"]
-    saved = list((no_runner / "uploads").rglob("my_reviews.csv"))
+    saved = list((no_runner / "uploads").rglob("upload.csv"))
     assert len(saved) == 1 and saved[0].read_bytes() == data, "the upload is stored under LORA_LAB_HOME/uploads"
     assert "Launch run" in labels(at)
 

@@ -17,11 +17,9 @@ from tests.webapp.conftest import copy_run
 # ---- Runs -------------------------------------------------------------------------------------------
 
 def _queue(home: Path, name: str, source: Path, state: str, **status) -> Path:
-    """A run as the app leaves it: config.yaml, job.json (the launch command) and status.json."""
+    """A run as the app leaves it: config.yaml, job.json (preset and counts) and status.json."""
     run = copy_run(source, home, name)
-    command = ["accelerate", "launch", "--config_file", "configs/accelerate/cpu.yaml", "--num_processes", "1",
-               "finetune/train.py", "--config", str(run / "config.yaml")]
-    (run / "job.json").write_text(json.dumps({"command": command, "gpus": 0}))
+    (run / "job.json").write_text(json.dumps({"preset": "cpu", "num_processes": 1, "gpus": 0, "resume": False}))
     RunDirectory(run).status_path.write_text(json.dumps({"state": state, "queued_at": time.time(), **status}))
     return run
 
@@ -74,14 +72,13 @@ def test_runs_page_states_details_and_actions(no_runner, trained_runs):
     assert_ok(at)
     assert state_of(waiting) == "cancelled"
 
-    # Resume a cancelled run with a checkpoint: queued again, the same command resuming into this folder.
-    before = json.loads((stopped / "job.json").read_text())["command"]
+    # Resume a cancelled run with a checkpoint: queued again on the same setup, resuming into this folder.
     at.selectbox(key="runs_selected").set_value("stopped").run()
     button(at, "Resume").click().run()
     assert_ok(at)
     assert state_of(stopped) == "queued"
-    command = json.loads((stopped / "job.json").read_text())["command"]
-    assert command == [*before, "--output_dir", str(stopped), "--resume_from_checkpoint", "true"]
+    job = json.loads((stopped / "job.json").read_text())
+    assert job == {"preset": "cpu", "num_processes": 1, "gpus": 0, "resume": True}
     assert labels(at) == ["Cancel run"], "the page shows it queued again"
 
     # Delete… opens a dialog; "Delete for good" removes the folder.
@@ -138,6 +135,5 @@ def test_resume_a_cancelled_run_made_by_the_cli(no_runner, trained_runs):
     button(at, "Resume").click().run()
     assert_ok(at)
     assert state_of(run) == "queued" and errors(at) == []
-    command = json.loads((run / "job.json").read_text())["command"]
-    assert command[:4] == ["accelerate", "launch", "--config_file", "configs/accelerate/cpu.yaml"]
-    assert command[-4:] == ["--output_dir", str(run), "--resume_from_checkpoint", "true"]
+    job = json.loads((run / "job.json").read_text())
+    assert job == {"preset": "cpu", "num_processes": 1, "gpus": 0, "resume": True}, "this machine's default setup"

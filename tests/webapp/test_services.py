@@ -2,6 +2,7 @@
 
 import io
 import json
+import sys
 import os
 import time
 import zipfile
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from finetune.errors import ConfigError, UserError
-from finetune.rundir import RunDirectory
+from finetune.rundir import RunDirectory, process_start
 from tests.conftest import write_sentiment_csv
 from webapp.services import catalog, devices, jobs, launch, runs, uploads
 
@@ -63,7 +64,7 @@ def test_uploads_are_checked_stored_once_and_read_by_the_engine(home, tmp_path):
     data = write_sentiment_csv(tmp_path / "reviews.csv", rows=40).read_bytes()
     first = uploads.save_upload("my reviews.csv", data, "text-classification")
     assert first == uploads.save_upload("my reviews.csv", data, "text-classification")
-    assert first.name == "my_reviews.csv"
+    assert first.name == "upload.csv", "stored under a name the app chooses, not the user"
     report = uploads.inspect_data(first, "text-classification")
     assert (report.num_examples, report.text_column, report.label_column) == (40, "review", "sentiment")
     assert report.label_counts == {"negative": 20, "positive": 20} and len(report.preview) == 10
@@ -86,9 +87,14 @@ def test_launch_plan_validates_every_field_and_gives_the_exact_command(home):
     cfg, command = launch.plan("first", {**values, "learning_rate": "2e-4", "lora_r": 8}, setup)
     assert cfg.learning_rate == 2e-4 and cfg.seed == 42  # blank fields keep their defaults
     assert command[:5] == ["accelerate", "launch", "--config_file", "configs/accelerate/cpu.yaml", "--num_processes"]
-    run = launch.launch(cfg, command, setup)
+    run = launch.launch(cfg, setup)
     assert run.read_status()["state"] == "queued"
-    assert json.loads((run.path / jobs.JOB_FILE).read_text()) == {"command": command, "gpus": 0}
+    job = json.loads((run.path / jobs.JOB_FILE).read_text())
+    assert job == {"preset": "cpu", "num_processes": 1, "gpus": 0, "resume": False}, "names and counts, no command"
+    repo = devices.workspace.REPO
+    assert jobs.launch_command(run, jobs.Job.read(run)) == [
+        str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(repo / "configs/accelerate/cpu.yaml"),
+        "--num_processes", "1", str(repo / "finetune/train.py"), "--config", str(run.config_path), "--output_dir", str(run.path)]
     with pytest.raises(UserError, match="exists already"):
         launch.plan("first", {**values, "learning_rate": "2e-4", "lora_r": 8}, setup)
 
@@ -128,7 +134,7 @@ def test_runs_are_summarised_managed_and_exported(home):
         assert sorted(archive.namelist()) == ["done/adapter_config.json", "done/sub/x.txt"]
     with pytest.raises(UserError, match="only a cancelled or failed run"):
         runs.resume(done.path)
-    running.update_status(pid=os.getpid())  # a live process, like a trainer
+    running.update_status(pid=os.getpid(), pid_started=process_start(os.getpid()))  # a live process, like a trainer
     with pytest.raises(UserError, match="cancel it first"):
         runs.delete(running.path)
     runs.delete(done.path)
@@ -138,14 +144,16 @@ def test_runs_are_summarised_managed_and_exported(home):
 def test_resume_requeues_a_cancelled_run_from_its_checkpoint(home):
     run = _finished_run(home / "runs", "stopped")
     run.update_status(state="cancelled")
-    (run.path / jobs.JOB_FILE).write_text(json.dumps({"command": ["accelerate", "launch", "x"], "gpus": 0}))
+    jobs.Job("cpu", 1, 0).write(run)
     (run.checkpoints_dir / "step_5").mkdir(parents=True)
-    with pytest.raises(UserError, match="with no checkpoint"):  # a save cut short is no checkpoint
-        runs.resume(run.path)
     (run.checkpoints_dir / "step_5" / "trainer_state.json").write_text("{}")
+    with pytest.raises(UserError, match="with no checkpoint"):  # a save cut short (no completion marker) is no checkpoint
+        runs.resume(run.path)
+    (run.checkpoints_dir / "step_5" / "checkpoint_complete.json").write_text('{"complete": true}')
     runs.resume(run.path)
     assert run.read_status()["state"] == "queued"
-    command = json.loads((run.path / jobs.JOB_FILE).read_text())["command"]
-    assert command == ["accelerate", "launch", "x", "--output_dir", str(run.path), "--resume_from_checkpoint", "true"]
+    job = jobs.Job.read(run)
+    assert job == jobs.Job("cpu", 1, 0, resume=True)
+    assert jobs.launch_command(run, job)[-4:] == ["--output_dir", str(run.path), "--resume_from_checkpoint", "true"]
     assert runs.queue_positions() == {"stopped": 1}
 

@@ -82,9 +82,9 @@ def _checked_members(archive: zipfile.ZipFile, name: str, limits: Limits, role: 
         if relative is None:
             raise UserError(f"{role}: {name} holds an unsafe path {info.filename!r}; expected relative paths "
                             "inside the archive (no absolute paths, no '..')")
-        mode = info.external_attr >> 16
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            kind = "a symbolic link" if stat.S_ISLNK(mode) else "a special file"
+        kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver recorded no Unix file type
+        if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+            kind = "a symbolic link" if kind == stat.S_IFLNK else "a special file"
             raise UserError(f"{role}: {name} member {info.filename!r} is {kind}; only plain files and folders are accepted")
         total += info.file_size
         checked.append((info, relative))

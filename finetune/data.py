@@ -2,17 +2,22 @@
 
 Formats: .txt (one example per line), .csv, .json/.jsonl, an image folder or .zip with one
 sub-folder per class, or a .csv/.jsonl whose image column holds file paths (relative to the file).
-Every problem with the data raises UserError naming the file, the column and what was expected.
+Every problem with the data raises UserError naming the role, the file, the column and what was expected.
 """
 
 import io
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
+from datasets.table import InMemoryTable
 from PIL import Image as PILImage
 
 from finetune.archive import Limits, content_digest, unpack_zip
@@ -24,6 +29,15 @@ TEXT_FORMATS = {".txt": "text", ".csv": "csv", ".json": "json", ".jsonl": "json"
 TEXT_COLUMN_NAMES = ("text", "sentence", "content", "review", "document", "body", "prompt")
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "category", "target", "sentiment", "intent")
 IMAGE_COLUMN_NAMES = ("image", "img", "image_path", "path", "file", "filename", "filepath")
+# Longest text one example may have (characters). Tokenizing one 50 MB line took 8.4 GB of memory;
+# 100k characters is about 25k tokens (a few MB while tokenized), far beyond the 512-1024 tokens
+# these models read at once, so text classification truncates there and causal LM cuts longer
+# texts into pieces of this size.
+MAX_TEXT_CHARS = 100_000
+# The UTF-8 check reads this many bytes at a time (plus the rest of the line): bounded memory, ~1 GB/s.
+UTF8_CHUNK_BYTES = 4 * 2**20
+# Threads decoding images while checking them (PIL releases the GIL while decoding).
+DECODE_THREADS = min(8, os.cpu_count() or 1)
 
 
 @dataclass
@@ -53,8 +67,11 @@ def default_unpack_root() -> Path:
     return Path(cache) / "lora-lab" / "unpacked"
 
 
-def load_table(path: str | Path, role: str, unpacking: Unpacking) -> Dataset:
-    """Load one data file or folder as a Dataset; ``role`` (train_file/validation_file) names it in errors."""
+def load_table(path: str | Path, role: str, unpacking: Unpacking, max_rows: Optional[int] = None) -> Dataset:
+    """Load one data file or folder as a Dataset; ``role`` (train_file/validation_file) names it in errors.
+
+    ``max_rows`` reads only the first rows of a text file, streamed (to preview a large file); folders are read whole.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{role}: {path} does not exist; expected a .txt/.csv/.jsonl file, an image folder or a .zip")
@@ -67,13 +84,62 @@ def load_table(path: str | Path, role: str, unpacking: Unpacking) -> Dataset:
     builder = TEXT_FORMATS.get(path.suffix.lower())
     if builder is None:
         raise UserError(f"{role}: {path.name} has an unsupported extension; expected one of .txt .csv .json .jsonl .zip or a folder")
+    _check_utf8(path, role)
     try:
-        table = load_dataset(builder, data_files={"data": str(path)}, split="data")
+        table = _read_head(builder, path, max_rows) if max_rows else _read_all(builder, path)
     except Exception as err:  # datasets raises many types for malformed files
-        raise UserError(f"{role}: could not read {path} as {builder} ({type(err).__name__}: {err})") from err
+        raise _read_error(builder, path, role, err) from err
     if len(table) == 0:
-        raise UserError(f"{role}: {path} holds no examples")
+        raise _no_examples(path, role)
     return table
+
+
+def _read_all(builder: str, path: Path) -> Dataset:
+    return load_dataset(builder, data_files={"data": str(path)}, split="data")
+
+
+def _read_head(builder: str, path: Path, rows: int) -> Dataset:
+    """The first ``rows`` rows, streamed: only the builder's first chunks of the file are read."""
+    stream = load_dataset(builder, data_files={"data": str(path)}, split="data", streaming=True)
+    first = next(stream.with_format("arrow").iter(batch_size=rows), None)
+    return Dataset(InMemoryTable(first)) if first is not None else Dataset.from_dict({})
+
+
+def _read_error(builder: str, path: Path, role: str, err: Exception) -> UserError:
+    # A CSV header without rows makes the builder fail ("corresponds to no data"); streaming reads it as empty.
+    try:
+        if len(_read_head(builder, path, 1)) == 0:
+            return _no_examples(path, role)
+    except Exception:  # broken beyond being empty: report the original error
+        pass
+    cause = err
+    while cause.__cause__ is not None:  # datasets wraps the parser's own, more telling error
+        cause = cause.__cause__
+    return UserError(f"{role}: could not read {path} as {builder} ({type(cause).__name__}: {cause})")
+
+
+def _no_examples(path: Path, role: str) -> UserError:
+    return UserError(f"{role}: {path} holds no examples (a header line at most); expected at least one row of data")
+
+
+def _check_utf8(path: Path, role: str) -> None:
+    """Refuse a file that is not UTF-8, naming the line and byte offset of the first bad byte."""
+    offset, line = 0, 1
+    hint = " (Excel: Save As 'CSV UTF-8')" if path.suffix.lower() == ".csv" else ""
+    with path.open("rb") as f:
+        # Chunks end at a line break, so no multi-byte character is cut (none contains b"\n").
+        while chunk := f.read(UTF8_CHUNK_BYTES) + f.readline():
+            try:
+                chunk.decode("utf-8")
+            except UnicodeDecodeError as err:
+                line += chunk.count(b"\n", 0, err.start)
+                line_start = chunk.rfind(b"\n", 0, err.start) + 1
+                near = chunk[max(line_start, err.start - 30): err.start + 10].split(b"\n")[0]
+                raise UserError(f"{role}: {path} is not UTF-8 text: line {line} (byte offset {offset + err.start}) "
+                                f"holds byte 0x{chunk[err.start]:02x}, near {near.decode('utf-8', 'replace')!r}; "
+                                f"save it as UTF-8{hint}") from None
+            offset += len(chunk)
+            line += chunk.count(b"\n")
 
 
 def _load_image_folder(path: Path, role: str) -> Dataset:
@@ -135,8 +201,17 @@ def _fewest_values_column(table: Dataset, exclude: set) -> Optional[str]:
     return min(counts, key=counts.get) if counts else None
 
 
+def long_text_lengths(table: Dataset, column: str) -> list[int]:
+    """Lengths (characters) of the texts in ``column`` longer than MAX_TEXT_CHARS, measured in arrow batches."""
+    found = []
+    for batch in table.select_columns([column]).with_format("arrow").iter(batch_size=10_000):
+        lengths = pc.utf8_length(batch[column].cast(pa.large_string()))
+        found += pc.filter(lengths, pc.greater(lengths, MAX_TEXT_CHARS)).to_pylist()
+    return found
+
+
 def check_images(table: Dataset, column: str, source: str, role: str) -> Dataset:
-    """Image column as decodable images: paths resolved against the data file's folder, every file opened once."""
+    """Image column as decodable images: paths resolved against the data file's folder, every image decoded once."""
     if not isinstance(table.features[column], Image):
         base = Path(source).parent
 
@@ -145,34 +220,76 @@ def check_images(table: Dataset, column: str, source: str, role: str) -> Dataset
 
         table = table.map(resolve, batched=True)
     raw = table.cast_column(column, Image(decode=False))
-    bad = []
-    for index, item in enumerate(raw[column]):
-        try:
-            with PILImage.open(item["path"] if item.get("bytes") is None else io.BytesIO(item["bytes"])) as image:
-                image.verify()
-        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ... for broken files
-            bad.append(f"{item.get('path') or f'row {index}'} ({type(err).__name__})")
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        bad = [problem for problem in pool.map(_image_problem, range(len(raw)), raw[column]) if problem]
     if bad:
-        raise UserError(f"{role}: {len(bad)} image(s) in column {column!r} cannot be read: {', '.join(bad[:5])}"
-                        f"{' ...' if len(bad) > 5 else ''}; expected readable .png/.jpg/.bmp/.gif/.webp files")
+        raise UserError(f"{role}: {len(bad)} image(s) in column {column!r} of {source} cannot be read: "
+                        f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; "
+                        "expected complete .png/.jpg/.bmp/.gif/.webp files")
     return table.cast_column(column, Image())
 
 
+def _image_problem(index: int, item: dict) -> Optional[str]:
+    """Why one image cannot be decoded, or None. load() decodes every pixel: verify() passes truncated files."""
+    try:
+        with PILImage.open(item["path"] if item.get("bytes") is None else io.BytesIO(item["bytes"])) as image:
+            image.load()
+        return None
+    except FileNotFoundError:
+        reason = "no such file"
+    except PILImage.UnidentifiedImageError:
+        reason = "not an image"
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ... for broken files
+        reason = str(err) or type(err).__name__
+    return f"{item.get('path') or f'row {index}'} ({reason})"
+
+
 def load_splits(train_file: str, validation_file: Optional[str], task: str, given: Columns, percentage: float,
-                seed: int, unpacking: Unpacking) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
-    """Train/validation splits, resolved columns and (for classification) the class names."""
-    train = load_table(train_file, "train_file", unpacking)
-    validation = load_table(validation_file, "validation_file", unpacking) if validation_file else None
-    columns = guess_columns(train, task, given, "train_file")
-    if validation is not None:
-        guess_columns(validation, task, columns, "validation_file")
+                seed: int, unpacking: Unpacking, max_eval_samples: Optional[int] = None
+                ) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
+    """Train/validation splits, resolved columns and (for classification) the class names.
+
+    Without validation_file, ``percentage`` % of train is held out with ``seed``; a validation split larger
+    than ``max_eval_samples`` is then cut to that many examples, drawn with ``seed``.
+    """
+    files = {"train_file": train_file, "validation_file": validation_file}
+    tables = {role: load_table(path, role, unpacking) for role, path in files.items() if path}
+    return prepare_splits(tables, files, task, given, percentage, seed, max_eval_samples)
+
+
+def prepare_splits(tables: dict[str, Dataset], files: dict[str, Optional[str]], task: str, given: Columns,
+                   percentage: float, seed: int, max_eval_samples: Optional[int] = None
+                   ) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
+    """load_splits on tables already read, keyed by role (``files`` names their sources): every check and cast."""
+    columns = guess_columns(tables["train_file"], task, given, "train_file")
+    if "validation_file" in tables:
+        guess_columns(tables["validation_file"], task, columns, "validation_file")
+    if columns.text is not None:
+        tables = {role: _drop_empty_texts(t, columns.text, files[role], role) for role, t in tables.items()}
     if columns.image is not None:
-        train = check_images(train, columns.image, train_file, "train_file")
-        validation = validation and check_images(validation, columns.image, validation_file, "validation_file")
+        tables = {role: check_images(t, columns.image, files[role], role) for role, t in tables.items()}
     labels = None
     if columns.label is not None:
-        train, validation, labels = _to_class_labels(train, validation, columns.label)
-    return split_train_eval(train, validation, percentage, seed, columns.label), columns, labels
+        tables, labels = _to_class_labels(tables, columns.label, files)
+    splits = split_train_eval(tables["train_file"], tables.get("validation_file"), percentage, seed, columns.label)
+    splits["validation"] = _cap_eval(splits["validation"], max_eval_samples, seed, columns.label)
+    return splits, columns, labels
+
+
+def _drop_empty_texts(table: Dataset, column: str, source: str, role: str) -> Dataset:
+    """The text column as strings, without rows whose text is missing or blank; UserError when none is left."""
+    if table.features[column] not in (Value("string"), Value("large_string")):
+        table = table.cast_column(column, Value("string"))
+    filled = pc.match_substring_regex(table.with_format("arrow")[column], r"\S")
+    keep = np.flatnonzero(pc.fill_null(filled, False).to_numpy())
+    if len(keep) == 0:
+        raise UserError(f"{role}: text column {column!r} of {source} is empty in all {len(table)} rows; "
+                        "expected text in every example")
+    if len(keep) < len(table):
+        logger.warning("%s: dropped %d of %d examples whose text column %r is empty", role, len(table) - len(keep),
+                       len(table), column)
+        table = table.select(keep)
+    return table
 
 
 def split_train_eval(train: Dataset, validation: Optional[Dataset], percentage: float, seed: int,
@@ -183,28 +300,90 @@ def split_train_eval(train: Dataset, validation: Optional[Dataset], percentage: 
     if len(train) < 2:
         raise UserError(f"train_file: has {len(train)} example; need at least 2 to hold out a validation split")
     test_size = max(1, round(len(train) * percentage / 100))
-    can_stratify = stratify is not None and test_size >= train.features[stratify].num_classes
-    parts = train.train_test_split(test_size=test_size, seed=seed, stratify_by_column=stratify if can_stratify else None)
+    parts = train.train_test_split(test_size=test_size, seed=seed,
+                                   stratify_by_column=_stratify(train, stratify, test_size))
     return DatasetDict(train=parts["train"], validation=parts["test"])
 
 
-def _to_class_labels(train: Dataset, validation: Optional[Dataset], column: str):
-    """Cast string or integer labels to a ClassLabel shared by both splits; returns (train, validation, names)."""
-    tables = [t for t in (train, validation) if t is not None]
-    if isinstance(train.features[column], ClassLabel):
-        names = list(train.features[column].names)
+def _cap_eval(validation: Dataset, max_examples: Optional[int], seed: int, label: Optional[str]) -> Dataset:
+    """At most ``max_examples`` of the validation split, drawn with ``seed``: evaluation must not dominate a run."""
+    if max_examples is None or len(validation) <= max_examples:
+        return validation
+    kept = validation.train_test_split(test_size=max_examples, seed=seed,
+                                       stratify_by_column=_stratify(validation, label, max_examples))["test"]
+    logger.info("Evaluating on %d of %d held-out examples (max_eval_samples)", len(kept), len(validation))
+    return kept
+
+
+def _stratify(table: Dataset, column: Optional[str], test_size: int) -> Optional[str]:
+    """``column`` where datasets can stratify a split of ``test_size`` rows: 2+ examples and room for every class."""
+    if column is None:
+        return None
+    counts = np.bincount(np.asarray(table.with_format("numpy")[column]))
+    counts = counts[counts > 0]
+    fits = min(test_size, len(table) - test_size) >= len(counts)
+    return column if fits and counts.min() >= 2 else None
+
+
+def _to_class_labels(tables: dict[str, Dataset], column: str, files: dict) -> tuple[dict[str, Dataset], list[str]]:
+    """Labels as class ids 0..n-1 shared by every split; the names are the original values as text, numbers in
+    numeric order (labels 1-5 become ids 0-4 named '1'..'5'; whole floats like 2.0 are named '2')."""
+    feature = tables["train_file"].features[column]
+    if isinstance(feature, ClassLabel):  # image folders: one class per sub-folder
+        names = list(feature.names)
     else:
-        values = set().union(*(set(t[column]) for t in tables))
-        if None in values or "" in values:
-            raise UserError(f"label_column: {column!r} has empty values; every example needs a label")
-        # Integers sort numerically (2 before 10), anything else as text.
-        names = [str(v) for v in sorted(values, key=lambda v: (not isinstance(v, (int, float)), v if isinstance(v, (int, float)) else str(v)))]
-        feature = ClassLabel(names=names)
-        tables = [t.map(lambda b: {column: [str(v) for v in b[column]]}, batched=True).cast_column(column, feature)
-                  for t in tables]
-    present = set(tables[0][column])
+        values = {role: _label_values(table, column, files[role], role) for role, table in tables.items()}
+        kinds = {role: _label_kind(table.features[column]) for role, table in tables.items()}
+        if len(set(kinds.values())) > 1:
+            raise UserError(f"validation_file: label column {column!r} of {files['validation_file']} holds "
+                            f"{kinds['validation_file']} but train_file holds {kinds['train_file']}; "
+                            "expected the same class names in both")
+        keys = sorted({_label_key(v) for found in values.values() for v in found})
+        names, ids = [str(key) for key in keys], {key: i for i, key in enumerate(keys)}
+        features = {role: Features({**t.features, column: ClassLabel(names=names)}) for role, t in tables.items()}
+        tables = {role: t.map(lambda b: {column: [ids[_label_key(v)] for v in b[column]]}, batched=True,
+                              features=features[role]) for role, t in tables.items()}
+    present = _distinct(tables["train_file"], column)
     if len(present) < 2:
-        only = names[next(iter(present))] if present else None
-        raise UserError(f"label_column: {column!r} has a single class ({only!r}) in train_file; "
+        only = names[present[0]] if present else None
+        raise UserError(f"train_file: label column {column!r} of {files['train_file']} has a single class ({only!r}); "
                         "classification needs at least 2 classes")
-    return tables[0], tables[1] if len(tables) > 1 else None, names
+    return tables, names
+
+
+def _label_values(table: Dataset, column: str, source: str, role: str) -> list:
+    """The distinct labels of one file, after checking each is a class name or a whole number."""
+    where = f"{role}: label column {column!r} of {source}"
+    feature = table.features[column]
+    if not isinstance(feature, Value):  # JSON lines mixing kinds (1 and "a") or holding lists
+        first_of_kind = {}
+        for value in table.select(range(min(len(table), 1000)))[column]:
+            first_of_kind.setdefault(type(value).__name__, value)
+        found = " and ".join(f"{kind} values like {v!r}" for kind, v in list(first_of_kind.items())[:3])
+        raise UserError(f"{where} holds {found}; expected one kind of label in every row: class names or integer ids")
+    values = _distinct(table, column)
+    if None in values or any(isinstance(v, str) and not v.strip() for v in values):
+        raise UserError(f"{where} has empty values; every example needs a label")
+    if _label_kind(feature) not in ("text", "numbers", "true/false"):
+        raise UserError(f"{where} holds {feature.dtype} values; expected class names or integer ids")
+    fractional = [v for v in values if isinstance(v, float) and not v.is_integer()]
+    if fractional:
+        raise UserError(f"{where} holds numbers like {fractional[0]}; classification needs class names or integer "
+                        "ids (whole numbers such as 0, 1, 2)")
+    return values
+
+
+def _label_kind(feature: Value) -> str:
+    if feature.dtype.startswith(("int", "uint", "float")):
+        return "numbers"
+    return {"string": "text", "large_string": "text", "bool": "true/false"}.get(feature.dtype, feature.dtype)
+
+
+def _label_key(value):
+    """The class a label value stands for: whole floats (a column of 1.0, 2.0) are the integer ids 1, 2."""
+    return int(value) if isinstance(value, float) else value
+
+
+def _distinct(table: Dataset, column: str) -> list:
+    # pyarrow's unique on the (index-mapped) column: Dataset.unique would rewrite a filtered table first.
+    return pc.unique(table.with_format("arrow")[column]).to_pylist()

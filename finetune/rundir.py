@@ -165,7 +165,7 @@ def output_dir_problem(path: Path, resuming: bool) -> Optional[str]:
         return f"{path} is a system, home or project folder; choose a new folder for the run"
     if path.exists() and not path.is_dir():
         return f"{path} is a file; expected a new or empty folder"
-    if not path.exists() or not any(path.iterdir()):
+    if not path.exists() or not [p for p in path.iterdir() if not _is_partial_write(p)]:
         return None
     run = RunDirectory(path)
     state = run.read_status().get("state")
@@ -179,6 +179,11 @@ def output_dir_problem(path: Path, resuming: bool) -> Optional[str]:
         return (f"{path} already holds a {state} run; choose a new output_dir "
                 "or pass --resume_from_checkpoint true to continue it")
     return None
+
+
+def _is_partial_write(path: Path) -> bool:
+    """A temporary file of write_bytes_atomic left by a process killed mid-write."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
 def _is_complete(checkpoint: Path) -> bool:

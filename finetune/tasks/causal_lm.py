@@ -1,6 +1,7 @@
 """Causal language modelling (GPT-2): texts are tokenized, joined and cut into blocks of block_size tokens."""
 
 import logging
+import math
 from itertools import chain
 from typing import Any, Optional
 
@@ -11,7 +12,7 @@ from datasets import DatasetDict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, default_data_collator
 
 from finetune.config import TrainConfig
-from finetune.data import Columns
+from finetune.data import MAX_TEXT_CHARS, Columns, long_text_lengths
 from finetune.errors import UserError
 from finetune.tasks.base import Task
 
@@ -50,10 +51,19 @@ class CausalLMTask(Task):
                model: PreTrainedModel) -> tuple[DatasetDict, dict]:
         tokenizer = processor
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        _log_long_texts(data, columns.text)
 
         def tokenize(batch):
-            # eos between documents so the model learns where one ends.
-            return {"input_ids": [tokenizer(str(t or ""))["input_ids"] + eos for t in batch[columns.text]]}
+            rows = []
+            for text in batch[columns.text]:
+                text = str(text or "")  # evaluation data (evaluation/evaluate.py) may hold blanks
+                # A long text is tokenized in pieces of MAX_TEXT_CHARS, one row each, to bound memory; eos
+                # follows the document's last piece only, so the model learns where documents end.
+                pieces = [tokenizer(text[i: i + MAX_TEXT_CHARS])["input_ids"]
+                          for i in range(0, max(len(text), 1), MAX_TEXT_CHARS)]
+                pieces[-1] = pieces[-1] + eos
+                rows.extend(pieces)
+            return {"input_ids": rows}
 
         tokenized = data.map(tokenize, batched=True, remove_columns=data["train"].column_names)
         block_size = cfg.block_size or self._default_block_size(tokenized, model_max_length(model, tokenizer))
@@ -92,6 +102,14 @@ class CausalLMTask(Task):
 
         mask = gathered["references"] != -100
         return causal_lm_metrics(gathered["losses"][mask], gathered["predictions"][mask], gathered["references"][mask])
+
+
+def _log_long_texts(data: DatasetDict, column: str) -> None:
+    lengths = [n for split in data.values() for n in long_text_lengths(split, column)]
+    if lengths:
+        pieces = sum(math.ceil(n / MAX_TEXT_CHARS) for n in lengths)
+        logger.info("Split %d text(s) longer than %d characters into %d consecutive pieces (no text dropped)",
+                    len(lengths), MAX_TEXT_CHARS, pieces)
 
 
 def _group_texts(batch: dict, block_size: int) -> dict:

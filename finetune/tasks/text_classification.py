@@ -5,11 +5,11 @@ import math
 from typing import Any
 
 import numpy as np
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PreTrainedModel
 
 from finetune.config import TrainConfig
-from finetune.data import Columns
+from finetune.data import MAX_TEXT_CHARS, Columns, long_text_lengths
 from finetune.errors import UserError
 from finetune.tasks.base import ClassificationTask
 from finetune.tasks.causal_lm import load_tokenizer, model_max_length
@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 # Default max_seq_length covers this percentile of training texts: the longest few are truncated
 # rather than padding every batch to the one outlier.
 LENGTH_PERCENTILE = 95
+# Texts whose token lengths choose the default max_seq_length (the first ones of the training split).
+LENGTH_SAMPLE = 2000
 
 
 class TextClassificationTask(ClassificationTask):
@@ -37,7 +39,8 @@ class TextClassificationTask(ClassificationTask):
         tokenizer, limit = processor, model_max_length(model, processor)
         if cfg.max_seq_length and cfg.max_seq_length > limit:
             raise UserError(f"max_seq_length: {cfg.max_seq_length} exceeds the model's limit of {limit} tokens")
-        max_length = cfg.max_seq_length or self._default_max_length(data["train"][columns.text], tokenizer, limit)
+        data = _truncate_long_texts(data, columns.text)
+        max_length = cfg.max_seq_length or self._default_max_length(data["train"], columns.text, tokenizer, limit)
 
         def tokenize(batch):
             texts = [str(t) if t is not None else "" for t in batch[columns.text]]
@@ -50,8 +53,9 @@ class TextClassificationTask(ClassificationTask):
         return encoded, {"max_seq_length": max_length}
 
     @staticmethod
-    def _default_max_length(texts: list, tokenizer, limit: int) -> int:
-        sample = [str(t) for t in texts[:2000] if t is not None]
+    def _default_max_length(train: Dataset, column: str, tokenizer, limit: int) -> int:
+        texts = train.select(range(min(LENGTH_SAMPLE, len(train))))[column]
+        sample = [str(t) for t in texts if t is not None]
         lengths = [len(ids) for ids in tokenizer(sample, truncation=True, max_length=limit)["input_ids"]]
         # Round up to a multiple of 8 (tensor-core friendly), within the model's limit.
         length = min(limit, max(8, 8 * math.ceil(np.percentile(lengths, LENGTH_PERCENTILE) / 8)))
@@ -61,3 +65,15 @@ class TextClassificationTask(ClassificationTask):
 
     def collate_fn(self, processor: Any):
         return DataCollatorWithPadding(processor, pad_to_multiple_of=8)
+
+
+def _truncate_long_texts(data: DatasetDict, column: str) -> DatasetDict:
+    """Texts cut to MAX_TEXT_CHARS before tokenizing: the model reads far fewer tokens, and tokenizing a
+    multi-megabyte text whole takes gigabytes."""
+    cut = sum(len(long_text_lengths(split, column)) for split in data.values())
+    if not cut:
+        return data
+    logger.warning("Truncated %d text(s) longer than %d characters to their first %d (the model reads at most "
+                   "max_seq_length tokens of each)", cut, MAX_TEXT_CHARS, MAX_TEXT_CHARS)
+    return data.map(lambda b: {column: [t[:MAX_TEXT_CHARS] if isinstance(t, str) else t for t in b[column]]},
+                    batched=True)

@@ -55,20 +55,3 @@ def test_a_finished_run_is_never_overwritten(tmp_path, tiny_checkpoints):
     assert result.returncode == 2 and "already holds a finished run" in result.stderr
     assert read_json(run / "status.json")["state"] == "finished"
     assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "status.json"]
-
-
-def test_image_archives_that_unpack_too_large_are_refused(tmp_path, monkeypatch):
-    import zipfile
-
-    import pytest
-
-    from finetune import data
-    from finetune.errors import UserError
-
-    archive = tmp_path / "images.zip"
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("red/0.png", b"\0" * 4096)  # compresses to a few bytes, declares 4 KiB
-    monkeypatch.setattr(data, "MAX_UNZIPPED_BYTES", 1024)
-    with pytest.raises(UserError, match="unpacks to .* GiB; at most"):
-        data.load_table(archive, "train_file", tmp_path)
-    assert not (tmp_path / "data" / "images").exists(), "nothing is extracted"

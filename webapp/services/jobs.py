@@ -120,7 +120,7 @@ def queued(runs_root: Path) -> list[RunDirectory]:
     """Runs waiting for the runner, oldest first."""
     waiting = [RunDirectory(p) for p in runs_root.iterdir() if p.is_dir()]
     waiting = [r for r in waiting if r.read_status().get("state") == "queued" and not launched(r)]
-    return sorted(waiting, key=lambda r: r.read_status().get("queued_at", 0))
+    return sorted(waiting, key=lambda r: _number(r.read_status().get("queued_at")))
 
 
 def cancel(run: RunDirectory) -> None:
@@ -136,7 +136,8 @@ def cancel(run: RunDirectory) -> None:
                 os.killpg(launch["pid"], signal.SIGTERM)  # the launcher and its trainer processes share this group
         elif status.get("state") == "running" and run.trainer_alive():
             write_json_atomic(run.path / CANCEL_FILE, {"at": time.time()})
-            os.kill(status["pid"], signal.SIGTERM)  # started outside the app (command line): rank 0 tells the rest
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(status["pid"], signal.SIGTERM)  # started outside the app (command line): rank 0 tells the rest
         elif status.get("state") == "queued":
             run.update_status(state="cancelled", ended_at=time.time())
 
@@ -145,9 +146,22 @@ def _fail(run: RunDirectory, error: str) -> None:
     run.update_status(state="failed", ended_at=time.time(), error=error)
 
 
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def cancelled_at(run: RunDirectory) -> Optional[float]:
+    """When Cancel was sent (None when it was not); an empty or garbled request counts from its file's time."""
+    path = run.path / CANCEL_FILE
+    try:
+        return _number(read_json(path).get("at")) or path.stat().st_mtime
+    except OSError:
+        return None
+
+
 def last_progress(run: RunDirectory) -> float:
     """When the run last showed a sign of life: a status, event or log line, or its launch."""
-    times = [launched(run).get("launched_at") or 0.0]
+    times = [_number(launched(run).get("launched_at"))]
     for path in (run.status_path, run.events_path, run.log_path, run.path / LAUNCH_LOG):
         with contextlib.suppress(OSError):
             times.append(path.stat().st_mtime)
@@ -230,7 +244,8 @@ class Runner:
             elif killed:
                 _fail(run, f"{killed}; its processes were killed. Resume it from its last checkpoint")
             else:
-                _fail(run, f"the trainer exited (code {code}) before finishing: {log_tail(run, 3)}")
+                how = f"exited (code {code})" if code is not None else "ended"
+                _fail(run, f"the trainer {how} before finishing: {log_tail(run, 3)}")
         (run.path / LAUNCH_FILE).unlink(missing_ok=True)
         return True
 
@@ -238,8 +253,8 @@ class Runner:
         """SIGKILL a run still alive long after Cancel, or silent for longer than the stall limit."""
         if not is_active(run) or (run.path / KILLED_FILE).is_file():
             return
-        cancelled_at, now = read_json(run.path / CANCEL_FILE).get("at"), time.time()
-        if cancelled_at and now - cancelled_at > self.limits.cancel_grace_seconds:
+        cancelled, now = cancelled_at(run), time.time()
+        if cancelled is not None and now - cancelled > self.limits.cancel_grace_seconds:
             reason = f"did not stop within {self.limits.cancel_grace_seconds:g} s of Cancel"
         elif now - last_progress(run) > self.limits.stall_seconds:
             reason = f"stalled: it reported no progress for {self.limits.stall_seconds:g} s"
@@ -247,8 +262,10 @@ class Runner:
             return
         write_json_atomic(run.path / KILLED_FILE, {"reason": reason, "at": now})
         status, launch = run.read_status(), launched(run)
-        roots = [launch["pid"]] if launcher_alive(run) else [status["pid"]] if run.trainer_alive() else []
-        for pid in roots + [p for root in roots for p in descendants(root)]:
+        roots = ([launch["pid"]] if launcher_alive(run) else []) + ([status["pid"]] if run.trainer_alive() else [])
+        # Listed before the first kill: a killed parent's children are re-parented out of reach.
+        doomed = dict.fromkeys(roots + [p for root in roots for p in descendants(root)])
+        for pid in doomed:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)  # also ends a stopped (SIGSTOP) process
 

@@ -6,6 +6,7 @@ and its messages (file, column, what was expected) reach the page unchanged.
 
 import hashlib
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -41,6 +42,8 @@ class DataReport:
     label_counts: dict[str, int]
     preview: Any  # pandas DataFrame of the first rows (images left out)
     thumbnails: list[tuple[Any, str]] = field(default_factory=list)  # (PIL image, label) for image data
+    sampled: bool = False  # True when only the first SAMPLE_ROWS rows of a large file were read and checked
+    file_bytes: Optional[int] = None  # size of a data file (None for a folder of images)
 
 
 def save_upload(filename: str, data: bytes, task: str) -> Path:
@@ -68,20 +71,33 @@ def save_upload(filename: str, data: bytes, task: str) -> Path:
     return path
 
 
+# A text file larger than this (bytes) is previewed from its first SAMPLE_ROWS rows: reading a 300 MB
+# CSV whole blocked the page for 90-150 s, while its first rows show the columns, classes and problems.
+SAMPLE_ABOVE_BYTES = 20 * 2**20
+SAMPLE_ROWS = 5_000
+
+
 def inspect_data(path: Path, task: str, text_column: Optional[str] = None, label_column: Optional[str] = None,
                  image_column: Optional[str] = None) -> DataReport:
-    """Load ``path`` as the trainer will, resolving (or checking) the columns; UserError on any problem."""
-    from finetune.data import Columns, Unpacking, load_splits, load_table
+    """Load ``path`` as the trainer will, resolving (or checking) the columns; UserError on any problem.
 
+    A text file over SAMPLE_ABOVE_BYTES is judged by its first SAMPLE_ROWS rows (``sampled``); folders are read whole.
+    """
+    from finetune.data import TEXT_FORMATS, Columns, Unpacking, load_table, prepare_splits
+
+    path = Path(path)
     given = Columns(text=text_column, label=label_column, image=image_column)
     unpacking = Unpacking(workspace.uploads_dir() / "unpacked", settings.load().archive_limits)
-    splits, columns, labels = load_splits(str(path), None, task, given, 10.0, 42, unpacking)
-    raw = load_table(path, "train_file", unpacking)
-    head = raw.select(range(min(10, len(raw))))
-    report = DataReport(path=Path(path), num_examples=len(raw), column_names=raw.column_names,
+    size = path.stat().st_size if path.is_file() else None
+    head = size is not None and size > SAMPLE_ABOVE_BYTES and path.suffix.lower() in TEXT_FORMATS
+    raw = load_table(path, "train_file", unpacking, max_rows=SAMPLE_ROWS if head else None)
+    splits, columns, labels = prepare_splits({"train_file": raw}, {"train_file": str(path)}, task, given, 10.0, 42)
+    first = raw.select(range(min(10, len(raw))))
+    report = DataReport(path=path, num_examples=len(raw), column_names=raw.column_names,
                         text_column=columns.text, label_column=columns.label, image_column=columns.image,
                         labels=labels, label_counts=_label_counts(splits, columns.label, labels),
-                        preview=head.remove_columns([c for c in [columns.image] if c]).to_pandas())
+                        preview=first.remove_columns([c for c in [columns.image] if c]).to_pandas(),
+                        sampled=head and len(raw) == SAMPLE_ROWS, file_bytes=size)
     names = getattr(raw.features.get(columns.label), "names", None)
     if names:  # imagefolder labels arrive as class ids
         report.preview[columns.label] = report.preview[columns.label].map(lambda i: names[i])
@@ -93,10 +109,8 @@ def inspect_data(path: Path, task: str, text_column: Optional[str] = None, label
 
 
 def _label_counts(splits, column: Optional[str], labels: Optional[list[str]]) -> dict[str, int]:
+    """Examples per class over both splits (class ids index ``labels``)."""
     if column is None:
         return {}
-    counts = {name: 0 for name in labels}
-    for split in splits.values():
-        for value in split[column]:
-            counts[labels[value]] += 1
-    return counts
+    counts = Counter(i for split in splits.values() for i in split[column])
+    return {name: counts[i] for i, name in enumerate(labels)}

@@ -1,0 +1,228 @@
+"""Awkward user data through the loader: labels, broken images, empty or non-UTF-8 text, long texts, eval cap.
+
+Every problem must come out as one UserError naming the role, the file, the column or value and what was
+expected; what can be used (labels 1-5, whole floats, a few empty rows, very long texts) must train.
+"""
+
+import csv
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, DatasetDict
+from PIL import Image
+
+from finetune.config import TrainConfig
+from finetune.data import MAX_TEXT_CHARS, Columns, Unpacking, load_splits
+from finetune.errors import UserError
+from tests.conftest import read_json, run_cli, write_image_folder
+
+
+def _csv(path: Path, rows: list, header=("text", "label")) -> Path:
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return path
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _load(path: Path, task: str = "text-classification", validation: Path | None = None, **kwargs):
+    unpacking = Unpacking(path.parent / "unpacked")
+    return load_splits(str(path), validation and str(validation), task, Columns(), 10.0, 42, unpacking, **kwargs)
+
+
+def _fails(path: Path, task: str = "text-classification", validation: Path | None = None) -> str:
+    with pytest.raises(UserError) as err:
+        _load(path, task, validation)
+    return str(err.value)
+
+
+def _truncated_jpeg(path: Path) -> Path:
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_numeric_labels_become_class_ids_named_by_their_values(tmp_path):
+    cases = {
+        "scores.csv": ([i % 5 + 1 for i in range(50)], ["1", "2", "3", "4", "5"]),
+        "floats.csv": ([f"{i % 2 + 1}.0" for i in range(20)], ["1", "2"]),
+        "tens.csv": ([[2, 10][i % 2] for i in range(20)], ["2", "10"]),
+    }
+    for name, (values, names) in cases.items():
+        path = _csv(tmp_path / name, [[f"text {i}", value] for i, value in enumerate(values)])
+        splits, _, labels = _load(path)
+        assert labels == names, name
+        found = {text: labels[i] for split in splits.values() for text, i in zip(split["text"], split["label"])}
+        assert found == {f"text {i}": str(int(float(value))) for i, value in enumerate(values)}, name
+    assert len(cases) == 3
+
+
+def test_a_validation_file_shares_the_train_classes(tmp_path):
+    train = _csv(tmp_path / "train.csv", [[f"t {i}", i % 3 + 1] for i in range(30)])
+    validation = _csv(tmp_path / "validation.csv", [[f"v {i}", 3 - i % 3] for i in range(9)])
+    splits, _, labels = _load(train, validation=validation)
+    assert labels == ["1", "2", "3"]
+    assert [labels[i] for i in splits["validation"]["label"]][:3] == ["3", "2", "1"]
+
+
+def test_labels_that_are_not_classes_get_one_message_each(tmp_path):
+    cases = {
+        "holds numbers like 0.5; classification needs class names or integer ids":
+            _csv(tmp_path / "halves.csv", [[f"t {i}", [0.5, 1.5][i % 2]] for i in range(20)]),
+        "holds numbers like 2.5;": _jsonl(tmp_path / "some.jsonl", [{"text": f"t {i}", "label": [1, 2.5][i % 2]}
+                                                                    for i in range(20)]),
+        "holds int values like 1 and str values like 'a'; expected one kind of label in every row":
+            _jsonl(tmp_path / "mixed.jsonl", [{"text": f"t {i}", "label": [1, "a"][i % 2]} for i in range(20)]),
+        "has empty values; every example needs a label": _csv(tmp_path / "blank.csv", [["a b", "x"], ["c d", ""]] * 5),
+    }
+    for expected, path in cases.items():
+        message = _fails(path)
+        assert message.startswith(f"train_file: label column 'label' of {path} "), message
+        assert expected in message, message
+    train = _csv(tmp_path / "ints.csv", [[f"t {i}", i % 2] for i in range(20)])
+    words = _csv(tmp_path / "words.csv", [[f"v {i}", ["no", "yes"][i % 2]] for i in range(4)])
+    assert _fails(train, validation=words) == (
+        f"validation_file: label column 'label' of {words} holds text but train_file holds numbers; "
+        "expected the same class names in both")
+    assert len(cases) == 4
+
+
+def test_a_truncated_jpeg_is_found_before_training(tmp_path):
+    folder = write_image_folder(tmp_path / "images", per_class=3)
+    broken = _truncated_jpeg(folder / "red" / "cut.jpg")
+    message = _fails(folder, "image-classification")
+    assert message.startswith(f"train_file: 1 image(s) in column 'image' of {folder} cannot be read: {broken} (")
+    assert "truncated" in message
+    listed = _csv(tmp_path / "listed.csv", [["images/green/0.png", "g"], ["images/red/cut.jpg", "r"]] * 2,
+                  header=("image", "label"))
+    assert f"cannot be read: {broken} (" in _fails(listed, "image-classification")
+
+
+def test_empty_texts_are_dropped_or_refused(tmp_path, caplog):
+    blank = _csv(tmp_path / "blank.csv", [["", "a"], ["  ", "b"]] * 5)
+    nulls = _jsonl(tmp_path / "nulls.jsonl", [{"text": None, "label": "a"}, {"text": None, "label": "b"}] * 5)
+    for path in (blank, nulls):
+        assert _fails(path) == (f"train_file: text column 'text' of {path} is empty in all 10 rows; "
+                                "expected text in every example")
+    some = _csv(tmp_path / "some.csv", [["good text", "a"], ["", "b"], ["more text", "b"], [" ", "a"]] * 10)
+    with caplog.at_level(logging.WARNING, logger="finetune.data"):
+        splits, _, _ = _load(some)
+    assert sum(len(s) for s in splits.values()) == 20
+    assert "train_file: dropped 20 of 40 examples whose text column 'text' is empty" in caplog.text
+
+
+def test_files_that_are_not_utf8_name_the_line_and_byte(tmp_path):
+    lines = [b"text,label", b"hello there,a", b"more words,b", b"caf\xe9 au lait,a", b"last one,b"]
+    cases = {
+        tmp_path / "latin.csv": (lines, 4, 41, "caf\ufffd au lait,"),
+        tmp_path / "latin.txt": ([line.split(b",")[0] for line in lines[1:]], 3, 26, "caf\ufffd au lait"),
+        tmp_path / "latin.jsonl": ([b'{"text": "ok", "label": "a"}', b'{"text": "caf\xe9", "label": "b"}'], 2, 42,
+                                   '{"text": "caf\ufffd", "label'),
+    }
+    for path, (content, line, offset, near) in cases.items():
+        path.write_bytes(b"\n".join(content) + b"\n")
+        message = _fails(path, "causal-lm" if path.suffix == ".txt" else "text-classification")
+        assert message.startswith(f"train_file: {path} is not UTF-8 text: line {line} (byte offset {offset}) "
+                                  f"holds byte 0xe9, near {near!r}; save it as UTF-8"), message
+    assert len(cases) == 3
+
+
+def test_a_header_without_rows_holds_no_examples(tmp_path):
+    header = tmp_path / "header.csv"
+    header.write_text("text,label\n")
+    assert _fails(header).startswith(f"train_file: {header} holds no examples")
+
+
+def test_the_validation_split_is_capped_at_max_eval_samples(tmp_path, caplog):
+    data = _csv(tmp_path / "big.csv", [[f"text {i}", "ab"[i % 2]] for i in range(1000)])
+    with caplog.at_level(logging.INFO, logger="finetune.data"):
+        first, _, _ = _load(data, max_eval_samples=40)
+    assert (len(first["train"]), len(first["validation"])) == (900, 40)
+    assert "Evaluating on 40 of 100 held-out examples (max_eval_samples)" in caplog.text
+    assert sorted(first["validation"]["label"]).count(0) == 20  # stratified by class
+    again, _, _ = _load(data, max_eval_samples=40)
+    assert again["validation"]["text"] == first["validation"]["text"]  # drawn with the seed
+    assert len(_load(data, max_eval_samples=None)[0]["validation"]) == 100
+    given = _csv(tmp_path / "given.csv", [[f"held {i}", "ab"[i % 2]] for i in range(300)])
+    capped, _, _ = _load(data, validation=given, max_eval_samples=50)
+    assert (len(capped["train"]), len(capped["validation"])) == (1000, 50)
+
+
+def _config(checkpoint: Path, tmp_path: Path, task: str) -> TrainConfig:
+    return TrainConfig(model_name_or_path=str(checkpoint), train_file="unused", output_dir=str(tmp_path / "out"),
+                       task=task)
+
+
+def test_long_texts_are_truncated_for_classification(tiny_checkpoints, tmp_path, caplog):
+    from finetune.tasks import get_task
+
+    task = get_task("text-classification")
+    tokenizer = task.load_processor(str(tiny_checkpoints["bert"]))
+    model, _ = task.load_model(str(tiny_checkpoints["bert"]), ["a", "b"], tokenizer)
+    long = "good " * (MAX_TEXT_CHARS // 5 + 10)
+    train = Dataset.from_dict({"text": [long, "bad", long + "x", "fine"], "label": [0, 1, 0, 1]})
+    data = DatasetDict(train=train, validation=train.select([1, 3]))
+    with caplog.at_level(logging.WARNING, logger="finetune.tasks.text_classification"):
+        encoded, derived = task.encode(_config(tiny_checkpoints["bert"], tmp_path, "text-classification"), data,
+                                       Columns(text="text", label="label"), tokenizer, model)
+    assert f"Truncated 2 text(s) longer than {MAX_TEXT_CHARS} characters" in caplog.text
+    assert (len(encoded["train"]), len(encoded["validation"])) == (4, 2)
+    assert max(len(ids) for ids in encoded["train"]["input_ids"]) == derived["max_seq_length"]
+
+
+def test_long_texts_are_split_for_causal_lm_without_losing_text(tiny_checkpoints, tmp_path, caplog):
+    from finetune.tasks import get_task
+
+    task = get_task("causal-lm")
+    tokenizer = task.load_processor(str(tiny_checkpoints["gpt2"]))
+    model, _ = task.load_model(str(tiny_checkpoints["gpt2"]), None, tokenizer)
+    phrase = "the cat sees the ball and "
+    long = phrase * (MAX_TEXT_CHARS * 2 // len(phrase) + 100)  # two pieces and a bit
+    second = "a dog likes a tree " * 20  # longer than a block: the remainder dropped by grouping is cut from it
+    data = DatasetDict(train=Dataset.from_dict({"text": [long, second]}),
+                       validation=Dataset.from_dict({"text": ["my friend finds the house . " * 20]}))
+    cfg = dataclasses.replace(_config(tiny_checkpoints["gpt2"], tmp_path, "causal-lm"), block_size=32)
+    with caplog.at_level(logging.INFO, logger="finetune.tasks.causal_lm"):
+        encoded, _ = task.encode(cfg, data, Columns(text="text"), tokenizer, model)
+    assert f"Split 1 text(s) longer than {MAX_TEXT_CHARS} characters into 3 consecutive pieces" in caplog.text
+    ids = [token for block in encoded["train"]["input_ids"] for token in block]
+    decoded, eos = tokenizer.decode(ids, clean_up_tokenization_spaces=False), tokenizer.eos_token
+    # Every character of the long text, in order, with eos after the document only (not after each piece).
+    assert (long + eos + second + eos).startswith(decoded) and len(decoded) > len(long + eos)
+
+
+def test_the_trainer_reports_bad_data_in_one_message(tiny_checkpoints, tmp_path):
+    halves = _csv(tmp_path / "halves.csv", [[f"t {i}", [0.5, 1.5][i % 2]] for i in range(20)])
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"text,label\nhello,a\ncaf\xe9,b\n")
+    images = write_image_folder(tmp_path / "images", per_class=3)
+    broken = _truncated_jpeg(images / "blue" / "cut.jpg")
+    cases = [
+        (str(tiny_checkpoints["bert"]), halves, "holds numbers like 0.5; classification needs class names"),
+        (str(tiny_checkpoints["bert"]), latin, "is not UTF-8 text: line 3 (byte offset 22)"),
+        (str(tiny_checkpoints["vit"]), images, f"cannot be read: {broken} (image file is truncated"),
+    ]
+    for number, (checkpoint, data, message) in enumerate(cases):
+        run = tmp_path / f"run{number}"
+        result = run_cli("--model_name_or_path", checkpoint, "--train_file", str(data), "--output_dir", str(run))
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert message in result.stderr and message in read_json(run / "status.json")["error"]
+    assert len(cases) == 3
+
+
+def test_the_trainer_learns_scores_1_to_5_as_five_classes(tiny_checkpoints, tmp_path):
+    scores = _csv(tmp_path / "scores.csv", [[f"review {i} {'awful bad ok good great'.split()[i % 5]}", i % 5 + 1]
+                                            for i in range(60)], header=("review", "stars"))
+    run = tmp_path / "run"
+    result = run_cli("--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(scores),
+                     "--output_dir", str(run), "--max_steps", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = read_json(run / "adapter" / "lora_lab.json")
+    assert info["id2label"] == {"0": "1", "1": "2", "2": "3", "3": "4", "4": "5"}

@@ -41,6 +41,12 @@ TASK_FAMILIES = {
 DEFAULT_LORA_LR = 2e-4
 DEFAULT_FULL_LR = 2e-5
 DEFAULT_HEAD_LR = 2e-3
+# Sizes past these only exhaust memory or diverge (a learning rate of 50 collapses any run to one class);
+# they are refused before a model loads. Model-specific limits (rank vs layer width, block size vs
+# context) are checked once the model is known.
+UPPER_BOUNDS = {"learning_rate": 1.0, "head_learning_rate": 1.0, "lora_r": 4096, "per_device_train_batch_size": 65536,
+                "per_device_eval_batch_size": 65536, "gradient_accumulation_steps": 65536, "max_seq_length": 1_000_000,
+                "block_size": 1_000_000, "num_train_epochs": 10_000, "lora_alpha": 1_000_000}
 
 
 def _help(text: str, **kwargs) -> Any:
@@ -148,6 +154,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
                 p.append(f"{name}: must be a positive number, got {value}")
+        for name, upper in UPPER_BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None and value > upper:
+                p.append(f"{name}: {value:g} is beyond any useful value; expected at most {upper:g}")
         for name in ("weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 p.append(f"{name}: must be >= 0, got {getattr(self, name)}")

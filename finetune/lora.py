@@ -80,8 +80,30 @@ def apply_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, tar
     if unknown:
         raise UserError(f"lora_target_modules: {unknown} not found in {type(model).__name__}; "
                         f"discovered attention targets are {discover_lora_targets(model, exclude=modules_to_save)}")
+    _check_rank(model, targets, r)
     logger.info("LoRA targets: %s; trained and saved in full: %s", targets, modules_to_save)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         modules_to_save=modules_to_save or None)
     return get_peft_model(model, config)
 
+
+
+def _check_rank(model: nn.Module, targets: list[str], r: int) -> None:
+    """Refuse a rank above what the smallest adapted layer can use, before PEFT allocates r x width matrices."""
+    widths = [_smallest_side(m) for name, m in model.named_modules() if _leaf(name) in {_leaf(t) for t in targets}]
+    widths = [w for w in widths if w]
+    if widths and r > min(widths):
+        raise UserError(f"lora_r: {r} exceeds the smallest adapted layer's width ({min(widths)}) in "
+                        f"{type(model).__name__}; a useful rank is 4-64 and at most {min(widths)}")
+
+
+def _smallest_side(module: nn.Module) -> int | None:
+    """The smaller of a layer's input and output sizes (a Conv2d's input counts its kernel area)."""
+    if isinstance(module, nn.Linear):
+        return min(module.in_features, module.out_features)
+    if isinstance(module, Conv1D):
+        return min(module.weight.shape)
+    if isinstance(module, nn.Conv2d):
+        kernel = module.kernel_size[0] * module.kernel_size[1]
+        return min(module.in_channels * kernel // module.groups, module.out_channels)
+    return None

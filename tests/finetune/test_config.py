@@ -62,3 +62,14 @@ def test_command_line_reports_bad_config_before_loading_anything(tmp_path):
     for expected in ("lora_r: must be a positive integer, got -3", "--colour: unknown", "learning_rate: expected a number"):
         assert expected in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_absurd_sizes_are_refused_before_any_model_loads():
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig.from_dict({**REQUIRED, "lora_r": "1e9", "learning_rate": 50, "per_device_train_batch_size": 10**9,
+                               "block_size": 10**9, "max_eval_samples": 0, "max_compression_ratio": -1})
+    problems = caught.value.problems
+    expected = ["lora_r", "learning_rate", "per_device_train_batch_size", "block_size", "max_eval_samples",
+                "max_compression_ratio"]
+    assert {p.split(":")[0] for p in problems} == set(expected)
+    assert len(problems) == len(expected) and "learning_rate: 50 is beyond any useful value" in " ".join(problems)

@@ -32,3 +32,19 @@ def test_targets_are_discovered_per_architecture(tiny_checkpoints):
 def test_batchnorm_layers_are_found_only_in_resnet(tiny_checkpoints):
     counts = {family: len(batchnorm_modules(_load(family, tiny_checkpoints[family]))) for family in EXPECTED}
     assert counts["resnet"] == 6 and counts["gpt2"] == counts["bert"] == counts["vit"] == 0
+
+
+def test_a_rank_beyond_the_adapted_layers_is_refused_before_allocating(tiny_checkpoints):
+    import pytest
+
+    from finetune.errors import UserError
+    from finetune.lora import apply_lora
+
+    checked = 0
+    for family in EXPECTED:
+        model = _load(family, tiny_checkpoints[family])
+        with pytest.raises(UserError, match=r"lora_r: 100000 exceeds the smallest adapted layer's width \(\d+\)"):
+            apply_lora(model, 100_000, 16, 0.0, None, [])
+        assert not any("lora_" in name for name, _ in model.named_modules()), f"{family}: nothing allocated"
+        checked += 1
+    assert checked == 4

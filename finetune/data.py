@@ -283,8 +283,8 @@ def _drop_empty_texts(table: Dataset, column: str, source: str, role: str) -> Da
     filled = pc.match_substring_regex(table.with_format("arrow")[column], r"\S")
     keep = np.flatnonzero(pc.fill_null(filled, False).to_numpy())
     if len(keep) == 0:
-        raise UserError(f"{role}: text column {column!r} of {source} is empty in all {len(table)} rows; "
-                        "expected text in every example")
+        raise UserError(f"{role}: text column {column!r} of {source} is empty in every row; "
+                        "expected a text in each example")
     if len(keep) < len(table):
         logger.warning("%s: dropped %d of %d examples whose text column %r is empty", role, len(table) - len(keep),
                        len(table), column)

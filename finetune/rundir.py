@@ -80,10 +80,12 @@ def pid_alive(pid: Optional[int], started: Optional[str]) -> bool:
 
 
 def _read_json(path: Path) -> Optional[dict]:
+    """The JSON object in ``path``; None when it is missing, unreadable, not UTF-8, not JSON or not an object."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
+    return value if isinstance(value, dict) else None
 
 
 class RunDirectory:

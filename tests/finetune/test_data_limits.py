@@ -109,8 +109,8 @@ def test_empty_texts_are_dropped_or_refused(tmp_path, caplog):
     blank = _csv(tmp_path / "blank.csv", [["", "a"], ["  ", "b"]] * 5)
     nulls = _jsonl(tmp_path / "nulls.jsonl", [{"text": None, "label": "a"}, {"text": None, "label": "b"}] * 5)
     for path in (blank, nulls):
-        assert _fails(path) == (f"train_file: text column 'text' of {path} is empty in all 10 rows; "
-                                "expected text in every example")
+        assert _fails(path) == (f"train_file: text column 'text' of {path} is empty in every row; "
+                                "expected a text in each example")
     some = _csv(tmp_path / "some.csv", [["good text", "a"], ["", "b"], ["more text", "b"], [" ", "a"]] * 10)
     with caplog.at_level(logging.WARNING, logger="finetune.data"):
         splits, _, _ = _load(some)

@@ -315,11 +315,10 @@ def test_an_empty_or_garbled_cancel_request_still_escalates_and_garbled_times_do
         home, trainers, request_text):
     """An earlier version wrote cancel.requested empty: it counts from the file's time instead of never."""
     runner = runner_for(home, trainers, gpu_ids=[], cancel_grace_seconds=1)
-    stuck = queue_fake(home, trainers, "stuck", script=FAKE_TRAINER.replace("import os,", "import os, signal;"
-                                                                               " signal.signal(15, signal.SIG_IGN);"))
+    stuck = queue_fake(home, trainers, "stuck", script="import signal; signal.signal(15, signal.SIG_IGN)" + FAKE_TRAINER)
     garbled = queue_fake(home, trainers, "garbled")
-    garbled.update_status(queued_at="tomorrow")  # sorts first, as 0, instead of raising in every tick
     tick_until(runner, lambda: state(stuck) == "running")
+    garbled.update_status(queued_at="tomorrow")  # counts as 0 instead of raising in every tick
     assert [r.path.name for r in jobs.queued(home / "runs")] == ["garbled"]
     pid = stuck.read_status()["pid"]
     (stuck.path / jobs.CANCEL_FILE).write_text(request_text)

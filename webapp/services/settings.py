@@ -1,19 +1,37 @@
 """Operator settings of the web app, read from the environment (a Space's variables) with safe defaults.
 
+    LORA_LAB_USERS                  who uses the app: local (one user, the default), huggingface (sign-in with
+                                    Hugging Face on a Space with hf_oauth: true) or anonymous (one workspace
+                                    per browser address)
+    LORA_LAB_OPERATORS              comma-separated Hugging Face user names who see and manage every run
+    LORA_LAB_MAX_QUEUED_RUNS        runs one user may have waiting in the queue (4)
+    LORA_LAB_MAX_RUNNING_RUNS       runs of one user that train at the same time (1)
+    LORA_LAB_MAX_UPLOAD_MB          largest upload, MiB (1024)
+    LORA_LAB_MAX_STORAGE_MB         disk one user's runs and uploads may fill, MiB (20480)
     LORA_LAB_CANCEL_GRACE_SECONDS   after Cancel's SIGTERM, seconds before the run's processes are killed (60)
     LORA_LAB_STALL_SECONDS          a running run that reports nothing for this long is failed as stalled (1800)
     LORA_LAB_MAX_UNPACKED_MB        largest total size an uploaded .zip may unpack to, MiB (2048)
     LORA_LAB_MAX_COMPRESSION_RATIO  largest unpacked/packed ratio of a member of an uploaded .zip (100)
 """
 
+import dataclasses
 import os
+import sys
 from dataclasses import dataclass
 
 from finetune.archive import Limits
 
+USER_MODES = ("local", "huggingface", "anonymous")
+
 
 @dataclass(frozen=True)
 class Settings:
+    users: str = "local"
+    operators: tuple[str, ...] = ()
+    max_queued_runs: int = 4
+    max_running_runs: int = 1
+    max_upload_mb: int = 1024
+    max_storage_mb: int = 20480
     cancel_grace_seconds: float = 60.0
     # Model loading and the base-model evaluation write nothing for a while; half an hour of silence is
     # far beyond either on any machine this app runs on.
@@ -27,19 +45,27 @@ class Settings:
 
 
 def load() -> Settings:
-    """The settings in force now; a malformed or non-positive value falls back to its default (and says so)."""
+    """The settings in force now; a malformed value falls back to its default, with a line on stderr."""
     values = {}
-    for name, default in Settings.__dataclass_fields__.items():
-        raw = os.environ.get(f"LORA_LAB_{name.upper()}")
+    for field in dataclasses.fields(Settings):
+        raw = os.environ.get(f"LORA_LAB_{field.name.upper()}")
         if raw is None:
             continue
-        kind = type(default.default)
         try:
-            value = kind(float(raw)) if kind is int else kind(raw)
-        except ValueError:
-            value = None
-        if value is None or not value > 0:
-            print(f"LORA_LAB_{name.upper()}={raw!r} is not a positive number; using {default.default}")
-            continue
-        values[name] = value
+            values[field.name] = _parse(field.name, raw.strip(), field.default)
+        except ValueError as err:
+            print(f"LORA_LAB_{field.name.upper()}={raw!r}: {err}; using {field.default!r}", file=sys.stderr)
     return Settings(**values)
+
+
+def _parse(name: str, raw: str, default):
+    if name == "users":
+        if raw not in USER_MODES:
+            raise ValueError(f"expected one of {', '.join(USER_MODES)}")
+        return raw
+    if name == "operators":
+        return tuple(n.strip() for n in raw.split(",") if n.strip())
+    value = type(default)(float(raw)) if isinstance(default, int) else float(raw)
+    if not value > 0:
+        raise ValueError("expected a positive number")
+    return value

@@ -1,10 +1,17 @@
-"""Where the app keeps its files: LORA_LAB_HOME (default ./workspace) holding runs/, uploads/, demo/.
+"""Where the app keeps its files: LORA_LAB_HOME (default ./workspace).
+
+    LORA_LAB_HOME/runs/, uploads/       the local user's (local single-user mode, and the operator's view)
+    LORA_LAB_HOME/users/<key>/runs/     each signed-in user's or visitor's runs (key: see identity.py)
+    LORA_LAB_HOME/users/<key>/uploads/  ... and uploads
+    LORA_LAB_HOME/demo/                 demo checkpoints and sample data, shared
 
 On Hugging Face Spaces point LORA_LAB_HOME at persistent storage (/data/...) so runs survive restarts.
 """
 
 import os
 from pathlib import Path
+
+from webapp.services.identity import KEY, LOCAL_KEY, check_key
 
 # The source tree: the trainer is launched as `accelerate launch finetune/train.py` from here.
 REPO = Path(__file__).resolve().parents[2]
@@ -18,19 +25,40 @@ def home() -> Path:
     return path
 
 
-def runs_dir() -> Path:
-    return _sub("runs")
+def user_root(key: str = LOCAL_KEY) -> Path:
+    """The folder holding one user's runs/ and uploads/ (LORA_LAB_HOME itself for the local user)."""
+    key = check_key(key)
+    return home() if key == LOCAL_KEY else _sub(Path("users") / key)
 
 
-def uploads_dir() -> Path:
-    return _sub("uploads")
+def runs_dir(key: str = LOCAL_KEY) -> Path:
+    return _made(user_root(key) / "runs")
+
+
+def uploads_dir(key: str = LOCAL_KEY) -> Path:
+    return _made(user_root(key) / "uploads")
 
 
 def demo_dir() -> Path:
-    return _sub("demo")
+    return _sub(Path("demo"))
 
 
-def _sub(name: str) -> Path:
-    path = home() / name
+def owners() -> list[str]:
+    """Every user key with a folder here, the local user first."""
+    users = home() / "users"
+    found = sorted(p.name for p in users.iterdir() if p.is_dir() and KEY.match(p.name)) if users.is_dir() else []
+    return [LOCAL_KEY, *found]
+
+
+def all_runs_dirs() -> dict[str, Path]:
+    """The runs folder of every user, by user key (what the job runner serves)."""
+    return {key: runs_dir(key) for key in owners()}
+
+
+def _sub(relative: Path) -> Path:
+    return _made(home() / relative)
+
+
+def _made(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -79,7 +79,7 @@ def pid_alive(pid: Optional[int], started: Optional[str]) -> bool:
     return bool(pid and started) and process_start(pid) == started
 
 
-def _read_json(path: Path) -> Optional[dict]:
+def read_json(path: Path) -> Optional[dict]:
     """The JSON object in ``path``; None when it is missing, unreadable, not UTF-8, not JSON or not an object."""
     try:
         value = json.loads(path.read_text())
@@ -105,7 +105,7 @@ class RunDirectory:
         return self.config_path.is_file() or self.status_path.is_file()
 
     def read_status(self) -> dict:
-        return _read_json(self.status_path) or {}
+        return read_json(self.status_path) or {}
 
     def update_status(self, **fields: Any) -> dict:
         """Merge ``fields`` into status.json (``state`` must be one of STATES)."""
@@ -133,7 +133,7 @@ class RunDirectory:
         return events
 
     def read_metrics(self) -> dict:
-        return _read_json(self.metrics_path) or {}
+        return read_json(self.metrics_path) or {}
 
     def write_metrics(self, metrics: dict) -> None:
         write_json_atomic(self.metrics_path, metrics)
@@ -189,5 +189,5 @@ def _is_partial_write(path: Path) -> bool:
 
 
 def _is_complete(checkpoint: Path) -> bool:
-    marker = _read_json(checkpoint / CHECKPOINT_COMPLETE)
-    return bool(marker and marker.get("complete")) and _read_json(checkpoint / TRAINER_STATE) is not None
+    marker = read_json(checkpoint / CHECKPOINT_COMPLETE)
+    return bool(marker and marker.get("complete")) and read_json(checkpoint / TRAINER_STATE) is not None

@@ -2,9 +2,11 @@
 
 import streamlit as st
 
+from webapp import widgets
 from webapp.services import jobs
 
 st.set_page_config(page_title="LoRA Lab", page_icon="🧪", layout="wide")
+widgets.account(widgets.current_user())  # signs the visitor in first where the operator asks for it
 # Queued runs need a runner; starting one is a no-op when it is alive (a file lock test, microseconds).
 jobs.ensure_runner()
 st.navigation([

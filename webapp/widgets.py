@@ -12,7 +12,7 @@ from typing import Optional
 import streamlit as st
 
 from finetune.config import TrainConfig, field_help
-from webapp.services import catalog, devices, uploads
+from webapp.services import catalog, devices, identity, settings, uploads, workspace
 
 HELP = field_help()
 HINTS = typing.get_type_hints(TrainConfig)
@@ -43,8 +43,49 @@ def preset_checkpoint(family_key: str, online: bool) -> catalog.Checkpoint:
 
 
 @st.cache_data(ttl=600, show_spinner="Reading the checkpoint's config…")
-def inspect_checkpoint(name: str) -> catalog.Checkpoint:
-    return catalog.inspect_checkpoint(name)
+def inspect_checkpoint(name: str, allow_local: bool) -> catalog.Checkpoint:
+    return catalog.inspect_checkpoint(name, allow_local)
+
+
+def current_user() -> identity.User:
+    """Who this browser session is, by the operator's LORA_LAB_USERS mode; stops the page with a sign-in
+    button when a Hugging Face sign-in is needed."""
+    mode = settings.load().users
+    if mode == "local":
+        user = identity.local_user()
+    elif mode == "huggingface":
+        user = _signed_in_user()
+    else:
+        token = st.query_params.get("visitor")
+        if not token or not identity.VISITOR_TOKEN.match(token):
+            # The key lives in the address: reloading or bookmarking the page keeps the same workspace.
+            token = st.query_params["visitor"] = identity.new_visitor_token()
+        user = identity.visitor_user(token)
+    workspace.register(user.key, user.name)
+    return user
+
+
+def account(user: identity.User) -> None:
+    """The sidebar line saying whose runs these are (nothing in local single-user mode)."""
+    if user.key == identity.LOCAL_KEY:
+        return
+    if user.name.startswith("visitor"):
+        st.sidebar.caption(f"You are **{user.name}**. Your runs are tied to this page's address: bookmark it to "
+                           "come back; anyone with the address sees your runs.")
+        return
+    st.sidebar.caption(f"Signed in as **{user.name}**" + (" · operator: you see every user's runs" if user.is_operator else ""))
+    st.sidebar.button("Sign out", on_click=st.logout)
+
+
+def _signed_in_user() -> identity.User:
+    if not st.user.is_logged_in:
+        st.title("LoRA Lab")
+        st.write("Sign in with your Hugging Face account: your runs and uploads are yours alone on this shared app.")
+        st.button("Sign in with Hugging Face", type="primary", on_click=st.login)
+        st.stop()
+    tokens = st.user.tokens.to_dict()
+    username = st.user.get("preferred_username") or st.user.get("name") or st.user.get("sub")
+    return identity.signed_in_user(str(username or ""), settings.load().operators, tokens.get("access"))
 
 
 @st.cache_data(show_spinner=False)

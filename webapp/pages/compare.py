@@ -6,10 +6,11 @@ import pandas as pd
 import streamlit as st
 
 from evaluation.compare import PRIMARY_METRIC, compare_runs, curves, format_table, load_runs
+from webapp import widgets
 from webapp.services import runs
 
 st.title("Compare")
-summaries = runs.list_runs()
+summaries = runs.list_runs(widgets.current_user())
 if not summaries:
     st.info("No runs yet.")
     st.page_link("pages/new_run.py", label="Start one on the New run page", icon="🚀")
@@ -17,11 +18,11 @@ if not summaries:
 finished = [s for s in summaries if s.state == "finished"]
 # Default: the finished runs of the newest finished run's task (metrics of different tasks don't compare).
 task = finished[0].task if finished else summaries[0].task
-default = [s.name for s in finished if s.task == task][:6]
-chosen = st.multiselect("Runs", [s.name for s in summaries], default=default, key="compare_runs")
+default = [s.ref for s in finished if s.task == task][:6]
+chosen = st.multiselect("Runs", [s.ref for s in summaries], default=default, key="compare_runs")
 if not chosen:
     st.stop()
-paths = {s.name: s.path for s in summaries}
+paths = {s.ref: s.path for s in summaries}
 selected = load_runs([paths[name] for name in chosen])
 table = compare_runs(selected)
 

@@ -9,12 +9,14 @@ import yaml
 from finetune.config import field_help
 from finetune.errors import ConfigError, UserError
 from webapp import widgets
-from webapp.services import catalog, devices, launch, uploads
+from webapp.services import catalog, devices, identity, launch, uploads
 
 HELP = field_help()
 CUSTOM = "custom"
 
 st.title("New run")
+user = widgets.current_user()
+shared = user.key != identity.LOCAL_KEY  # a shared app: no local paths typed in
 
 # ---- 1. model ------------------------------------------------------------------------------------
 st.subheader("1 · Model")
@@ -26,7 +28,7 @@ try:
                               placeholder="e.g. distilgpt2, bert-base-cased or /models/my-vit", persist_state="session")
         if not typed:
             st.stop()
-        checkpoint = widgets.inspect_checkpoint(typed)
+        checkpoint = widgets.inspect_checkpoint(typed, allow_local=not shared)
     else:
         family = catalog.FAMILIES[family_key]
         with st.spinner("Preparing the demo checkpoints and sample data (first start only)…"):
@@ -52,7 +54,7 @@ if source == "Upload a file":
     if uploaded is None:
         st.stop()
     try:
-        data_path = uploads.save_upload(uploaded.name, uploaded.getvalue(), task)
+        data_path = uploads.save_upload(user, uploaded.name, uploaded.getvalue(), task)
     except UserError as err:
         st.error(str(err))
         st.stop()
@@ -102,7 +104,7 @@ setup = options[st.selectbox("Run on", range(len(options)), format_func=lambda i
 
 # ---- validate, show the command, launch ----------------------------------------------------------
 try:
-    cfg, command = launch.plan(name, values, setup)
+    cfg, command = launch.plan(user, name, values, setup)
 except ConfigError as err:
     errors.show(launch.problems_by_field(err))
     st.error(f"Fix {len(err.problems)} setting(s) marked above before launching.")
@@ -113,7 +115,11 @@ st.code(shlex.join(command), language="bash")
 with st.expander("config.yaml"):
     st.code(yaml.safe_dump(cfg.to_dict(), sort_keys=False), language="yaml")
 if st.button("Launch run", type="primary"):
-    run = launch.launch(cfg, setup)
+    try:
+        run = launch.launch(user, cfg, setup)
+    except UserError as err:
+        st.error(str(err))
+        st.stop()
     st.session_state.update(selected_run=run.path.name, renew_name=True)
     st.success(f"Run **{run.path.name}** is queued; it starts as soon as a {'GPU' if setup.uses_gpus else 'CPU slot'} is free.")
     st.page_link("pages/runs.py", label="Watch it on the Runs page", icon="📈")

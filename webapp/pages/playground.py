@@ -5,15 +5,16 @@ import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
 from finetune.errors import UserError
+from webapp import widgets
 from webapp.services import playground, runs
 
 st.title("Playground")
-finished = [s for s in runs.list_runs() if s.state == "finished"]
+finished = [s for s in runs.list_runs(widgets.current_user()) if s.state == "finished"]
 if not finished:
     st.info("No finished run yet: the playground loads a run's trained adapter once it has finished.")
     st.page_link("pages/runs.py", label="See the runs", icon="📈")
     st.stop()
-names = {s.name: s for s in finished}
+names = {s.ref: s for s in finished}
 name = st.selectbox("Run", list(names), format_func=lambda n: f"{n} · {names[n].task} · {names[n].model_label}", key="play_run")
 
 

@@ -1,7 +1,6 @@
 """Runs: every run with its state, live progress, curves and log; cancel, resume, delete, download."""
 
 import datetime
-import os
 
 import pandas as pd
 import streamlit as st
@@ -10,13 +9,15 @@ from evaluation.compare import curves, load_run
 from finetune import hub
 from finetune.errors import UserError
 from finetune.rundir import RunDirectory
-from webapp.services import jobs, runs, workspace
+from webapp import widgets
+from webapp.services import jobs, runs
 
 REFRESH_SECONDS = 2  # the trainer flushes events per line; this is how stale the page may be
 STATE_ICONS = {"queued": "⏳", "starting": "🟡", "running": "🔵", "stopping": "🟠", "finished": "✅", "failed": "❌",
                "cancelled": "⏹️"}
 
 st.title("Runs")
+user = widgets.current_user()
 
 
 def _eta(seconds) -> str:
@@ -25,17 +26,19 @@ def _eta(seconds) -> str:
 
 @st.fragment(run_every=REFRESH_SECONDS)
 def overview() -> None:
-    summaries = runs.list_runs()
-    positions = runs.queue_positions()
+    summaries = runs.list_runs(user)
+    positions = runs.queue_positions(user)
+    owners = runs.owner_names() if user.is_operator and len({s.owner for s in summaries}) > 1 else {}
     if not summaries:
         st.info("No runs yet.")
         st.page_link("pages/new_run.py", label="Start one on the New run page", icon="🚀")
         return
     table = pd.DataFrame([{
-        "run": s.name, "state": f"{STATE_ICONS.get(s.state, '')} {s.state}"
-        + (f" (#{positions[s.name]} in queue)" if s.name in positions else ""),
+        "run": s.ref, "state": f"{STATE_ICONS.get(s.state, '')} {s.state}"
+        + (f" (#{positions[s.ref]} in queue)" if s.ref in positions else ""),
         "progress": s.progress, "step": f"{s.step}/{s.total_steps or '?'}", "ETA": _eta(s.eta_seconds) if s.state == "running" else "",
-        "task": s.task, "model": s.model_label} for s in summaries])
+        "task": s.task, "model": s.model_label, **({"owner": owners.get(s.owner, s.owner)} if owners else {})}
+        for s in summaries])
     st.dataframe(table, hide_index=True, column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")})
     if not jobs.runner_alive() and positions:
@@ -43,7 +46,7 @@ def overview() -> None:
 
 
 overview()
-names = [s.name for s in runs.list_runs()]
+names = [s.ref for s in runs.list_runs(user)]
 if not names:
     st.stop()
 default = names.index(st.session_state["selected_run"]) if st.session_state.get("selected_run") in names else 0
@@ -52,9 +55,10 @@ name = st.selectbox("Run", names, index=default, key="runs_selected")
 
 @st.fragment(run_every=REFRESH_SECONDS)
 def live(name: str) -> None:
-    if not (workspace.runs_dir() / name).is_dir():  # deleted in another tab
+    try:
+        summary = runs.summary(user, name)
+    except UserError:  # deleted in another tab
         st.rerun()
-    summary = runs.summarize(workspace.runs_dir() / name)
     was_active = st.session_state.get("live_active", {}).get(name)
     st.session_state.setdefault("live_active", {})[name] = summary.active
     if was_active and not summary.active:
@@ -89,7 +93,7 @@ def live(name: str) -> None:
 
 
 live(name)
-summary = runs.summarize(workspace.runs_dir() / name)
+summary = runs.summary(user, name)
 
 
 @st.dialog("Delete run")
@@ -97,7 +101,7 @@ def confirm_delete(name: str) -> None:
     st.write(f"Delete **{name}** with its adapter, checkpoints and logs? This cannot be undone.")
     if st.button("Delete for good", type="primary"):
         try:
-            runs.delete(summary.path)
+            runs.delete(user, name)
             st.session_state.pop("selected_run", None)
             st.rerun()
         except UserError as err:
@@ -106,36 +110,40 @@ def confirm_delete(name: str) -> None:
 
 cells = iter(st.columns(4))  # the buttons that apply, side by side from the left
 if summary.active and next(cells).button("Cancel run"):
-    jobs.cancel(RunDirectory(summary.path))
+    runs.cancel(user, name)
     st.toast(f"Cancelling {name}: it saves a checkpoint and stops at the next step.")
 if summary.state in ("cancelled", "failed") and next(cells).button("Resume"):
     try:
-        runs.resume(summary.path)
+        runs.resume(user, name)
         st.rerun()
     except UserError as err:
         st.error(str(err))
 if not summary.active and next(cells).button("Delete…"):
     confirm_delete(name)
 if summary.state == "finished":
-    next(cells).download_button("Download adapter (.zip)", lambda: runs.adapter_zip(summary.path), file_name=f"{name}-adapter.zip",
+    next(cells).download_button("Download adapter (.zip)", lambda: runs.adapter_zip(user, name), file_name=f"{summary.name}-adapter.zip",
                             mime="application/zip")
 if summary.state == "finished":
     with st.expander("Push the adapter to the Hugging Face Hub"):
-        if os.environ.get("LORA_LAB_ALLOW_PUSH") != "1":
-            # Every visitor of a shared app would push with the operator's token: the operator opts in.
-            st.caption("Pushing uses the server's HF_TOKEN, so it is off unless the operator sets LORA_LAB_ALLOW_PUSH=1 "
-                       "(do so only where every user may write with that token, e.g. a private Space). From a "
-                       "terminal: `HF_TOKEN=... python -m finetune.hub RUN_DIR --repo_id you/name`.")
+        mode, token = runs.push_token(user)
+        if mode == "off":
+            # Every visitor of a shared app would push with the operator's token: never without the user's own.
+            st.caption("Pushing needs your own Hugging Face token: on a shared app sign in with Hugging Face (the "
+                       "operator sets LORA_LAB_USERS=huggingface and the write-repos scope); on your own machine set "
+                       "HF_TOKEN and LORA_LAB_ALLOW_PUSH=1. From a terminal: "
+                       "`HF_TOKEN=... python -m finetune.hub RUN_DIR --repo_id you/name`.")
         else:
-            st.caption("Uploads the adapter with a generated model card (base model, data, metrics, config), with the "
-                       "token in HF_TOKEN; the token is never stored or shown.")
+            st.caption("Uploads the adapter with a generated model card (base model, data, metrics, config), with "
+                       f"{'your Hugging Face sign-in' if mode == 'user' else 'the token in HF_TOKEN'}; the token is never "
+                       "stored or shown.")
             repo_id = st.text_input("Repository", placeholder="your-name/my-adapter", key=f"repo:{name}")
             private = st.checkbox("Private repository", value=True, key=f"private:{name}")
             update = st.checkbox("Update the repository if it exists", value=False, key=f"update:{name}")
             if st.button("Push to Hub", disabled=not repo_id):
                 try:
                     with st.spinner("Uploading…"):
-                        url = hub.push_to_hub(summary.path, repo_id.strip(), private=private, update_existing=update)
+                        url = hub.push_to_hub(runs.locate(user, name), repo_id.strip(), private=private,
+                                              token=token, update_existing=update)
                     st.success(f"Pushed to {url}")
                 except UserError as err:
                     st.error(str(err))

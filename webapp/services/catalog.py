@@ -85,11 +85,18 @@ def preset_checkpoint(family: Family, online: bool) -> Checkpoint:
     return Checkpoint(str(path), family.key, family.task, demo=True)
 
 
-def inspect_checkpoint(name_or_path: str) -> Checkpoint:
-    """Read a checkpoint's config.json (local folder or hub) and check it is a supported kind."""
+def inspect_checkpoint(name_or_path: str, allow_local: bool = True) -> Checkpoint:
+    """Read a checkpoint's config.json (local folder or hub) and check it is a supported kind.
+
+    On a shared app (``allow_local`` False) only hub ids are accepted: a typed path could name another
+    user's run folder on this server.
+    """
     name = name_or_path.strip()
     if not name:
         raise UserError("model_name_or_path: required; enter a hub id (e.g. gpt2) or a local folder")
+    if not allow_local and (name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()):
+        raise UserError(f"model_name_or_path: {name!r} is a local path; on this shared app enter a hub id "
+                        "(e.g. gpt2 or bert-base-uncased)")
     config = _read_config(name)
     model_type = config.get("model_type")
     if model_type not in DEFAULT_TASK:

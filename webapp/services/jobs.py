@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from finetune.rundir import RunDirectory, pid_alive, process_start, write_json_atomic
-from webapp.services import devices, settings, workspace
+from webapp.services import devices, fair_queue, settings, workspace
+from webapp.services.fair_queue import as_number
+from webapp.services.identity import LOCAL_KEY
 
 JOB_FILE = "job.json"  # Job, written when queued
 LAUNCH_FILE = "launch.json"  # {"pid": ..., "started": ..., "gpu_ids": [...], "launched_at": ...}: by the runner
@@ -116,11 +118,9 @@ def enqueue(run: RunDirectory, job: Job) -> None:
     ensure_runner()
 
 
-def queued(runs_root: Path) -> list[RunDirectory]:
-    """Runs waiting for the runner, oldest first."""
-    waiting = [RunDirectory(p) for p in runs_root.iterdir() if p.is_dir()]
-    waiting = [r for r in waiting if r.read_status().get("state") == "queued" and not launched(r)]
-    return sorted(waiting, key=lambda r: _number(r.read_status().get("queued_at")))
+def queued(runs_dirs: dict[str, Path]) -> list[tuple[str, RunDirectory]]:
+    """Runs waiting for the runner, by user key, in the order they would start (round-robin across users)."""
+    return fair_queue.round_robin(fair_queue.waiting(runs_dirs, launched))
 
 
 def cancel(run: RunDirectory) -> None:
@@ -146,22 +146,19 @@ def _fail(run: RunDirectory, error: str) -> None:
     run.update_status(state="failed", ended_at=time.time(), error=error)
 
 
-def _number(value) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
-
 
 def cancelled_at(run: RunDirectory) -> Optional[float]:
     """When Cancel was sent (None when it was not); an empty or garbled request counts from its file's time."""
     path = run.path / CANCEL_FILE
     try:
-        return _number(read_json(path).get("at")) or path.stat().st_mtime
+        return as_number(read_json(path).get("at")) or path.stat().st_mtime
     except OSError:
         return None
 
 
 def last_progress(run: RunDirectory) -> float:
     """When the run last showed a sign of life: a status, event or log line, or its launch."""
-    times = [_number(launched(run).get("launched_at"))]
+    times = [as_number(launched(run).get("launched_at"))]
     for path in (run.status_path, run.events_path, run.log_path, run.path / LAUNCH_LOG):
         with contextlib.suppress(OSError):
             times.append(path.stat().st_mtime)
@@ -174,24 +171,25 @@ class Runner:
     ``command_for`` turns a run and its checked Job into the command to start (the trainer's, by default).
     """
 
-    def __init__(self, runs_root: Path, gpu_ids: list[int],
+    def __init__(self, runs_dirs: Callable[[], dict[str, Path]], gpu_ids: list[int],
                  command_for: Callable[[RunDirectory, Job], list[str]] = launch_command,
                  limits: Optional[settings.Settings] = None):
-        self.runs_root, self.gpu_ids, self.command_for = runs_root, gpu_ids, command_for
+        self.runs_dirs, self.gpu_ids, self.command_for = runs_dirs, gpu_ids, command_for
         self.limits = limits or settings.load()
         self.children: dict[Path, subprocess.Popen] = {}
+        self.served_last: Optional[str] = None  # the user whose run started last (round-robin)
 
     def tick(self) -> bool:
         """Returns whether anything is running or waiting."""
-        runs = [RunDirectory(p) for p in self.runs_root.iterdir() if p.is_dir()]
+        roots = self.runs_dirs()
+        runs = {run: owner for owner, root in roots.items() for run in _runs_in(root)}
         busy = [r for r in runs if launched(r) and not self._reap_if_done(r)]
         for run in runs:
             self._stop_if_overdue(run)
             self._settle_if_orphaned(run)
-        used = {i for r in busy for i in launched(r).get("gpu_ids", [])}
-        cpu_busy = any(not launched(r).get("gpu_ids") for r in busy)
-        waiting = queued(self.runs_root)
-        for run in waiting:
+        slots = fair_queue.Slots(self.gpu_ids, {r.path: (runs[r], launched(r).get("gpu_ids", [])) for r in busy})
+        waiting = fair_queue.round_robin(fair_queue.waiting(roots, launched), self.served_last)
+        for owner, run in waiting:
             try:
                 job = Job.read(run)
             except ValueError as err:
@@ -200,13 +198,14 @@ class Runner:
             if job.gpus > len(self.gpu_ids):
                 _fail(run, f"needs {job.gpus} GPU(s) but this machine has {len(self.gpu_ids)}; queue it again on a setup that fits")
                 continue
-            free = [i for i in self.gpu_ids if i not in used]
-            if (job.gpus and len(free) < job.gpus) or (not job.gpus and cpu_busy):
-                break  # first in, first out: later runs wait behind the head of the queue
-            ids = free[:job.gpus]
+            if slots.running.get(owner, 0) >= self.limits.max_running_runs and owner != LOCAL_KEY:
+                continue  # this user trains as many runs at once as allowed; the next user's turn
+            ids = slots.take(job.gpus)
+            if ids is None:
+                break  # first come, first served (in round-robin order): later runs wait behind this one
             if self._launch(run, job, ids):
-                used.update(ids)
-                cpu_busy = cpu_busy or not job.gpus
+                slots.started(owner, ids)
+                self.served_last = owner
         return bool(busy or waiting)
 
     def _launch(self, run: RunDirectory, job: Job, gpu_ids: list[int]) -> bool:
@@ -277,6 +276,10 @@ class Runner:
             _fail(run, f"the trainer (pid {status.get('pid')}) ended without reporting; resume it from its last checkpoint")
 
 
+def _runs_in(root: Path) -> list[RunDirectory]:
+    return [RunDirectory(p) for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below ``pid`` (torch's launcher may start ranks in sessions of their own)."""
     children: dict[int, list[int]] = {}
@@ -323,11 +326,11 @@ def ensure_runner() -> None:
 
 def main() -> int:
     lock = (workspace.home() / "runner.lock").open("a")
-    runner = Runner(workspace.runs_dir(), [])
+    runner = Runner(workspace.all_runs_dirs, [])
     while _take(lock):
         _serve(runner)
         fcntl.flock(lock, fcntl.LOCK_UN)
-        if not queued(runner.runs_root):  # else a run was queued as this runner went idle: serve it too
+        if not queued(workspace.all_runs_dirs()):  # else a run was queued as this runner went idle: serve it too
             return 0
     return 0  # another runner has the lock
 

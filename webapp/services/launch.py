@@ -6,8 +6,9 @@ from typing import Any
 from finetune.config import TrainConfig
 from finetune.errors import ConfigError, UserError
 from finetune.rundir import RunDirectory
-from webapp.services import jobs, runs, workspace
+from webapp.services import jobs, quotas, runs, settings, workspace
 from webapp.services.devices import Setup
+from webapp.services.identity import User
 
 
 def build_config(values: dict[str, Any], run_dir: Path) -> TrainConfig:
@@ -25,13 +26,13 @@ def problems_by_field(err: ConfigError) -> dict[str, list[str]]:
     return grouped
 
 
-def plan(name: str, values: dict[str, Any], setup: Setup) -> tuple[TrainConfig, list[str]]:
-    """The validated config and the exact launch command of a new run called ``name`` (nothing written)."""
+def plan(user: User, name: str, values: dict[str, Any], setup: Setup) -> tuple[TrainConfig, list[str]]:
+    """The validated config and the exact launch command of ``user``'s new run called ``name`` (nothing written)."""
     try:
-        run_dir = runs.check_new_name(name)
+        run_dir = runs.check_new_name(user, name)
     except UserError as err:
         # Checked with the settings, so the form shows every problem at once.
-        run_dir, name_problem = workspace.runs_dir() / "unnamed", str(err)
+        run_dir, name_problem = workspace.runs_dir(user.key) / "unnamed", str(err)
     else:
         name_problem = None
     try:
@@ -43,9 +44,15 @@ def plan(name: str, values: dict[str, Any], setup: Setup) -> tuple[TrainConfig, 
     return cfg, setup.command(run_dir / "config.yaml")
 
 
-def launch(cfg: TrainConfig, setup: Setup) -> RunDirectory:
-    """Write the run's config.yaml and queue it on ``setup``; the runner starts it when a slot is free."""
-    run = RunDirectory(cfg.output_dir)
+def launch(user: User, cfg: TrainConfig, setup: Setup) -> RunDirectory:
+    """Write the run's config.yaml and queue it on ``setup``; the runner starts it when a slot is free.
+
+    ``cfg.output_dir`` must be the new run folder of ``user``'s that plan() chose.
+    """
+    quotas.check_can_queue(user, settings.load())
+    run = RunDirectory(runs.check_new_name(user, Path(cfg.output_dir).name))
+    if Path(cfg.output_dir) != run.path:
+        raise UserError(f"run: {cfg.output_dir} is not a folder of yours; plan the run again")
     run.path.mkdir(parents=True, exist_ok=False)
     cfg.to_yaml(run.config_path)
     jobs.enqueue(run, jobs.Job(setup.preset, setup.num_processes, setup.num_processes if setup.uses_gpus else 0))

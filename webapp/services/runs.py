@@ -2,6 +2,7 @@
 
 import dataclasses
 import io
+import os
 import re
 import shutil
 import time
@@ -13,8 +14,9 @@ from typing import Optional
 import yaml
 
 from finetune.errors import UserError
-from finetune.rundir import RunDirectory
-from webapp.services import devices, jobs, workspace
+from finetune.rundir import RunDirectory, read_json
+from webapp.services import devices, identity, jobs, quotas, settings, workspace
+from webapp.services.identity import User
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -23,6 +25,8 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 class RunSummary:
     name: str
     path: Path
+    owner: str  # the user key of the folder the run lives in
+    ref: str  # what pages pass back: the name for the user's own runs, "owner/name" for others' (operators)
     state: str  # queued | starting | running | stopping | finished | failed | cancelled
     task: Optional[str]
     model: Optional[str]
@@ -46,8 +50,9 @@ class RunSummary:
         return self.state in ("queued", "starting", "running", "stopping")
 
 
-def summarize(path: Path) -> RunSummary:
+def summarize(path: Path, viewer: Optional[User] = None) -> RunSummary:
     run = RunDirectory(path)
+    owner = path.parent.parent.name if path.parent.parent != workspace.home() else identity.LOCAL_KEY
     status = run.read_status()
     state = status.get("state", "unknown")
     if jobs.launched(run) and state in ("queued", "cancelled", "failed"):
@@ -55,7 +60,8 @@ def summarize(path: Path) -> RunSummary:
         state = "starting" if state == "queued" else "stopping"
     config = _read_config(run)
     step = max((e.get("step") or 0 for e in run.read_events() if e.get("event") == "train"), default=0)
-    return RunSummary(name=path.name, path=path, state=state, task=config.get("task"),
+    ref = path.name if viewer is None or owner == viewer.key else f"{owner}/{path.name}"
+    return RunSummary(name=path.name, path=path, owner=owner, ref=ref, state=state, task=config.get("task"),
                       model=config.get("model_name_or_path"), step=step, total_steps=status.get("total_steps"),
                       eta_seconds=_eta(status, step) if state == "running" else None, error=status.get("error"),
                       created_at=status.get("queued_at") or status.get("started_at") or _mtime(path))
@@ -83,30 +89,73 @@ def _read_config(run: RunDirectory) -> dict:
         return {}
 
 
-def list_runs(root: Optional[Path] = None) -> list[RunSummary]:
-    """Every run under the runs folder, newest first."""
-    root = root or workspace.runs_dir()
-    found = [summarize(p) for p in root.iterdir() if p.is_dir() and RunDirectory(p).is_run()]
+def list_runs(user: User) -> list[RunSummary]:
+    """The user's runs (every user's for an operator), newest first."""
+    dirs = workspace.all_runs_dirs() if user.is_operator else {user.key: workspace.runs_dir(user.key)}
+    found = [summarize(p, user) for root in dirs.values() for p in root.iterdir() if p.is_dir() and RunDirectory(p).is_run()]
     return sorted(found, key=lambda s: s.created_at, reverse=True)
 
 
-def queue_positions(root: Optional[Path] = None) -> dict[str, int]:
-    """Place in the FIFO queue (1 = next) of each waiting run."""
-    return {run.path.name: i for i, run in enumerate(jobs.queued(root or workspace.runs_dir()), start=1)}
+def locate(user: User, ref: str) -> Path:
+    """The folder of the run ``ref`` names ("name", or "owner/name" for an operator); UserError unless ``user`` may see it."""
+    owner, _, name = (ref or "").rpartition("/")
+    owner = identity.check_key(owner) if owner else user.key
+    if owner != user.key and not user.is_operator:
+        raise UserError(f"run: {ref!r} belongs to another user")
+    if not RUN_NAME.match(name):
+        raise UserError(f"run: {ref!r} is not a run name")
+    path = workspace.runs_dir(owner) / name
+    if not RunDirectory(path).is_run():
+        raise UserError(f"run: there is no run called {name!r}")
+    return path
 
 
-def check_new_name(name: str, root: Optional[Path] = None) -> Path:
-    """The folder for a new run called ``name``; UserError when the name is unusable or taken."""
+def summary(user: User, ref: str) -> RunSummary:
+    return summarize(locate(user, ref), user)
+
+
+def owner_names() -> dict[str, str]:
+    """Display names of the users with folders here, by key (for an operator's view)."""
+    names = {identity.LOCAL_KEY: "local"}
+    for key in workspace.owners()[1:]:
+        names[key] = (read_json(workspace.user_root(key) / workspace.USER_FILE) or {}).get("name", key)
+    return names
+
+
+def queue_positions(user: User) -> dict[str, int]:
+    """Place in the queue (1 = next, round-robin across users) of each waiting run the user can see, by ref."""
+    order = jobs.queued(workspace.all_runs_dirs())
+    return {summarize(run.path, user).ref: i for i, (owner, run) in enumerate(order, start=1)
+            if owner == user.key or user.is_operator}
+
+
+def check_new_name(user: User, name: str) -> Path:
+    """The folder for ``user``'s new run called ``name``; UserError when the name is unusable or taken."""
     if not RUN_NAME.match(name or ""):
         raise UserError("run name: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    path = (root or workspace.runs_dir()) / name
+    path = workspace.runs_dir(user.key) / name
     if path.exists():
         raise UserError(f"run name: a run called {name!r} exists already; choose another name")
     return path
 
 
-def resume(path: Path) -> None:
+def push_token(user: User) -> tuple[str, Optional[str]]:
+    """How ``user`` may push to the Hub: ("user", their sign-in token), ("server", None: HF_TOKEN, local mode
+    with LORA_LAB_ALLOW_PUSH=1 only) or ("off", None)."""
+    if user.hub_token:
+        return "user", user.hub_token
+    if user.key == identity.LOCAL_KEY and os.environ.get("LORA_LAB_ALLOW_PUSH") == "1":
+        return "server", None
+    return "off", None
+
+
+def cancel(user: User, ref: str) -> None:
+    jobs.cancel(RunDirectory(locate(user, ref)))
+
+
+def resume(user: User, ref: str) -> None:
     """Queue a cancelled or failed run to continue from its latest checkpoint."""
+    path = locate(user, ref)
     run = RunDirectory(path)
     state = run.read_status().get("state")
     if jobs.launched(run):
@@ -119,19 +168,22 @@ def resume(path: Path) -> None:
     except ValueError:  # trained from the command line into the runs folder: this machine's default setup
         setup = devices.setups(devices.detect_gpus())[0]
         job = jobs.Job(setup.preset, setup.num_processes, setup.num_processes if setup.uses_gpus else 0)
+    quotas.check_can_queue(user, settings.load())
     jobs.enqueue(run, dataclasses.replace(job, resume=True))
 
 
-def delete(path: Path) -> None:
+def delete(user: User, ref: str) -> None:
     """Remove a run that is not active (cancel it first)."""
+    path = locate(user, ref)
     run = RunDirectory(path)
     if jobs.is_active(run) or jobs.launched(run) or run.read_status().get("state") == "queued":
         raise UserError(f"delete: {path.name} is still queued or running; cancel it first")
     shutil.rmtree(path)
 
 
-def adapter_zip(path: Path) -> bytes:
+def adapter_zip(user: User, ref: str) -> bytes:
     """The run's adapter folder (weights, tokenizer or processor, label maps) as a zip archive."""
+    path = locate(user, ref)
     adapter = RunDirectory(path).adapter_dir
     if not adapter.is_dir():
         raise UserError(f"download: {path.name} has no adapter yet; it is written when the run finishes")

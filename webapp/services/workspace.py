@@ -11,12 +11,14 @@ On Hugging Face Spaces point LORA_LAB_HOME at persistent storage (/data/...) so 
 import os
 from pathlib import Path
 
+from finetune.rundir import write_json_atomic
 from webapp.services.identity import KEY, LOCAL_KEY, check_key
 
 # The source tree: the trainer is launched as `accelerate launch finetune/train.py` from here.
 REPO = Path(__file__).resolve().parents[2]
 ACCELERATE_PRESETS = REPO / "configs" / "accelerate"
 FAMILY_CONFIGS = REPO / "configs"
+USER_FILE = "user.json"  # {"name": display name} in each user's folder, for an operator's view
 
 
 def home() -> Path:
@@ -37,6 +39,12 @@ def runs_dir(key: str = LOCAL_KEY) -> Path:
 
 def uploads_dir(key: str = LOCAL_KEY) -> Path:
     return _made(user_root(key) / "uploads")
+
+
+def register(key: str, name: str) -> None:
+    """Record ``name`` as the display name of the user folder ``key`` (once)."""
+    if key != LOCAL_KEY and not (user_root(key) / USER_FILE).is_file():
+        write_json_atomic(user_root(key) / USER_FILE, {"name": name})
 
 
 def demo_dir() -> Path:

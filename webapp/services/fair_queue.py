@@ -1,0 +1,65 @@
+"""The order in which queued runs start: round-robin across users, first in, first out within each user.
+
+One user queueing ten runs does not make another user's single run wait behind all ten: the runner
+takes one run from each user in turn, starting after the user it served last.
+"""
+
+from pathlib import Path
+from typing import Optional
+
+from finetune.rundir import RunDirectory
+
+
+def as_number(value) -> float:
+    """A time or count read from a JSON file a user could have edited: 0 unless it is a number."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def waiting(runs_dirs: dict[str, Path], is_launched) -> dict[str, list[RunDirectory]]:
+    """Each user's queued, not yet launched runs, oldest first, by user key."""
+    found = {}
+    for owner, root in runs_dirs.items():
+        runs = [RunDirectory(p) for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+        runs = [r for r in runs if r.read_status().get("state") == "queued" and not is_launched(r)]
+        if runs:
+            found[owner] = sorted(runs, key=lambda r: as_number(r.read_status().get("queued_at")))
+    return found
+
+
+def round_robin(by_owner: dict[str, list[RunDirectory]], served_last: Optional[str] = None) -> list[tuple[str, RunDirectory]]:
+    """Interleave the users' queues one run at a time, beginning with the first user after ``served_last``."""
+    owners = sorted(by_owner)
+    start = next((i for i, owner in enumerate(owners) if served_last is not None and owner > served_last), 0)
+    owners = owners[start:] + owners[:start]
+    queues = {owner: list(by_owner[owner]) for owner in owners}
+    order = []
+    while any(queues.values()):
+        for owner in owners:
+            if queues[owner]:
+                order.append((owner, queues[owner].pop(0)))
+    return order
+
+
+class Slots:
+    """The GPUs and the CPU slot in use, and how many runs each user trains now."""
+
+    def __init__(self, gpu_ids: list[int], busy: dict[Path, tuple[str, list[int]]]):
+        """``busy``: each launched run's (owner, GPU ids); no GPU ids means it holds the CPU slot."""
+        self.gpu_ids = gpu_ids
+        self.used = {i for _, ids in busy.values() for i in ids}
+        self.cpu_busy = any(not ids for _, ids in busy.values())
+        self.running: dict[str, int] = {}
+        for owner, _ in busy.values():
+            self.running[owner] = self.running.get(owner, 0) + 1
+
+    def take(self, gpus: int) -> Optional[list[int]]:
+        """The GPU ids for a run needing ``gpus`` (empty for the CPU slot), None when they are not free."""
+        free = [i for i in self.gpu_ids if i not in self.used]
+        if (gpus and len(free) < gpus) or (not gpus and self.cpu_busy):
+            return None
+        return free[:gpus]
+
+    def started(self, owner: str, ids: list[int]) -> None:
+        self.used.update(ids)
+        self.cpu_busy = self.cpu_busy or not ids
+        self.running[owner] = self.running.get(owner, 0) + 1

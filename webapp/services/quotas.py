@@ -1,0 +1,53 @@
+"""Per-user limits on a shared app: runs waiting in the queue, upload size, disk used.
+
+The local user (local single-user mode) owns the machine and has no limits. How many runs of one
+user train at once is enforced by the job runner (settings.max_running_runs).
+"""
+
+import os
+from pathlib import Path
+
+from finetune.errors import UserError
+from finetune.rundir import RunDirectory
+from webapp.services import settings, workspace
+from webapp.services.identity import LOCAL_KEY, User
+
+
+def check_can_queue(user: User, limits: settings.Settings) -> None:
+    """UserError when ``user`` already has as many runs queued or training as allowed, or is out of disk."""
+    if user.key == LOCAL_KEY:
+        return
+    root = workspace.runs_dir(user.key)
+    active = [p for p in root.iterdir() if p.is_dir() and RunDirectory(p).read_status().get("state") in ("queued", "running")]
+    if len(active) >= limits.max_queued_runs:
+        raise UserError(f"queue: you have {len(active)} runs queued or training; at most {limits.max_queued_runs} per "
+                        "user. Wait for one to finish, or cancel one on the Runs page")
+    check_storage(user, limits, adding=0)
+
+
+def check_upload(user: User, limits: settings.Settings, size: int) -> None:
+    """UserError when an upload of ``size`` bytes is too large, or would take ``user`` past their disk limit."""
+    if user.key == LOCAL_KEY:
+        return
+    if size > limits.max_upload_mb * 2**20:
+        raise UserError(f"upload: the file is {size / 2**20:.0f} MiB; at most {limits.max_upload_mb} MiB per upload")
+    check_storage(user, limits, adding=size)
+
+
+def check_storage(user: User, limits: settings.Settings, adding: int) -> None:
+    used = disk_usage(workspace.user_root(user.key))
+    if used + adding > limits.max_storage_mb * 2**20:
+        raise UserError(f"storage: your runs and uploads take {used / 2**20:.0f} MiB of your {limits.max_storage_mb} MiB; "
+                        "delete runs you no longer need on the Runs page")
+
+
+def disk_usage(root: Path) -> int:
+    """Bytes in the files under ``root`` (symbolic links not followed)."""
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:  # removed while counting
+                continue
+    return total

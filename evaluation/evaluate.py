@@ -21,7 +21,7 @@ from finetune.errors import UserError
 def _labelled_table(data_file: str, run_dir: Path, info: dict):
     """The data with columns resolved from the run's config and labels mapped to the run's ids."""
     from finetune.config import TrainConfig
-    from finetune.data import Columns, Unpacking, check_images, guess_columns, load_table
+    from finetune.data import Columns, Unpacking, check_images, guess_columns, label_name, load_table
 
     cfg = TrainConfig.from_yaml(run_dir / "config.yaml")
     table = load_table(data_file, "--data", Unpacking.from_config(cfg))
@@ -32,7 +32,7 @@ def _labelled_table(data_file: str, run_dir: Path, info: dict):
     if columns.label:
         feature = table.features[columns.label]
         names = feature.names if hasattr(feature, "names") else None
-        values = [str(names[v]) if names else str(v) for v in table[columns.label]]
+        values = [str(names[v]) if names else label_name(v) for v in table[columns.label]]
         unknown = sorted(set(values) - set(info["label2id"]))
         if unknown:
             raise UserError(f"--data: labels {unknown[:10]} in column {columns.label!r} were not seen in training; "

@@ -108,14 +108,15 @@ def _read_head(builder: str, path: Path, rows: int) -> Dataset:
 def _read_error(builder: str, path: Path, role: str, err: Exception) -> UserError:
     # A CSV header without rows makes the builder fail ("corresponds to no data"); streaming reads it as empty.
     try:
-        if len(_read_head(builder, path, 1)) == 0:
-            return _no_examples(path, role)
-    except Exception:  # broken beyond being empty: report the original error
-        pass
+        empty = len(_read_head(builder, path, 1)) == 0
+    except Exception:  # broken beyond being empty: the original error tells more
+        empty = False
+    if empty:
+        return _no_examples(path, role)
     cause = err
     while cause.__cause__ is not None:  # datasets wraps the parser's own, more telling error
         cause = cause.__cause__
-    return UserError(f"{role}: could not read {path} as {builder} ({type(cause).__name__}: {cause})")
+    return UserError(f"{role}: could not read {path} as {builder} ({type(cause).__name__}: {str(cause).strip()})")
 
 
 def _no_examples(path: Path, role: str) -> UserError:
@@ -377,6 +378,11 @@ def _label_kind(feature: Value) -> str:
     if feature.dtype.startswith(("int", "uint", "float")):
         return "numbers"
     return {"string": "text", "large_string": "text", "bool": "true/false"}.get(feature.dtype, feature.dtype)
+
+
+def label_name(value) -> str:
+    """The class name training gave a raw label value (evaluation maps new data's labels the same way)."""
+    return str(_label_key(value))
 
 
 def _label_key(value):

@@ -28,6 +28,12 @@ if [ -n "${SPACE_ID:-}" ]; then
     export STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION="${STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION:-false}"
 fi
 mkdir -p "$LORA_LAB_HOME"
+# Signed-in mode: Streamlit's [auth] settings from the Space's OAuth variables (docs/deploying.md).
+if [ "${LORA_LAB_USERS:-local}" = huggingface ]; then
+    python -m webapp.services.auth_config
+fi
+# Streamlit's own upload cap follows the app's per-user one.
+export STREAMLIT_SERVER_MAX_UPLOAD_SIZE="${STREAMLIT_SERVER_MAX_UPLOAD_SIZE:-${LORA_LAB_MAX_UPLOAD_MB:-1024}}"
 
 exec streamlit run webapp/app.py \
     --server.address 0.0.0.0 \

@@ -67,9 +67,9 @@ def current_user() -> identity.User:
 
 def account(user: identity.User) -> None:
     """The sidebar line saying whose runs these are (nothing in local single-user mode)."""
-    if user.key == identity.LOCAL_KEY:
+    if user.kind == "local":
         return
-    if user.name.startswith("visitor"):
+    if user.kind == "visitor":
         st.sidebar.caption(f"You are **{user.name}**. Your runs are tied to this page's address: bookmark it to "
                            "come back; anyone with the address sees your runs.")
         return
@@ -127,6 +127,9 @@ def column_mapping(report: uploads.DataReport, task: str) -> dict[str, Optional[
 
 
 def data_preview(report: uploads.DataReport) -> None:
+    if report.sampled:
+        st.caption(f"A {report.file_bytes / 2**20:,.0f} MB file: checked and previewed from its first "
+                   f"{report.num_examples:,} rows; training reads all of it.")
     cells = st.columns(3)
     cells[0].metric("Examples", report.num_examples)
     if report.labels:

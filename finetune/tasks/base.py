@@ -38,7 +38,7 @@ class Task:
         """Raw train/validation splits, the resolved columns and the class names (None without labels)."""
         given = Columns(text=cfg.text_column, label=cfg.label_column, image=cfg.image_column)
         return load_splits(cfg.train_file, cfg.validation_file, self.name, given, cfg.validation_split_percentage,
-                           cfg.seed, Unpacking.from_config(cfg))
+                           cfg.seed, Unpacking.from_config(cfg), max_eval_samples=cfg.max_eval_samples)
 
     def encode(self, cfg: TrainConfig, data: DatasetDict, columns: Columns, processor: Any,
                model: PreTrainedModel) -> tuple[DatasetDict, dict]:

@@ -46,8 +46,17 @@ def trainers() -> FakeTrainers:
     return FakeTrainers()
 
 
+def local_runs(home: Path):
+    """The runner's view of a single-user workspace: the local user's runs folder."""
+    return lambda: {"local": home / "runs"}
+
+
+def queued_runs(home: Path) -> list[RunDirectory]:
+    return [run for _, run in jobs.queued({"local": home / "runs"})]
+
+
 def runner_for(home: Path, trainers: FakeTrainers, gpu_ids: list[int], **limits) -> jobs.Runner:
-    return jobs.Runner(home / "runs", gpu_ids, command_for=trainers, limits=settings.Settings(**limits))
+    return jobs.Runner(local_runs(home), gpu_ids, command_for=trainers, limits=settings.Settings(**limits))
 
 
 @pytest.fixture
@@ -85,10 +94,10 @@ def finish(runner: jobs.Runner, run: RunDirectory) -> None:
 def test_cpu_runs_one_at_a_time_in_queue_order(home, trainers):
     runner = runner_for(home, trainers, gpu_ids=[])
     first, second, third = (queue_fake(home, trainers, name) for name in ("a", "b", "c"))
-    assert [r.path.name for r in jobs.queued(home / "runs")] == ["a", "b", "c"]
+    assert [r.path.name for r in queued_runs(home)] == ["a", "b", "c"]
     runner.tick()
     wait_for(lambda: state(first) == "running")
-    assert [r.path.name for r in jobs.queued(home / "runs")] == ["b", "c"]
+    assert [r.path.name for r in queued_runs(home)] == ["b", "c"]
     for _ in range(3):
         runner.tick()
     assert state(second) == state(third) == "queued" and not jobs.launched(second)
@@ -146,7 +155,7 @@ def test_cancel_a_queued_run_and_a_running_one(home, trainers):
     wait_for(lambda: not runner.tick())
     assert state(running) == "cancelled" and running.read_status().get("error") is None  # stopped in time: no kill
     assert not (running.path / jobs.KILLED_FILE).exists() and not jobs.launched(running)
-    assert jobs.queued(home / "runs") == []
+    assert queued_runs(home) == []
     assert [name for name, _ in trainers.built] == ["running"]  # the cancelled queued run never launched
 
 
@@ -163,7 +172,7 @@ def test_resumed_run_is_queued_again_with_a_fresh_launch(home, trainers):
     assert jobs.Job.read(run) == jobs.Job("cpu", 1, 0, resume=True)
     assert state(run) == "queued" and run.read_status()["error"] is None and run.read_status()["ended_at"] is None
     assert not any((run.path / name).exists() for name in (jobs.LAUNCH_FILE, jobs.CANCEL_FILE, jobs.KILLED_FILE))
-    assert [r.path.name for r in jobs.queued(home / "runs")] == ["again"]
+    assert [r.path.name for r in queued_runs(home)] == ["again"]
     runner.tick()
     wait_for(lambda: state(run) == "running")
     assert run.read_status()["resume"] is True  # the resume flag reached the command
@@ -224,7 +233,7 @@ def test_a_run_left_running_by_a_vanished_trainer_is_marked_failed(home):
     gone.wait()
     orphan = RunDirectory(home / "runs" / "orphan")
     orphan.update_status(state="running", pid=gone.pid, pid_started=started)  # e.g. a CLI run killed with SIGKILL
-    jobs.Runner(home / "runs", gpu_ids=[], limits=settings.Settings()).tick()
+    jobs.Runner(local_runs(home), gpu_ids=[], limits=settings.Settings()).tick()
     assert state(orphan) == "failed" and "ended without reporting" in orphan.read_status()["error"]
     assert f"pid {gone.pid}" in orphan.read_status()["error"]
 

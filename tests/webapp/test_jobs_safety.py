@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from finetune.rundir import RunDirectory, process_start
-from tests.webapp.test_jobs import FAKE_TRAINER, FakeTrainers, queue_fake, runner_for, state, wait_for
+from tests.webapp.test_jobs import (FAKE_TRAINER, FakeTrainers, local_runs, queue_fake, queued_runs, runner_for, state,
+                                    wait_for)
 from webapp.services import jobs, settings, workspace
 
 
@@ -91,7 +92,7 @@ TAMPERED_JOBS = {
 
 
 def test_a_tampered_job_json_fails_its_run_and_starts_nothing(home, popen_calls):
-    runner = jobs.Runner(home / "runs", gpu_ids=[], limits=settings.Settings())  # the real launch_command
+    runner = jobs.Runner(local_runs(home), gpu_ids=[], limits=settings.Settings())  # the real launch_command
     runs = {}
     for name, text in TAMPERED_JOBS.items():
         run = runs[name] = RunDirectory(home / "runs" / name)
@@ -99,7 +100,7 @@ def test_a_tampered_job_json_fails_its_run_and_starts_nothing(home, popen_calls)
         (run.path / jobs.JOB_FILE).write_text(text % {"home": home} if "%(home)s" in text else text)
         with pytest.raises(ValueError):
             jobs.Job.read(run)
-    assert len(jobs.queued(home / "runs")) == len(TAMPERED_JOBS)
+    assert len(queued_runs(home)) == len(TAMPERED_JOBS)
     runner.tick()
     failed = {name: run.read_status() for name, run in runs.items()}
     assert [name for name, status in failed.items() if status["state"] == "failed"] == list(TAMPERED_JOBS)
@@ -107,7 +108,7 @@ def test_a_tampered_job_json_fails_its_run_and_starts_nothing(home, popen_calls)
         assert status["error"].startswith("could not launch: job.json"), (name, status["error"])
         assert not jobs.launched(runs[name]) and not (runs[name].path / jobs.LAUNCH_LOG).exists(), name
     assert popen_calls == []  # the runner started no process at all
-    assert not runner.tick() and jobs.queued(home / "runs") == []  # nothing left waiting: the queue moved on
+    assert not runner.tick() and queued_runs(home) == []  # nothing left waiting: the queue moved on
     assert sorted(home.rglob("PWNED*")) == [] and not (workspace.REPO / "PWNED").exists()
 
 
@@ -136,7 +137,7 @@ def test_the_command_is_built_from_checked_names_and_always_writes_into_the_run_
     resumed = jobs.launch_command(run, jobs.Job("multi_gpu", 2, 2, resume=True))
     assert resumed == expected_command(run, "multi_gpu", 2) + ["--resume_from_checkpoint", "true"]
 
-    runner = jobs.Runner(home / "runs", gpu_ids=[], limits=settings.Settings())
+    runner = jobs.Runner(local_runs(home), gpu_ids=[], limits=settings.Settings())
     runner.tick()
     wait_for(lambda: not runner.tick(), timeout=60)
     assert popen_calls == [expected_command(run)]  # exactly one process started: accelerate, as built
@@ -229,7 +230,7 @@ def test_a_reused_pid_is_neither_trusted_nor_signalled(home):
             jobs.cancel(run)
         assert not any((r.path / jobs.CANCEL_FILE).exists() for r in (reused, unstamped, relaunched))
         # Limits that would kill any live run at once: still nothing may touch the bystander.
-        runner = jobs.Runner(home / "runs", gpu_ids=[], limits=settings.Settings(cancel_grace_seconds=0.01,
+        runner = jobs.Runner(local_runs(home), gpu_ids=[], limits=settings.Settings(cancel_grace_seconds=0.01,
                                                                                    stall_seconds=0.01))
         for _ in range(3):
             runner.tick()
@@ -319,7 +320,7 @@ def test_an_empty_or_garbled_cancel_request_still_escalates_and_garbled_times_do
     garbled = queue_fake(home, trainers, "garbled")
     tick_until(runner, lambda: state(stuck) == "running")
     garbled.update_status(queued_at="tomorrow")  # counts as 0 instead of raising in every tick
-    assert [r.path.name for r in jobs.queued(home / "runs")] == ["garbled"]
+    assert [r.path.name for r in queued_runs(home)] == ["garbled"]
     pid = stuck.read_status()["pid"]
     (stuck.path / jobs.CANCEL_FILE).write_text(request_text)
     os.kill(pid, signal.SIGTERM)  # ignored

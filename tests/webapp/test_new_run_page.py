@@ -128,11 +128,12 @@ def test_new_run_upload_csv_preview_and_bad_files(no_runner, tmp_path):
     assert "Launch run" not in labels(at)
     # The app's own check (reached when a file gets past the widget) names the kinds it expects.
     from webapp.services import uploads
+    from webapp.services.identity import local_user
 
     with pytest.raises(UserError, match=r"paper\.pdf is a \.pdf file; expected a \.csv/\.jsonl with a text column"):
-        uploads.save_upload("paper.pdf", b"%PDF-1.4 ...", "text-classification")
+        uploads.save_upload(local_user(), "paper.pdf", b"%PDF-1.4 ...", "text-classification")
     with pytest.raises(UserError, match=r"notes\.txt is a \.txt file; expected a \.zip holding one sub-folder"):
-        uploads.save_upload("notes.txt", b"hello", "image-classification")
+        uploads.save_upload(local_user(), "notes.txt", b"hello", "image-classification")
 
 
 def _keys(at: AppTest) -> list[str]:

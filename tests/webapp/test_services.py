@@ -2,8 +2,8 @@
 
 import io
 import json
-import sys
 import os
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -14,6 +14,9 @@ from finetune.errors import ConfigError, UserError
 from finetune.rundir import RunDirectory, process_start
 from tests.conftest import write_sentiment_csv
 from webapp.services import catalog, devices, jobs, launch, runs, uploads
+from webapp.services.identity import local_user
+
+LOCAL = local_user()
 
 
 @pytest.fixture
@@ -62,15 +65,15 @@ def test_family_defaults_come_from_the_commented_yaml():
 
 def test_uploads_are_checked_stored_once_and_read_by_the_engine(home, tmp_path):
     data = write_sentiment_csv(tmp_path / "reviews.csv", rows=40).read_bytes()
-    first = uploads.save_upload("my reviews.csv", data, "text-classification")
-    assert first == uploads.save_upload("my reviews.csv", data, "text-classification")
+    first = uploads.save_upload(LOCAL, "my reviews.csv", data, "text-classification")
+    assert first == uploads.save_upload(LOCAL, "my reviews.csv", data, "text-classification")
     assert first.name == "upload.csv", "stored under a name the app chooses, not the user"
     report = uploads.inspect_data(first, "text-classification")
     assert (report.num_examples, report.text_column, report.label_column) == (40, "review", "sentiment")
     assert report.label_counts == {"negative": 20, "positive": 20} and len(report.preview) == 10
     for name, content, expected in (("notes.pdf", b"%PDF", "expected a .csv/.jsonl"), ("empty.csv", b"", "is empty")):
         with pytest.raises(UserError, match=expected):
-            uploads.save_upload(name, content, "text-classification")
+            uploads.save_upload(LOCAL, name, content, "text-classification")
     with pytest.raises(UserError, match="label_column"):
         uploads.inspect_data(first, "text-classification", label_column="stars")
 
@@ -79,15 +82,15 @@ def test_launch_plan_validates_every_field_and_gives_the_exact_command(home):
     setup = devices.setups([])[0]
     values = {"model_name_or_path": "gpt2", "train_file": "t.txt", "learning_rate": "abc", "lora_r": 0, "seed": ""}
     with pytest.raises(ConfigError) as err:
-        launch.plan("first", values, setup)
+        launch.plan(LOCAL, "first", values, setup)
     problems = launch.problems_by_field(err.value)
     assert set(problems) == {"learning_rate", "lora_r"}
     with pytest.raises(UserError, match="run name"):
-        launch.plan("bad name!", {**values, "learning_rate": "2e-4", "lora_r": 8}, setup)
-    cfg, command = launch.plan("first", {**values, "learning_rate": "2e-4", "lora_r": 8}, setup)
+        launch.plan(LOCAL, "bad name!", {**values, "learning_rate": "2e-4", "lora_r": 8}, setup)
+    cfg, command = launch.plan(LOCAL, "first", {**values, "learning_rate": "2e-4", "lora_r": 8}, setup)
     assert cfg.learning_rate == 2e-4 and cfg.seed == 42  # blank fields keep their defaults
     assert command[:5] == ["accelerate", "launch", "--config_file", "configs/accelerate/cpu.yaml", "--num_processes"]
-    run = launch.launch(cfg, setup)
+    run = launch.launch(LOCAL, cfg, setup)
     assert run.read_status()["state"] == "queued"
     job = json.loads((run.path / jobs.JOB_FILE).read_text())
     assert job == {"preset": "cpu", "num_processes": 1, "gpus": 0, "resume": False}, "names and counts, no command"
@@ -96,7 +99,7 @@ def test_launch_plan_validates_every_field_and_gives_the_exact_command(home):
         str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(repo / "configs/accelerate/cpu.yaml"),
         "--num_processes", "1", str(repo / "finetune/train.py"), "--config", str(run.config_path), "--output_dir", str(run.path)]
     with pytest.raises(UserError, match="exists already"):
-        launch.plan("first", {**values, "learning_rate": "2e-4", "lora_r": 8}, setup)
+        launch.plan(LOCAL, "first", {**values, "learning_rate": "2e-4", "lora_r": 8}, setup)
 
 
 def test_device_setups_follow_the_gpus_found():
@@ -127,18 +130,18 @@ def test_runs_are_summarised_managed_and_exported(home):
     running = RunDirectory(root / "running")
     running.update_status(state="running", started_at=time.time() - 20, total_steps=40)
     running.append_event({"event": "train", "step": 10, "loss": 0.5})
-    summaries = {s.name: s for s in runs.list_runs()}
+    summaries = {s.name: s for s in runs.list_runs(LOCAL)}
     assert summaries["done"].progress == 1.0 and summaries["done"].task == "text-classification"
     assert summaries["running"].progress == 0.25 and 50 < summaries["running"].eta_seconds < 70
-    with zipfile.ZipFile(io.BytesIO(runs.adapter_zip(done.path))) as archive:
+    with zipfile.ZipFile(io.BytesIO(runs.adapter_zip(LOCAL, "done"))) as archive:
         assert sorted(archive.namelist()) == ["done/adapter_config.json", "done/sub/x.txt"]
     with pytest.raises(UserError, match="only a cancelled or failed run"):
-        runs.resume(done.path)
+        runs.resume(LOCAL, "done")
     running.update_status(pid=os.getpid(), pid_started=process_start(os.getpid()))  # a live process, like a trainer
     with pytest.raises(UserError, match="cancel it first"):
-        runs.delete(running.path)
-    runs.delete(done.path)
-    assert not done.path.exists() and [s.name for s in runs.list_runs()] == ["running"]
+        runs.delete(LOCAL, "running")
+    runs.delete(LOCAL, "done")
+    assert not done.path.exists() and [s.name for s in runs.list_runs(LOCAL)] == ["running"]
 
 
 def test_resume_requeues_a_cancelled_run_from_its_checkpoint(home):
@@ -148,12 +151,12 @@ def test_resume_requeues_a_cancelled_run_from_its_checkpoint(home):
     (run.checkpoints_dir / "step_5").mkdir(parents=True)
     (run.checkpoints_dir / "step_5" / "trainer_state.json").write_text("{}")
     with pytest.raises(UserError, match="with no checkpoint"):  # a save cut short (no completion marker) is no checkpoint
-        runs.resume(run.path)
+        runs.resume(LOCAL, "stopped")
     (run.checkpoints_dir / "step_5" / "checkpoint_complete.json").write_text('{"complete": true}')
-    runs.resume(run.path)
+    runs.resume(LOCAL, "stopped")
     assert run.read_status()["state"] == "queued"
     job = jobs.Job.read(run)
     assert job == jobs.Job("cpu", 1, 0, resume=True)
     assert jobs.launch_command(run, job)[-4:] == ["--output_dir", str(run.path), "--resume_from_checkpoint", "true"]
-    assert runs.queue_positions() == {"stopped": 1}
+    assert runs.queue_positions(LOCAL) == {"stopped": 1}
 

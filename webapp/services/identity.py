@@ -24,20 +24,21 @@ class User:
 
     name: str
     key: str
+    kind: str  # "local", "huggingface" (signed in) or "visitor" (anonymous, keyed by the address)
     is_operator: bool = False
     hub_token: Optional[str] = field(default=None, repr=False, compare=False)
 
 
 def local_user() -> User:
     """Local single-user mode: one user who owns everything (the app as it runs on a workstation)."""
-    return User("local", LOCAL_KEY, is_operator=True)
+    return User("local", LOCAL_KEY, "local", is_operator=True)
 
 
 def signed_in_user(username: str, operators: tuple[str, ...], hub_token: Optional[str] = None) -> User:
     """A user signed in with Hugging Face (``preferred_username`` from the OIDC login)."""
     if not username:
         raise UserError("sign-in: the identity provider gave no user name")
-    return User(username, _key("hf:" + username), is_operator=username in operators, hub_token=hub_token)
+    return User(username, _key("hf:" + username), "huggingface", is_operator=username in operators, hub_token=hub_token)
 
 
 def visitor_user(token: str) -> User:
@@ -45,7 +46,7 @@ def visitor_user(token: str) -> User:
     if not VISITOR_TOKEN.match(token or ""):
         raise UserError("visitor: the key in the address is malformed; open the app without it to get a new one")
     key = _key("visitor:" + token)
-    return User(f"visitor {key[2:8]}", key)
+    return User(f"visitor {key[2:8]}", key, "visitor")
 
 
 def new_visitor_token() -> str:

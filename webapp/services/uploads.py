@@ -14,7 +14,8 @@ from typing import Any, Optional
 from finetune.archive import unpack_zip
 from finetune.errors import UserError
 from finetune.rundir import write_bytes_atomic
-from webapp.services import settings, workspace
+from webapp.services import quotas, settings, workspace
+from webapp.services.identity import User
 
 ACCEPTED = {
     "causal-lm": ("txt", "csv", "jsonl", "json"),
@@ -46,8 +47,8 @@ class DataReport:
     file_bytes: Optional[int] = None  # size of a data file (None for a folder of images)
 
 
-def save_upload(filename: str, data: bytes, task: str) -> Path:
-    """Store an uploaded file and return the path the trainer reads: a .zip comes back unpacked, as a folder.
+def save_upload(user: User, filename: str, data: bytes, task: str) -> Path:
+    """Store an upload in ``user``'s folder; returns the path the trainer reads (a .zip comes back unpacked).
 
     Everything lives in uploads/<content hash>/ under names chosen here (``upload.<ext>``, ``unpacked/``);
     the user's file name only picks the extension. The same content is stored and unpacked once.
@@ -57,14 +58,16 @@ def save_upload(filename: str, data: bytes, task: str) -> Path:
         raise UserError(f"upload: {filename} is a .{suffix or '?'} file; expected {EXPECTED[task]}")
     if not data:
         raise UserError(f"upload: {filename} is empty; expected {EXPECTED[task]}")
-    folder = workspace.uploads_dir() / hashlib.sha256(data).hexdigest()[:16]
+    limits = settings.load()
+    folder = workspace.uploads_dir(user.key) / hashlib.sha256(data).hexdigest()[:16]
     path = folder / f"upload.{suffix}"
     if not path.is_file():
+        quotas.check_upload(user, limits, len(data))
         folder.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, data)
     if suffix == "zip":
         try:
-            return unpack_zip(path, folder / "unpacked", settings.load().archive_limits, "upload")
+            return unpack_zip(path, folder / "unpacked", limits.archive_limits, "upload")
         except UserError:
             shutil.rmtree(folder, ignore_errors=True)  # a refused archive leaves nothing behind
             raise
@@ -87,7 +90,8 @@ def inspect_data(path: Path, task: str, text_column: Optional[str] = None, label
 
     path = Path(path)
     given = Columns(text=text_column, label=label_column, image=image_column)
-    unpacking = Unpacking(workspace.uploads_dir() / "unpacked", settings.load().archive_limits)
+    # Zips reach here unpacked (save_upload); a zip path itself unpacks beside it, in its owner's folder.
+    unpacking = Unpacking(Path(path).parent / "unpacked-archives", settings.load().archive_limits)
     size = path.stat().st_size if path.is_file() else None
     head = size is not None and size > SAMPLE_ABOVE_BYTES and path.suffix.lower() in TEXT_FORMATS
     raw = load_table(path, "train_file", unpacking, max_rows=SAMPLE_ROWS if head else None)

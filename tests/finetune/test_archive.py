@@ -110,6 +110,7 @@ def test_a_good_archive_unpacks_once_and_is_reused(tmp_path):
 def test_upload_named_dot_dot_zip_stays_in_its_own_folder(tmp_path, monkeypatch):
     """The attack that once replaced a run's job.json: an upload called '...zip' holding a job.json."""
     from webapp.services import uploads, workspace
+    from webapp.services.identity import local_user
 
     monkeypatch.setenv("LORA_LAB_HOME", str(tmp_path / "home"))
     run = workspace.runs_dir() / "victim"
@@ -118,9 +119,9 @@ def test_upload_named_dot_dot_zip_stays_in_its_own_folder(tmp_path, monkeypatch)
     payload = _zip(tmp_path / "payload.zip", {**GOOD, "job.json": b'{"command": ["/bin/sh", "-c", "env"]}',
                                               "../runs/victim/job.json": b"pwned"})
     with pytest.raises(UserError, match="unsafe path"):
-        uploads.save_upload("...zip", payload.read_bytes(), "image-classification")
+        uploads.save_upload(local_user(), "...zip", payload.read_bytes(), "image-classification")
     safe = _zip(tmp_path / "safe.zip", {**GOOD, "job.json": b'{"command": ["/bin/sh"]}'})
-    folder = uploads.save_upload("...zip", safe.read_bytes(), "image-classification")
+    folder = uploads.save_upload(local_user(), "...zip", safe.read_bytes(), "image-classification")
     assert folder.parent.parent == workspace.uploads_dir() and folder.name == "unpacked"
     assert (folder / "job.json").is_file() and "pwned" not in (run / "job.json").read_text()
     assert (run / "job.json").read_text() == '{"preset": "cpu", "num_processes": 1, "gpus": 0}'

@@ -208,7 +208,8 @@ def test_browser_end_to_end(app, page, tmp_path):
     # What the form held is what the trainer gets.
     config = yaml.safe_load((home / "runs" / run_name / "config.yaml").read_text())
     assert {field: config[field] for field in DEMO_BERT} == DEMO_BERT, config
-    assert config["train_file"].endswith("/reviews.csv") and config["task"] == "text-classification", config
+    assert config["train_file"].startswith(f"{home}/uploads/") and config["task"] == "text-classification", config
+    assert Path(config["train_file"]).name == "upload.csv", "stored under a name the app chose"
     lap("launched")
 
     # ---- Runs: wait for "finished", with curves and the base vs fine-tuned table ----------------------------

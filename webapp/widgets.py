@@ -56,11 +56,7 @@ def current_user() -> identity.User:
     elif mode == "huggingface":
         user = _signed_in_user()
     else:
-        token = st.query_params.get("visitor")
-        if not token or not identity.VISITOR_TOKEN.match(token):
-            # The key lives in the address: reloading or bookmarking the page keeps the same workspace.
-            token = st.query_params["visitor"] = identity.new_visitor_token()
-        user = identity.visitor_user(token)
+        user = identity.visitor_user(_visitor_token())
     workspace.register(user.key, user.name)
     return user
 
@@ -75,6 +71,18 @@ def account(user: identity.User) -> None:
         return
     st.sidebar.caption(f"Signed in as **{user.name}**" + (" · operator: you see every user's runs" if user.is_operator else ""))
     st.sidebar.button("Sign out", on_click=st.logout)
+
+
+def _visitor_token() -> str:
+    """The anonymous visitor's key: kept in the session (page switches may drop the address's query) and in the
+    address (``?visitor=``), so reloading or bookmarking the page comes back to the same workspace."""
+    token = st.session_state.get("visitor_token") or st.query_params.get("visitor")
+    if not token or not identity.VISITOR_TOKEN.match(token):
+        token = identity.new_visitor_token()
+    st.session_state["visitor_token"] = token
+    if st.query_params.get("visitor") != token:
+        st.query_params["visitor"] = token
+    return token
 
 
 def _signed_in_user() -> identity.User:

@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import stat
+import struct
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -51,12 +53,12 @@ def unpack_zip(path: Path, target: Path, limits: Limits, role: str) -> Path:
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    _check_entry_count(path, limits, role)
+    # A folder of its own for this call: two tabs unpacking the same upload must not share one.
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
     try:
         with zipfile.ZipFile(path) as archive:
             members = _checked_members(archive, path.name, limits, role)
-            staging.mkdir()
             _extract(archive, members, staging, path.name, limits, role)
         try:
             os.rename(staging, target)
@@ -69,6 +71,24 @@ def unpack_zip(path: Path, target: Path, limits: Limits, role: str) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("Unpacked %s into %s", path.name, target)
     return target
+
+
+def _check_entry_count(path: Path, limits: Limits, role: str) -> None:
+    """Refuse an archive with too many entries before zipfile reads its whole directory into memory
+    (about 560 bytes per entry: a million tiny entries would cost half a GiB)."""
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 65_557))  # the end record and its longest comment
+        tail = f.read()
+    end = tail.rfind(b"PK\x05\x06")
+    if end < 0 or end + 22 > len(tail):
+        return  # not a zip: zipfile says so with its own message
+    entries = struct.unpack("<H", tail[end + 10: end + 12])[0]
+    locator = tail.rfind(b"PK\x06\x06", 0, end)  # ZIP64 end record: 8-byte counts
+    if entries == 0xFFFF and locator >= 0 and locator + 40 <= len(tail):
+        entries = struct.unpack("<Q", tail[locator + 32: locator + 40])[0]
+    if entries > MAX_MEMBERS:
+        raise UserError(f"{role}: {path.name} holds {entries:,} entries; at most {MAX_MEMBERS:,} are accepted")
 
 
 def _checked_members(archive: zipfile.ZipFile, name: str, limits: Limits, role: str) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
@@ -108,11 +128,11 @@ def _extract(archive: zipfile.ZipFile, members, staging: Path, name: str, limits
     written_total = 0
     for info, relative in members:
         destination = staging / relative
-        if info.is_dir():
-            destination.mkdir(parents=True, exist_ok=True)
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if info.is_dir():
+                destination.mkdir(parents=True, exist_ok=True)
+                continue
+            destination.parent.mkdir(parents=True, exist_ok=True)
             written_total += _stream_member(archive, info, destination, written_total, name, limits, role)
         except OSError as err:  # duplicate names, a file where a folder should be, a full disk
             raise UserError(f"{role}: {name} member {info.filename!r} could not be unpacked ({err})") from err

@@ -46,7 +46,8 @@ DEFAULT_HEAD_LR = 2e-3
 # context) are checked once the model is known.
 UPPER_BOUNDS = {"learning_rate": 1.0, "head_learning_rate": 1.0, "lora_r": 4096, "per_device_train_batch_size": 65536,
                 "per_device_eval_batch_size": 65536, "gradient_accumulation_steps": 65536, "max_seq_length": 1_000_000,
-                "block_size": 1_000_000, "num_train_epochs": 10_000, "lora_alpha": 1_000_000}
+                "block_size": 1_000_000, "num_train_epochs": 10_000, "lora_alpha": 1_000_000, "max_steps": 10_000_000,
+                "eval_steps": 10_000_000, "save_steps": 10_000_000, "logging_steps": 10_000_000}
 
 
 def _help(text: str, **kwargs) -> Any:

@@ -5,10 +5,9 @@ sub-folder per class, or a .csv/.jsonl whose image column holds file paths (rela
 Every problem with the data raises UserError naming the role, the file, the column and what was expected.
 """
 
-import io
+import codecs
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -18,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
 from datasets.table import InMemoryTable
-from PIL import Image as PILImage
 
 from finetune.archive import Limits, content_digest, unpack_zip
 from finetune.errors import UserError
+from finetune.images import check_images
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +33,10 @@ IMAGE_COLUMN_NAMES = ("image", "img", "image_path", "path", "file", "filename", 
 # these models read at once, so text classification truncates there and causal LM cuts longer
 # texts into pieces of this size.
 MAX_TEXT_CHARS = 100_000
-# The UTF-8 check reads this many bytes at a time (plus the rest of the line): bounded memory, ~1 GB/s.
+# The UTF-8 check reads this many bytes at a time: bounded memory, ~1 GB/s.
 UTF8_CHUNK_BYTES = 4 * 2**20
-# Threads decoding images while checking them (PIL releases the GIL while decoding).
-DECODE_THREADS = min(8, os.cpu_count() or 1)
+# Largest .json array accepted: pyarrow parses it whole, at about 50x its size in memory (20 MiB -> ~1 GiB).
+MAX_JSON_ARRAY_BYTES = 20 * 2**20
 
 
 @dataclass
@@ -85,6 +84,7 @@ def load_table(path: str | Path, role: str, unpacking: Unpacking, max_rows: Opti
     if builder is None:
         raise UserError(f"{role}: {path.name} has an unsupported extension; expected one of .txt .csv .json .jsonl .zip or a folder")
     _check_utf8(path, role)
+    _check_json_size(path, role)
     try:
         table = _read_head(builder, path, max_rows) if max_rows else _read_all(builder, path)
     except Exception as err:  # datasets raises many types for malformed files
@@ -124,23 +124,41 @@ def _no_examples(path: Path, role: str) -> UserError:
 
 
 def _check_utf8(path: Path, role: str) -> None:
-    """Refuse a file that is not UTF-8, naming the line and byte offset of the first bad byte."""
-    offset, line = 0, 1
+    """Refuse a file that is not UTF-8, naming the line and byte offset of the first bad byte.
+
+    Fixed-size chunks through an incremental decoder: memory stays bounded even for a file with no line break.
+    """
+    decoder, offset, line = codecs.getincrementaldecoder("utf-8")(), 0, 1
     hint = " (Excel: Save As 'CSV UTF-8')" if path.suffix.lower() == ".csv" else ""
     with path.open("rb") as f:
-        # Chunks end at a line break, so no multi-byte character is cut (none contains b"\n").
-        while chunk := f.read(UTF8_CHUNK_BYTES) + f.readline():
+        while True:
+            chunk = f.read(UTF8_CHUNK_BYTES)
+            pending = decoder.getstate()[0]  # the start of a character cut by the last chunk's end
+            data = pending + chunk
             try:
-                chunk.decode("utf-8")
+                decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as err:
-                line += chunk.count(b"\n", 0, err.start)
-                line_start = chunk.rfind(b"\n", 0, err.start) + 1
-                near = chunk[max(line_start, err.start - 30): err.start + 10].split(b"\n")[0]
-                raise UserError(f"{role}: {path} is not UTF-8 text: line {line} (byte offset {offset + err.start}) "
-                                f"holds byte 0x{chunk[err.start]:02x}, near {near.decode('utf-8', 'replace')!r}; "
-                                f"save it as UTF-8{hint}") from None
+                line += data.count(b"\n", 0, err.start)
+                near = data[max(data.rfind(b"\n", 0, err.start) + 1, err.start - 30): err.start + 10].split(b"\n")[0]
+                raise UserError(f"{role}: {path} is not UTF-8 text: line {line} (byte offset "
+                                f"{offset - len(pending) + err.start}) holds byte 0x{data[err.start]:02x}, near "
+                                f"{near.decode('utf-8', 'replace')!r}; save it as UTF-8{hint}") from None
+            if not chunk:
+                return
             offset += len(chunk)
             line += chunk.count(b"\n")
+
+
+def _check_json_size(path: Path, role: str) -> None:
+    """A .json array is parsed whole (about 50 times its size in memory): only small ones are accepted."""
+    if path.suffix.lower() != ".json" or path.stat().st_size <= MAX_JSON_ARRAY_BYTES:
+        return
+    with path.open("rb") as f:
+        start = f.read(4096).lstrip()[:1]
+    if start == b"[":
+        raise UserError(f"{role}: {path} is a JSON array of {path.stat().st_size / 2**20:.0f} MiB; arrays over "
+                        f"{MAX_JSON_ARRAY_BYTES // 2**20} MiB are read whole into memory, so save it as JSON lines "
+                        "(.jsonl: one object per line)")
 
 
 def _load_image_folder(path: Path, role: str) -> Dataset:
@@ -209,40 +227,6 @@ def long_text_lengths(table: Dataset, column: str) -> list[int]:
         lengths = pc.utf8_length(batch[column].cast(pa.large_string()))
         found += pc.filter(lengths, pc.greater(lengths, MAX_TEXT_CHARS)).to_pylist()
     return found
-
-
-def check_images(table: Dataset, column: str, source: str, role: str) -> Dataset:
-    """Image column as decodable images: paths resolved against the data file's folder, every image decoded once."""
-    if not isinstance(table.features[column], Image):
-        base = Path(source).parent
-
-        def resolve(batch):
-            return {column: [str(p) if Path(p).is_absolute() else str(base / p) for p in batch[column]]}
-
-        table = table.map(resolve, batched=True)
-    raw = table.cast_column(column, Image(decode=False))
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        bad = [problem for problem in pool.map(_image_problem, range(len(raw)), raw[column]) if problem]
-    if bad:
-        raise UserError(f"{role}: {len(bad)} image(s) in column {column!r} of {source} cannot be read: "
-                        f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; "
-                        "expected complete .png/.jpg/.bmp/.gif/.webp files")
-    return table.cast_column(column, Image())
-
-
-def _image_problem(index: int, item: dict) -> Optional[str]:
-    """Why one image cannot be decoded, or None. load() decodes every pixel: verify() passes truncated files."""
-    try:
-        with PILImage.open(item["path"] if item.get("bytes") is None else io.BytesIO(item["bytes"])) as image:
-            image.load()
-        return None
-    except FileNotFoundError:
-        reason = "no such file"
-    except PILImage.UnidentifiedImageError:
-        reason = "not an image"
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ... for broken files
-        reason = str(err) or type(err).__name__
-    return f"{item.get('path') or f'row {index}'} ({reason})"
 
 
 def load_splits(train_file: str, validation_file: Optional[str], task: str, given: Columns, percentage: float,

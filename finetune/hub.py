@@ -24,7 +24,7 @@ from finetune.rundir import RunDirectory
 LIBRARY_BY_TASK = {"causal-lm": "text-generation", "text-classification": "text-classification",
                    "image-classification": "image-classification"}
 # Settings that say where files were on the training machine, not how the model was trained.
-LOCAL_ONLY = ("output_dir", "train_file", "validation_file", "resume_from_checkpoint")
+LOCAL_ONLY = ("output_dir", "train_file", "validation_file", "resume_from_checkpoint", "data_cache_dir")
 
 
 def model_card(run_dir: str | Path) -> str:
@@ -35,7 +35,9 @@ def model_card(run_dir: str | Path) -> str:
     base_id = base if not Path(base).is_absolute() else Path(base).name
     rows = [f"| {name} | {_fmt(metrics['base'].get(name))} | {_fmt(value)} |"
             for name, value in metrics.get("finetuned", {}).items() if isinstance(value, (int, float))]
-    settings = yaml.safe_dump({k: v for k, v in config.items() if k not in LOCAL_ONLY}, sort_keys=False)
+    shared = {k: v for k, v in config.items() if k not in LOCAL_ONLY}
+    shared["model_name_or_path"] = base_id  # a local folder's name, never its path on the training machine
+    settings = yaml.safe_dump(shared, sort_keys=False)
     front = yaml.safe_dump({"base_model": base_id, "library_name": "peft", "pipeline_tag": LIBRARY_BY_TASK.get(task),
                             "tags": ["lora", "lora-lab", task]}, sort_keys=False)
     return "\n".join([

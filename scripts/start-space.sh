@@ -26,11 +26,20 @@ if [ -z "${HF_HOME:-}" ] && [ -n "$persistent" ]; then
 fi
 if [ -n "${SPACE_ID:-}" ]; then
     export STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION="${STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION:-false}"
+    # Streamlit keeps XSRF on whenever sign-in is configured: a SameSite=None cookie still reaches the iframe
+    # in browsers that allow third-party cookies.
+    export STREAMLIT_SERVER_XSRF_COOKIE_SAME_SITE="${STREAMLIT_SERVER_XSRF_COOKIE_SAME_SITE:-none}"
 fi
 mkdir -p "$LORA_LAB_HOME"
 # Signed-in mode: Streamlit's [auth] settings from the Space's OAuth variables (docs/deploying.md).
 if [ "${LORA_LAB_USERS:-local}" = huggingface ]; then
     python -m webapp.services.auth_config
+fi
+# A shared app: the operator's HF_TOKEN must not fetch private models for visitors, and tracebacks
+# (server paths) stay in the log.
+if [ "${LORA_LAB_USERS:-local}" != local ]; then
+    export HF_HUB_DISABLE_IMPLICIT_TOKEN=1
+    export STREAMLIT_CLIENT_SHOW_ERROR_DETAILS="${STREAMLIT_CLIENT_SHOW_ERROR_DETAILS:-type}"
 fi
 # Streamlit's own upload cap follows the app's per-user one.
 export STREAMLIT_SERVER_MAX_UPLOAD_SIZE="${STREAMLIT_SERVER_MAX_UPLOAD_SIZE:-${LORA_LAB_MAX_UPLOAD_MB:-1024}}"

@@ -12,7 +12,7 @@ from typing import Optional
 import streamlit as st
 
 from finetune.config import TrainConfig, field_help
-from webapp.services import catalog, devices, identity, settings, uploads, workspace
+from webapp.services import catalog, devices, identity, settings, uploads
 
 HELP = field_help()
 HINTS = typing.get_type_hints(TrainConfig)
@@ -57,7 +57,6 @@ def current_user() -> identity.User:
         user = _signed_in_user()
     else:
         user = identity.visitor_user(_visitor_token())
-    workspace.register(user.key, user.name)
     return user
 
 
@@ -92,8 +91,10 @@ def _signed_in_user() -> identity.User:
         st.button("Sign in with Hugging Face", type="primary", on_click=st.login)
         st.stop()
     tokens = st.user.tokens.to_dict()
-    username = st.user.get("preferred_username") or st.user.get("name") or st.user.get("sub")
-    return identity.signed_in_user(str(username or ""), settings.load().operators, tokens.get("access"))
+    # Hugging Face's user name (never the display name, which anyone may choose); folders are keyed by "sub".
+    username, subject = st.user.get("preferred_username"), st.user.get("sub")
+    return identity.signed_in_user(str(username or ""), settings.load().operators, tokens.get("access"),
+                                   str(subject) if subject else None)
 
 
 @st.cache_data(show_spinner=False)

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 
 from finetune.config import TrainConfig
 from finetune.data import Columns, Unpacking, load_splits
+from finetune.errors import UserError
 from finetune.lora import new_head_modules
 
 
@@ -30,6 +31,11 @@ class Task:
         """The model and the names of its freshly initialised modules (which must be trained in full)."""
         model, info = self.auto_model_class.from_pretrained(
             model_name_or_path, output_loading_info=True, **self.model_kwargs(labels, processor))
+        if getattr(model, "_hf_peft_config_loaded", False):
+            # An adapter repo makes from_pretrained load the base model its adapter_config.json names, which can
+            # be any folder on this machine: a hub id must not lead a user of a shared app into another's run.
+            raise UserError(f"model_name_or_path: {model_name_or_path!r} holds a PEFT adapter (adapter_config.json), "
+                            "not a base checkpoint; give the base model's hub id or folder")
         missing = list(info.get("missing_keys", [])) + [m[0] if isinstance(m, tuple) else m
                                                        for m in info.get("mismatched_keys", [])]
         return model, new_head_modules(model, missing)

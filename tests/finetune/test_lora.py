@@ -48,3 +48,20 @@ def test_a_rank_beyond_the_adapted_layers_is_refused_before_allocating(tiny_chec
         assert not any("lora_" in name for name, _ in model.named_modules()), f"{family}: nothing allocated"
         checked += 1
     assert checked == 4
+
+
+def test_an_adapter_given_as_the_base_checkpoint_is_refused(tiny_checkpoints, tmp_path):
+    """from_pretrained on an adapter would load whatever base folder its adapter_config.json names."""
+    import pytest
+    from peft import LoraConfig, get_peft_model
+
+    from finetune.errors import UserError
+    from finetune.tasks.causal_lm import CausalLMTask, load_tokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_checkpoints["gpt2"])
+    get_peft_model(base, LoraConfig(r=2, target_modules=["c_attn"])).save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    with pytest.raises(UserError, match="holds a PEFT adapter"):
+        CausalLMTask().load_model(str(tmp_path / "adapter"), None, load_tokenizer(tiny_checkpoints["gpt2"]))
+    model, _ = CausalLMTask().load_model(str(tiny_checkpoints["gpt2"]), None, load_tokenizer(tiny_checkpoints["gpt2"]))
+    assert not getattr(model, "_hf_peft_config_loaded", False), "a base checkpoint loads as before"

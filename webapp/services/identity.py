@@ -34,16 +34,21 @@ def local_user() -> User:
     return User("local", LOCAL_KEY, "local", is_operator=True)
 
 
-def signed_in_user(username: str, operators: tuple[str, ...], hub_token: Optional[str] = None) -> User:
-    """A user signed in with Hugging Face (``preferred_username`` from the OIDC login)."""
+def signed_in_user(username: str, operators: tuple[str, ...], hub_token: Optional[str] = None,
+                   subject: Optional[str] = None) -> User:
+    """A user signed in with Hugging Face: ``preferred_username`` and the OIDC ``sub`` from the login.
+
+    The folder is keyed by ``sub``, which never changes: a user name can be given up and taken by someone else.
+    """
     if not username:
         raise UserError("sign-in: the identity provider gave no user name")
-    return User(username, _key("hf:" + username), "huggingface", is_operator=username in operators, hub_token=hub_token)
+    key = _key("hf-sub:" + subject) if subject else _key("hf:" + username)
+    return User(username, key, "huggingface", is_operator=username in operators, hub_token=hub_token)
 
 
 def visitor_user(token: str) -> User:
     """An anonymous visitor, identified by the random key in their address (``?visitor=...``)."""
-    if not VISITOR_TOKEN.match(token or ""):
+    if not VISITOR_TOKEN.fullmatch(token or ""):
         raise UserError("visitor: the key in the address is malformed; open the app without it to get a new one")
     key = _key("visitor:" + token)
     return User(f"visitor {key[2:8]}", key, "visitor")
@@ -59,6 +64,6 @@ def _key(identity: str) -> str:
 
 def check_key(key: str) -> str:
     """``key`` when it is a folder key this module makes; UserError otherwise (it may come from a page)."""
-    if not KEY.match(key or ""):
+    if not KEY.fullmatch(key or ""):
         raise UserError(f"owner: {key!r} is not a user of this app")
     return key

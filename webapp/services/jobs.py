@@ -37,6 +37,7 @@ KILLED_FILE = "killed.json"  # {"reason": ...}: the runner SIGKILLed the run's p
 POLL_SECONDS = 1.0
 IDLE_EXIT_SECONDS = 900  # a runner with nothing to do exits; the app starts a new one when needed
 GPU_CHECK_SECONDS = 60
+LOG_TAIL_BYTES = 64 * 1024  # enough for the last 40 lines of any log
 MAX_PROCESSES = 64
 
 
@@ -211,6 +212,10 @@ class Runner:
     def _launch(self, run: RunDirectory, job: Job, gpu_ids: list[int]) -> bool:
         """Start the run's command on ``gpu_ids``; False when it could not start (the run is then settled)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.limits.users != "local":
+            # On a shared app the operator's token must not fetch private or gated models for any user.
+            env = {k: v for k, v in env.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+            env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
         if gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
         with run_lock(run):
@@ -249,7 +254,7 @@ class Runner:
         return True
 
     def _stop_if_overdue(self, run: RunDirectory) -> None:
-        """SIGKILL a run still alive long after Cancel, or silent for longer than the stall limit."""
+        """SIGKILL a run still alive long after Cancel, silent for longer than the stall limit, or over its time."""
         if not is_active(run) or (run.path / KILLED_FILE).is_file():
             return
         cancelled, now = cancelled_at(run), time.time()
@@ -257,6 +262,8 @@ class Runner:
             reason = f"did not stop within {self.limits.cancel_grace_seconds:g} s of Cancel"
         elif now - last_progress(run) > self.limits.stall_seconds:
             reason = f"stalled: it reported no progress for {self.limits.stall_seconds:g} s"
+        elif launched(run) and now - as_number(launched(run).get("launched_at")) > self.limits.max_run_seconds:
+            reason = f"ran longer than the {self.limits.max_run_seconds:g} s one run may take on this app"
         else:
             return
         write_json_atomic(run.path / KILLED_FILE, {"reason": reason, "at": now})
@@ -300,7 +307,9 @@ def log_tail(run: RunDirectory, lines: int = 40) -> str:
     """The last lines of the trainer's log, or of the launcher's output when the trainer logged nothing."""
     for path in (run.log_path, run.path / LAUNCH_LOG):
         if path.is_file() and path.stat().st_size:
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            with path.open("rb") as f:  # only the end: a log grows for as long as the run trains
+                f.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+                return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
     return ""
 
 

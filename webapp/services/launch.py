@@ -53,6 +53,7 @@ def launch(user: User, cfg: TrainConfig, setup: Setup) -> RunDirectory:
     run = RunDirectory(runs.check_new_name(user, Path(cfg.output_dir).name))
     if Path(cfg.output_dir) != run.path:
         raise UserError(f"run: {cfg.output_dir} is not a folder of yours; plan the run again")
+    workspace.register(user.key, user.name)
     run.path.mkdir(parents=True, exist_ok=False)
     cfg.to_yaml(run.config_path)
     jobs.enqueue(run, jobs.Job(setup.preset, setup.num_processes, setup.num_processes if setup.uses_gpus else 0))

@@ -18,7 +18,8 @@ def check_can_queue(user: User, limits: settings.Settings) -> None:
     if user.key == LOCAL_KEY:
         return
     root = workspace.runs_dir(user.key)
-    active = [p for p in root.iterdir() if p.is_dir() and RunDirectory(p).read_status().get("state") in ("queued", "running")]
+    runs = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    active = [p for p in runs if RunDirectory(p).read_status().get("state") in ("queued", "running")]
     if len(active) >= limits.max_queued_runs:
         raise UserError(f"queue: you have {len(active)} runs queued or training; at most {limits.max_queued_runs} per "
                         "user. Wait for one to finish, or cancel one on the Runs page")

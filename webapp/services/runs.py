@@ -92,7 +92,8 @@ def _read_config(run: RunDirectory) -> dict:
 def list_runs(user: User) -> list[RunSummary]:
     """The user's runs (every user's for an operator), newest first."""
     dirs = workspace.all_runs_dirs() if user.is_operator else {user.key: workspace.runs_dir(user.key)}
-    found = [summarize(p, user) for root in dirs.values() for p in root.iterdir() if p.is_dir() and RunDirectory(p).is_run()]
+    found = [summarize(p, user) for root in dirs.values() if root.is_dir()
+             for p in root.iterdir() if p.is_dir() and RunDirectory(p).is_run()]
     return sorted(found, key=lambda s: s.created_at, reverse=True)
 
 
@@ -102,7 +103,7 @@ def locate(user: User, ref: str) -> Path:
     owner = identity.check_key(owner) if owner else user.key
     if owner != user.key and not user.is_operator:
         raise UserError(f"run: {ref!r} belongs to another user")
-    if not RUN_NAME.match(name):
+    if not RUN_NAME.fullmatch(name):
         raise UserError(f"run: {ref!r} is not a run name")
     path = workspace.runs_dir(owner) / name
     if not RunDirectory(path).is_run():
@@ -131,7 +132,7 @@ def queue_positions(user: User) -> dict[str, int]:
 
 def check_new_name(user: User, name: str) -> Path:
     """The folder for ``user``'s new run called ``name``; UserError when the name is unusable or taken."""
-    if not RUN_NAME.match(name or ""):
+    if not RUN_NAME.fullmatch(name or ""):
         raise UserError("run name: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     path = workspace.runs_dir(user.key) / name
     if path.exists():

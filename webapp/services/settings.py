@@ -10,6 +10,7 @@
     LORA_LAB_MAX_STORAGE_MB         disk one user's runs and uploads may fill, MiB (20480)
     LORA_LAB_CANCEL_GRACE_SECONDS   after Cancel's SIGTERM, seconds before the run's processes are killed (60)
     LORA_LAB_STALL_SECONDS          a running run that reports nothing for this long is failed as stalled (1800)
+    LORA_LAB_MAX_RUN_SECONDS        a run still training after this long is stopped, freeing its slot (86400)
     LORA_LAB_MAX_UNPACKED_MB        largest total size an uploaded .zip may unpack to, MiB (2048)
     LORA_LAB_MAX_COMPRESSION_RATIO  largest unpacked/packed ratio of a member of an uploaded .zip (100)
 """
@@ -36,6 +37,8 @@ class Settings:
     # Model loading and the base-model evaluation write nothing for a while; half an hour of silence is
     # far beyond either on any machine this app runs on.
     stall_seconds: float = 1800.0
+    # A run that keeps reporting is never "stalled"; this bounds how long any one run holds its slot.
+    max_run_seconds: float = 86400.0
     max_unpacked_mb: int = 2048
     max_compression_ratio: float = 100.0
 

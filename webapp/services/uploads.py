@@ -63,6 +63,7 @@ def save_upload(user: User, filename: str, data: bytes, task: str) -> Path:
     path = folder / f"upload.{suffix}"
     if not path.is_file():
         quotas.check_upload(user, limits, len(data))
+        workspace.register(user.key, user.name)
         folder.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, data)
     if suffix == "zip":
@@ -78,6 +79,7 @@ def save_upload(user: User, filename: str, data: bytes, task: str) -> Path:
 # CSV whole blocked the page for 90-150 s, while its first rows show the columns, classes and problems.
 SAMPLE_ABOVE_BYTES = 20 * 2**20
 SAMPLE_ROWS = 5_000
+THUMBNAIL_PIXELS = 144  # longest side of a preview thumbnail (shown at 72 px, sharp on high-DPI screens)
 
 
 def inspect_data(path: Path, task: str, text_column: Optional[str] = None, label_column: Optional[str] = None,
@@ -107,9 +109,16 @@ def inspect_data(path: Path, task: str, text_column: Optional[str] = None, label
         report.preview[columns.label] = report.preview[columns.label].map(lambda i: names[i])
     if columns.image:
         train = splits["train"]
-        report.thumbnails = [(train[i][columns.image], labels[train[i][columns.label]])
+        report.thumbnails = [(_thumbnail(train[i][columns.image]), labels[train[i][columns.label]])
                              for i in range(min(8, len(train)))]
     return report
+
+
+def _thumbnail(image: Any) -> Any:
+    """A small copy: reports are cached per session, full-size photos would pin megabytes each."""
+    small = image.convert("RGB")
+    small.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+    return small
 
 
 def _label_counts(splits, column: Optional[str], labels: Optional[list[str]]) -> dict[str, int]:

@@ -28,23 +28,27 @@ def home() -> Path:
 
 
 def user_root(key: str = LOCAL_KEY) -> Path:
-    """The folder holding one user's runs/ and uploads/ (LORA_LAB_HOME itself for the local user)."""
+    """The folder holding one user's runs/ and uploads/ (LORA_LAB_HOME itself for the local user).
+
+    Other users' folders are made by their first upload or run, not by a page view: visitors who only
+    look leave nothing behind.
+    """
     key = check_key(key)
-    return home() if key == LOCAL_KEY else _sub(Path("users") / key)
+    return home() if key == LOCAL_KEY else home() / "users" / key
 
 
 def runs_dir(key: str = LOCAL_KEY) -> Path:
-    return _made(user_root(key) / "runs")
+    return _made(home() / "runs") if key == LOCAL_KEY else user_root(key) / "runs"
 
 
 def uploads_dir(key: str = LOCAL_KEY) -> Path:
-    return _made(user_root(key) / "uploads")
+    return _made(home() / "uploads") if key == LOCAL_KEY else user_root(key) / "uploads"
 
 
 def register(key: str, name: str) -> None:
     """Record ``name`` as the display name of the user folder ``key`` (once)."""
     if key != LOCAL_KEY and not (user_root(key) / USER_FILE).is_file():
-        write_json_atomic(user_root(key) / USER_FILE, {"name": name})
+        write_json_atomic(_made(user_root(key)) / USER_FILE, {"name": name})
 
 
 def demo_dir() -> Path:
@@ -54,7 +58,7 @@ def demo_dir() -> Path:
 def owners() -> list[str]:
     """Every user key with a folder here, the local user first."""
     users = home() / "users"
-    found = sorted(p.name for p in users.iterdir() if p.is_dir() and KEY.match(p.name)) if users.is_dir() else []
+    found = sorted(p.name for p in users.iterdir() if p.is_dir() and KEY.fullmatch(p.name)) if users.is_dir() else []
     return [LOCAL_KEY, *found]
 
 

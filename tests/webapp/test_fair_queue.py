@@ -1,0 +1,268 @@
+"""A shared queue: round-robin across users, per-user limits on training, queueing, uploads and disk.
+
+The real Runner serves every user's runs folder (workspace.all_runs_dirs) with fake trainers standing in
+for `accelerate launch` (tests/webapp/test_jobs.py), so nothing trains. Quotas are checked through the
+services the pages call (launch, resume, save_upload); the local user (local single-user mode) has none.
+"""
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from finetune.errors import UserError
+from finetune.rundir import RunDirectory
+from tests.webapp.test_jobs import FAKE_TRAINER, FakeTrainers, wait_for
+from webapp.services import devices, identity, jobs, launch, runs, settings, uploads, workspace
+
+LIMIT_VARS = ("LORA_LAB_USERS", "LORA_LAB_OPERATORS", "LORA_LAB_MAX_QUEUED_RUNS", "LORA_LAB_MAX_RUNNING_RUNS",
+              "LORA_LAB_MAX_UPLOAD_MB", "LORA_LAB_MAX_STORAGE_MB")
+VALUES = {"model_name_or_path": "gpt2", "train_file": "t.txt", "learning_rate": "2e-4", "lora_r": 8}
+MiB = 2**20
+
+
+@pytest.fixture
+def shared(no_runner, monkeypatch) -> Path:
+    """A "huggingface" workspace whose runner lock this test holds: queueing starts no background runner."""
+    for name in LIMIT_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LORA_LAB_USERS", "huggingface")
+    return no_runner
+
+
+@pytest.fixture
+def trainers() -> FakeTrainers:
+    return FakeTrainers()
+
+
+def user(name: str) -> identity.User:
+    return identity.signed_in_user(name, ())
+
+
+def queue(trainers: FakeTrainers, owner: identity.User, name: str, gpus: int = 0) -> RunDirectory:
+    """Queue a run of ``owner`` as launch.launch does, trained by the fake trainer."""
+    run = RunDirectory(workspace.runs_dir(owner.key) / name)
+    trainers.scripts[name] = FAKE_TRAINER
+    jobs.enqueue(run, jobs.Job("single_gpu" if gpus else "cpu", 1, gpus))
+    time.sleep(0.01)  # distinct queued_at stamps
+    return run
+
+
+def runner_for(trainers: FakeTrainers, gpu_ids: list[int], **limits) -> jobs.Runner:
+    return jobs.Runner(workspace.all_runs_dirs, gpu_ids, command_for=trainers, limits=settings.Settings(**limits))
+
+
+def state(run: RunDirectory) -> str:
+    return run.read_status().get("state")
+
+
+def release_and_reap(runner: jobs.Runner, run: RunDirectory) -> None:
+    """Let ``run``'s fake trainer finish, ticking until the runner has settled it (the same tick starts what fits)."""
+    (run.path / "release").touch()
+    wait_for(lambda: state(run) == "finished")
+    wait_for(lambda: runner.tick() is not None and not jobs.launched(run))
+
+
+def launched_runs(all_runs: list[RunDirectory]) -> list[RunDirectory]:
+    return [r for r in all_runs if jobs.launched(r)]
+
+
+def plan_and_launch(owner: identity.User, name: str) -> RunDirectory:
+    """What the New run page does on "Launch run" (CPU setup)."""
+    setup = devices.setups([])[0]
+    cfg, _ = launch.plan(owner, name, VALUES, setup)
+    return launch.launch(owner, cfg, setup)
+
+
+def stopped_run(owner: identity.User, source: Path, name: str) -> Path:
+    """A cancelled run with checkpoints in ``owner``'s folder, as Resume finds it."""
+    path = workspace.runs_dir(owner.key) / name
+    shutil.copytree(source, path, symlinks=True)
+    (path / "job.json").write_text(json.dumps({"preset": "cpu", "num_processes": 1, "gpus": 0, "resume": False}))
+    RunDirectory(path).status_path.write_text(json.dumps({"state": "cancelled"}))
+    return path
+
+
+def files_under(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+# ---- 1. round-robin order ---------------------------------------------------------------------------
+
+def test_runs_start_round_robin_across_users_first_in_first_out_within_each(shared, trainers):
+    alice, bob, carol = user("alice"), user("bob"), user("carol")
+    queued = [queue(trainers, alice, f"alice{i}") for i in (1, 2, 3)]
+    queued += [queue(trainers, bob, "bob1"), queue(trainers, carol, "carol1")]
+    expected = ["alice1", "bob1", "carol1", "alice2", "alice3"]
+
+    # What the Runs page shows as "#n in queue", before anything starts.
+    view = [run.path.name for _, run in jobs.queued(workspace.all_runs_dirs())]
+    positions = {**runs.queue_positions(alice), **runs.queue_positions(bob), **runs.queue_positions(carol)}
+
+    runner = runner_for(trainers, gpu_ids=[])
+    runner.tick()
+    started = []
+    for _ in expected:
+        now = launched_runs(queued)
+        assert len(now) == 1, f"one run at a time on the CPU, got {[r.path.name for r in now]}"
+        wait_for(lambda: state(now[0]) == "running")
+        started.append(now[0].path.name)
+        release_and_reap(runner, now[0])
+    assert launched_runs(queued) == [] and not runner.tick()
+    assert (started, view, positions) == (expected, expected, {name: i for i, name in enumerate(expected, start=1)})
+    assert [name for name, _ in trainers.built] == expected, "one command per run, in that order"
+    assert [state(r) for r in queued] == ["finished"] * 5
+
+
+# ---- 2. runs of one user training at once ----------------------------------------------------------
+
+def test_one_user_trains_at_most_max_running_runs_while_another_user_takes_the_free_gpu(shared, trainers):
+    alice, bob = user("alice"), user("bob")
+    first, second = queue(trainers, alice, "a1", gpus=1), queue(trainers, alice, "a2", gpus=1)
+    bobs = queue(trainers, bob, "b1", gpus=1)
+    runner = runner_for(trainers, gpu_ids=[0, 1], max_running_runs=1)
+    runner.tick()
+    wait_for(lambda: state(first) == "running" and state(bobs) == "running")
+    assert {first.read_status()["gpus"], bobs.read_status()["gpus"]} == {"0", "1"}, "one GPU each"
+    checked = 0
+    for _ in range(5):  # ticks while alice's first run trains: her second waits although it would fit later
+        runner.tick()
+        assert state(second) == "queued" and not jobs.launched(second)
+        checked += 1
+    freed = first.read_status()["gpus"]
+    release_and_reap(runner, first)
+    wait_for(lambda: state(second) == "running")
+    assert second.read_status()["gpus"] == freed, "alice's second run takes the GPU her first one freed"
+    release_and_reap(runner, second)
+    release_and_reap(runner, bobs)
+    assert sorted(name for name, _ in trainers.built) == ["a1", "a2", "b1"] and checked == 5
+
+
+def test_the_local_user_is_not_limited_to_max_running_runs(no_runner, trainers, monkeypatch):
+    for name in LIMIT_VARS:
+        monkeypatch.delenv(name, raising=False)
+    local = identity.local_user()
+    mine = [queue(trainers, local, f"l{i}", gpus=1) for i in (1, 2)]
+    assert all(r.path.parent == no_runner / "runs" for r in mine)
+    runner = runner_for(trainers, gpu_ids=[0, 1], max_running_runs=1)
+    runner.tick()
+    wait_for(lambda: all(state(r) == "running" for r in mine))
+    assert sorted(r.read_status()["gpus"] for r in mine) == ["0", "1"]
+    for run in mine:
+        release_and_reap(runner, run)
+    assert len(trainers.built) == 2
+
+
+# ---- 3. limits, with messages that say what is wrong and what to do ---------------------------------
+
+def test_max_queued_runs_refuses_the_next_launch_or_resume_with_a_clear_message(shared, trained_runs, monkeypatch):
+    monkeypatch.setenv("LORA_LAB_MAX_QUEUED_RUNS", "2")
+    alice, bob = user("alice"), user("bob")
+    first, second = plan_and_launch(alice, "q1"), plan_and_launch(alice, "q2")
+    first.update_status(state="running")  # training counts as much as waiting
+    stopped = stopped_run(alice, trained_runs["bert-lr2e-3"], "stopped")
+    messages = []
+    with pytest.raises(UserError) as err:
+        plan_and_launch(alice, "q3")
+    messages.append(str(err.value))
+    assert not (workspace.runs_dir(alice.key) / "q3").exists(), "a refused launch leaves no run folder"
+    with pytest.raises(UserError) as err:
+        runs.resume(alice, "stopped")
+    messages.append(str(err.value))
+    assert RunDirectory(stopped).read_status()["state"] == "cancelled", "a refused resume leaves the run as it was"
+    for message in messages:
+        assert message.startswith("queue: you have 2 runs queued or training"), message
+        assert "at most 2 per user" in message and "cancel one on the Runs page" in message, message
+    assert plan_and_launch(bob, "b1").read_status()["state"] == "queued", "the limit is per user"
+
+    runs.cancel(alice, "q2")  # a slot frees: resume goes through, and the limit holds again after it
+    assert state_of(second) == "cancelled"
+    runs.resume(alice, "stopped")
+    assert RunDirectory(stopped).read_status()["state"] == "queued"
+    with pytest.raises(UserError, match="at most 2 per user"):
+        plan_and_launch(alice, "q3")
+    assert len(messages) == 2
+
+
+def test_max_upload_mb_refuses_a_larger_file_and_stores_nothing(shared, monkeypatch):
+    monkeypatch.setenv("LORA_LAB_MAX_UPLOAD_MB", "1")
+    alice = user("alice")
+    checked = 0
+    for size in (3 * MiB, int(1.4 * MiB), MiB + 1):
+        data = b"x" * (size - 1) + b"\n"
+        with pytest.raises(UserError) as err:
+            uploads.save_upload(alice, "big.txt", data, "causal-lm")
+        message = str(err.value)
+        found = re.fullmatch(r"upload: the file is ([\d.]+) MiB; at most 1 MiB per upload", message)
+        assert found, message
+        assert float(found.group(1)) > 1, f"the size shown must exceed the limit it is refused for: {message!r}"
+        checked += 1
+    assert files_under(workspace.uploads_dir(alice.key)) == [], "nothing stored"
+    kept = uploads.save_upload(alice, "fits.txt", b"y" * (MiB - 1) + b"\n", "causal-lm")
+    assert kept.stat().st_size == MiB and checked == 3
+
+
+def test_max_storage_mb_refuses_uploads_and_launches_past_the_users_disk(shared, trained_runs, monkeypatch):
+    monkeypatch.setenv("LORA_LAB_MAX_STORAGE_MB", "3")
+    alice, bob = user("alice"), user("bob")
+    uploads.save_upload(alice, "first.txt", b"a" * (2 * MiB - 1) + b"\n", "causal-lm")
+    stored = files_under(workspace.uploads_dir(alice.key))
+    with pytest.raises(UserError) as err:
+        uploads.save_upload(alice, "second.txt", b"b" * (int(1.5 * MiB) - 1) + b"\n", "causal-lm")
+    message = str(err.value)
+    assert message.startswith("storage: your runs and uploads take 2 MiB of your 3 MiB"), message
+    assert "delete runs you no longer need" in message
+    assert files_under(workspace.uploads_dir(alice.key)) == stored, "the refused upload is not stored"
+    assert uploads.save_upload(bob, "second.txt", b"b" * (int(1.5 * MiB) - 1) + b"\n", "causal-lm").is_file(), \
+        "another user's disk is their own"
+
+    stopped = stopped_run(alice, trained_runs["bert-lr2e-3"], "stopped")  # ~2 MiB more: 4 MiB of 3
+    messages = []
+    with pytest.raises(UserError) as err:
+        plan_and_launch(alice, "over")
+    messages.append(str(err.value))
+    assert not (workspace.runs_dir(alice.key) / "over").exists()
+    with pytest.raises(UserError) as err:
+        runs.resume(alice, "stopped")
+    messages.append(str(err.value))
+    assert RunDirectory(stopped).read_status()["state"] == "cancelled"
+    for message in messages:
+        assert re.match(r"storage: your runs and uploads take [4-5] MiB of your 3 MiB; delete runs", message), message
+    runs.delete(alice, "stopped")  # what the message says to do: then a launch fits again
+    assert plan_and_launch(alice, "fits").read_status()["state"] == "queued"
+    assert len(messages) == 2
+
+
+# ---- 4. the local user has no limits ----------------------------------------------------------------
+
+def test_the_local_user_is_exempt_from_queue_upload_and_storage_limits(no_runner, trained_runs, monkeypatch):
+    for name in LIMIT_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name in ("LORA_LAB_MAX_QUEUED_RUNS", "LORA_LAB_MAX_UPLOAD_MB", "LORA_LAB_MAX_STORAGE_MB"):
+        monkeypatch.setenv(name, "1")
+    local = identity.local_user()
+    assert settings.load() == settings.Settings(max_queued_runs=1, max_upload_mb=1, max_storage_mb=1)
+    launched = [plan_and_launch(local, f"run{i}") for i in range(3)]
+    assert [state(r) for r in launched] == ["queued"] * 3, "past max_queued_runs"
+    big = uploads.save_upload(local, "big.txt", b"z" * (3 * MiB - 1) + b"\n", "causal-lm")
+    assert big.stat().st_size == 3 * MiB, "past max_upload_mb and max_storage_mb"
+    stopped = stopped_run(local, trained_runs["bert-lr2e-3"], "stopped")
+    runs.resume(local, "stopped")
+    assert RunDirectory(stopped).read_status()["state"] == "queued", "resume past every limit"
+    # The same calls refuse a signed-in user under these limits.
+    monkeypatch.setenv("LORA_LAB_USERS", "huggingface")
+    alice = user("alice")
+    refused = 0
+    for attempt in (lambda: uploads.save_upload(alice, "big.txt", b"z" * (3 * MiB - 1) + b"\n", "causal-lm"),
+                    lambda: [plan_and_launch(alice, f"run{i}") for i in range(2)]):
+        with pytest.raises(UserError):
+            attempt()
+        refused += 1
+    assert refused == 2 and len(launched) == 3
+
+
+def state_of(run: RunDirectory) -> str:
+    return run.read_status().get("state")

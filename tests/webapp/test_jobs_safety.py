@@ -210,6 +210,18 @@ def test_a_silent_trainer_is_failed_as_stalled_while_a_slow_but_live_one_is_left
     tick_until(runner, lambda: state(beating) == "finished" and not jobs.launched(beating))
 
 
+def test_a_run_past_its_time_limit_is_stopped_though_it_keeps_reporting(home, trainers):
+    runner = runner_for(home, trainers, gpu_ids=[], max_run_seconds=2)
+    endless = queue_fake(home, trainers, "endless", script=HEARTBEAT_TRAINER)
+    waiting = queue_fake(home, trainers, "waiting")
+    tick_until(runner, lambda: state(endless) != "running" and state(endless) != "queued")
+    status = endless.read_status()
+    assert status["state"] == "failed" and "ran longer than the 2 s one run may take" in status["error"]
+    tick_until(runner, lambda: state(waiting) == "running")  # its slot went to the next run
+    (waiting.path / "release").touch()
+    tick_until(runner, lambda: state(waiting) == "finished" and not jobs.launched(waiting))
+
+
 # --- d. a pid reused by an unrelated process --------------------------------------------------------------
 
 def test_a_reused_pid_is_neither_trusted_nor_signalled(home):

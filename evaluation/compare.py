@@ -53,11 +53,20 @@ def load_runs(paths: list[str | Path]) -> list[Run]:
 
 
 def config_diff(runs: list[Run]) -> pd.DataFrame:
-    """The settings whose values differ between runs (one row per run)."""
+    """The settings whose values differ between runs (one row per run); file paths shown by their last parts."""
     table = pd.DataFrame([{k: v for k, v in r.config.items() if k not in NOT_SETTINGS} for r in runs],
                          index=[r.name for r in runs])
     differing = [c for c in table.columns if table[c].astype(str).nunique(dropna=False) > 1]
-    return table[differing]
+    return table[differing].apply(lambda column: column.map(_short_path))
+
+
+def _short_path(value):
+    """An absolute path's file name (with its folder when the name alone says little, as for uploads)."""
+    if not (isinstance(value, str) and Path(value).is_absolute()):
+        return value
+    path = Path(value)
+    generic = path.name.startswith("upload.") or path.name in ("unpacked", "adapter")
+    return f"{path.parent.name[:8]}…/{path.name}" if generic else path.name
 
 
 def _scores(metrics: dict) -> dict:

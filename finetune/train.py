@@ -99,11 +99,14 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
         state = training.TrainerState()
         state.base_metrics = training.evaluate(model, eval_dl, accelerator, task, len(labels or []) or None)
         accelerator.log(state.base_metrics, step=0, log_kwargs={"run_directory": {"event": "eval"}})
+    # The loop's clock starts after the base evaluation or the resume: the web app's ETA paces only this segment.
+    started, planned_steps = time.time(), max_steps  # early stopping lowers max_steps; the plan is kept for the record
     if accelerator.is_main_process:
-        run.update_status(total_steps=max_steps, steps_per_epoch=steps_per_epoch, num_processes=accelerator.num_processes)
+        run.update_status(total_steps=max_steps, steps_per_epoch=steps_per_epoch, num_processes=accelerator.num_processes,
+                          loop_started_at=started, loop_start_step=state.step)
 
     # ---- the loop ------------------------------------------------------------------------------
-    started, samples, window_loss, window_batches = time.time(), 0, 0.0, 0
+    samples, window_loss, window_batches = 0, 0.0, 0
     earlier_runtime, earlier_samples = state.runtime_seconds, state.samples  # from segments before a resume
     final_state, last_eval = "finished", state.base_metrics if resume_from is None else None
     model.train()
@@ -138,9 +141,8 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
                 last_eval = training.evaluate(model, eval_dl, accelerator, task, len(labels or []) or None)
                 accelerator.log(last_eval, step=state.step, log_kwargs={"run_directory": {"event": "eval"}})
                 state.record_eval(last_eval["eval_loss"])
-                patience = cfg.early_stopping_patience
-                if patience and state.evals_without_improvement >= patience:
-                    logger.info("Early stopping: eval loss has not improved for %d evaluations", patience)
+                if state.step < max_steps and training.stop_early(state, cfg.early_stopping_patience, run,
+                                                                  accelerator.is_main_process):
                     max_steps = state.step
 
             cancelled = stop.agreed(accelerator)
@@ -162,7 +164,7 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
             accelerator.log(last_eval, step=state.step, log_kwargs={"run_directory": {"event": "eval"}})
         _save_artifacts(accelerator, model, processor, run, cfg, task.name, labels, derived)
         if accelerator.is_main_process:
-            run.write_metrics(_final_metrics(cfg, task.name, state, last_eval, model, accelerator,
+            run.write_metrics(_final_metrics(cfg, task.name, state, last_eval, model, accelerator, planned_steps,
                                              earlier_runtime + time.time() - started, earlier_samples + samples))
     accelerator.end_training()
     return final_state
@@ -247,7 +249,8 @@ def _save_artifacts(accelerator, model, processor, run: RunDirectory, cfg: Train
         write_json_atomic(run.adapter_dir / "lora_lab.json", info)
 
 
-def _final_metrics(cfg, task: str, state, last_eval: dict, model, accelerator, seconds: float, samples: int) -> dict:
+def _final_metrics(cfg, task: str, state, last_eval: dict, model, accelerator, planned_steps: int, seconds: float,
+                   samples: int) -> dict:
     from finetune.training import count_parameters, peak_memory_mb
 
     trainable, total = count_parameters(accelerator.unwrap_model(model))
@@ -258,6 +261,8 @@ def _final_metrics(cfg, task: str, state, last_eval: dict, model, accelerator, s
         "best_step": state.best_step,
         "best_eval_loss": state.best_eval_loss,
         "steps": state.step,
+        "total_steps": planned_steps,
+        "stopped_early": state.step < planned_steps,  # a finished run falls short of its plan only by early stopping
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trainable_percent": 100 * trainable / total,
@@ -273,6 +278,9 @@ def _final_metrics(cfg, task: str, state, last_eval: dict, model, accelerator, s
 def _setup_logging(run: Optional[RunDirectory], is_main: bool) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if is_main else logging.WARNING)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per file saved is noise
+    # GPT-2 ties lm_head to the token embeddings; safetensors stores a shared tensor once, so every checkpoint
+    # drops the alias (the tie restores it at load) and accelerate warns each time: expected, never actionable.
+    logging.getLogger("accelerate.utils.other").addFilter(lambda record: "Removed shared tensor" not in record.getMessage())
     if run is not None and is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(run.log_path)
@@ -300,8 +308,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         _write_config(cfg, run)
+        # A resumed run starts a new segment: the last one's loop start and early stop no longer apply.
         run.update_status(state="running", error=None, started_at=time.time(), ended_at=None, pid=os.getpid(),
-                          pid_started=process_start(os.getpid()))
+                          pid_started=process_start(os.getpid()), loop_started_at=None, loop_start_step=None,
+                          stopped_early_at_step=None)
     try:
         final_state = train(cfg, run)
     except UserError as err:

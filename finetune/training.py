@@ -48,6 +48,17 @@ class TrainerState:
             self.evals_without_improvement += 1
 
 
+def stop_early(state: TrainerState, patience: Optional[int], run: RunDirectory, is_main: bool) -> bool:
+    """True when eval loss has not improved for ``patience`` evaluations; logged, and recorded in status.json
+    (``stopped_early_at_step``) so a finished run short of its planned steps is not read as stalled."""
+    if not patience or state.evals_without_improvement < patience:
+        return False
+    logger.info("Early stopping at step %d: eval loss has not improved for %d evaluations", state.step, patience)
+    if is_main:
+        run.update_status(stopped_early_at_step=state.step)
+    return True
+
+
 class StopSignal:
     """Turns SIGTERM/SIGINT into a flag the loop checks at step boundaries, so a cancel saves a checkpoint."""
 

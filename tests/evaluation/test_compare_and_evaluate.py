@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,19 @@ def test_evaluate_rejects_labels_the_run_never_saw(two_runs, tmp_path):
     odd = write_sentiment_csv(tmp_path / "odd.csv", rows=6, labels=("negative", "neutral", "positive"))
     result = run_cli("--run", str(runs[1]), "--data", str(odd), launcher=EVALUATE)
     assert result.returncode == 2 and "labels ['neutral']" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_settings_that_are_paths_show_their_last_parts():
+    from evaluation.compare import Run, config_diff
+
+    def run(name, train_file, model):
+        return Run(name, Path("/runs") / name, "finished", None,
+                   {"train_file": train_file, "model_name_or_path": model, "learning_rate": 1e-3}, {}, [])
+
+    runs = [run("a", "/home/me/lab/users/u-1/uploads/9f8e7d6c5b4a3f2e/upload.csv", "/srv/models/minilm"),
+            run("b", "/data/reviews/train-2026.csv", "bert-base-uncased")]
+    table = config_diff(runs)
+    assert list(table.columns) == ["train_file", "model_name_or_path"], "learning_rate is the same: not shown"
+    assert table.loc["a"].tolist() == ["9f8e7d6c…/upload.csv", "minilm"]
+    assert table.loc["b"].tolist() == ["train-2026.csv", "bert-base-uncased"]
+    assert max(len(str(v)) for v in table.to_numpy().ravel()) <= 24, "no column is as wide as a full path"

@@ -108,9 +108,10 @@ def test_runs_start_round_robin_across_users_first_in_first_out_within_each(shar
     for _ in expected:
         now = launched_runs(queued)
         assert len(now) == 1, f"one run at a time on the CPU, got {[r.path.name for r in now]}"
-        wait_for(lambda: state(now[0]) == "running")
-        started.append(now[0].path.name)
-        release_and_reap(runner, now[0])
+        run = now[0]
+        wait_for(lambda run=run: state(run) == "running")
+        started.append(run.path.name)
+        release_and_reap(runner, run)
     assert launched_runs(queued) == [] and not runner.tick()
     assert (started, view, positions) == (expected, expected, {name: i for i, name in enumerate(expected, start=1)})
     assert [name for name, _ in trainers.built] == expected, "one command per run, in that order"

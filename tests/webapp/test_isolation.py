@@ -99,7 +99,7 @@ def test_services_keep_each_users_runs_and_uploads_apart(shared, trained_runs):
     home, bert = shared, trained_runs["bert-lr2e-3"]
     alice, bob, carol = hf_user("alice"), hf_user("bob"), hf_user("carol")
     assert (alice.is_operator, bob.is_operator, carol.is_operator) == (False, False, True)
-    assert len({alice.key, bob.key, carol.key}) == 3 and all(identity.KEY.match(u.key) for u in (alice, bob, carol))
+    assert len({alice.key, bob.key, carol.key}) == 3 and all(identity.KEY.fullmatch(u.key) for u in (alice, bob, carol))
     mine = {"alice-done": give(alice, bert, "alice-done"), "alice-waiting": give(alice, bert, "alice-waiting", "queued"),
             "alice-stopped": give(alice, bert, "alice-stopped", "cancelled")}
     bobs = {"bob-done": give(bob, bert, "bob-done"), "same": give(bob, bert, "same")}
@@ -242,7 +242,7 @@ def session(page: str, user: dict | None = None, visitor: str | None = None) -> 
     if visitor is not None:
         at.query_params["visitor"] = visitor
     at.switch_page(page).run()
-    assert_ok(at)
+    assert not at.exception, (page, user, visitor, [e.value for e in at.exception])
     return at
 
 
@@ -257,7 +257,7 @@ def table_of(at: AppTest):
 
 
 def test_runs_page_sessions_see_and_act_on_their_own_runs_only(shared, trained_runs):
-    home, bert = shared, trained_runs["bert-lr2e-3"]
+    bert = trained_runs["bert-lr2e-3"]
     alice, bob = hf_user("alice"), hf_user("bob")
     users = {alice.name: alice, bob.name: bob}
     made = {(u, n): give(users[u], bert, n, state) for u in users
@@ -355,7 +355,7 @@ def test_anonymous_mode_gives_each_address_its_own_workspace(shared, trained_run
     assert isinstance(token, str) and identity.VISITOR_TOKEN.match(token), fresh.query_params
     assert [i.value for i in fresh.info] == ["No runs yet."]
     me = identity.visitor_user(token)
-    assert (home / "users" / me.key / workspace.USER_FILE).is_file(), "the visitor's folder is registered"
+    assert not (home / "users" / me.key).exists(), "a visitor who only looks leaves no folder behind"
     give(me, bert, "mine")
     fresh.run()
     assert_ok(fresh)
@@ -368,13 +368,14 @@ def test_anonymous_mode_gives_each_address_its_own_workspace(shared, trained_run
     assert list(table_of(other).index) == ["theirs"] and other.query_params.get("visitor") == other_token
 
     new_tokens = set()
-    for bad in ("../../users", token[:21], token + "\n", token + "\0", f"{other_token}/.."):
+    for bad in ("../../users", token[:21], token + "\0", f"{other_token}/..", token + "\n"):
         forged = session("pages/runs.py", visitor=bad)
         new_token = forged.query_params.get("visitor")
         assert new_token not in (bad, token, other_token) and identity.VISITOR_TOKEN.fullmatch(new_token), bad
         assert [i.value for i in forged.info] == ["No runs yet."], bad
         new_tokens.add(new_token)
     assert len({token, other_token, *new_tokens}) == 7
+    assert sorted(p.name for p in (home / "users").iterdir()) == sorted([me.key, identity.visitor_user(other_token).key])
 
 
 # ---- 3. local mode ------------------------------------------------------------------------------------

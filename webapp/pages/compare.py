@@ -29,12 +29,13 @@ table = compare_runs(selected)
 st.subheader("Base model vs fine-tuned")
 st.caption("Each run scores its untuned base model on the same evaluation split before training. "
            "**Bold**: best fine-tuned value per metric.")
-# The headline: settings that differ, then base / fine-tuned / delta of eval loss and the task's main metric.
+# The headline: base / fine-tuned / delta of the task's main metric and eval loss first (what a reader compares),
+# then the settings that differ; everything else is in the expander.
 primary = PRIMARY_METRIC.get(task, "eval_loss")
-headline = [c for c in table.columns if not c.startswith(("base_", "finetuned_", "delta_"))
-            and c not in ("best_step", "wall_time_s", "samples_per_s", "peak_memory_mb", "trainable_percent")]
-headline += [f"{kind}_{metric}" for metric in dict.fromkeys((primary, "eval_loss")) for kind in ("base", "finetuned", "delta")
-             if f"{kind}_{metric}" in table.columns]
+headline = ["state"] + [f"{kind}_{metric}" for metric in dict.fromkeys((primary, "eval_loss"))
+                        for kind in ("base", "finetuned", "delta") if f"{kind}_{metric}" in table.columns]
+headline += [c for c in table.columns if c not in headline and not c.startswith(("base_", "finetuned_", "delta_"))
+             and c not in ("best_step", "wall_time_s", "samples_per_s", "peak_memory_mb", "trainable_percent")]
 st.markdown(format_table(table[headline], "markdown"))
 with st.expander("Every metric, and the cost of each run"):
     st.markdown(format_table(table, "markdown"))

@@ -19,6 +19,7 @@ from webapp.services import devices, identity, jobs, quotas, settings, workspace
 from webapp.services.identity import User
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MIN_ETA_STEPS = 2  # optimizer steps into a segment before its pace says anything
 
 
 @dataclass
@@ -35,9 +36,12 @@ class RunSummary:
     eta_seconds: Optional[float]
     error: Optional[str]
     created_at: float
+    stopped_early: bool = False  # finished at ``step``, short of total_steps, because eval loss stopped improving
 
     @property
     def progress(self) -> float:
+        if self.state == "finished":  # done, whether every planned step ran or early stopping ended it
+            return 1.0
         return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
 
     @property
@@ -58,13 +62,16 @@ def summarize(path: Path, viewer: Optional[User] = None) -> RunSummary:
     if jobs.launched(run) and state in ("queued", "cancelled", "failed"):
         # Launched but not settled: the trainer is starting, or has reported its end and is still exiting.
         state = "starting" if state == "queued" else "stopping"
-    config = _read_config(run)
-    step = max((e.get("step") or 0 for e in run.read_events() if e.get("event") == "train"), default=0)
+    config, events = _read_config(run), run.read_events()
+    # The last train event may precede the early stop (train events come every logging_steps).
+    stopped_at = status.get("stopped_early_at_step") if state == "finished" else None
+    step = stopped_at or max((e.get("step") or 0 for e in events if e.get("event") == "train"), default=0)
     ref = path.name if viewer is None or owner == viewer.key else f"{owner}/{path.name}"
     return RunSummary(name=path.name, path=path, owner=owner, ref=ref, state=state, task=config.get("task"),
                       model=config.get("model_name_or_path"), step=step, total_steps=status.get("total_steps"),
-                      eta_seconds=_eta(status, step) if state == "running" else None, error=status.get("error"),
-                      created_at=status.get("queued_at") or status.get("started_at") or _mtime(path))
+                      eta_seconds=_eta(status, events) if state == "running" else None, error=status.get("error"),
+                      created_at=status.get("queued_at") or status.get("started_at") or _mtime(path),
+                      stopped_early=bool(stopped_at))
 
 
 def _mtime(path: Path) -> float:
@@ -74,12 +81,27 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _eta(status: dict, step: int) -> Optional[float]:
-    """Seconds left at the pace so far (the base-model evaluation at start is counted in the pace)."""
-    total, started = status.get("total_steps"), status.get("started_at")
-    if not (total and started and step):
+def _eta(status: dict, events: list[dict], now: Optional[float] = None) -> Optional[float]:
+    """Seconds left at this segment's pace: steps and time since the training loop (re)started.
+
+    The trainer writes ``loop_started_at`` (Unix s) and ``loop_start_step`` once the base-model evaluation
+    (or the resume) is over, so neither that evaluation nor steps trained before a resume skew the pace.
+    None until MIN_ETA_STEPS steps of the segment have been logged.
+    """
+    total, since, first = status.get("total_steps"), status.get("loop_started_at"), status.get("loop_start_step")
+    if not (isinstance(total, int) and isinstance(since, (int, float)) and isinstance(first, int)):
         return None
-    return (time.time() - started) / step * (total - step)
+    # Events of this segment only: a resumed run appends to the events of the one before.
+    logged = [(e["step"], e["time"]) for e in events if e.get("event") == "train" and isinstance(e.get("step"), int)
+              and isinstance(e.get("time"), (int, float)) and e["time"] >= since and e["step"] > first]
+    if not logged:
+        return None
+    step, at = max(logged)
+    if step - first < MIN_ETA_STEPS:
+        return None
+    seconds_per_step = (at - since) / (step - first)
+    # Less the time since that event: the steps trained since then are not logged yet.
+    return max(0.0, seconds_per_step * (total - step) - ((time.time() if now is None else now) - at))
 
 
 def _read_config(run: RunDirectory) -> dict:

@@ -30,6 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MIB = 2**20
 VARIANTS = ("bounded", "unbounded")
+OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
 # Rows of the CSV for the eval-cap case: 10% held out gives 20,000 validation rows against the cap of 2,000.
 EVAL_ROWS, QUICK_EVAL_ROWS = 200_000, 50_000
 # Short rows beside the long one: classification needs two classes and enough rows to hold some out.
@@ -199,20 +201,28 @@ def child(case: str, variant: str, tmp: Path) -> None:
 
 # ---------------------------------------------------------------- running and reporting (parent process)
 
+def _run(args: list[str], env: dict) -> str:
+    """Run this module with ``args`` in a fresh interpreter; its stdout.
+
+    The parent stays small (no torch, no data in memory): a child's ru_maxrss starts from the parent's peak,
+    which Linux carries over through fork and exec.
+    """
+    done = subprocess.run([sys.executable, "-m", "benchmarks.large_inputs", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
 def measure(case: str, variant: str, tmp: Path) -> dict:
     cache = tmp / "hf-cache" / f"{case}-{variant}"  # fresh per run: both variants read the file cold
-    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
     start = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, "-m", "benchmarks.large_inputs", "--child", case, variant, str(tmp)],
-                              cwd=REPO, env=env, capture_output=True, text=True)
+        out = _run(["--child", case, variant, str(tmp)], {**OFFLINE_ENV, "HF_DATASETS_CACHE": str(cache)})
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     print(f"{case} {variant}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{case} {variant} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def report(titles: dict[str, str], results: dict[str, dict[str, dict]]) -> str:
@@ -222,12 +232,12 @@ def report(titles: dict[str, str], results: dict[str, dict[str, dict]]) -> str:
         b, u = results[case]["bounded"], results[case]["unbounded"]
         lines.append(f"| {title} | {b['seconds']:.1f} | {b['peak_mib']:.0f} | {u['seconds']:.1f} | "
                      f"{u['peak_mib']:.0f} | {u['seconds'] / b['seconds']:.2f} | {u['peak_mib'] / b['peak_mib']:.2f} |")
-    lines += ["", "Ratios are unbounded / bounded. What each variant produced:"]
-    lines += [f"- {title}: bounded {results[case]['bounded']['detail']}; unbounded {results[case]['unbounded']['detail']}"
-              for case, title in titles.items()]
-    before = [r["before_mib"] for by_variant in results.values() for r in by_variant.values()]
-    lines.append(f"\nPeak RSS includes the interpreter, imports and tiny model: {min(before):.0f}-{max(before):.0f} MiB "
-                 "before the measured work.")
+    lines += ["", "Ratios are unbounded / bounded. What each variant produced (peak RSS before the timed work:",
+              "interpreter, imports, tokenizer and model):"]
+    for case, title in titles.items():
+        b, u = results[case]["bounded"], results[case]["unbounded"]
+        lines.append(f"- {title}: bounded {b['detail']} ({b['before_mib']:.0f} MiB before); "
+                     f"unbounded {u['detail']} ({u['before_mib']:.0f} MiB before)")
     return "\n".join(lines)
 
 
@@ -239,16 +249,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--csv-mb", type=float, default=200, help="size of the preview CSV, MiB (default 200)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 MiB line, 24 MiB CSV, 50k-row eval CSV")
     parser.add_argument("--child", nargs=3, metavar=("CASE", "VARIANT", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--inputs", nargs=4, metavar=("DIR", "LINE_BYTES", "CSV_BYTES", "EVAL_ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args.child[0], args.child[1], Path(args.child[2]))
+    if args.inputs:
+        return write_inputs(Path(args.inputs[0]), *map(int, args.inputs[1:]))
     line_mb, csv_mb, eval_rows = (2, 24, QUICK_EVAL_ROWS) if args.quick else (args.mb, args.csv_mb, EVAL_ROWS)
     if csv_mb * MIB <= SAMPLE_ABOVE_BYTES:
         parser.error(f"--csv-mb must exceed {SAMPLE_ABOVE_BYTES / MIB:g} (SAMPLE_ABOVE_BYTES), or nothing is sampled")
     titles = {"causal-lm": f"causal LM, one {line_mb:g} MiB line", "classification": f"text classification, one {line_mb:g} MiB row",
               "preview": f"preview of a {csv_mb:g} MiB CSV", "eval-cap": f"eval split of {eval_rows:,} rows"}
     with tempfile.TemporaryDirectory(prefix="lora-lab-bench-") as tmp:
-        write_inputs(Path(tmp), int(line_mb * MIB), int(csv_mb * MIB), eval_rows)
+        _run(["--inputs", tmp, str(int(line_mb * MIB)), str(int(csv_mb * MIB)), str(eval_rows)], OFFLINE_ENV)
         results = {case: {v: measure(case, v, Path(tmp)) for v in VARIANTS} for case in titles}
     print(report(titles, results))
 

@@ -117,7 +117,7 @@ def _finished_run(root: Path, name: str) -> RunDirectory:
     (run.adapter_dir / "sub").mkdir(parents=True)
     (run.adapter_dir / "adapter_config.json").write_text("{}")
     (run.adapter_dir / "sub" / "x.txt").write_text("x")
-    run.config_path.write_text("task: text-classification\nmodel_name_or_path: bert\n")
+    run.config_path.write_text("task: text-classification\nmodel_name_or_path: /srv/models/bert\ntrain_file: /srv/r.csv\n")
     run.update_status(state="finished", started_at=time.time() - 10, total_steps=10)
     for step in (5, 10):
         run.append_event({"event": "train", "step": step, "loss": 1.0 / step})
@@ -134,7 +134,9 @@ def test_runs_are_summarised_managed_and_exported(home):
     assert summaries["done"].progress == 1.0 and summaries["done"].task == "text-classification"
     assert summaries["running"].progress == 0.25 and 50 < summaries["running"].eta_seconds < 70
     with zipfile.ZipFile(io.BytesIO(runs.adapter_zip(LOCAL, "done"))) as archive:
-        assert sorted(archive.namelist()) == ["done/adapter_config.json", "done/sub/x.txt"]
+        assert sorted(archive.namelist()) == ["done/README.md", "done/adapter_config.json", "done/sub/x.txt"]
+        card = archive.read("done/README.md").decode()
+        assert "base_model: bert" in card and "/srv/" not in card, "the run's model card, no server path"
     with pytest.raises(UserError, match="only a cancelled or failed run"):
         runs.resume(LOCAL, "done")
     running.update_status(pid=os.getpid(), pid_started=process_start(os.getpid()))  # a live process, like a trainer
@@ -160,3 +162,17 @@ def test_resume_requeues_a_cancelled_run_from_its_checkpoint(home):
     assert jobs.launch_command(run, job)[-4:] == ["--output_dir", str(run.path), "--resume_from_checkpoint", "true"]
     assert runs.queue_positions(LOCAL) == {"stopped": 1}
 
+
+
+def test_the_adapter_zip_carries_the_model_card_and_no_server_path(home, trained_runs):
+    from tests.webapp.conftest import copy_run
+
+    copy_run(trained_runs["bert-lr2e-3"], home, "real")
+    with zipfile.ZipFile(io.BytesIO(runs.adapter_zip(LOCAL, "real"))) as archive:
+        card = archive.read("real/README.md").decode()
+        config = json.loads(archive.read("real/adapter_config.json"))
+        info = json.loads(archive.read("real/lora_lab.json"))
+        names = archive.namelist()
+    assert "[More Information Needed]" not in card and "## Evaluation" in card, "the run's card, not PEFT's template"
+    assert config["base_model_name_or_path"] == info["base_model"] == "bert", "the checkpoint's folder name"
+    assert "real/adapter_model.safetensors" in names and len(names) >= 5

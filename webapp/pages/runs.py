@@ -2,6 +2,7 @@
 
 import datetime
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -10,7 +11,7 @@ from finetune import hub
 from finetune.errors import UserError
 from finetune.rundir import RunDirectory
 from webapp import widgets
-from webapp.services import jobs, runs
+from webapp.services import jobs, runs, workspace
 
 REFRESH_SECONDS = 2  # the trainer flushes events per line; this is how stale the page may be
 STATE_ICONS = {"queued": "⏳", "starting": "🟡", "running": "🔵", "stopping": "🟠", "finished": "✅", "failed": "❌",
@@ -22,6 +23,30 @@ user = widgets.current_user()
 
 def _eta(seconds) -> str:
     return str(datetime.timedelta(seconds=round(seconds))) if seconds is not None else "–"
+
+
+def _steps(summary: runs.RunSummary) -> str:
+    if summary.stopped_early:  # finished short of its plan on purpose: not stalled
+        return f"stopped early at step {summary.step} of {summary.total_steps} (eval loss stopped improving)"
+    return f"step {summary.step}/{summary.total_steps or '?'}"
+
+
+def _chart(data: pd.DataFrame, y_title: str) -> alt.Chart:
+    """Lines with their points (a curve of one point still shows), whole-number steps, and a y-axis fitted to
+    the values rather than starting at 0 (a loss falling from 6.98 to 6.81 would look flat)."""
+    return alt.Chart(data).mark_line(point=True).encode(
+        x=alt.X("step:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1)),
+        y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False)),
+        color=alt.Color("metric:N", title=None), tooltip=["metric", "step", "value"])
+
+
+def _runner_caption() -> None:
+    """For whoever runs the machine: the job runner's state, its log, and how to stop it."""
+    pid = jobs.runner_pid()
+    state = f"running (pid {pid})" if pid else "running" if jobs.runner_alive() else "not running"
+    st.caption(f"Job runner: {state}; log `{workspace.home() / jobs.RUNNER_LOG}`. It exits by itself after "
+               f"{jobs.IDLE_EXIT_SECONDS // 60} idle minutes; stop it sooner with `python -m webapp.services.jobs stop` "
+               "(runs in progress keep training).")
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
@@ -36,21 +61,25 @@ def overview() -> None:
     table = pd.DataFrame([{
         "run": s.ref, "state": f"{STATE_ICONS.get(s.state, '')} {s.state}"
         + (f" (#{positions[s.ref]} in queue)" if s.ref in positions else ""),
-        "progress": s.progress, "step": f"{s.step}/{s.total_steps or '?'}", "ETA": _eta(s.eta_seconds) if s.state == "running" else "",
+        "progress": s.progress, "step": f"{s.step}/{s.total_steps or '?'}" + (" (stopped early)" if s.stopped_early else ""),
+        "ETA": _eta(s.eta_seconds) if s.state == "running" else "",
         "task": s.task, "model": s.model_label, **({"owner": owners.get(s.owner, s.owner)} if owners else {})}
         for s in summaries])
     st.dataframe(table, hide_index=True, column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")})
     if not jobs.runner_alive() and positions:
         st.warning("The job runner is not running; reload the page to start it.")
+    if user.is_operator:  # the runner's pid, log path and stop command mean something only on the machine itself
+        _runner_caption()
 
 
 overview()
-names = [s.ref for s in runs.list_runs(user)]
-if not names:
+summaries = runs.list_runs(user)
+if not summaries:
     st.stop()
-default = names.index(st.session_state["selected_run"]) if st.session_state.get("selected_run") in names else 0
-name = st.selectbox("Run", names, index=default, key="runs_selected")
+default = runs.default_selection(summaries, st.session_state.get("selected_run"))
+name = st.selectbox("Run", [s.ref for s in summaries], index=default, key="runs_selected")
+st.session_state["selected_run"] = name  # outlives the widget's own state when the user opens another page
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
@@ -63,7 +92,7 @@ def live(name: str) -> None:
     st.session_state.setdefault("live_active", {})[name] = summary.active
     if was_active and not summary.active:
         st.rerun()  # the whole page: the buttons below depend on the run's state
-    label = f"{STATE_ICONS.get(summary.state, '')} {summary.state} · step {summary.step}/{summary.total_steps or '?'}"
+    label = f"{STATE_ICONS.get(summary.state, '')} {summary.state} · {_steps(summary)}"
     if summary.state == "running":
         label += f" · ETA {_eta(summary.eta_seconds)}"
     st.progress(summary.progress, text=label)
@@ -77,12 +106,12 @@ def live(name: str) -> None:
         evals = table[(table.event == "eval") & (table.metric == "eval_loss")]
         losses = pd.concat([train.assign(metric="train loss"), evals.assign(metric="eval loss")])
         # Long format (one row per point): eval points, sparser than train points, still draw as a line.
-        left.line_chart(losses, x="step", y="value", color="metric", y_label="loss")
+        left.altair_chart(_chart(losses, "loss"), width="stretch")
         # One scale per chart: perplexity (1..vocab size) would flatten next-token accuracy (0..1).
         shown = ["perplexity"] if summary.task == "causal-lm" else ["accuracy", "f1", "precision", "recall"]
         scores = table[(table.event == "eval") & table.metric.isin(shown)]
         if not scores.empty:
-            right.line_chart(scores, x="step", y="value", color="metric", y_label="score")
+            right.altair_chart(_chart(scores, "score"), width="stretch")
     if run.metrics.get("finetuned"):
         base, tuned = run.metrics["base"], run.metrics["finetuned"]
         shown = [k for k, v in tuned.items() if isinstance(v, (int, float))]

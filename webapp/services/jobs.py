@@ -4,13 +4,15 @@ A run is queued by writing RUN/config.yaml, RUN/job.json (which preset, how many
 whether to resume: names and counts, never a command) and status "queued". The runner builds the
 `accelerate launch` command itself from those checked values, so nothing in a run folder can become a
 command. The runner is a process of its own (``python -m webapp.services.jobs``), started by the app
-when none holds LORA_LAB_HOME/runner.lock, so no browser session owns it. It launches each trainer in a
+when none holds LORA_LAB_HOME/runner.lock, so no browser session owns it; ``... jobs status`` reports on it
+and ``... jobs stop`` stops it (it records its pid in LORA_LAB_HOME/runner.json). It launches each trainer in a
 new session: trainers outlive the runner and the app alike, and a later runner picks up their state
 from disk. It never writes status.json while a trainer may (only after the trainer's processes are gone).
 Cancel sends SIGTERM and, after a grace period, SIGKILL to the run's process group; a run that reports
 nothing for too long is killed and failed as stalled (webapp/services/settings.py has both times).
 """
 
+import argparse
 import contextlib
 import fcntl
 import json
@@ -18,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -39,6 +42,11 @@ IDLE_EXIT_SECONDS = 900  # a runner with nothing to do exits; the app starts a n
 GPU_CHECK_SECONDS = 60
 LOG_TAIL_BYTES = 64 * 1024  # enough for the last 40 lines of any log
 MAX_PROCESSES = 64
+RUNNER_FILE = "runner.json"  # {"pid": ..., "started": ...}: the runner holding runner.lock, in LORA_LAB_HOME
+RUNNER_LOG = "runner.log"  # the runner's output, in LORA_LAB_HOME
+# Set by SIGTERM: the runner ends the tick it is in, then exits. Killed mid-launch it could leave a trainer
+# started without its launch.json, and the next runner would start that run a second time.
+STOP = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,6 @@ def cancel(run: RunDirectory) -> None:
 
 def _fail(run: RunDirectory, error: str) -> None:
     run.update_status(state="failed", ended_at=time.time(), error=error)
-
 
 
 def cancelled_at(run: RunDirectory) -> Optional[float]:
@@ -328,15 +335,76 @@ def ensure_runner() -> None:
     if runner_alive():
         return
     env = {**os.environ, "LORA_LAB_HOME": str(workspace.home())}  # the runner starts elsewhere (in REPO)
-    with (workspace.home() / "runner.log").open("ab") as log:
+    with (workspace.home() / RUNNER_LOG).open("ab") as log:
         subprocess.Popen([sys.executable, "-m", "webapp.services.jobs"], cwd=workspace.REPO, env=env, stdout=log,
                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def main() -> int:
+def runner_pid() -> Optional[int]:
+    """The pid of the runner holding runner.lock, as runner.json records it; None when no runner holds the lock
+    or the record does not name that live process (pid and start time must both match)."""
+    record = read_json(workspace.home() / RUNNER_FILE)
+    pid = record.get("pid")
+    alive = isinstance(pid, int) and pid_alive(pid, record.get("started")) and runner_alive()
+    return pid if alive else None
+
+
+def status_report() -> str:
+    """What ``python -m webapp.services.jobs status`` prints: the runner, the queue and the runs in progress."""
+    pid, home = runner_pid(), workspace.home()
+    state = f"running (pid {pid})" if pid else "running (pid not recorded)" if runner_alive() else "not running"
+    roots = workspace.all_runs_dirs()
+    waiting = [_label(owner, run) for owner, run in queued(roots)]
+    active = [f"{_label(owner, run)} (pid {launched(run).get('pid') or run.read_status().get('pid')})"
+              for owner, root in roots.items() for run in _runs_in(root) if is_active(run)]
+    return "\n".join([f"Job runner: {state}; lock {home / 'runner.lock'}, log {home / RUNNER_LOG}",
+                      f"Queued: {', '.join(waiting) or 'none'}", f"Running: {', '.join(active) or 'none'}"])
+
+
+def _label(owner: str, run: RunDirectory) -> str:
+    return run.path.name if owner == LOCAL_KEY else f"{owner}/{run.path.name}"
+
+
+def stop_runner(wait_seconds: float = 15.0) -> tuple[bool, str]:
+    """SIGTERM the runner (pid checked with its start time first); (whether none is left, what happened).
+
+    Runs in progress keep training: each trainer runs in a session of its own, and a later runner settles them.
+    """
+    pid = runner_pid()
+    if pid is None:
+        return not runner_alive(), "No job runner with a recorded pid holds the lock; nothing to stop."
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + wait_seconds  # it ends the tick it is in first (seconds)
+    while process_start(pid) is not None and time.time() < deadline:
+        time.sleep(0.1)
+    if process_start(pid) is not None:
+        return False, f"The job runner (pid {pid}) has not exited within {wait_seconds:g} s; see {RUNNER_LOG}."
+    return True, (f"Stopped the job runner (pid {pid}). Runs in progress keep training; queued runs wait until a "
+                  "runner starts again: the app starts one at its next page load, or run `python -m webapp.services.jobs`.")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m webapp.services.jobs", description="LoRA Lab's job runner.")
+    parser.add_argument("command", nargs="?", default="serve", choices=("serve", "status", "stop"),
+                        help="serve the queue (the default, as the app starts it); report on the runner; or stop "
+                             "it (runs in progress keep training)")
+    command = parser.parse_args(argv).command
+    if command == "status":
+        print(status_report())
+        return 0
+    if command == "stop":
+        stopped, message = stop_runner()
+        print(message)
+        return 0 if stopped else 1
+    return serve()
+
+
+def serve() -> int:
     lock = (workspace.home() / "runner.lock").open("a")
     runner = Runner(workspace.all_runs_dirs, [])
-    while _take(lock):
+    signal.signal(signal.SIGTERM, lambda signum, frame: STOP.set())  # only sets a flag: see STOP
+    while not STOP.is_set() and _take(lock):
+        write_json_atomic(workspace.home() / RUNNER_FILE, {"pid": os.getpid(), "started": process_start(os.getpid())})
         _serve(runner)
         fcntl.flock(lock, fcntl.LOCK_UN)
         if not queued(workspace.all_runs_dirs()):  # else a run was queued as this runner went idle: serve it too
@@ -360,7 +428,7 @@ def _take(lock, seconds: float = 2.0) -> bool:
 def _serve(runner: Runner) -> None:
     """Tick until nothing has been queued or running for IDLE_EXIT_SECONDS."""
     idle_since, checked_gpus = time.time(), 0.0
-    while time.time() - idle_since < IDLE_EXIT_SECONDS:
+    while not STOP.is_set() and time.time() - idle_since < IDLE_EXIT_SECONDS:
         if time.time() - checked_gpus > GPU_CHECK_SECONDS:  # a slow nvidia-smi at start must not stick
             runner.gpu_ids, checked_gpus = [gpu.index for gpu in devices.detect_gpus()], time.time()
         try:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import io
+import json
 import os
 import re
 import shutil
@@ -102,6 +103,15 @@ def _eta(status: dict, events: list[dict], now: Optional[float] = None) -> Optio
     seconds_per_step = (at - since) / (step - first)
     # Less the time since that event: the steps trained since then are not logged yet.
     return max(0.0, seconds_per_step * (total - step) - ((time.time() if now is None else now) - at))
+
+
+def default_selection(summaries: list[RunSummary], last: Optional[str]) -> int:
+    """Which run the Runs page opens on (index into ``summaries``, newest first): the one the user last selected
+    while it is still there, else a running one (not the newest, which may only be queued), else the newest."""
+    refs = [s.ref for s in summaries]
+    if last in refs:
+        return refs.index(last)
+    return next((i for i, s in enumerate(summaries) if s.state == "running"), 0)
 
 
 def _read_config(run: RunDirectory) -> dict:
@@ -205,14 +215,30 @@ def delete(user: User, ref: str) -> None:
 
 
 def adapter_zip(user: User, ref: str) -> bytes:
-    """The run's adapter folder (weights, tokenizer or processor, label maps) as a zip archive."""
+    """The run's adapter folder (weights, tokenizer or processor, label maps) as a zip archive.
+
+    It travels to other machines: README.md is the run's model card (not PEFT's blank template), and the
+    base model is named by its hub id or folder name, never by a path on this server.
+    """
+    from finetune import hub
+
     path = locate(user, ref)
     adapter = RunDirectory(path).adapter_dir
     if not adapter.is_dir():
         raise UserError(f"download: {path.name} has no adapter yet; it is written when the run finishes")
+    replaced = {"README.md": hub.model_card(path).encode()}
+    for name, key in (("adapter_config.json", "base_model_name_or_path"), ("lora_lab.json", "base_model")):
+        info = read_json(adapter / name)
+        if info is not None and isinstance(info.get(key), str) and Path(info[key]).is_absolute():
+            replaced[name] = json.dumps({**info, key: Path(info[key]).name}, indent=2).encode()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for file in sorted(adapter.rglob("*")):
-            if file.is_file():
-                archive.write(file, Path(path.name) / file.relative_to(adapter))
+        for file in sorted(p for p in adapter.rglob("*") if p.is_file()):
+            member = str(Path(path.name) / file.relative_to(adapter))
+            if file.parent == adapter and file.name in replaced:
+                archive.writestr(member, replaced.pop(file.name))
+            else:
+                archive.write(file, member)
+        for name, data in replaced.items():  # a model card where PEFT wrote none
+            archive.writestr(str(Path(path.name) / name), data)
     return buffer.getvalue()

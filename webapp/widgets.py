@@ -9,9 +9,11 @@ import typing
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
 import streamlit as st
 
 from finetune.config import TrainConfig, field_help
+from finetune.errors import UserError
 from webapp.services import catalog, devices, identity, settings, uploads
 
 HELP = field_help()
@@ -30,6 +32,11 @@ ADVANCED = [("head_learning_rate", "text"), ("warmup_ratio", "float"), ("weight_
 # Fields that mean nothing for a task are left out of its form.
 NOT_FOR = {"causal-lm": {"head_learning_rate", "max_seq_length"},
            "text-classification": {"block_size"}, "image-classification": {"block_size", "max_seq_length"}}
+# The column roles each task's data needs, in the order the engine guesses them (the label guess skips the text).
+TASK_ROLES = {"causal-lm": ("text_column",), "text-classification": ("text_column", "label_column"),
+              "image-classification": ("image_column", "label_column")}
+# Rows read to offer columns when a guess failed: the text guess reads the first 200 rows too.
+HEAD_ROWS = 200
 
 
 @st.cache_data(ttl=300, show_spinner=False)
@@ -45,6 +52,27 @@ def preset_checkpoint(family_key: str, online: bool) -> catalog.Checkpoint:
 @st.cache_data(ttl=600, show_spinner="Reading the checkpoint's config…")
 def inspect_checkpoint(name: str, allow_local: bool) -> catalog.Checkpoint:
     return catalog.inspect_checkpoint(name, allow_local)
+
+
+def typed_checkpoint(name: str, allow_local: bool) -> catalog.Checkpoint:
+    """The checkpoint someone typed; a hub id the Hub cannot serve now is refused at once (downloading its
+    config.json offline retries five times, ~25 s, before failing)."""
+    name = name.strip()
+    if _unreachable_hub_id(name):
+        local = "a local folder holding config.json and the weights, or " if allow_local else ""
+        raise UserError(f"model_name_or_path: the Hugging Face Hub can't be reached from this machine, so {name!r} "
+                        f"can't be downloaded; use {local}one of the model family presets above (offline they are "
+                        "demo-sized checkpoints made here)")
+    return inspect_checkpoint(name, allow_local)
+
+
+def _unreachable_hub_id(name: str) -> bool:
+    if not name or Path(name).expanduser().exists() or hub_online():
+        return False
+    try:
+        return not catalog.hub_cached(name)
+    except ValueError:  # not a hub id at all (HFValidationError): inspect_checkpoint says what is wrong
+        return False
 
 
 def current_user() -> identity.User:
@@ -76,7 +104,7 @@ def _visitor_token() -> str:
     """The anonymous visitor's key: kept in the session (page switches may drop the address's query) and in the
     address (``?visitor=``), so reloading or bookmarking the page comes back to the same workspace."""
     token = st.session_state.get("visitor_token") or st.query_params.get("visitor")
-    if not token or not identity.VISITOR_TOKEN.match(token):
+    if not token or not identity.VISITOR_TOKEN.fullmatch(token):
         token = identity.new_visitor_token()
     st.session_state["visitor_token"] = token
     if st.query_params.get("visitor") != token:
@@ -108,6 +136,35 @@ def inspect_data(path: str, task: str, text_column: Optional[str] = None, label_
     return uploads.inspect_data(Path(path), task, text_column, label_column, image_column)
 
 
+@st.cache_data(show_spinner="Reading the data…", max_entries=32)
+def guess_data(path: str, task: str) -> tuple[Optional[uploads.DataReport], Optional[str]]:
+    """inspect_data with every column guessed, or None and the problem. Problems are cached too: a file
+    whose columns cannot be guessed is not read again on every rerun while the user picks them."""
+    try:
+        return uploads.inspect_data(Path(path), task), None
+    except UserError as err:
+        return None, str(err)
+
+
+def failed_role(problem: str, task: str) -> Optional[str]:
+    """The column role a data problem is about ("label_column: could not guess ..."): the user can pick that
+    column. None for problems of the whole file ("train_file: ..."), which no choice of columns fixes."""
+    role = problem.partition(":")[0]
+    return role if role in TASK_ROLES[task] else None
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def unguessed_roles(path: str, task: str, failed: str) -> tuple[list[str], dict[str, Optional[str]]]:
+    """The file's columns and each role's guess when ``failed`` could not be guessed (None: not guessed)."""
+    from finetune.data import Columns, Unpacking, guess_columns, load_table
+
+    head = load_table(Path(path), "train_file", Unpacking(), max_rows=HEAD_ROWS)
+    found: dict[str, Optional[str]] = dict.fromkeys(TASK_ROLES[task])
+    if failed == "label_column" and task == "text-classification":  # the text was guessed first, on its own
+        found["text_column"] = guess_columns(head, "causal-lm", Columns(), "train_file").text
+    return head.column_names, found
+
+
 @st.cache_data(ttl=60, show_spinner=False)
 def detect_gpus() -> list[devices.Gpu]:
     return devices.detect_gpus()
@@ -119,19 +176,20 @@ def roles(report: uploads.DataReport) -> dict[str, Optional[str]]:
     return {k: v for k, v in found.items() if v is not None}
 
 
-def column_mapping(report: uploads.DataReport, task: str) -> dict[str, Optional[str]]:
-    """Select boxes for the column roles, pre-filled with the engine's guess."""
-    guessed = roles(report)
-    if report.path.suffix.lower() == ".zip" or report.path.is_dir():
+def column_mapping(report: Optional[uploads.DataReport], path: Path, task: str,
+                   failed: Optional[str] = None) -> dict[str, Optional[str]]:
+    """Select boxes for the column roles, pre-filled with the engine's guess; without a ``report`` (the
+    ``failed`` role could not be guessed) the roles it could not guess start empty (None) for the user to pick."""
+    if report is not None and (path.suffix.lower() == ".zip" or path.is_dir()):
         st.caption(f"Images by class folder: {len(report.labels or [])} classes.")
-        return guessed
+        return roles(report)
+    names, guessed = (report.column_names, roles(report)) if report else unguessed_roles(str(path), task, failed)
     chosen = {}
-    cells = st.columns(len(guessed))
-    for cell, (role, guess) in zip(cells, guessed.items()):
-        names = report.column_names
-        chosen[role] = cell.selectbox(role.replace("_", " ").capitalize(), names, index=names.index(guess),
-                                      key=f"{role}:{report.path}", help=f"{HELP[role]} Guessed: {guess}.",
-                                      persist_state="session")
+    for cell, (role, guess) in zip(st.columns(len(guessed)), guessed.items()):
+        note = f"Guessed: {guess}." if guess else "Could not be guessed: pick the column that holds it."
+        chosen[role] = cell.selectbox(role.replace("_", " ").capitalize(), names,
+                                      index=names.index(guess) if guess else None, placeholder="Pick a column",
+                                      key=f"{role}:{path}", help=f"{HELP[role]} {note}", persist_state="session")
     return chosen
 
 
@@ -144,14 +202,16 @@ def data_preview(report: uploads.DataReport) -> None:
     if report.labels:
         cells[1].metric("Classes", len(report.labels))
         cells[2].bar_chart(report.label_counts, height=140, horizontal=True)
-    if report.thumbnails:
+    if report.thumbnails:  # image data: its preview table would list only labels
         st.image([image for image, _ in report.thumbnails], caption=[label for _, label in report.thumbnails], width=72)
-    if not report.preview.empty and len(report.preview.columns):
+        counts = pd.DataFrame({"class": list(report.label_counts), "examples": list(report.label_counts.values())})
+        st.dataframe(counts, hide_index=True)
+    elif not report.preview.empty and len(report.preview.columns):
         st.dataframe(report.preview, hide_index=True, height=200)
 
 
 class ErrorSlots:
-    """A placeholder under each input, filled with that field's problems after validation."""
+    """A placeholder under each input, filled with that field's problems (or warnings) after validation."""
 
     def __init__(self) -> None:
         self.slots: dict[str, typing.Any] = {}
@@ -164,6 +224,12 @@ class ErrorSlots:
             target = self.slots.get(name)
             text = "; ".join(messages) if target is not None else f"{name}: {'; '.join(messages)}"
             (target or st).error(text)
+
+    def warn(self, warnings: dict[str, str]) -> None:
+        """Non-blocking notes under their fields (only for a valid form, so no error holds the slot)."""
+        for name, message in warnings.items():
+            target = self.slots.get(name)
+            (target or st).warning(message if target is not None else f"{name}: {message}")
 
 
 def reset_settings(defaults: dict) -> None:

@@ -1,7 +1,7 @@
 """The order in which queued runs start: round-robin across users, first in, first out within each user.
 
 One user queueing ten runs does not make another user's single run wait behind all ten: the runner
-takes one run from each user in turn, starting after the user it served last.
+takes one run from each user in turn, starting with the user it served longest ago.
 """
 
 from pathlib import Path
@@ -26,11 +26,25 @@ def waiting(runs_dirs: dict[str, Path], is_launched) -> dict[str, list[RunDirect
     return found
 
 
-def round_robin(by_owner: dict[str, list[RunDirectory]], served_last: Optional[str] = None) -> list[tuple[str, RunDirectory]]:
-    """Interleave the users' queues one run at a time, beginning with the first user after ``served_last``."""
-    owners = sorted(by_owner)
-    start = next((i for i, owner in enumerate(owners) if served_last is not None and owner > served_last), 0)
-    owners = owners[start:] + owners[:start]
+def last_launches(runs_dirs: dict[str, Path]) -> dict[str, float]:
+    """When each user's most recent run was launched (status.json ``launched_at``, written by the runner)."""
+    found = {}
+    for owner, root in runs_dirs.items():
+        runs = [RunDirectory(p) for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+        found[owner] = max((as_number(r.read_status().get("launched_at")) for r in runs), default=0.0)
+    return found
+
+
+def round_robin(by_owner: dict[str, list[RunDirectory]], last_launch: dict[str, float]) -> list[tuple[str, RunDirectory]]:
+    """Interleave the users' queues one run at a time: first the user served longest ago (never served first,
+    then whoever queued earliest), so one user's many runs never hold back another's first.
+
+    Read from the run folders only, so the runner and the Runs page's queue positions agree.
+    """
+    def turn(owner: str) -> tuple[float, float]:
+        return last_launch.get(owner, 0.0), as_number(by_owner[owner][0].read_status().get("queued_at"))
+
+    owners = sorted(by_owner, key=turn)
     queues = {owner: list(by_owner[owner]) for owner in owners}
     order = []
     while any(queues.values()):

@@ -129,7 +129,7 @@ def enqueue(run: RunDirectory, job: Job) -> None:
 
 def queued(runs_dirs: dict[str, Path]) -> list[tuple[str, RunDirectory]]:
     """Runs waiting for the runner, by user key, in the order they would start (round-robin across users)."""
-    return fair_queue.round_robin(fair_queue.waiting(runs_dirs, launched))
+    return fair_queue.round_robin(fair_queue.waiting(runs_dirs, launched), fair_queue.last_launches(runs_dirs))
 
 
 def cancel(run: RunDirectory) -> None:
@@ -185,7 +185,6 @@ class Runner:
         self.runs_dirs, self.gpu_ids, self.command_for = runs_dirs, gpu_ids, command_for
         self.limits = limits or settings.load()
         self.children: dict[Path, subprocess.Popen] = {}
-        self.served_last: Optional[str] = None  # the user whose run started last (round-robin)
 
     def tick(self) -> bool:
         """Returns whether anything is running or waiting."""
@@ -196,7 +195,7 @@ class Runner:
             self._stop_if_overdue(run)
             self._settle_if_orphaned(run)
         slots = fair_queue.Slots(self.gpu_ids, {r.path: (runs[r], launched(r).get("gpu_ids", [])) for r in busy})
-        waiting = fair_queue.round_robin(fair_queue.waiting(roots, launched), self.served_last)
+        waiting = queued(roots)
         for owner, run in waiting:
             try:
                 job = Job.read(run)
@@ -213,7 +212,6 @@ class Runner:
                 break  # first come, first served (in round-robin order): later runs wait behind this one
             if self._launch(run, job, ids):
                 slots.started(owner, ids)
-                self.served_last = owner
         return bool(busy or waiting)
 
     def _launch(self, run: RunDirectory, job: Job, gpu_ids: list[int]) -> bool:
@@ -228,6 +226,7 @@ class Runner:
         with run_lock(run):
             if run.read_status().get("state") != "queued":
                 return False  # cancelled a moment ago
+            run.update_status(launched_at=time.time())  # the fair queue's memory of whom it served last
             try:
                 command = self.command_for(run, job)
                 with (run.path / LAUNCH_LOG).open("ab") as log:

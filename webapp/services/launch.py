@@ -49,7 +49,7 @@ def launch(user: User, cfg: TrainConfig, setup: Setup) -> RunDirectory:
 
     ``cfg.output_dir`` must be the new run folder of ``user``'s that plan() chose.
     """
-    quotas.check_can_queue(user, settings.load())
+    quotas.check_can_queue(user.key, settings.load())
     run = RunDirectory(runs.check_new_name(user, Path(cfg.output_dir).name))
     if Path(cfg.output_dir) != run.path:
         raise UserError(f"run: {cfg.output_dir} is not a folder of yours; plan the run again")

@@ -4,6 +4,7 @@ The local user (local single-user mode) owns the machine and has no limits. How 
 user train at once is enforced by the job runner (settings.max_running_runs).
 """
 
+import math
 import os
 from pathlib import Path
 
@@ -13,17 +14,18 @@ from webapp.services import settings, workspace
 from webapp.services.identity import LOCAL_KEY, User
 
 
-def check_can_queue(user: User, limits: settings.Settings) -> None:
-    """UserError when ``user`` already has as many runs queued or training as allowed, or is out of disk."""
-    if user.key == LOCAL_KEY:
+def check_can_queue(owner: str, limits: settings.Settings) -> None:
+    """UserError when the user ``owner`` (a folder key) already has as many runs queued or training as allowed,
+    or is out of disk. An operator resuming someone's run is checked against that run's owner."""
+    if owner == LOCAL_KEY:
         return
-    root = workspace.runs_dir(user.key)
+    root = workspace.runs_dir(owner)
     runs = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
     active = [p for p in runs if RunDirectory(p).read_status().get("state") in ("queued", "running")]
     if len(active) >= limits.max_queued_runs:
         raise UserError(f"queue: you have {len(active)} runs queued or training; at most {limits.max_queued_runs} per "
                         "user. Wait for one to finish, or cancel one on the Runs page")
-    check_storage(user, limits, adding=0)
+    check_storage(owner, limits, adding=0)
 
 
 def check_upload(user: User, limits: settings.Settings, size: int) -> None:
@@ -31,15 +33,21 @@ def check_upload(user: User, limits: settings.Settings, size: int) -> None:
     if user.key == LOCAL_KEY:
         return
     if size > limits.max_upload_mb * 2**20:
-        raise UserError(f"upload: the file is {size / 2**20:.0f} MiB; at most {limits.max_upload_mb} MiB per upload")
-    check_storage(user, limits, adding=size)
+        raise UserError(f"upload: the file is {_mib(size)}; at most {limits.max_upload_mb} MiB per upload")
+    check_storage(user.key, limits, adding=size)
 
 
-def check_storage(user: User, limits: settings.Settings, adding: int) -> None:
-    used = disk_usage(workspace.user_root(user.key))
+def check_storage(owner: str, limits: settings.Settings, adding: int) -> None:
+    used = disk_usage(workspace.user_root(owner))
     if used + adding > limits.max_storage_mb * 2**20:
-        raise UserError(f"storage: your runs and uploads take {used / 2**20:.0f} MiB of your {limits.max_storage_mb} MiB; "
+        adds = f" and this upload would add {_mib(adding)}" if adding else ""
+        raise UserError(f"storage: your runs and uploads take {_mib(used)} of your {limits.max_storage_mb} MiB{adds}; "
                         "delete runs you no longer need on the Runs page")
+
+
+def _mib(size: int) -> str:
+    """Sizes rounded up to 0.1 MiB, so a file just over a limit never reads as equal to it."""
+    return f"{math.ceil(size / 2**20 * 10) / 10:g} MiB"
 
 
 def disk_usage(root: Path) -> int:

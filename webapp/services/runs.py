@@ -55,9 +55,14 @@ class RunSummary:
         return self.state in ("queued", "starting", "running", "stopping")
 
 
+def owner_of(path: Path) -> str:
+    """The user key of a run folder: LORA_LAB_HOME/runs/NAME is the local user's, users/KEY/runs/NAME KEY's."""
+    return identity.LOCAL_KEY if path.parent.parent == workspace.home() else path.parent.parent.name
+
+
 def summarize(path: Path, viewer: Optional[User] = None) -> RunSummary:
     run = RunDirectory(path)
-    owner = path.parent.parent.name if path.parent.parent != workspace.home() else identity.LOCAL_KEY
+    owner = owner_of(path)
     status = run.read_status()
     state = status.get("state", "unknown")
     if jobs.launched(run) and state in ("queued", "cancelled", "failed"):
@@ -201,7 +206,7 @@ def resume(user: User, ref: str) -> None:
     except ValueError:  # trained from the command line into the runs folder: this machine's default setup
         setup = devices.setups(devices.detect_gpus())[0]
         job = jobs.Job(setup.preset, setup.num_processes, setup.num_processes if setup.uses_gpus else 0)
-    quotas.check_can_queue(user, settings.load())
+    quotas.check_can_queue(owner_of(path), settings.load())
     jobs.enqueue(run, dataclasses.replace(job, resume=True))
 
 

@@ -28,6 +28,13 @@ TEXT_FORMATS = {".txt": "text", ".csv": "csv", ".json": "json", ".jsonl": "json"
 TEXT_COLUMN_NAMES = ("text", "sentence", "content", "review", "document", "body", "prompt")
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "category", "target", "sentiment", "intent")
 IMAGE_COLUMN_NAMES = ("image", "img", "image_path", "path", "file", "filename", "filepath")
+# What each role's column must hold, for messages that say what to pick.
+EXPECTED_COLUMN = {"text": "a column of texts", "image": "a column of image file paths",
+                   "label": "a column of class names or integer ids (e.g. negative/positive or 0, 1, 2) that "
+                            "several rows share"}
+# Below this many rows a file may hold each class once; above it, a column whose every value differs is
+# ids or free text rather than classes, so it is not guessed as the label (it can still be chosen).
+DISTINCT_LABELS_MIN_ROWS = 20
 # Longest text one example may have (characters). Tokenizing one 50 MB line took 8.4 GB of memory;
 # 100k characters is about 25k tokens (a few MB while tokenized), far beyond the 512-1024 tokens
 # these models read at once, so text classification truncates there and causal LM cuts longer
@@ -181,32 +188,49 @@ def guess_columns(table: Dataset, task: str, given: Columns, role: str) -> Colum
         column = getattr(given, kind)
         if column is not None and column not in names:
             raise UserError(f"{kind}_column: {column!r} is not a column of {role}; its columns are {names}")
+    if task != "causal-lm" and len(names) < 2:
+        first = "an image" if task == "image-classification" else "a text"
+        raise UserError(f"{role}: this file has only one column, {names[0]}; {task.replace('-', ' ')} needs {first} "
+                        "column and a label column (class names or integer ids)")
     text = given.text
     if task in ("causal-lm", "text-classification") and text is None:
-        text = _guess(table, TEXT_COLUMN_NAMES, _longest_string_column, "text", role)
+        text = _guess(table, TEXT_COLUMN_NAMES, _longest_string_column, "text", role, _string_columns(table))
     image = given.image
     if task == "image-classification" and image is None:
-        image = _guess(table, IMAGE_COLUMN_NAMES, _image_feature_column, "image", role)
+        candidates = [n for n in names if isinstance(table.features[n], Image)] or _string_columns(table)
+        image = _guess(table, IMAGE_COLUMN_NAMES, _image_feature_column, "image", role, candidates)
     label = given.label
     if task != "causal-lm" and label is None:
-        label = _guess(table, LABEL_COLUMN_NAMES, lambda t: _fewest_values_column(t, exclude={text, image}), "label", role)
+        candidates = _label_candidates(table, exclude={text, image})
+        label = _guess(table, LABEL_COLUMN_NAMES, lambda t: _fewest_values_column(t, candidates), "label", role,
+                       candidates, taken=text or image)
     return Columns(text=text, label=label, image=image)
 
 
-def _guess(table: Dataset, preferred: tuple, fallback, kind: str, role: str) -> str:
+def _guess(table: Dataset, preferred: tuple, fallback, kind: str, role: str, candidates: list[str],
+           taken: Optional[str] = None) -> str:
+    """The column named like ``preferred``, else ``fallback``'s pick; the error names only ``candidates``."""
     lowered = {name.lower(): name for name in table.column_names}
     column = next((lowered[n] for n in preferred if n in lowered), None) or fallback(table)
-    if column is None:
-        raise UserError(f"{kind}_column: could not guess which column of {role} holds the {kind}; "
-                        f"set {kind}_column to one of {table.column_names}")
-    logger.info("Guessed %s_column=%r for %s (set %s_column to override)", kind, column, role, kind)
-    return column
+    if column is not None:
+        logger.info("Guessed %s_column=%r for %s (set %s_column to override)", kind, column, role, kind)
+        return column
+    if not candidates:  # nothing to pick from: a whole-file problem, not a column choice
+        besides = f" besides {taken!r}" if taken else ""
+        raise UserError(f"{role}: no column{besides} can hold the {kind}s (its columns are {table.column_names}); "
+                        f"expected {EXPECTED_COLUMN[kind]}")
+    raise UserError(f"{kind}_column: could not guess which column of {role} holds the {kind}s; expected "
+                    f"{EXPECTED_COLUMN[kind]}; set {kind}_column to one of {candidates}")
+
+
+def _string_columns(table: Dataset) -> list[str]:
+    return [name for name, feature in table.features.items()
+            if getattr(feature, "dtype", None) in ("string", "large_string")]
 
 
 def _longest_string_column(table: Dataset) -> Optional[str]:
     sample = table.select(range(min(len(table), 200)))
-    lengths = {name: sum(len(str(v)) for v in sample[name]) for name, feature in table.features.items()
-               if getattr(feature, "dtype", None) in ("string", "large_string")}
+    lengths = {name: sum(len(str(v)) for v in sample[name]) for name in _string_columns(table)}
     return max(lengths, key=lengths.get) if lengths else None
 
 
@@ -214,10 +238,25 @@ def _image_feature_column(table: Dataset) -> Optional[str]:
     return next((name for name, feature in table.features.items() if isinstance(feature, Image)), None)
 
 
-def _fewest_values_column(table: Dataset, exclude: set) -> Optional[str]:
-    counts = {name: len(set(table[name])) for name in table.column_names
-              if name not in exclude and not isinstance(table.features[name], Image)}
-    return min(counts, key=counts.get) if counts else None
+def _label_candidates(table: Dataset, exclude: set) -> list[str]:
+    """Columns that could hold class labels: names, integers, booleans or whole floats (not lists, images, 3.5)."""
+    found = []
+    for name, feature in table.features.items():
+        if name in exclude or not isinstance(feature, (Value, ClassLabel)):
+            continue
+        fractional = feature.dtype.startswith("float") and not all(
+            v is None or float(v).is_integer() for v in _distinct(table, name))
+        if _label_kind(feature) in ("text", "numbers", "true/false") and not fractional:
+            found.append(name)
+    return found
+
+
+def _fewest_values_column(table: Dataset, candidates: list[str]) -> Optional[str]:
+    counts = {name: len(_distinct(table, name)) for name in candidates}
+    if not counts:
+        return None
+    column = min(counts, key=counts.get)
+    return None if counts[column] == len(table) >= DISTINCT_LABELS_MIN_ROWS else column
 
 
 def long_text_lengths(table: Dataset, column: str) -> list[int]:

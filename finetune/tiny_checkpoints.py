@@ -84,7 +84,11 @@ def _save(directory: Path, model, processor) -> Path:
 
 
 def make_gpt2(directory: Path) -> Path:
-    """GPT2LMHeadModel with a byte-level BPE tokenizer, like the hub's gpt2."""
+    """GPT2LMHeadModel with a byte-level BPE tokenizer, like the hub's gpt2.
+
+    The tokenizer round-trips any text exactly, and a word's leading space belongs to its token, so a
+    continuation decoded on its own starts with the space that separates it from the prompt.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -98,9 +102,11 @@ def make_gpt2(directory: Path) -> Path:
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS,
                                       model_max_length=CONTEXT)
     eos = wrapped.eos_token_id
-    # No pad token, as in gpt2: the project's text tasks set pad = eos themselves.
+    # No pad token, as in gpt2: the project's text tasks set pad = eos themselves. Unlike gpt2, the input and
+    # output embeddings are separate matrices: frozen random ones cap what LoRA can learn, so the demo preset
+    # adapts both (catalog.DEMO_OVERRIDES), and two LoRA updates of one tied matrix would not merge correctly.
     config = GPT2Config(vocab_size=len(wrapped), n_positions=CONTEXT, n_embd=64, n_layer=2, n_head=2,
-                        bos_token_id=eos, eos_token_id=eos)
+                        bos_token_id=eos, eos_token_id=eos, tie_word_embeddings=False)
     return _save(directory, GPT2LMHeadModel(config), wrapped)
 
 

@@ -100,7 +100,7 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
         state.base_metrics = training.evaluate(model, eval_dl, accelerator, task, len(labels or []) or None)
         accelerator.log(state.base_metrics, step=0, log_kwargs={"run_directory": {"event": "eval"}})
     # The loop's clock starts after the base evaluation or the resume: the web app's ETA paces only this segment.
-    started, planned_steps = time.time(), max_steps  # early stopping lowers max_steps; the plan is kept for the record
+    started, planned_steps = time.time(), max_steps  # early stopping lowers max_steps; the plan is kept
     if accelerator.is_main_process:
         run.update_status(total_steps=max_steps, steps_per_epoch=steps_per_epoch, num_processes=accelerator.num_processes,
                           loop_started_at=started, loop_start_step=state.step)

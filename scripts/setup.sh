@@ -14,11 +14,21 @@ dev=false
 extras=""
 $dev && extras="[dev]"
 
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
+# pip stays quiet (its output is pages long); one line per step says what the minutes go to.
+started=$SECONDS
+step() {  # step MESSAGE COMMAND...: run COMMAND after printing "MESSAGE ...", then its time in seconds
+    local message=$1 t0=$SECONDS
+    shift
+    echo "$message ..."
+    "$@"
+    echo "  done in $((SECONDS - t0)) s"
+}
+
+[ -x .venv/bin/python ] || step "Creating .venv" "$PYTHON" -m venv .venv
+step "Upgrading pip" .venv/bin/python -m pip install --quiet --upgrade pip
 # shellcheck disable=SC2086  # TORCH_SPEC may hold several words
-.venv/bin/python -m pip install --quiet $TORCH_SPEC
-.venv/bin/python -m pip install --quiet -e ".${extras}"
+step "Installing torch ($TORCH_SPEC)" .venv/bin/python -m pip install --quiet $TORCH_SPEC
+step "Installing LoRA Lab and dependencies${extras:+ (with test tools)}" .venv/bin/python -m pip install --quiet -e ".${extras}"
 
 if $dev && [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" -eq 0 ]; then
@@ -32,13 +42,15 @@ if $dev && [ ! -x /usr/bin/chromium ]; then
         echo "The browser test needs Debian's chromium and chromium-driver (/usr/bin/chromium); install them as" \
              "root: apt-get install chromium chromium-driver. Without them that test is skipped." >&2
     else
-        echo "Installing chromium and chromium-driver for the browser test"
-        # Unattended (CI runs this as root on a fresh machine); no recommends keeps the download small.
-        # shellcheck disable=SC2086  # as_root is empty or "sudo"
-        $as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        # shellcheck disable=SC2086
-        $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            chromium chromium-driver >/dev/null
+        # Unattended (CI runs this as root on a fresh machine); no recommends keeps the download small;
+        # apt-get install prints a line per package even with -qq.
+        apt_get() {
+            # shellcheck disable=SC2086  # as_root is empty or "sudo"
+            $as_root env DEBIAN_FRONTEND=noninteractive apt-get "$@" >/dev/null
+        }
+        step "Updating the apt package lists" apt_get update -qq
+        step "Installing chromium and chromium-driver for the browser test" \
+            apt_get install -y -qq --no-install-recommends chromium chromium-driver
     fi
 fi
-echo "LoRA Lab installed in .venv"
+echo "LoRA Lab installed in .venv in $((SECONDS - started)) s"

@@ -41,9 +41,11 @@ def _check_gpt2(path: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(path)
     assert model.config.vocab_size == len(tokenizer) and 1000 <= len(tokenizer) <= 2000
     assert tokenizer.eos_token == tokenizer.bos_token == "<|endoftext|>" and tokenizer.model_max_length == 256
-    text = "the cat sees the ball ."
-    inputs = tokenizer(text, return_tensors="pt")
-    assert tokenizer.decode(inputs["input_ids"][0]) == text  # byte-level BPE round-trips exactly
+    for text in ("the cat sees the ball .", "Café “naïve”  two spaces\tand a tab 😀"):
+        inputs = tokenizer(text, return_tensors="pt")
+        assert tokenizer.decode(inputs["input_ids"][0]) == text  # byte-level BPE round-trips exactly
+    continuation = tokenizer("the cat sees")["input_ids"][2:]
+    assert tokenizer.decode(continuation) == " sees", "a word's leading space is part of its token"
     with torch.no_grad():
         logits = model(**inputs).logits
     assert logits.shape == (1, inputs["input_ids"].shape[1], len(tokenizer))

@@ -36,12 +36,16 @@ def demo_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_runs(demo_dir, tmp_path_factory) -> dict[str, Path]:
-    """Finished tiny runs, trained once through the real CLI on the demo checkpoints and samples (two at a time)."""
+def trained_runs(demo_dir, tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """Finished tiny runs, trained once through the real CLI on tiny checkpoints and the demo samples (two at a time).
+
+    BERT is the tiny random-init one, not the demo's MiniLM: these runs stand in for any run on the pages, and
+    must stay small (a MiniLM run folder holds 180 MB of checkpoints).
+    """
     root = tmp_path_factory.mktemp("trained-runs")
     ckpt, samples = demo_dir / "checkpoints", demo_dir / "samples"
     text_lm = ["--learning_rate", "2e-3"]
-    bert = ["--model_name_or_path", str(ckpt / "bert"), "--train_file", str(samples / "reviews.csv"),
+    bert = ["--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(samples / "reviews.csv"),
             "--task", "text-classification", "--num_train_epochs", "2", "--head_learning_rate", "1e-2"]
     specs = {
         "gpt2-tiny": ["--model_name_or_path", str(ckpt / "gpt2"), "--train_file", str(samples / "stories.txt"),
@@ -49,8 +53,8 @@ def trained_runs(demo_dir, tmp_path_factory) -> dict[str, Path]:
         "bert-lr2e-3": [*bert, "--learning_rate", "2e-3"],
         "bert-lr5e-3": [*bert, "--learning_rate", "5e-3"],
         # No --task: the trainer infers it from the checkpoint (as the CLI's --help says it may).
-        "vit-tiny": ["--model_name_or_path", str(ckpt / "vit"), "--train_file", str(samples / "colours"),
-                     "--num_train_epochs", "1"],
+        "vit-tiny": ["--model_name_or_path", str(ckpt / "vit"), "--train_file", str(samples / "digits"),
+                     "--max_steps", "10", "--max_eval_samples", "200"],
     }
 
     def train(name: str) -> subprocess.CompletedProcess:

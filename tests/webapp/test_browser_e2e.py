@@ -179,8 +179,8 @@ def test_browser_end_to_end(app, page, tmp_path):
     page.goto(url)
     expect(page.get_by_role("heading", name="New run", level=1)).to_be_visible()
     page.get_by_text("BERT · text classification", exact=True).click()
-    # The first start writes the demo checkpoints (~20 s on 2 cores).
-    expect(page.get_by_text("Demo-sized checkpoint.")).to_be_visible(timeout=120_000)
+    # The first start writes the demo checkpoints (~15 s on 2 cores).
+    expect(page.get_by_text("Demo checkpoint.")).to_be_visible(timeout=120_000)
     lap("app up, demo checkpoints ready")
 
     page.get_by_text("Upload a file", exact=True).click()
@@ -190,8 +190,8 @@ def test_browser_end_to_end(app, page, tmp_path):
     expect(preview).to_contain_text("240")
     expect(page.get_by_test_id("stMetric").filter(has_text="Classes")).to_contain_text("2")
     expect(page.get_by_test_id("stDataFrame")).to_be_visible()
-    # The demo BERT is random-init: its preset (catalog.DEMO_OVERRIDES) fills in settings under which it learns
-    # (larger learning rates, more epochs); the form must show them.
+    # The demo BERT is MiniLM-L6: its preset (catalog.DEMO_OVERRIDES) fills in settings that train it in under a
+    # minute; the form must show them.
     page.get_by_text("Advanced settings", exact=True).click()
     for field, value in DEMO_BERT.items():
         expect(page.get_by_label(field.replace("_", " ").capitalize(), exact=True)).to_have_value(f"{value:g}")

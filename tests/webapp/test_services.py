@@ -51,7 +51,7 @@ def test_presets_fall_back_to_demo_checkpoints_offline(home, monkeypatch):
     assert catalog.preset_checkpoint(catalog.FAMILIES["bert"], online=True).name_or_path == "bert-base-uncased"
     samples = [catalog.sample_data(task) for task in ("causal-lm", "text-classification", "image-classification")]
     assert all(path.exists() for path in samples)
-    assert len(list(samples[2].iterdir())) == 3  # one folder per colour class
+    assert sorted(p.name for p in samples[2].iterdir()) == [str(d) for d in range(10)]  # one folder per digit
 
 
 def test_family_defaults_come_from_the_commented_yaml():
@@ -128,8 +128,10 @@ def test_runs_are_summarised_managed_and_exported(home):
     root = home / "runs"
     done = _finished_run(root, "done")
     running = RunDirectory(root / "running")
-    running.update_status(state="running", started_at=time.time() - 20, total_steps=40)
-    running.append_event({"event": "train", "step": 10, "loss": 0.5})
+    # 10 steps in the 20 s since the loop started: 2 s per step, 30 steps (60 s) left.
+    running.update_status(state="running", started_at=time.time() - 25, total_steps=40,
+                          loop_started_at=time.time() - 20, loop_start_step=0)
+    running.append_event({"event": "train", "step": 10, "loss": 0.5, "time": time.time()})
     summaries = {s.name: s for s in runs.list_runs(LOCAL)}
     assert summaries["done"].progress == 1.0 and summaries["done"].task == "text-classification"
     assert summaries["running"].progress == 0.25 and 50 < summaries["running"].eta_seconds < 70

@@ -6,7 +6,7 @@ import time
 import streamlit as st
 import yaml
 
-from finetune.config import field_help
+from finetune.config import field_help, warnings_for
 from finetune.errors import ConfigError, UserError
 from webapp import widgets
 from webapp.services import catalog, devices, identity, launch, uploads
@@ -28,10 +28,10 @@ try:
                               placeholder="e.g. distilgpt2, bert-base-cased or /models/my-vit", persist_state="session")
         if not typed:
             st.stop()
-        checkpoint = widgets.inspect_checkpoint(typed, allow_local=not shared)
+        checkpoint = widgets.typed_checkpoint(typed, allow_local=not shared)
     else:
         family = catalog.FAMILIES[family_key]
-        with st.spinner("Preparing the demo checkpoints and sample data (first start only)…"):
+        with st.spinner("Preparing the demo checkpoints and sample data (first start only, about 15 s)…"):
             checkpoint = widgets.preset_checkpoint(family_key, widgets.hub_online())
 except UserError as err:
     st.error(str(err))
@@ -39,9 +39,9 @@ except UserError as err:
 family = catalog.FAMILIES[checkpoint.model_type]
 task = checkpoint.task
 if checkpoint.demo:
-    st.info(f"**Demo-sized checkpoint.** The Hub is not reachable, so this preset uses a tiny random-init "
-            f"{checkpoint.model_type} (2 layers, width 64) made on this machine, with sample data. It shows the "
-            f"whole workflow in seconds, not real quality; with network access the preset is `{family.hub_id}`.")
+    st.info(f"**Demo checkpoint.** The Hub is not reachable, so this preset uses "
+            f"{catalog.DEMO_DESCRIPTIONS[family.key]}. Training the sample data takes under a minute on 2 CPU cores; "
+            f"with network access the preset is `{family.hub_id}`.")
 else:
     st.caption(f"Checkpoint `{checkpoint.name_or_path}` · {checkpoint.model_type} · task {task}")
 
@@ -62,14 +62,17 @@ else:
     data_path = widgets.sample_data(task)
     st.caption(f"Sample data: `{data_path.name}`")
 
-try:
-    guessed = widgets.inspect_data(str(data_path), task)
-except UserError as err:
-    st.error(str(err))
+guessed, problem = widgets.guess_data(str(data_path), task)
+failed = widgets.failed_role(problem, task) if problem else None
+if problem and (failed is None or data_path.is_dir()):  # no choice of columns fixes it
+    st.error(problem)
     st.stop()
-columns = widgets.column_mapping(guessed, task)
+columns = widgets.column_mapping(guessed, data_path, task, failed)
+if None in columns.values():
+    st.warning(f"{problem}. Pick the column above to continue.")
+    st.stop()
 try:
-    report = widgets.inspect_data(str(data_path), task, **columns) if columns != widgets.roles(guessed) else guessed
+    report = guessed if guessed and columns == widgets.roles(guessed) else widgets.inspect_data(str(data_path), task, **columns)
 except UserError as err:
     st.error(str(err))
     st.stop()
@@ -109,6 +112,13 @@ except ConfigError as err:
     errors.show(launch.problems_by_field(err))
     st.error(f"Fix {len(err.problems)} setting(s) marked above before launching.")
     st.stop()
+# Far-off settings are noted under their fields; Launch stays. The time estimate fits real-size checkpoints only.
+warned = warnings_for(cfg, report.num_examples, None if checkpoint.demo else checkpoint.model_type,
+                      setup.num_processes if setup.uses_gpus else 0, widgets.cpu_cores())
+errors.warn(warned)
+if warned:
+    st.caption(f"⚠️ {len(warned)} setting(s) look far off ({', '.join(warned)}): see the notes under them. "
+               "You can still launch.")
 st.markdown("The exact command the runner starts. Launching writes the run's settings to the `config.yaml` it "
             "names; to train headless instead, save the settings below there and run the command from the project folder.")
 st.code(shlex.join(command), language="bash")

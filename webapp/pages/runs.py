@@ -45,8 +45,8 @@ def _runner_caption() -> None:
     pid = jobs.runner_pid()
     state = f"running (pid {pid})" if pid else "running" if jobs.runner_alive() else "not running"
     st.caption(f"Job runner: {state}; log `{workspace.home() / jobs.RUNNER_LOG}`. It exits by itself after "
-               f"{jobs.IDLE_EXIT_SECONDS // 60} idle minutes; stop it sooner with `python -m webapp.services.jobs stop` "
-               "(runs in progress keep training).")
+               f"{jobs.IDLE_EXIT_SECONDS // 60} idle minutes; stop it sooner with "
+               "`python -m webapp.services.jobs stop` (runs in progress keep training).")
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
@@ -61,7 +61,8 @@ def overview() -> None:
     table = pd.DataFrame([{
         "run": s.ref, "state": f"{STATE_ICONS.get(s.state, '')} {s.state}"
         + (f" (#{positions[s.ref]} in queue)" if s.ref in positions else ""),
-        "progress": s.progress, "step": f"{s.step}/{s.total_steps or '?'}" + (" (stopped early)" if s.stopped_early else ""),
+        "progress": s.progress,
+        "step": f"{s.step}/{s.total_steps or '?'}" + (" (stopped early)" if s.stopped_early else ""),
         "ETA": _eta(s.eta_seconds) if s.state == "running" else "",
         "task": s.task, "model": s.model_label, **({"owner": owners.get(s.owner, s.owner)} if owners else {})}
         for s in summaries])
@@ -78,8 +79,9 @@ summaries = runs.list_runs(user)
 if not summaries:
     st.stop()
 default = runs.default_selection(summaries, st.session_state.get("selected_run"))
-name = st.selectbox("Run", [s.ref for s in summaries], index=default, key="runs_selected")
-st.session_state["selected_run"] = name  # outlives the widget's own state when the user opens another page
+# The user's own choice (not the default) is remembered outside the widget, whose state ends with the page.
+name = st.selectbox("Run", [s.ref for s in summaries], index=default, key="runs_selected",
+                    on_change=lambda: st.session_state.update(selected_run=st.session_state["runs_selected"]))
 
 
 @st.fragment(run_every=REFRESH_SECONDS)

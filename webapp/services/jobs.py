@@ -189,7 +189,7 @@ class Runner:
     def tick(self) -> bool:
         """Returns whether anything is running or waiting."""
         roots = self.runs_dirs()
-        runs = {run: owner for owner, root in roots.items() for run in _runs_in(root)}
+        runs = {run: owner for owner, root in roots.items() for run in runs_in(root)}
         busy = [r for r in runs if launched(r) and not self._reap_if_done(r)]
         for run in runs:
             self._stop_if_overdue(run)
@@ -289,7 +289,7 @@ class Runner:
             _fail(run, f"the trainer (pid {status.get('pid')}) ended without reporting; resume it from its last checkpoint")
 
 
-def _runs_in(root: Path) -> list[RunDirectory]:
+def runs_in(root: Path) -> list[RunDirectory]:
     return [RunDirectory(p) for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
 
 
@@ -348,51 +348,19 @@ def runner_pid() -> Optional[int]:
     return pid if alive else None
 
 
-def status_report() -> str:
-    """What ``python -m webapp.services.jobs status`` prints: the runner, the queue and the runs in progress."""
-    pid, home = runner_pid(), workspace.home()
-    state = f"running (pid {pid})" if pid else "running (pid not recorded)" if runner_alive() else "not running"
-    roots = workspace.all_runs_dirs()
-    waiting = [_label(owner, run) for owner, run in queued(roots)]
-    active = [f"{_label(owner, run)} (pid {launched(run).get('pid') or run.read_status().get('pid')})"
-              for owner, root in roots.items() for run in _runs_in(root) if is_active(run)]
-    return "\n".join([f"Job runner: {state}; lock {home / 'runner.lock'}, log {home / RUNNER_LOG}",
-                      f"Queued: {', '.join(waiting) or 'none'}", f"Running: {', '.join(active) or 'none'}"])
-
-
-def _label(owner: str, run: RunDirectory) -> str:
-    return run.path.name if owner == LOCAL_KEY else f"{owner}/{run.path.name}"
-
-
-def stop_runner(wait_seconds: float = 15.0) -> tuple[bool, str]:
-    """SIGTERM the runner (pid checked with its start time first); (whether none is left, what happened).
-
-    Runs in progress keep training: each trainer runs in a session of its own, and a later runner settles them.
-    """
-    pid = runner_pid()
-    if pid is None:
-        return not runner_alive(), "No job runner with a recorded pid holds the lock; nothing to stop."
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.time() + wait_seconds  # it ends the tick it is in first (seconds)
-    while process_start(pid) is not None and time.time() < deadline:
-        time.sleep(0.1)
-    if process_start(pid) is not None:
-        return False, f"The job runner (pid {pid}) has not exited within {wait_seconds:g} s; see {RUNNER_LOG}."
-    return True, (f"Stopped the job runner (pid {pid}). Runs in progress keep training; queued runs wait until a "
-                  "runner starts again: the app starts one at its next page load, or run `python -m webapp.services.jobs`.")
-
-
 def main(argv: Optional[list[str]] = None) -> int:
+    from webapp.services import runner_control  # the status/stop commands; the runner itself needs neither
+
     parser = argparse.ArgumentParser(prog="python -m webapp.services.jobs", description="LoRA Lab's job runner.")
     parser.add_argument("command", nargs="?", default="serve", choices=("serve", "status", "stop"),
                         help="serve the queue (the default, as the app starts it); report on the runner; or stop "
                              "it (runs in progress keep training)")
     command = parser.parse_args(argv).command
     if command == "status":
-        print(status_report())
+        print(runner_control.status_report())
         return 0
     if command == "stop":
-        stopped, message = stop_runner()
+        stopped, message = runner_control.stop_runner()
         print(message)
         return 0 if stopped else 1
     return serve()

@@ -142,7 +142,8 @@ def plot_curves(runs: list[Run], out_path: str | Path) -> Path:
     return Path(out_path)
 
 
-def format_table(table: pd.DataFrame, fmt: str) -> str:
+def format_table(table: pd.DataFrame, fmt: str, headers: Optional[dict[str, str]] = None) -> str:
+    """The table as csv, json or markdown (best fine-tuned values in bold; ``headers`` renames columns)."""
     if fmt == "csv":
         return table.to_csv()
     if fmt == "json":
@@ -150,7 +151,7 @@ def format_table(table: pd.DataFrame, fmt: str) -> str:
     marked = table.copy().astype(object)
     for metric, run in best_runs(table).items():
         marked.loc[run, f"finetuned_{metric}"] = f"**{_fmt(table.loc[run, f'finetuned_{metric}'])}**"
-    return marked.map(_fmt).to_markdown() + "\n\n**bold**: best fine-tuned value per metric.\n"
+    return marked.map(_fmt).rename(columns=headers or {}).to_markdown() + "\n\n**bold**: best fine-tuned value per metric.\n"
 
 
 def _fmt(value) -> str:

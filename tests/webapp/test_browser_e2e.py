@@ -1,7 +1,7 @@
 """End to end in a real browser: the Streamlit app, its job runner and the trainer, driven by headless Chromium.
 
 New run (BERT, uploaded CSV, preview, the demo preset's settings, launch) -> Runs (waits for "finished", curves)
--> Compare (the run and its finetuned_accuracy in the table) -> Playground (Classify shows a prediction).
+-> Compare (the run and its fine-tuned accuracy in the table) -> Playground (Classify shows a prediction).
 A full-page screenshot of each page goes to tmp_path/screenshots; with UPDATE_SCREENSHOTS=1 they also replace
 docs/screenshots/*.png, the README's pictures (install fonts-noto-color-emoji first, or the page icons are boxes).
 
@@ -9,6 +9,7 @@ Needs Debian's /usr/bin/chromium (scripts/setup.sh --dev installs it; Playwright
 used), else skipped. Offline, the BERT preset is the demo checkpoint made on first start: about 1 minute on 2 cores.
 """
 
+import json
 import os
 import re
 import shutil
@@ -184,6 +185,12 @@ def test_browser_end_to_end(app, page, tmp_path):
     lap("app up, demo checkpoints ready")
 
     page.get_by_text("Upload a file", exact=True).click()
+    # Integer labels in any range (scores 1-5) preview as five classes, with no error.
+    scores = tmp_path / "scores.csv"
+    scores.write_text("review,score\n" + "".join(f"review number {i} of the film,{i % 5 + 1}\n" for i in range(60)))
+    page.locator("input[type=file]").set_input_files(str(scores))
+    expect(page.get_by_test_id("stMetric").filter(has_text="Classes")).to_contain_text("5")
+    expect(page.get_by_test_id("stException")).to_have_count(0)
     csv_path = write_sentiment_csv(tmp_path / "reviews.csv")
     page.locator("input[type=file]").set_input_files(str(csv_path))
     preview = page.get_by_test_id("stMetric").filter(has_text="Examples")
@@ -235,17 +242,35 @@ def test_browser_end_to_end(app, page, tmp_path):
     settle(page)
     shoot(page, out, "runs")
 
-    # ---- Compare: the run and its accuracy in the table ---------------------------------------------------
+    # ---- An early-stopped run reads as finished at its step, not as stalled ------------------------------------
+    early = home / "runs" / f"{run_name}-early"
+    shutil.copytree(home / "runs" / run_name, early)
+    status = json.loads((early / "status.json").read_text())
+    (early / "status.json").write_text(json.dumps({**status, "stopped_early_at_step": 2, "queued_at": time.time()}))
+    nav(page, "Runs")
+    page.get_by_test_id("stSelectbox").filter(has_text="Run").click()
+    page.get_by_role("option", name=early.name).click()
+    expect(progress).to_contain_text("stopped early at step 2")
+
+    # ---- Compare: two runs; base / fine-tuned / change visible without scrolling at 1280 px ------------------
+    page.set_viewport_size({"width": 1280, "height": VIEWPORT["height"]})
     nav(page, "Compare")
     table = page.get_by_test_id("stMarkdownContainer").locator("table").first
     expect(table).to_contain_text(run_name)
+    expect(table).to_contain_text(early.name)
+    box = page.get_by_test_id("stMain").bounding_box()
+    for header in ("acc base", "acc tuned", "acc Δ", "loss Δ"):
+        cell = table.locator("th", has_text=header).first.bounding_box()
+        assert cell["x"] + cell["width"] <= box["x"] + box["width"], f"{header} is off-screen at 1280 px"
+    assert table.evaluate("t => t.parentElement.scrollWidth <= t.parentElement.clientWidth + 1"), "no sideways scroll"
+    page.set_viewport_size(VIEWPORT)
     headers = table.locator("th").all_inner_texts()
-    assert "finetuned_accuracy" in headers, headers
-    column = headers.index("finetuned_accuracy")
+    assert "acc tuned" in headers, headers
+    column = headers.index("acc tuned")
     row = table.locator("tbody tr").filter(has_text=run_name)
     accuracy = row.locator("td, th").nth(column).inner_text()
     assert 0.0 <= float(accuracy) <= 1.0, accuracy
-    print(f"[e2e] {run_name}: finetuned_accuracy {accuracy}", flush=True)
+    print(f"[e2e] {run_name}: fine-tuned accuracy {accuracy}", flush=True)
     expect(page.get_by_text("Confusion matrices", exact=False)).to_be_visible()
     settle(page)
     lap("compare")

@@ -28,7 +28,7 @@ def test_compare_two_bert_runs(no_runner, trained_runs):
     table = next(m.value for m in at.markdown if m.value.startswith("|"))
     header, rule, *rows = [line for line in table.splitlines() if line.startswith("|")]
     columns = [c.strip() for c in header.strip("|").split("|")]
-    assert {"run", "learning_rate", "base_accuracy", "finetuned_accuracy"} <= set(columns), columns
+    assert {"run", "learning_rate", "acc base", "acc tuned", "acc Δ"} <= set(columns), columns
     assert len(rows) == 2
     for row, name, lr in zip(rows, names, ("0.002", "0.005")):
         cells = dict(zip(columns, (c.strip() for c in row.strip("|").split("|"))))

@@ -29,7 +29,7 @@ from tests.webapp.apptest import CPU_PREFIX, assert_ok, button, errors, labels, 
 def test_new_run_launch_queues_the_run_and_the_runner_finishes_it(lab):
     at = open_app()
     assert at.radio(key="family").value == "gpt2"
-    assert len(at.info) == 1 and "Demo-sized checkpoint" in at.info[0].value, [i.value for i in at.info]
+    assert len(at.info) == 1 and "Demo checkpoint." in at.info[0].value, [i.value for i in at.info]
     assert len(at.code) == 2 and at.code[0].value.startswith(CPU_PREFIX), [c.value for c in at.code]
     shown = yaml.safe_load(at.code[1].value)  # the settings to save for a headless run of the same command
     assert at.code[0].value.endswith(f"--config {shown['output_dir']}/config.yaml") and shown["task"] == "causal-lm"

@@ -33,21 +33,22 @@ def check_upload(user: User, limits: settings.Settings, size: int) -> None:
     if user.key == LOCAL_KEY:
         return
     if size > limits.max_upload_mb * 2**20:
-        raise UserError(f"upload: the file is {_mib(size)}; at most {limits.max_upload_mb} MiB per upload")
+        raise UserError(f"upload: the file is {_mib(size, up=True)}; at most {limits.max_upload_mb} MiB per upload")
     check_storage(user.key, limits, adding=size)
 
 
 def check_storage(owner: str, limits: settings.Settings, adding: int) -> None:
     used = disk_usage(workspace.user_root(owner))
     if used + adding > limits.max_storage_mb * 2**20:
-        adds = f" and this upload would add {_mib(adding)}" if adding else ""
+        adds = f" and this upload would add {_mib(adding, up=True)}" if adding else ""
         raise UserError(f"storage: your runs and uploads take {_mib(used)} of your {limits.max_storage_mb} MiB{adds}; "
                         "delete runs you no longer need on the Runs page")
 
 
-def _mib(size: int) -> str:
-    """Sizes rounded up to 0.1 MiB, so a file just over a limit never reads as equal to it."""
-    return f"{math.ceil(size / 2**20 * 10) / 10:g} MiB"
+def _mib(size: int, up: bool = False) -> str:
+    """A size in MiB to 0.1; rounded up (``up``) where a file just over a limit must not read as equal to it."""
+    tenths = size / 2**20 * 10
+    return f"{(math.ceil(tenths) if up else round(tenths)) / 10:g} MiB"
 
 
 def disk_usage(root: Path) -> int:

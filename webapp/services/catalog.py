@@ -8,7 +8,6 @@ import json
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 from urllib.parse import urlparse
 
 import yaml
@@ -141,6 +140,3 @@ def _read_config(name: str) -> dict:
 def sample_data(task: str) -> Path:
     return demo.sample_path(demo.ensure_demo(workspace.demo_dir()), task)
 
-
-def family_of(model_type: str) -> Optional[Family]:
-    return FAMILIES.get(model_type)

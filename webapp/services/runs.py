@@ -72,7 +72,7 @@ def summarize(path: Path, viewer: Optional[User] = None) -> RunSummary:
     # The last train event may precede the early stop (train events come every logging_steps).
     stopped_at = status.get("stopped_early_at_step") if state == "finished" else None
     step = stopped_at or max((e.get("step") or 0 for e in events if e.get("event") == "train"), default=0)
-    ref = path.name if viewer is None or owner == viewer.key else f"{owner}/{path.name}"
+    ref = _ref(owner, path.name, viewer)
     return RunSummary(name=path.name, path=path, owner=owner, ref=ref, state=state, task=config.get("task"),
                       model=config.get("model_name_or_path"), step=step, total_steps=status.get("total_steps"),
                       eta_seconds=_eta(status, events) if state == "running" else None, error=status.get("error"),
@@ -163,8 +163,12 @@ def owner_names() -> dict[str, str]:
 def queue_positions(user: User) -> dict[str, int]:
     """Place in the queue (1 = next, round-robin across users) of each waiting run the user can see, by ref."""
     order = jobs.queued(workspace.all_runs_dirs())
-    return {summarize(run.path, user).ref: i for i, (owner, run) in enumerate(order, start=1)
+    return {_ref(owner, run.path.name, user): i for i, (owner, run) in enumerate(order, start=1)
             if owner == user.key or user.is_operator}
+
+
+def _ref(owner: str, name: str, viewer: Optional[User]) -> str:
+    return name if viewer is None or owner == viewer.key else f"{owner}/{name}"
 
 
 def check_new_name(user: User, name: str) -> Path:

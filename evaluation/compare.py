@@ -23,6 +23,14 @@ LOWER_IS_BETTER = ("eval_loss", "perplexity")
 PRIMARY_METRIC = {"causal-lm": "perplexity", "text-classification": "accuracy", "image-classification": "accuracy"}
 # Settings that always differ between runs and say nothing about how they were trained.
 NOT_SETTINGS = ("output_dir", "resume_from_checkpoint")
+# What each run cost, by column, from metrics.json (the web app keeps these out of its headline table).
+COST = {"best_step": "best_step", "wall_time_s": "train_runtime_seconds", "samples_per_s": "train_samples_per_second",
+        "tokens_per_s": "train_tokens_per_second", "images_per_s": "train_images_per_second",
+        "tflops": "train_tflops", "mfu": "mfu", "peak_memory_mb": "peak_memory_mb",
+        "trainable_percent": "trainable_percent"}
+# Throughput that only some runs have (tokens for text tasks, images for image tasks, TFLOP/s and MFU on CUDA,
+# none in runs older than these figures): a column no compared run has says nothing, so it is left out.
+OPTIONAL_COST = ("tokens_per_s", "images_per_s", "tflops", "mfu")
 
 
 @dataclass
@@ -83,15 +91,10 @@ def compare_runs(runs: list[Run]) -> pd.DataFrame:
             row[f"base_{metric}"], row[f"finetuned_{metric}"] = base.get(metric), tuned.get(metric)
             if metric in base and metric in tuned:
                 row[f"delta_{metric}"] = tuned[metric] - base[metric]
-        row.update({
-            "best_step": run.metrics.get("best_step"),
-            "wall_time_s": run.metrics.get("train_runtime_seconds"),
-            "samples_per_s": run.metrics.get("train_samples_per_second"),
-            "peak_memory_mb": run.metrics.get("peak_memory_mb"),
-            "trainable_percent": run.metrics.get("trainable_percent"),
-        })
+        row.update({column: run.metrics.get(key) for column, key in COST.items()})
         rows.append(row)
     table = pd.DataFrame(rows).set_index("run")
+    table = table.drop(columns=[c for c in OPTIONAL_COST if table[c].isna().all()])
     diff = config_diff(runs)
     return pd.concat([table[["state"]], diff, table.drop(columns=["state"])], axis=1).rename_axis("run")
 
@@ -151,13 +154,35 @@ def format_table(table: pd.DataFrame, fmt: str, headers: Optional[dict[str, str]
     marked = table.copy().astype(object)
     for metric, run in best_runs(table).items():
         marked.loc[run, f"finetuned_{metric}"] = f"**{_fmt(table.loc[run, f'finetuned_{metric}'])}**"
-    return marked.map(_fmt).rename(columns=headers or {}).to_markdown() + "\n\n**bold**: best fine-tuned value per metric.\n"
+    shown = marked.map(_fmt)
+    for column, shown_as in [(c, f) for c, f in SHOWN_AS.items() if c in table.columns]:
+        shown[column] = ["" if _missing(value) else shown_as(value) for value in table[column]]
+    return shown.rename(columns=headers or {}).to_markdown() + "\n\n**bold**: best fine-tuned value per metric.\n"
 
 
 def _fmt(value) -> str:
     if isinstance(value, float):
         return "" if pd.isna(value) else f"{value:.4g}"
     return "" if value is None else str(value)
+
+
+def _missing(value) -> bool:
+    return not isinstance(value, (int, float)) or pd.isna(value)
+
+
+def _rate(value: float) -> str:
+    """Tokens or images per second as the Runs page words them: "40,960" (not 4.096e+04), "45.1"."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _percent(fraction: float) -> str:
+    """A fraction as the Runs page words it: "38%", with a decimal below 10% (a small MFU does not read 0%)."""
+    return f"{fraction:.0%}" if fraction >= 0.1 else f"{fraction:.1%}"
+
+
+# Markdown only (csv and json keep the raw numbers): MFU, a fraction 0..1, as a percentage; rates in the
+# tens of thousands in full, where 4 significant digits would write them in scientific notation.
+SHOWN_AS = {"tokens_per_s": _rate, "images_per_s": _rate, "mfu": _percent}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.compare import COST
 from tests.conftest import read_json, run_cli, write_sentiment_csv
 
 COMPARE = (sys.executable, "-m", "evaluation.compare")
@@ -36,7 +37,7 @@ def test_compare_table_diff_columns_and_plot(two_runs, tmp_path):
     assert set(rows) == {"slow", "fast"}
     # Only the settings that differ are shown: the two learning rates.
     settings = {k for k in rows["fast"] if not k.startswith(("base_", "finetuned_", "delta_"))} - {
-        "run", "state", "best_step", "wall_time_s", "samples_per_s", "peak_memory_mb", "trainable_percent"}
+        "run", "state", *COST}  # cost and throughput (tokens_per_s once the trainer logs it) are no settings
     assert settings == {"learning_rate", "head_learning_rate"}
     fast = rows["fast"]
     assert fast["learning_rate"] == 2e-3 and fast["state"] == "finished"

@@ -98,9 +98,12 @@ def live(name: str) -> None:
     if summary.state == "running":
         label += f" · ETA {_eta(summary.eta_seconds)}"
     st.progress(summary.progress, text=label)
+    run = load_run(summary.path)  # read each refresh anyway (curves, metrics): the throughput comes from it too
+    speed = runs.throughput(summary.state, run.events, run.metrics)
+    if speed:
+        st.caption(f"Throughput: {speed.text} ({speed.basis})")
     if summary.error:
         st.error(summary.error)
-    run = load_run(summary.path)
     table = curves([run])
     if not table.empty:
         left, right = st.columns(2)

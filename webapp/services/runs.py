@@ -1,8 +1,9 @@
-"""Reading and managing runs for the pages: summaries with progress and ETA, resume, delete, export."""
+"""Reading and managing runs for the pages: summaries with progress, ETA and throughput; resume, delete, export."""
 
 import dataclasses
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -108,6 +109,79 @@ def _eta(status: dict, events: list[dict], now: Optional[float] = None) -> Optio
     seconds_per_step = (at - since) / (step - first)
     # Less the time since that event: the steps trained since then are not logged yet.
     return max(0.0, seconds_per_step * (total - step) - ((time.time() if now is None else now) - at))
+
+
+@dataclass
+class Throughput:
+    """How fast a run trains: figures of its latest train event, or of metrics.json once it has finished.
+
+    Raw numbers (None where the trainer wrote none: older runs, CPU runs have no TFLOP/s or MFU) and their
+    wording for the Runs page in ``text``.
+    """
+
+    tokens_per_second: Optional[float] = None  # text tasks: non-padding tokens
+    images_per_second: Optional[float] = None  # image tasks
+    tflops: Optional[float] = None  # achieved TFLOP/s per GPU (CUDA only)
+    mfu: Optional[float] = None  # model FLOPs utilisation, 0..1 (CUDA only)
+    gpu_name: Optional[str] = None  # metrics.json only
+    whole_run: bool = False  # averages over the finished run, not the pace at the latest logged step
+
+    @property
+    def text(self) -> str:
+        """E.g. "1,234 tokens/s · 12.3 TFLOP/s · MFU 38% on NVIDIA H100"."""
+        parts = [f"{_number(value)} {unit}/s" for value, unit in ((self.tokens_per_second, "tokens"),
+                 (self.images_per_second, "images"), (self.tflops, "TFLOP")) if value is not None]
+        if self.mfu is not None:
+            parts.append(f"MFU {_percent(self.mfu)}")
+        return " · ".join(parts) + (f" on {self.gpu_name}" if self.gpu_name and parts else "")
+
+    @property
+    def basis(self) -> str:
+        """What the figures average over: a live run's trainer reports its pace as of the latest logged step."""
+        return "whole-run average" if self.whole_run else "latest logged step"
+
+
+# Where each figure is in a train event, and in metrics.json.
+EVENT_KEYS = {"tokens_per_second": "tokens_per_second", "images_per_second": "images_per_second",
+              "tflops": "tflops", "mfu": "mfu"}
+METRICS_KEYS = {"tokens_per_second": "train_tokens_per_second", "images_per_second": "train_images_per_second",
+                "tflops": "train_tflops", "mfu": "mfu"}
+
+
+def throughput(state: str, events: list[dict], metrics: dict) -> Optional[Throughput]:
+    """The run's throughput from what the Runs page has read already (no file read here); None when the
+    trainer wrote no figures (a run from before they were logged, or one not yet past its first logged step).
+
+    A finished run's metrics.json averages the whole run; otherwise the latest train event is the current pace.
+    """
+    if state == "finished":
+        found = _figures(metrics or {}, METRICS_KEYS)
+        if found:
+            name = (metrics or {}).get("gpu_name")
+            return Throughput(**found, gpu_name=name if isinstance(name, str) else None, whole_run=True)
+    latest = next((e for e in reversed(events) if e.get("event") == "train"), {})
+    found = _figures(latest, EVENT_KEYS)
+    return Throughput(**found) if found else None
+
+
+def _figures(record: dict, keys: dict[str, str]) -> dict[str, float]:
+    """The figures ``record`` holds as finite non-negative numbers (a bool or a NaN is no figure)."""
+    found = {}
+    for field, key in keys.items():
+        value = record.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+            found[field] = float(value)
+    return found
+
+
+def _number(value: float) -> str:
+    """Whole numbers with thousands separators from 100 up ("1,234"), three significant digits below ("45.1")."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _percent(fraction: float) -> str:
+    """A fraction as a percentage, "38%"; with a decimal below 10%, so that a small MFU does not read 0%."""
+    return f"{fraction:.0%}" if fraction >= 0.1 else f"{fraction:.1%}"
 
 
 def default_selection(summaries: list[RunSummary], last: Optional[str]) -> int:

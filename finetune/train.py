@@ -50,22 +50,28 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
-    from finetune import training
+    from finetune import speed, training
     from finetune.tasks import get_task, load_model_config, resolve_task
 
     # Progress bars are noise in train.log and the web app's log tail; events.jsonl carries progress.
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     stop = training.StopSignal()
+    cuda = speed.uses_cuda()
     accelerator = Accelerator(
         cpu=_several_processes_without_accelerator(),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=speed.resolve_mixed_precision(cfg.mixed_precision, cuda),
         log_with=[training.RunDirectoryTracker(run)],
-        # Shuffling seeded by (seed, epoch) so a resumed run sees the batches the original would have.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Shuffling seeded by (seed, epoch) so a resumed run sees the batches the original would have; batches
+        # copied to the GPU while it computes (pinned memory, non-blocking).
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=cuda),
+        dynamo_backend="inductor" if cfg.torch_compile else "no",
     )
     _check_process_group(accelerator)
+    if cuda:
+        speed.enable_fast_cuda_math()
+    accelerator.register_save_state_pre_hook(speed.keep_trainable_weights)
     accelerator.init_trackers("lora-lab")
     set_seed(cfg.seed)
     task = get_task(resolve_task(load_model_config(cfg.model_name_or_path), cfg.task, cfg.model_name_or_path))
@@ -76,7 +82,9 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
 
     # ---- data and model ------------------------------------------------------------------------
     model, processor, data, labels, derived, new_heads = _load_data_and_model(cfg, run, accelerator, task)
-    train_dl, eval_dl = _dataloaders(cfg, data, task.collate_fn(processor))
+    train_dl, eval_dl = _dataloaders(cfg, data, task.collate_fn(processor), accelerator,
+                                     images=task.name == "image-classification")
+    model = speed.channels_last(model, cuda)
     optimizer = training.build_optimizer(model, cfg, new_heads)
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
 
@@ -93,22 +101,24 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     # ---- start or resume -------------------------------------------------------------------------
     resume_from = training.checkpoint_to_resume(cfg, run)
     if resume_from is not None:
-        state = training.load_checkpoint(accelerator, resume_from)
+        state = training.load_checkpoint(accelerator, resume_from, model)
         logger.info("Resumed from %s at step %d", resume_from, state.step)
     else:
         state = training.TrainerState()
         state.base_metrics = training.evaluate(model, eval_dl, accelerator, task, len(labels or []) or None)
         accelerator.log(state.base_metrics, step=0, log_kwargs={"run_directory": {"event": "eval"}})
     # The loop's clock starts after the base evaluation or the resume: the web app's ETA paces only this segment.
-    started, planned_steps = time.time(), max_steps  # early stopping lowers max_steps; the plan is kept
+    meter = _meter(cfg, accelerator, model, data, task, processor)
+    started, planned_steps = meter.started, max_steps  # early stopping lowers max_steps; the plan is kept
     if accelerator.is_main_process:
         run.update_status(total_steps=max_steps, steps_per_epoch=steps_per_epoch, num_processes=accelerator.num_processes,
                           loop_started_at=started, loop_start_step=state.step)
 
     # ---- the loop ------------------------------------------------------------------------------
-    samples, window_loss, window_batches = 0, 0.0, 0
+    window_loss, window_batches = 0.0, 0
     earlier_runtime, earlier_samples = state.runtime_seconds, state.samples  # from segments before a resume
     final_state, last_eval = "finished", state.base_metrics if resume_from is None else None
+    best = training.BestWeights(accelerator, cfg.load_best_model_at_end)
     model.train()
     # A run resumed from its last checkpoint (step == max_steps) has nothing left to train: the range is empty.
     for epoch in range(state.step // steps_per_epoch, num_epochs if state.step < max_steps else 0):
@@ -125,7 +135,7 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
                 scheduler.step()
                 optimizer.zero_grad()
             window_loss, window_batches = window_loss + loss.detach().float(), window_batches + 1
-            samples += batch[next(iter(batch))].shape[0] * accelerator.num_processes
+            meter.add(batch)
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
@@ -133,21 +143,23 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
             if state.step % cfg.logging_steps == 0 or state.step == max_steps:
                 mean_loss = accelerator.reduce(window_loss / window_batches, reduction="mean").item()
                 accelerator.log({"epoch": round(state.step / steps_per_epoch, 4), "loss": mean_loss,
-                                 "learning_rate": scheduler.get_last_lr()[0],
-                                 "samples_per_second": samples / (time.time() - started)}, step=state.step)
+                                 "learning_rate": scheduler.get_last_lr()[0], **meter.figures(task.unit)},
+                                step=state.step)
                 window_loss, window_batches = 0.0, 0
 
             if state.step % eval_steps == 0 or state.step == max_steps:
                 last_eval = training.evaluate(model, eval_dl, accelerator, task, len(labels or []) or None)
                 accelerator.log(last_eval, step=state.step, log_kwargs={"run_directory": {"event": "eval"}})
                 state.record_eval(last_eval["eval_loss"])
+                best.offer(model, state, last_eval)
                 if state.step < max_steps and training.stop_early(state, cfg.early_stopping_patience, run,
                                                                   accelerator.is_main_process):
                     max_steps = state.step
 
             cancelled = stop.agreed(accelerator)
             if state.step % save_steps == 0 or cancelled:
-                state.runtime_seconds, state.samples = earlier_runtime + time.time() - started, earlier_samples + samples
+                state.runtime_seconds = earlier_runtime + time.time() - started
+                state.samples = earlier_samples + meter.samples * accelerator.num_processes
                 training.save_checkpoint(accelerator, run, state, cfg.save_total_limit)
             if cancelled:
                 final_state = "cancelled"
@@ -159,13 +171,17 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     # ---- save ----------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
     if final_state == "finished":
+        throughput = _final_throughput(meter.figures(task.unit), accelerator)  # every process: tokens are summed
         if last_eval is None:  # resumed from a checkpoint taken after the last evaluation
             last_eval = training.evaluate(model, eval_dl, accelerator, task, len(labels or []) or None)
             accelerator.log(last_eval, step=state.step, log_kwargs={"run_directory": {"event": "eval"}})
+        last_eval, adapter_step = (best.restore(model, state) or last_eval), best.step or state.step
         _save_artifacts(accelerator, model, processor, run, cfg, task.name, labels, derived)
         if accelerator.is_main_process:
-            run.write_metrics(_final_metrics(cfg, task.name, state, last_eval, model, accelerator, planned_steps,
-                                             earlier_runtime + time.time() - started, earlier_samples + samples))
+            run.write_metrics({**_final_metrics(cfg, task.name, state, last_eval, model, accelerator, planned_steps,
+                                                earlier_runtime + time.time() - started,
+                                                earlier_samples + meter.samples * accelerator.num_processes),
+                               "adapter_step": adapter_step, **throughput})
     accelerator.end_training()
     return final_state
 
@@ -219,15 +235,33 @@ def _load_data_and_model(cfg: TrainConfig, run: RunDirectory, accelerator, task)
     return model, processor, data, labels, derived, new_heads
 
 
-def _dataloaders(cfg: TrainConfig, data, collate):
+def _dataloaders(cfg: TrainConfig, data, collate, accelerator, images: bool):
+    """Training batches of similar text lengths (little padding), shuffled by (seed, epoch); evaluation longest
+    first; on a GPU pinned memory and, for images, decoding in worker processes."""
     import torch
     from torch.utils.data import DataLoader
 
-    # Own generators: a DataLoader without one draws its worker seed from the global RNG at every
-    # pass, which would shift dropout masks after a resume.
-    train_dl = DataLoader(data["train"], shuffle=True, batch_size=cfg.per_device_train_batch_size, collate_fn=collate,
+    from finetune import speed
+
+    cuda = accelerator.device.type == "cuda"
+    workers = cfg.dataloader_num_workers
+    if workers is None:
+        workers = speed.image_workers(cuda, accelerator.num_processes) if images else 0
+    common = {"collate_fn": collate, "num_workers": workers, "pin_memory": cuda, "persistent_workers": workers > 0}
+    train, evaluation = data["train"], data["validation"]
+    if cfg.group_by_length and "length" in train.column_names:
+        # Grouped by the batch of all processes together, which accelerate then splits: N processes see the batches
+        # one process would.
+        global_batch = cfg.per_device_train_batch_size * accelerator.num_processes
+        order = {"sampler": speed.EpochLengthGroupedSampler(global_batch, train["length"], cfg.seed)}
+    else:
+        order = {"shuffle": True}
+    # Own generators: a DataLoader without one draws its seed from the global RNG at every pass, which would
+    # shift dropout masks after a resume.
+    train_dl = DataLoader(train, batch_size=cfg.per_device_train_batch_size, **order, **common,
                           generator=torch.Generator().manual_seed(cfg.seed))
-    eval_dl = DataLoader(data["validation"], batch_size=cfg.per_device_eval_batch_size, collate_fn=collate,
+    eval_order = speed.longest_first(evaluation["length"]) if "length" in evaluation.column_names else None
+    eval_dl = DataLoader(evaluation, batch_size=cfg.per_device_eval_batch_size, sampler=eval_order, **common,
                          generator=torch.Generator().manual_seed(cfg.seed))
     return train_dl, eval_dl
 
@@ -247,6 +281,36 @@ def _save_artifacts(accelerator, model, processor, run: RunDirectory, cfg: Train
                 "labels": labels, "id2label": dict(enumerate(labels)) if labels else None,
                 "label2id": {name: i for i, name in enumerate(labels)} if labels else None, **derived}
         write_json_atomic(run.adapter_dir / "lora_lab.json", info)
+
+
+def _meter(cfg: TrainConfig, accelerator, model, data, task, processor):
+    """The loop's throughput meter; on a GPU it also counts the model's FLOPs on one real batch (for TFLOP/s, MFU)."""
+    import torch
+    from accelerate.utils import send_to_device
+
+    from finetune import throughput
+
+    if accelerator.device.type != "cuda":
+        return throughput.Meter(accelerator)
+    examples = [data["train"][i] for i in range(min(len(data["train"]), cfg.per_device_train_batch_size))]
+    batch = send_to_device(task.collate_fn(processor)(examples), accelerator.device)
+    with accelerator.autocast():
+        # A compiled model is counted through its original module: FLOP counting needs no compiled graph.
+        per_token = throughput.train_flops_per_token(getattr(model, "_orig_mod", model), batch, cfg.finetune_method)
+    peak = throughput.peak_tflops(torch.cuda.get_device_name(accelerator.device))
+    return throughput.Meter(accelerator, per_token, peak)
+
+
+def _final_throughput(figures: dict, accelerator) -> dict:
+    """metrics.json's names for the loop's throughput (over this segment of the run)."""
+    import torch
+
+    names = {"tokens_per_second": "train_tokens_per_second", "images_per_second": "train_images_per_second",
+             "tflops": "train_tflops", "mfu": "mfu"}
+    out = {names[key]: value for key, value in figures.items() if key in names}
+    if accelerator.device.type == "cuda":
+        out["gpu_name"] = torch.cuda.get_device_name(accelerator.device)
+    return out
 
 
 def _final_metrics(cfg, task: str, state, last_eval: dict, model, accelerator, planned_steps: int, seconds: float,
@@ -271,7 +335,7 @@ def _final_metrics(cfg, task: str, state, last_eval: dict, model, accelerator, p
         "peak_memory_mb": peak_memory_mb(accelerator.device),
         "num_processes": accelerator.num_processes,
         "device": str(accelerator.device),
-        "mixed_precision": cfg.mixed_precision,
+        "mixed_precision": accelerator.mixed_precision,  # what "auto" became on this machine
     }
 
 

@@ -29,10 +29,12 @@ ADVANCED = [("head_learning_rate", "text"), ("warmup_ratio", "float"), ("weight_
             ("lr_scheduler_type", "choice"), ("max_seq_length", "text"), ("block_size", "text"),
             ("validation_split_percentage", "float"), ("per_device_eval_batch_size", "int"), ("max_steps", "int"),
             ("eval_steps", "text"), ("save_steps", "text"), ("early_stopping_patience", "text"),
-            ("max_grad_norm", "float"), ("logging_steps", "int"), ("seed", "int")]
+            ("max_grad_norm", "float"), ("logging_steps", "int"), ("seed", "int"), ("dataloader_num_workers", "text"),
+            ("group_by_length", "bool"), ("gradient_checkpointing", "bool"), ("torch_compile", "bool")]
 # Fields that mean nothing for a task are left out of its form.
-NOT_FOR = {"causal-lm": {"head_learning_rate", "max_seq_length"},
-           "text-classification": {"block_size"}, "image-classification": {"block_size", "max_seq_length"}}
+NOT_FOR = {"causal-lm": {"head_learning_rate", "max_seq_length", "group_by_length"},
+           "text-classification": {"block_size"},
+           "image-classification": {"block_size", "max_seq_length", "group_by_length"}}
 # The column roles each task's data needs, in the order the engine guesses them (the label guess skips the text).
 TASK_ROLES = {"causal-lm": ("text_column",), "text-classification": ("text_column", "label_column"),
               "image-classification": ("image_column", "label_column")}
@@ -246,6 +248,8 @@ def reset_settings(defaults: dict) -> None:
             value = ",".join(value) if isinstance(value, list) else ("" if value is None else str(value))
         elif kind in ("int", "float"):
             value = int(value) if kind == "int" else float(value)
+        elif kind == "bool":
+            value = bool(value)
         st.session_state[f"cfg_{name}"] = value
 
 
@@ -271,6 +275,8 @@ def _inputs(spec: list[tuple[str, str]], errors: ErrorSlots, columns: int, disab
                 values[name] = st.number_input(label, step=1, key=key, help=HELP[name], disabled=disabled, persist_state="session")
             elif kind == "float":
                 values[name] = st.number_input(label, step=0.01, format="%g", key=key, help=HELP[name], disabled=disabled, persist_state="session")
+            elif kind == "bool":
+                values[name] = st.checkbox(label, key=key, help=HELP[name], disabled=disabled, persist_state="session")
             elif kind == "choice":
                 values[name] = st.selectbox(label, typing.get_args(HINTS[name]), key=key, help=HELP[name], disabled=disabled, persist_state="session")
             else:

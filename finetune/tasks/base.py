@@ -19,6 +19,7 @@ class Task:
 
     name: str
     auto_model_class: Any
+    unit = "tokens"  # what throughput counts: non-padding tokens of text, or images
 
     def load_processor(self, model_name_or_path: str) -> Any:
         raise NotImplementedError

@@ -44,11 +44,12 @@ class TextClassificationTask(ClassificationTask):
 
         def tokenize(batch):
             texts = [str(t) if t is not None else "" for t in batch[columns.text]]
-            return tokenizer(texts, truncation=True, max_length=max_length)
+            # "length" (tokens per text) lets the recipe batch similar lengths together; the collator drops it.
+            return tokenizer(texts, truncation=True, max_length=max_length, return_length=True)
 
         encoded = data.map(tokenize, batched=True)
         encoded = encoded.rename_column(columns.label, "labels") if columns.label != "labels" else encoded
-        keep = set(tokenizer.model_input_names) | {"labels"}
+        keep = set(tokenizer.model_input_names) | {"labels", "length"}
         encoded = encoded.remove_columns([c for c in encoded["train"].column_names if c not in keep])
         return encoded, {"max_seq_length": max_length}
 
@@ -64,7 +65,12 @@ class TextClassificationTask(ClassificationTask):
         return int(length)
 
     def collate_fn(self, processor: Any):
-        return DataCollatorWithPadding(processor, pad_to_multiple_of=8)
+        pad = DataCollatorWithPadding(processor, pad_to_multiple_of=8)
+
+        def collate(examples: list[dict]) -> dict:
+            return pad([{k: v for k, v in e.items() if k != "length"} for e in examples])
+
+        return collate
 
 
 def _truncate_long_texts(data: DatasetDict, column: str) -> DatasetDict:

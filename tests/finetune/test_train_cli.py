@@ -15,11 +15,14 @@ from tests.conftest import (OFFLINE_ENV, REPO, read_events, read_json, run_cli, 
 # Small but real runs: a few epochs of a tiny model on learnable toy data (seconds each on 2 cores).
 # Random-init text models need larger steps than the defaults, which suit pre-trained weights.
 TINY_TEXT_LR = ["--learning_rate", "2e-3", "--head_learning_rate", "1e-2"]
+# fp32, so that a reloaded adapter scored independently in fp32 (reference_eval) matches the run's own eval to 1e-5;
+# the default (mixed_precision auto) is covered in test_speed.py.
+FP32 = ["--mixed_precision", "no"]
 FAMILY_ARGS = {
-    "gpt2": ["--num_train_epochs", "4", *TINY_TEXT_LR],
-    "bert": ["--num_train_epochs", "6", *TINY_TEXT_LR],
-    "vit": ["--num_train_epochs", "6", "--per_device_train_batch_size", "8"],
-    "resnet": ["--num_train_epochs", "6", "--per_device_train_batch_size", "8"],
+    "gpt2": ["--num_train_epochs", "4", *TINY_TEXT_LR, *FP32],
+    "bert": ["--num_train_epochs", "6", *TINY_TEXT_LR, *FP32],
+    "vit": ["--num_train_epochs", "6", "--per_device_train_batch_size", "8", *FP32],
+    "resnet": ["--num_train_epochs", "6", "--per_device_train_batch_size", "8", *FP32],
 }
 
 

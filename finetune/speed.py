@@ -1,0 +1,116 @@
+"""What makes a run fast on the hardware it gets: precision, batching, device flags, lean checkpoints.
+
+Each choice here was measured on and off with ``python -m benchmarks.vs_trainer`` (docs/benchmarks.md).
+"""
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import safe_open
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from finetune.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# Data-loading processes per GPU process for image tasks (decoding and resizing off the training thread).
+IMAGE_WORKERS_PER_GPU = 4
+# CPU flags of native bf16 arithmetic (x86: AVX512-BF16, AMX; Arm: BF16). Without them bf16 is emulated and
+# slower than fp32.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def uses_cuda() -> bool:
+    """True when the run will train on a CUDA GPU (accelerate picks it unless told to use the CPU)."""
+    forced_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return torch.cuda.is_available() and not forced_cpu
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    flags = {word for line in text.splitlines() if line.lower().startswith(("flags", "features"))
+             for word in line.split(":", 1)[-1].split()}
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def resolve_mixed_precision(setting: str, cuda: Optional[bool] = None) -> str:
+    """``auto``: bf16 on GPUs that have it, fp16 on older ones; on CPU bf16 autocast when the CPU computes bf16
+    natively (1.4-1.8x the fp32 samples/s on an AVX512-BF16 EPYC, docs/benchmarks.md), else fp32."""
+    if setting != "auto":
+        return setting
+    if uses_cuda() if cuda is None else cuda:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if torch.backends.mps.is_available():
+        return "no"  # autocast on Apple GPUs is not what accelerate drives
+    return "bf16" if cpu_has_native_bf16() else "no"
+
+
+def enable_fast_cuda_math() -> None:
+    """TF32 matmuls and convolutions: fp32 layers (heads, norms) on tensor cores at ~1e-3 relative error."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True  # fixed image sizes: pick the fastest convolution once
+
+
+def channels_last(model: torch.nn.Module, cuda: bool) -> torch.nn.Module:
+    """Convolutional models on a GPU in NHWC layout, which cuDNN's tensor-core convolutions work in natively."""
+    has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    return model.to(memory_format=torch.channels_last) if cuda and has_conv else model
+
+
+class EpochLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' length-grouped order (similar lengths in one batch, so little padding), re-drawn from
+    (seed, epoch) at every pass: a resumed run sees the batches the original would have."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
+def longest_first(lengths: list[int]) -> list[int]:
+    """Evaluation order with similar lengths together (the order of predictions does not matter to metrics)."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+def image_workers(cuda: bool, num_processes: int) -> int:
+    """On a GPU, images decode in worker processes while the GPU trains; on a CPU the workers would take the
+    cores the model trains on."""
+    if not cuda:
+        return 0
+    return max(0, min(IMAGE_WORKERS_PER_GPU, (os.cpu_count() or 1) // max(1, num_processes) - 1))
+
+
+def keep_trainable_weights(models: list, weights: list, output_dir: str) -> None:
+    """accelerate save_state hook: checkpoints hold the trained weights and buffers only, not the frozen base
+    (a BERT-base LoRA checkpoint drops from ~420 MB to a few MB); the base is reloaded from the hub id."""
+    for model, state in zip(models, weights):
+        wanted = {name for name, p in model.named_parameters() if p.requires_grad}
+        wanted |= {name for name, _ in model.named_buffers()}
+        for name in [name for name in state if name not in wanted]:
+            del state[name]
+
+
+def check_checkpoint_weights(model, path: Path) -> None:
+    """A lean checkpoint loads non-strictly, so verify it holds every trainable weight of this model."""
+    files = sorted(path.glob("model*.safetensors"))
+    if not files:
+        return  # FSDP/DeepSpeed layouts: their own loaders are strict
+    with safe_open(str(files[0]), framework="pt") as f:
+        saved = set(f.keys())
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and name not in saved]
+    if missing:
+        raise UserError(f"resume_from_checkpoint: {path} lacks {len(missing)} trained weight(s), e.g. {missing[0]}: it was "
+                         "written for other settings (lora_r, lora_target_modules, finetune_method)")

@@ -1,0 +1,152 @@
+"""The speed components: mixed precision 'auto', length-grouped batches, lean checkpoints, throughput and FLOPs."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from finetune import speed, throughput
+from finetune.errors import UserError
+from tests.conftest import read_events, read_json, run_cli, write_image_folder, write_sentiment_csv
+
+X86_WITH_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+X86_WITHOUT = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n"
+ARM_WITH_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    cases = {X86_WITH_BF16: True, X86_WITHOUT: False, ARM_WITH_BF16: True, "": False}
+    for text, expected in cases.items():
+        (tmp_path / "cpuinfo").write_text(text)
+        assert speed.cpu_has_native_bf16(tmp_path / "cpuinfo") is expected, text
+    assert speed.cpu_has_native_bf16(tmp_path / "missing") is False
+    assert len(cases) == 4
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
+    assert speed.resolve_mixed_precision("auto", cuda=False) == "bf16"
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: False)
+    assert speed.resolve_mixed_precision("auto", cuda=False) == "no"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert speed.resolve_mixed_precision("auto", cuda=True) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert speed.resolve_mixed_precision("auto", cuda=True) == "fp16"
+    for explicit in ("no", "fp16", "bf16"):
+        assert speed.resolve_mixed_precision(explicit, cuda=False) == explicit
+
+
+def test_length_grouped_order_is_fixed_by_seed_and_epoch():
+    lengths = [(i * 53) % 97 + 1 for i in range(400)]
+    sampler = speed.EpochLengthGroupedSampler(8, lengths, seed=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(400))  # every example once
+    assert list(sampler) == first  # same epoch, same order (a resumed run redraws it)
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    batches = [first[i:i + 8] for i in range(0, 400, 8)]
+    spread = sum(max(lengths[j] for j in b) - min(lengths[j] for j in b) for b in batches) / len(batches)
+    assert spread < 10  # lengths run 1-97: grouped batches hold similar ones
+    assert speed.longest_first([3, 9, 1, 9]) == [1, 3, 0, 2]
+
+
+def test_peak_table_picks_the_specific_gpu_name_first():
+    names = {"NVIDIA H100 80GB HBM3": 989.4, "NVIDIA H100 PCIe": 756.0, "NVIDIA H200": 989.4,
+             "NVIDIA A100-SXM4-80GB": 312.0, "NVIDIA L40S": 362.1, "NVIDIA L4": 121.0, "Some New GPU": None}
+    for name, peak in names.items():
+        assert throughput.peak_tflops(name) == peak, name
+    assert len(names) == 7
+
+
+def test_flops_count_forward_and_the_lora_and_full_factors():
+    layer = torch.nn.Linear(64, 32)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, input_ids, attention_mask):
+            return self.layer(input_ids.float())
+
+    batch = {"input_ids": torch.ones(4, 64), "attention_mask": torch.ones(4, 10, dtype=torch.long)}
+    assert throughput.forward_flops(Model(), batch) == 2 * 4 * 64 * 32
+    per_token_lora = throughput.train_flops_per_token(Model(), batch, "lora")
+    assert per_token_lora == 2 * (2 * 4 * 64 * 32) / 40
+    assert throughput.train_flops_per_token(Model(), batch, "full") == pytest.approx(1.5 * per_token_lora)
+
+
+def test_meter_counts_tokens_without_padding_and_images():
+    accelerator = SimpleNamespace(device=torch.device("cpu"), num_processes=1, reduce=lambda t, reduction: t)
+    meter = throughput.Meter(accelerator, train_flops_per_token=1e12, peak=100.0)
+    meter.add({"input_ids": torch.ones(2, 8), "attention_mask": torch.tensor([[1] * 8, [1] * 3 + [0] * 5])})
+    meter.started -= 1.0  # one second of training
+    text = meter.figures("tokens")
+    assert text["tokens_per_second"] == pytest.approx(11, rel=0.01)
+    assert text["samples_per_second"] == pytest.approx(2, rel=0.01)
+    assert text["tflops"] == pytest.approx(16, rel=0.01) and text["mfu"] == pytest.approx(0.16, rel=0.01)
+    images = throughput.Meter(accelerator)
+    images.add({"pixel_values": torch.zeros(5, 3, 4, 4), "labels": torch.zeros(5)})
+    figures = images.figures("images")
+    assert figures.keys() == {"samples_per_second", "images_per_second"}
+
+
+def test_checkpoints_hold_trained_weights_only_and_resume(tiny_checkpoints, tmp_path):
+    """A checkpoint keeps LoRA weights, the new head and buffers, not the frozen base; a resume from it trains on;
+    a checkpoint lacking a trained weight is refused by name."""
+    data = write_sentiment_csv(tmp_path / "reviews.csv")
+    out = tmp_path / "run"
+    common = ("--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data), "--output_dir",
+              str(out), "--save_steps", "4", "--eval_steps", "4", "--logging_steps", "4")
+    assert run_cli(*common, "--max_steps", "4").returncode == 0
+    checkpoint = out / "checkpoints" / "step_4"
+    with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as f:
+        saved = list(f.keys())
+    assert saved and all("lora_" in k or "classifier" in k or "pooler" in k or "position_ids" in k
+                         or "token_type_ids" in k for k in saved), saved
+    base_bytes = sum(p.stat().st_size for p in Path(tiny_checkpoints["bert"]).glob("*.safetensors"))
+    assert (checkpoint / "model.safetensors").stat().st_size < base_bytes / 2
+    resumed = run_cli(*common, "--max_steps", "8", "--resume_from_checkpoint", "true")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert read_json(out / "metrics.json")["steps"] == 8
+
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(UserError, match="lacks 2 trained weight"):
+        speed.check_checkpoint_weights(model, checkpoint)
+
+
+def test_default_run_on_this_cpu_uses_bf16_when_native_and_logs_throughput(tiny_checkpoints, tmp_path):
+    checked = 0
+    for family, data in (("bert", write_sentiment_csv(tmp_path / "r.csv")),
+                         ("vit", write_image_folder(tmp_path / "images", per_class=8))):
+        out = tmp_path / family
+        result = run_cli("--model_name_or_path", str(tiny_checkpoints[family]), "--train_file", str(data),
+                         "--output_dir", str(out), "--max_steps", "4", "--logging_steps", "2")
+        assert result.returncode == 0, result.stderr[-2000:]
+        metrics = read_json(out / "metrics.json")
+        assert metrics["mixed_precision"] == ("bf16" if speed.cpu_has_native_bf16() else "no")
+        unit = "tokens_per_second" if family == "bert" else "images_per_second"
+        train_events = [e for e in read_events(out) if e["event"] == "train"]
+        assert len(train_events) == 2 and all(e[unit] > 0 for e in train_events)
+        assert metrics[f"train_{unit}"] > 0 and "mfu" not in metrics  # no FLOPs counted on a CPU
+        checked += 1
+    assert checked == 2
+
+
+def test_gradient_checkpointing_trains_and_resnet_is_refused(tiny_checkpoints, tmp_path):
+    data = write_sentiment_csv(tmp_path / "reviews.csv")
+    out = tmp_path / "bert"
+    result = run_cli("--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data),
+                     "--output_dir", str(out), "--max_steps", "2", "--gradient_checkpointing", "true")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "gradient_checkpointing" in (out / "config.yaml").read_text()
+    images = write_image_folder(tmp_path / "images", per_class=8)
+    refused = run_cli("--model_name_or_path", str(tiny_checkpoints["resnet"]), "--train_file", str(images),
+                      "--output_dir", str(tmp_path / "resnet"), "--max_steps", "2", "--gradient_checkpointing", "true")
+    assert refused.returncode == 2
+    assert "gradient_checkpointing: ResNetForImageClassification does not support it" in refused.stderr
+    assert json.loads((tmp_path / "resnet" / "status.json").read_text())["state"] == "failed"

@@ -51,6 +51,18 @@ def resolve_mixed_precision(setting: str, cuda: Optional[bool] = None) -> str:
     return "bf16" if cpu_has_native_bf16() else "no"
 
 
+def store_frozen_weights_in_bf16(model: torch.nn.Module, mixed_precision: str, finetune_method: str) -> int:
+    """Under bf16 autocast every matmul and convolution reads the frozen base weights as bf16 anyway: storing them
+    so halves their memory and saves a cast per layer per step. Trained weights (LoRA, heads, BatchNorm copies)
+    stay fp32 for the optimizer. Returns how many tensors were converted."""
+    if mixed_precision != "bf16" or finetune_method != "lora":
+        return 0
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+    for param in frozen:
+        param.data = param.data.to(torch.bfloat16)
+    return len(frozen)
+
+
 def enable_fast_cuda_math() -> None:
     """TF32 matmuls and convolutions: fp32 layers (heads, norms) on tensor cores at ~1e-3 relative error."""
     torch.backends.cuda.matmul.allow_tf32 = True

@@ -84,6 +84,7 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     model, processor, data, labels, derived, new_heads = _load_data_and_model(cfg, run, accelerator, task)
     train_dl, eval_dl = _dataloaders(cfg, data, task.collate_fn(processor), accelerator,
                                      images=task.name == "image-classification")
+    speed.store_frozen_weights_in_bf16(model, accelerator.mixed_precision, cfg.finetune_method)
     model = speed.channels_last(model, cuda)
     optimizer = training.build_optimizer(model, cfg, new_heads)
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)

@@ -93,8 +93,11 @@ class CausalLMTask(Task):
     def eval_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
         # Position t predicts token t + 1.
-        logits, targets = logits[:, :-1].float(), batch["labels"][:, 1:]
-        losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none", ignore_index=-100)
+        logits, targets = logits[:, :-1], batch["labels"][:, 1:]
+        # One sequence at a time in fp32: fp32 logits of a whole batch over GPT-2's 50k-token vocabulary take
+        # batch x block x 200 KB, the largest allocation of a run.
+        losses = torch.stack([F.cross_entropy(row.float(), target, reduction="none", ignore_index=-100)
+                              for row, target in zip(logits, targets)])
         return {"losses": losses, "predictions": logits.argmax(dim=-1), "references": targets}
 
     def compute_metrics(self, gathered: dict[str, np.ndarray], num_labels: Optional[int]) -> dict:

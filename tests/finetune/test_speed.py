@@ -150,3 +150,18 @@ def test_gradient_checkpointing_trains_and_resnet_is_refused(tiny_checkpoints, t
     assert refused.returncode == 2
     assert "gradient_checkpointing: ResNetForImageClassification does not support it" in refused.stderr
     assert json.loads((tmp_path / "resnet" / "status.json").read_text())["state"] == "failed"
+
+
+def test_frozen_weights_are_stored_in_bf16_only_for_lora_under_bf16():
+    def model():
+        layers = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        layers[0].requires_grad_(False)  # the frozen base; layers[1] is trained
+        return layers
+
+    converted = model()
+    assert speed.store_frozen_weights_in_bf16(converted, "bf16", "lora") == 2
+    assert [p.dtype for p in converted.parameters()] == [torch.bfloat16] * 2 + [torch.float32] * 2
+    for precision, method in (("no", "lora"), ("fp16", "lora"), ("bf16", "full")):
+        untouched = model()
+        assert speed.store_frozen_weights_in_bf16(untouched, precision, method) == 0
+        assert all(p.dtype == torch.float32 for p in untouched.parameters())

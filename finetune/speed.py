@@ -21,6 +21,9 @@ IMAGE_WORKERS_PER_GPU = 4
 # CPU flags of native bf16 arithmetic (x86: AVX512-BF16, AMX; Arm: BF16). Without them bf16 is emulated and
 # slower than fp32.
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+# Narrowest model (hidden size) for which bf16 autocast beats fp32 on a CPU: MiniLM (384) gains 1.4x, the tiny
+# demo models (32-64) lose.
+CPU_BF16_MIN_WIDTH = 256
 
 
 def uses_cuda() -> bool:
@@ -39,16 +42,25 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
-def resolve_mixed_precision(setting: str, cuda: Optional[bool] = None) -> str:
+def model_width(model_config) -> int:
+    """The model's hidden size (GPT-2 n_embd; ResNet its widest stage): what sets the size of its matmuls."""
+    for name in ("hidden_size", "n_embd", "d_model"):
+        if isinstance(getattr(model_config, name, None), int):
+            return getattr(model_config, name)
+    return max(getattr(model_config, "hidden_sizes", None) or [0])
+
+
+def resolve_mixed_precision(setting: str, cuda: Optional[bool] = None, width: int = CPU_BF16_MIN_WIDTH) -> str:
     """``auto``: bf16 on GPUs that have it, fp16 on older ones; on CPU bf16 autocast when the CPU computes bf16
-    natively (1.4-1.8x the fp32 samples/s on an AVX512-BF16 EPYC, docs/benchmarks.md), else fp32."""
+    natively and the model is wide enough for it to pay (1.5-2.6x the fp32 samples/s of real-size models on an
+    AVX512-BF16 EPYC; 0.7-1.0x on models of width 32-64, whose steps are casts and overhead: docs/benchmarks.md)."""
     if setting != "auto":
         return setting
     if uses_cuda() if cuda is None else cuda:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if torch.backends.mps.is_available():
         return "no"  # autocast on Apple GPUs is not what accelerate drives
-    return "bf16" if cpu_has_native_bf16() else "no"
+    return "bf16" if cpu_has_native_bf16() and width >= CPU_BF16_MIN_WIDTH else "no"
 
 
 def store_frozen_weights_in_bf16(model: torch.nn.Module, mixed_precision: str, finetune_method: str) -> int:

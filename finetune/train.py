@@ -57,11 +57,11 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     stop = training.StopSignal()
-    cuda = speed.uses_cuda()
+    cuda, model_config = speed.uses_cuda(), load_model_config(cfg.model_name_or_path)
     accelerator = Accelerator(
         cpu=_several_processes_without_accelerator(),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=speed.resolve_mixed_precision(cfg.mixed_precision, cuda),
+        mixed_precision=speed.resolve_mixed_precision(cfg.mixed_precision, cuda, speed.model_width(model_config)),
         log_with=[training.RunDirectoryTracker(run)],
         # Shuffling seeded by (seed, epoch) so a resumed run sees the batches the original would have; batches
         # copied to the GPU while it computes (pinned memory, non-blocking).
@@ -74,7 +74,7 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     accelerator.register_save_state_pre_hook(speed.keep_trainable_weights)
     accelerator.init_trackers("lora-lab")
     set_seed(cfg.seed)
-    task = get_task(resolve_task(load_model_config(cfg.model_name_or_path), cfg.task, cfg.model_name_or_path))
+    task = get_task(resolve_task(model_config, cfg.task, cfg.model_name_or_path))
     cfg.task = task.name
     if accelerator.is_main_process:
         _write_config(cfg, run)  # now with the task inferred from the checkpoint

@@ -90,7 +90,7 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
 
     steps_per_epoch = math.ceil(len(train_dl) / cfg.gradient_accumulation_steps)
-    max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
+    max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs_for(steps_per_epoch) * steps_per_epoch)
     num_epochs = math.ceil(max_steps / steps_per_epoch)
     eval_steps, save_steps = cfg.eval_steps or steps_per_epoch, cfg.save_steps or steps_per_epoch
     # The prepared scheduler steps once per process per optimizer step (accelerate's convention).

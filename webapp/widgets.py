@@ -22,7 +22,7 @@ HINTS = typing.get_type_hints(TrainConfig)
 FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 # The settings form: (field, widget kind). "text" fields may be left blank (= default or derived from data).
-BASIC = [("num_train_epochs", "float"), ("learning_rate", "text"), ("per_device_train_batch_size", "int"),
+BASIC = [("num_train_epochs", "text"), ("learning_rate", "text"), ("per_device_train_batch_size", "int"),
          ("finetune_method", "choice"), ("mixed_precision", "choice"), ("gradient_accumulation_steps", "int")]
 LORA = [("lora_r", "int"), ("lora_alpha", "float"), ("lora_dropout", "float"), ("lora_target_modules", "text")]
 ADVANCED = [("head_learning_rate", "text"), ("warmup_ratio", "float"), ("weight_decay", "float"),

@@ -35,7 +35,11 @@ def test_defaults_suit_lora_and_new_heads():
     assert cfg.learning_rate_or_default == DEFAULT_LORA_LR and cfg.head_learning_rate_or_default == DEFAULT_HEAD_LR
     full = TrainConfig.from_dict({**REQUIRED, "finetune_method": "full"})
     assert full.learning_rate_or_default < DEFAULT_LORA_LR and full.head_learning_rate_or_default == full.learning_rate_or_default
-    assert cfg.warmup_ratio > 0 and cfg.num_train_epochs >= 3
+    assert cfg.warmup_ratio > 0 and cfg.num_train_epochs is None
+    # Epochs from the data: about 1,000 optimizer steps, 1 to 10 epochs; an explicit value always wins.
+    planned = {steps: cfg.epochs_for(steps) for steps in (30, 100, 338, 1000, 5000)}
+    assert planned == {30: 10, 100: 10, 338: 3, 1000: 1, 5000: 1}
+    assert TrainConfig.from_dict({**REQUIRED, "num_train_epochs": "2.5"}).epochs_for(30) == 2.5
 
 
 def test_flags_override_yaml(tmp_path):

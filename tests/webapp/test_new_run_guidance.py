@@ -156,7 +156,7 @@ def test_page_shows_warnings_under_fields_and_keeps_launch(no_runner, demo_dir):
     at.radio(key="family").set_value("custom").run()
     at.text_input(key="custom_model").set_value(str(demo_dir / "checkpoints" / "bert")).run()  # not a demo preset
     at.text_input(key="cfg_learning_rate").set_value("0.5")
-    at.number_input(key="cfg_num_train_epochs").set_value(5000.0).run()
+    at.text_input(key="cfg_num_train_epochs").set_value("5000").run()
     assert_ok(at)
     assert errors(at) == [] and "Launch run" in labels(at)
     warnings = [w.value for w in at.warning]

@@ -35,9 +35,10 @@ def test_new_run_launch_queues_the_run_and_the_runner_finishes_it(lab):
     assert at.code[0].value.endswith(f"--config {shown['output_dir']}/config.yaml") and shown["task"] == "causal-lm"
     assert at.metric[0].label == "Examples" and int(at.metric[0].value) > 0
 
-    form = {"cfg_num_train_epochs": 1.0, "cfg_max_steps": 4, "cfg_lora_r": 4, "cfg_seed": 7}
+    form = {"cfg_max_steps": 4, "cfg_lora_r": 4, "cfg_seed": 7}
     for key, value in form.items():
         at.number_input(key=key).set_value(value)
+    at.text_input(key="cfg_num_train_epochs").set_value("1")  # blank would mean: epochs from the data
     at.text_input(key="cfg_learning_rate").set_value("0.003")
     at.text_input(key="run_name").set_value("ui-run").run()
     assert_ok(at)
@@ -255,5 +256,5 @@ def test_new_run_form_keeps_its_values_across_page_switches(no_runner):
     assert_ok(at)
     assert at.radio(key="family").value == "bert" and at.number_input(key="cfg_lora_r").value == 8
     kept = {key: at.session_state[key] for key in expected}
-    assert kept == expected and min(kept["cfg_per_device_train_batch_size"], kept["cfg_num_train_epochs"]) > 0
+    assert kept == expected and min(kept["cfg_per_device_train_batch_size"], float(kept["cfg_num_train_epochs"])) > 0
     assert errors(at) == [] and "Launch run" in labels(at)

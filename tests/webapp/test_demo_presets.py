@@ -106,3 +106,13 @@ def test_an_older_demo_is_rebuilt(tmp_path):
     assert demo.is_ready(directory) and not (directory / "samples" / "colours").exists()
     assert sorted(p.name for p in (directory / "samples").iterdir()) == ["digits", "reviews.csv", "stories.txt"]
     assert (demo.checkpoint_path(directory, "bert") / "vocab.txt").is_file(), "MiniLM's, not the tiny BERT's"
+
+
+def test_auto_precision_picks_bf16_for_real_minilm_only(preset_runs):
+    """mixed_precision auto on this CPU: bf16 autocast for MiniLM (width 384) where the CPU has native bf16, fp32 for
+    the tiny demo models (width 32-64), where bf16 loses."""
+    from finetune.speed import cpu_has_native_bf16
+
+    used = {family: json.loads((run / "metrics.json").read_text())["mixed_precision"]
+            for family, run in preset_runs.items()}
+    assert used == {"gpt2": "no", "bert": "bf16" if cpu_has_native_bf16() else "no", "vit": "no", "resnet": "no"}

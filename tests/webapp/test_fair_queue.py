@@ -220,7 +220,10 @@ def test_max_storage_mb_refuses_uploads_and_launches_past_the_users_disk(shared,
     assert uploads.save_upload(bob, "second.txt", b"b" * (int(1.5 * MiB) - 1) + b"\n", "causal-lm").is_file(), \
         "another user's disk is their own"
 
-    stopped = stopped_run(alice, trained_runs["bert-lr2e-3"], "stopped")  # ~2 MiB more: 4 MiB of 3
+    stopped = stopped_run(alice, trained_runs["bert-lr2e-3"], "stopped")
+    # Checkpoints hold the trained weights only (a few KiB here): a long log makes the run ~2 MiB, 4 MiB of 3.
+    with (stopped / "train.log").open("ab") as log:
+        log.write(b"x" * (2 * MiB))
     messages = []
     with pytest.raises(UserError) as err:
         plan_and_launch(alice, "over")

@@ -157,6 +157,29 @@ def shoot(page, out: Path, name: str) -> Path:
     return path
 
 
+def choose(page, label: str, option: str, attempts: int = 4) -> None:
+    """Pick ``option`` in the selectbox labelled ``label``. The Runs page's 2 s fragments can redraw an open list
+    under the pointer (the click then finds its option detached until it times out), so the pick is tried again,
+    by typing the option's name and Enter on the later tries."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    box = page.get_by_test_id("stSelectbox").filter(has_text=label)
+    for attempt in range(attempts):
+        settle(page)
+        box.click()
+        try:
+            if attempt == 0:
+                page.get_by_role("option", name=option).click(timeout=15_000)
+            else:
+                page.keyboard.type(option)
+                page.get_by_role("option", name=option).wait_for(timeout=15_000)
+                page.keyboard.press("Enter")
+            return
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"could not choose {option!r} in {label!r} after {attempts} tries")
+
+
 def nav(page, title: str) -> None:
     page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
     expect(page.get_by_role("heading", name=title, level=1)).to_be_visible()
@@ -244,8 +267,7 @@ def test_browser_end_to_end(app, page, tmp_path):
     status = json.loads((early / "status.json").read_text())
     (early / "status.json").write_text(json.dumps({**status, "stopped_early_at_step": 2, "queued_at": time.time()}))
     nav(page, "Runs")
-    page.get_by_test_id("stSelectbox").filter(has_text="Run").click()
-    page.get_by_role("option", name=early.name).click()
+    choose(page, "Run", early.name)
     expect(progress).to_contain_text("stopped early at step 2")
 
     # ---- Compare: two runs; base / fine-tuned / change visible without scrolling at 1280 px ------------------

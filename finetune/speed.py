@@ -117,12 +117,16 @@ def image_workers(cuda: bool, num_processes: int) -> int:
     return max(0, min(IMAGE_WORKERS_PER_GPU, (os.cpu_count() or 1) // max(1, num_processes) - 1))
 
 
+def trained_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What training changes: the weights that require gradients, and the buffers (BatchNorm statistics)."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad} | dict(model.named_buffers())
+
+
 def keep_trainable_weights(models: list, weights: list, output_dir: str) -> None:
     """accelerate save_state hook: checkpoints hold the trained weights and buffers only, not the frozen base
-    (a BERT-base LoRA checkpoint drops from ~420 MB to a few MB); the base is reloaded from the hub id."""
+    (a MiniLM LoRA checkpoint: 0.9 MB of weights instead of 91 MB); the base is reloaded from model_name_or_path."""
     for model, state in zip(models, weights):
-        wanted = {name for name, p in model.named_parameters() if p.requires_grad}
-        wanted |= {name for name, _ in model.named_buffers()}
+        wanted = trained_tensors(model)
         for name in [name for name in state if name not in wanted]:
             del state[name]
 

@@ -61,8 +61,7 @@ class BestWeights:
 
     def offer(self, model: nn.Module, state: TrainerState, metrics: dict) -> None:
         if self.enabled and state.best_step == state.step:
-            trained = {n: p for n, p in model.named_parameters() if p.requires_grad} | dict(model.named_buffers())
-            self.weights = {name: t.detach().to("cpu", copy=True) for name, t in trained.items()}
+            self.weights = {name: t.detach().to("cpu", copy=True) for name, t in speed.trained_tensors(model).items()}
             self.metrics, self.step = metrics, state.step
 
     def restore(self, model: nn.Module, state: TrainerState) -> Optional[dict]:

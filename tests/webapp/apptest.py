@@ -38,3 +38,17 @@ def errors(at: AppTest) -> list[str]:
 
 def state_of(run: Path) -> str:
     return RunDirectory(run).read_status().get("state")
+
+
+def upload_image_zip(at: AppTest, root: Path, name: str = "colours.zip") -> AppTest:
+    """Choose ViT on New run and upload the class folders under ``root`` as a .zip, as a person would."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for file in sorted(root.rglob("*.png")):
+            archive.write(file, file.relative_to(root))
+    at.radio(key="family").set_value("vit").run()
+    at.radio(key="data_source").set_value("Upload a file").run()
+    return at.file_uploader(key="upload").set_value((name, buffer.getvalue(), "application/zip")).run()

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from finetune.config import TrainConfig, warnings_for
 from finetune.data import Columns, guess_columns
 from finetune.errors import UserError
 from tests.conftest import REPO, write_image_folder
-from tests.webapp.apptest import assert_ok, errors, labels, open_app
+from tests.webapp.apptest import assert_ok, errors, labels, open_app, upload_image_zip
 
 
 def _csv(rows: list[dict]) -> bytes:
@@ -169,14 +168,7 @@ def test_page_shows_warnings_under_fields_and_keeps_launch(no_runner, demo_dir):
 
 def test_image_preview_shows_thumbnails_and_class_counts(no_runner, tmp_path):
     root = write_image_folder(tmp_path / "images", per_class=4)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for file in sorted(root.rglob("*.png")):
-            archive.write(file, file.relative_to(root))
-    at = open_app()
-    at.radio(key="family").set_value("vit").run()
-    at.radio(key="data_source").set_value("Upload a file").run()
-    at.file_uploader(key="upload").set_value(("colours.zip", buffer.getvalue(), "application/zip")).run()
+    at = upload_image_zip(open_app(), root)
     assert_ok(at)
     [table] = [d.value for d in at.dataframe]
     assert table.to_dict("records") == [{"class": c, "examples": 4} for c in ("blue", "green", "red")]

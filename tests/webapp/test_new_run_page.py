@@ -4,14 +4,12 @@ Driven through streamlit.testing's AppTest from webapp/app.py (pages are reached
 st.navigation), each test in a workspace of its own (fixtures in conftest.py).
 """
 
-import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
 import time
-import zipfile
 
 import pytest
 import yaml
@@ -21,7 +19,7 @@ from finetune.errors import UserError
 from finetune.rundir import RunDirectory
 from tests.conftest import REPO, write_image_folder, write_sentiment_csv
 from tests.webapp.conftest import APP, OFFLINE
-from tests.webapp.apptest import CPU_PREFIX, assert_ok, button, errors, labels, open_app, state_of
+from tests.webapp.apptest import CPU_PREFIX, assert_ok, button, errors, labels, open_app, state_of, upload_image_zip
 
 
 # ---- New run ----------------------------------------------------------------------------------------
@@ -143,15 +141,8 @@ def _keys(at: AppTest) -> list[str]:
 
 def test_new_run_upload_image_zip_for_vit(no_runner, tmp_path):
     root = write_image_folder(tmp_path / "images", per_class=4)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for file in sorted(root.rglob("*.png")):
-            archive.write(file, file.relative_to(root))
-    at = open_app()
-    at.radio(key="family").set_value("vit").run()
-    at.radio(key="data_source").set_value("Upload a file").run()
+    at = upload_image_zip(open_app(), root)
     assert at.file_uploader(key="upload").allowed_type == [".zip"]
-    at.file_uploader(key="upload").set_value(("colours.zip", buffer.getvalue(), "application/zip")).run()
     assert_ok(at)
     assert errors(at) == []
     assert {m.label: m.value for m in at.metric} == {"Examples": "12", "Classes": "3"}

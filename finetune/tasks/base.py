@@ -87,7 +87,7 @@ class ClassificationTask(Task):
         }
 
     def compute_metrics(self, gathered: dict[str, np.ndarray], num_labels: Optional[int]) -> dict:
-        from evaluation.metrics import classification_metrics
+        from finetune.metrics import classification_metrics
 
         metrics = classification_metrics(gathered["predictions"], gathered["references"], num_labels=num_labels)
         return {"eval_loss": float(np.mean(gathered["loss"])), **metrics}

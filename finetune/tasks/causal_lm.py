@@ -101,7 +101,7 @@ class CausalLMTask(Task):
         return {"losses": losses, "predictions": logits.argmax(dim=-1), "references": targets}
 
     def compute_metrics(self, gathered: dict[str, np.ndarray], num_labels: Optional[int]) -> dict:
-        from evaluation.metrics import causal_lm_metrics
+        from finetune.metrics import causal_lm_metrics
 
         mask = gathered["references"] != -100
         return causal_lm_metrics(gathered["losses"][mask], gathered["predictions"][mask], gathered["references"][mask])

@@ -1,15 +1,15 @@
-"""Precision metric: a local copy of the hub's, macro-averaged by default, so scoring needs no network."""
+"""F1 metric: a local copy of the hub's, macro-averaged by default, so scoring needs no network."""
 
 import datasets
 import numpy as np
-from sklearn.metrics import precision_score
+from sklearn.metrics import f1_score
 
 import evaluate
 
 
 _DESCRIPTION = """
-Precision is the fraction of the examples predicted as a class that belong to it:
-Precision = TP / (TP + FP)
+The F1 score is the harmonic mean of precision and recall:
+F1 = 2 * (precision * recall) / (precision + recall)
 """
 
 
@@ -25,17 +25,17 @@ Args:
         and `references`.
     pos_label (`int`): The positive class when `average='binary'`. Defaults to 1.
     sample_weight (`list` of `float`): Sample weights. Defaults to `None`.
-    zero_division (`float`): The score of a class whose precision would divide by zero, e.g. a class never predicted
+    zero_division (`float`): The score of a class whose f1 would divide by zero, e.g. a class never predicted
         or never present. Defaults to 0, without scikit-learn's warning.
 
 Returns:
-    precision (`float`, or `list` of `float` with `average=None`): Between 0 and 1. Higher is better.
+    f1 (`float`, or `list` of `float` with `average=None`): Between 0 and 1. Higher is better.
 
 Examples:
-    >>> precision_metric = evaluate.load("evaluation/metrics/precision")
-    >>> results = precision_metric.compute(references=[0, 1, 2, 0, 1, 2], predictions=[0, 2, 1, 0, 0, 1])
-    >>> round(results["precision"], 4)
-    0.2222
+    >>> f1_metric = evaluate.load("finetune/metrics/f1")
+    >>> results = f1_metric.compute(references=[0, 1, 2, 0, 1, 2], predictions=[0, 2, 1, 0, 0, 1])
+    >>> round(results["f1"], 4)
+    0.2667
 """
 
 
@@ -52,20 +52,20 @@ _CITATION = """
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class Precision(evaluate.Metric):
+class F1(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-            reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics.precision_score.html"],
+            reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics.f1_score.html"],
         )
 
     def _compute(
         self, predictions, references, average="macro", labels=None, pos_label=1, sample_weight=None, zero_division=0
     ):
-        score = precision_score(
+        score = f1_score(
             references,
             predictions,
             average=average,
@@ -75,4 +75,4 @@ class Precision(evaluate.Metric):
             zero_division=zero_division,
         )
         # A float, or with average=None a list: plain Python either way, so results serialise to JSON.
-        return {"precision": np.asarray(score).tolist()}
+        return {"f1": np.asarray(score).tolist()}

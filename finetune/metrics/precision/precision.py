@@ -1,15 +1,15 @@
-"""Recall metric: a local copy of the hub's, macro-averaged by default, so scoring needs no network."""
+"""Precision metric: a local copy of the hub's, macro-averaged by default, so scoring needs no network."""
 
 import datasets
 import numpy as np
-from sklearn.metrics import recall_score
+from sklearn.metrics import precision_score
 
 import evaluate
 
 
 _DESCRIPTION = """
-Recall is the fraction of the examples of a class that are predicted as it:
-Recall = TP / (TP + FN)
+Precision is the fraction of the examples predicted as a class that belong to it:
+Precision = TP / (TP + FP)
 """
 
 
@@ -25,17 +25,17 @@ Args:
         and `references`.
     pos_label (`int`): The positive class when `average='binary'`. Defaults to 1.
     sample_weight (`list` of `float`): Sample weights. Defaults to `None`.
-    zero_division (`float`): The score of a class whose recall would divide by zero, e.g. a class never predicted
+    zero_division (`float`): The score of a class whose precision would divide by zero, e.g. a class never predicted
         or never present. Defaults to 0, without scikit-learn's warning.
 
 Returns:
-    recall (`float`, or `list` of `float` with `average=None`): Between 0 and 1. Higher is better.
+    precision (`float`, or `list` of `float` with `average=None`): Between 0 and 1. Higher is better.
 
 Examples:
-    >>> recall_metric = evaluate.load("evaluation/metrics/recall")
-    >>> results = recall_metric.compute(references=[0, 1, 2, 0, 1, 2], predictions=[0, 2, 1, 0, 0, 1])
-    >>> round(results["recall"], 4)
-    0.3333
+    >>> precision_metric = evaluate.load("finetune/metrics/precision")
+    >>> results = precision_metric.compute(references=[0, 1, 2, 0, 1, 2], predictions=[0, 2, 1, 0, 0, 1])
+    >>> round(results["precision"], 4)
+    0.2222
 """
 
 
@@ -52,20 +52,20 @@ _CITATION = """
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class Recall(evaluate.Metric):
+class Precision(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-            reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics.recall_score.html"],
+            reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics.precision_score.html"],
         )
 
     def _compute(
         self, predictions, references, average="macro", labels=None, pos_label=1, sample_weight=None, zero_division=0
     ):
-        score = recall_score(
+        score = precision_score(
             references,
             predictions,
             average=average,
@@ -75,4 +75,4 @@ class Recall(evaluate.Metric):
             zero_division=zero_division,
         )
         # A float, or with average=None a list: plain Python either way, so results serialise to JSON.
-        return {"recall": np.asarray(score).tolist()}
+        return {"precision": np.asarray(score).tolist()}

@@ -28,7 +28,7 @@ Returns:
     perplexity (`float`): `exp(loss)`; `inf` when that overflows.
 
 Examples:
-    >>> perplexity_metric = evaluate.load("evaluation/metrics/perplexity")
+    >>> perplexity_metric = evaluate.load("finetune/metrics/perplexity")
     >>> perplexity_metric.compute(losses=[0.0, 0.0])
     {'loss': 0.0, 'perplexity': 1.0}
 """

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from evaluation.metrics import (BUNDLED_METRICS, CLASSIFICATION_SCORES, METRICS_DIR, causal_lm_metrics,
+from finetune.metrics import (BUNDLED_METRICS, CLASSIFICATION_SCORES, METRICS_DIR, causal_lm_metrics,
                                 classification_metrics, load_metric)
 from tests.conftest import OFFLINE_ENV, REPO
 
@@ -150,7 +150,7 @@ def refuse(*args, **kwargs):
     raise OSError("network disabled by the test")
 socket.socket.connect = refuse
 socket.getaddrinfo = refuse
-from evaluation.metrics import BUNDLED_METRICS, classification_metrics, causal_lm_metrics, load_metric
+from finetune.metrics import BUNDLED_METRICS, classification_metrics, causal_lm_metrics, load_metric
 loaded = [load_metric(name) for name in BUNDLED_METRICS]
 scores = {**classification_metrics([0, 1, 1], [0, 1, 0]), **causal_lm_metrics([0.0], [3], [3])}
 network_while_scoring = list(attempts)

@@ -26,7 +26,7 @@ Returns:
         predicted as `labels[j]`.
 
 Examples:
-    >>> confusion_metric = evaluate.load("evaluation/metrics/confusion_matrix")
+    >>> confusion_metric = evaluate.load("finetune/metrics/confusion_matrix")
     >>> confusion_metric.compute(references=[0, 1, 1], predictions=[0, 1, 0], labels=[0, 1, 2])
     {'confusion_matrix': [[1, 0, 0], [1, 1, 0], [0, 0, 0]]}
 """

@@ -23,7 +23,7 @@ Returns:
     accuracy (`float`): Between 0 and 1 (or a count with `normalize=False`). Higher is better.
 
 Examples:
-    >>> accuracy_metric = evaluate.load("evaluation/metrics/accuracy")
+    >>> accuracy_metric = evaluate.load("finetune/metrics/accuracy")
     >>> accuracy_metric.compute(references=[0, 1, 2, 0, 1, 2], predictions=[0, 1, 1, 2, 1, 0])
     {'accuracy': 0.5}
 """

@@ -13,21 +13,19 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
-import yaml
 
+from evaluation.figures import percent, rate
 from finetune.errors import UserError
-from finetune.rundir import RunDirectory
+from finetune.rundir import THROUGHPUT_METRICS, RunDirectory
+from finetune.task_kinds import LOWER_IS_BETTER, TASKS
 
-# Metrics where smaller is better; every other score is better when larger.
-LOWER_IS_BETTER = ("eval_loss", "perplexity")
-PRIMARY_METRIC = {"causal-lm": "perplexity", "text-classification": "accuracy", "image-classification": "accuracy"}
 # Settings that always differ between runs and say nothing about how they were trained.
 NOT_SETTINGS = ("output_dir", "resume_from_checkpoint")
 # What each run cost, by column, from metrics.json (the web app keeps these out of its headline table).
 COST = {"best_step": "best_step", "wall_time_s": "train_runtime_seconds", "samples_per_s": "train_samples_per_second",
-        "tokens_per_s": "train_tokens_per_second", "images_per_s": "train_images_per_second",
-        "tflops": "train_tflops", "mfu": "mfu", "peak_memory_mb": "peak_memory_mb",
-        "trainable_percent": "trainable_percent"}
+        "tokens_per_s": THROUGHPUT_METRICS["tokens_per_second"],
+        "images_per_s": THROUGHPUT_METRICS["images_per_second"], "tflops": THROUGHPUT_METRICS["tflops"],
+        "mfu": THROUGHPUT_METRICS["mfu"], "peak_memory_mb": "peak_memory_mb", "trainable_percent": "trainable_percent"}
 # Throughput that only some runs have (tokens for text tasks, images for image tasks, TFLOP/s and MFU on CUDA,
 # none in runs older than these figures): a column no compared run has says nothing, so it is left out.
 OPTIONAL_COST = ("tokens_per_s", "images_per_s", "tflops", "mfu")
@@ -51,13 +49,17 @@ def load_run(path: str | Path) -> Run:
     if not run.is_run():
         raise UserError(f"{path} is not a run directory: expected config.yaml or status.json in it")
     status = run.read_status()
-    config = yaml.safe_load(run.config_path.read_text()) if run.config_path.is_file() else {}
     return Run(name=run.path.name, path=run.path, state=status.get("state", "unknown"), error=status.get("error"),
-               config=config or {}, metrics=run.read_metrics(), events=run.read_events())
+               config=run.read_config(), metrics=run.read_metrics(), events=run.read_events())
 
 
 def load_runs(paths: list[str | Path]) -> list[Run]:
     return [load_run(p) for p in paths]
+
+
+def primary_metric(task: Optional[str], default: str) -> str:
+    """The metric that ranks runs of ``task`` (``default`` for a task this version does not know)."""
+    return TASKS[task].primary_metric if task in TASKS else default
 
 
 def config_diff(runs: list[Run]) -> pd.DataFrame:
@@ -131,7 +133,7 @@ def plot_curves(runs: list[Run], out_path: str | Path) -> Path:
     table = curves(runs)
     evals = table[table["event"] == "eval"]
     task = next((r.metrics.get("task") or r.config.get("task") for r in runs), None)
-    panels = ["eval_loss", PRIMARY_METRIC.get(task, "accuracy")]
+    panels = ["eval_loss", primary_metric(task, "accuracy")]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, metric in zip(axes, panels):
         for name, group in evals[evals["metric"] == metric].groupby("run"):
@@ -170,19 +172,10 @@ def _missing(value) -> bool:
     return not isinstance(value, (int, float)) or pd.isna(value)
 
 
-def _rate(value: float) -> str:
-    """Tokens or images per second as the Runs page words them: "40,960" (not 4.096e+04), "45.1"."""
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
-
-
-def _percent(fraction: float) -> str:
-    """A fraction as the Runs page words it: "38%", with a decimal below 10% (a small MFU does not read 0%)."""
-    return f"{fraction:.0%}" if fraction >= 0.1 else f"{fraction:.1%}"
-
-
-# Markdown only (csv and json keep the raw numbers): MFU, a fraction 0..1, as a percentage; rates in the
-# tens of thousands in full, where 4 significant digits would write them in scientific notation.
-SHOWN_AS = {"tokens_per_s": _rate, "images_per_s": _rate, "mfu": _percent}
+# Markdown only (csv and json keep the raw numbers), worded as the Runs page words them: MFU, a fraction 0..1,
+# as a percentage; rates in the tens of thousands in full, where 4 significant digits would write them in
+# scientific notation.
+SHOWN_AS = {"tokens_per_s": rate, "images_per_s": rate, "mfu": percent}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

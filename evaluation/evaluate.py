@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Optional
 
 from finetune.errors import UserError
+from finetune.rundir import RunDirectory
 
 
-def _labelled_table(data_file: str, run_dir: Path, info: dict):
+def _labelled_table(data_file: str, run: RunDirectory, info: dict):
     """The data with columns resolved from the run's config and labels mapped to the run's ids."""
     from finetune.config import TrainConfig
     from finetune.data import Columns, Unpacking, check_images, guess_columns, label_name, load_table
 
-    cfg = TrainConfig.from_yaml(run_dir / "config.yaml")
+    cfg = TrainConfig.from_dict(run.read_config())
     table = load_table(data_file, "--data", Unpacking.from_config(cfg))
     given = Columns(*(c if c in table.column_names else None for c in (cfg.text_column, cfg.label_column, cfg.image_column)))
     columns = guess_columns(table, info["task"], given, "--data")
@@ -50,35 +51,36 @@ def _references(table, columns) -> list[str]:
 
 
 def evaluate_run(run_dir: str | Path, data_file: str, batch_size: int = 16) -> tuple[dict, list[dict]]:
-    """(metrics, per-example predictions) of the run's fine-tuned model on ``data_file``."""
-    import numpy as np
-    import torch
+    """(metrics, per-example predictions) of the run's fine-tuned model on ``data_file``, scored by the trainer's
+    own evaluation path (finetune.training.predict) on the accelerator: the GPU when there is one."""
+    from accelerate import Accelerator
     from datasets import DatasetDict
+    from torch.utils.data import DataLoader
 
+    from finetune import speed, training
     from finetune.config import TrainConfig
     from finetune.inference import load_trained
     from finetune.tasks import get_task
 
-    run_dir = Path(run_dir)
-    model, processor, info = load_trained(run_dir)
+    run = RunDirectory(run_dir)
+    model, processor, info = load_trained(run.path)
     task = get_task(info["task"])
-    cfg, table, columns = _labelled_table(data_file, run_dir, info)
+    cfg, table, columns = _labelled_table(data_file, run, info)
     fixed = TrainConfig.from_dict({**cfg.to_dict(), "block_size": info.get("block_size"),
                                    "max_seq_length": info.get("max_seq_length")})
     encoded, _ = task.encode(fixed, DatasetDict(train=table), columns, processor, model)
-    references = _references(table, columns) if info["task"] != "causal-lm" else None
-    loader = torch.utils.data.DataLoader(encoded["train"], batch_size=batch_size, collate_fn=task.collate_fn(processor))
-    collected: dict[str, list] = {}
-    with torch.no_grad():
-        for batch in loader:
-            for key, value in task.eval_step(model, batch).items():
-                collected.setdefault(key, []).append(value.numpy())
-    gathered = {k: np.concatenate(v) for k, v in collected.items()}
+    # The precision training evaluated in, so scores here match the run's own.
+    precision = speed.resolve_mixed_precision(cfg.mixed_precision, speed.uses_cuda(), speed.model_width(model.config))
+    accelerator = Accelerator(mixed_precision=precision)
+    # In file order (no length sorting): predictions line up with the references.
+    loader = DataLoader(encoded["train"], batch_size=batch_size, collate_fn=task.collate_fn(processor))
+    model, loader = accelerator.prepare(model, loader)
+    gathered = training.predict(model, loader, accelerator, task)
     metrics = task.compute_metrics(gathered, len(info["labels"]) if info.get("labels") else None)
-    if info["task"] == "causal-lm":
+    if "losses" in gathered:  # per-token losses: blocks of text, scored by their perplexity
         decoded = [processor.decode(ids[:64]) for ids in encoded["train"]["input_ids"]]
         return metrics, _block_predictions(gathered, decoded)
-    return metrics, _class_predictions(gathered, references, info["labels"])
+    return metrics, _class_predictions(gathered, _references(table, columns), info["labels"])
 
 
 def _class_predictions(gathered: dict, references: list[str], labels: list[str]) -> list[dict]:

@@ -8,6 +8,7 @@ coerces them to the annotated types and reports every problem at once, before an
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,23 +19,11 @@ import yaml
 
 from finetune.errors import ConfigError
 from finetune.rundir import write_text_atomic
+from finetune.task_kinds import DEFAULT_TASK, TASKS
 
-TaskName = Literal["causal-lm", "text-classification", "image-classification"]
+# Experiment names become folder names and labels: a safe, short subset.
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SchedulerName = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
-TASKS = typing.get_args(TaskName)
-
-# The model families LoRA Lab is built and tested for, with the task each one trains by default.
-DEFAULT_TASK = {
-    "gpt2": "causal-lm",
-    "bert": "text-classification",
-    "vit": "image-classification",
-    "resnet": "image-classification",
-}
-TASK_FAMILIES = {
-    "causal-lm": ("gpt2",),
-    "text-classification": ("bert", "gpt2"),
-    "image-classification": ("vit", "resnet"),
-}
 
 # Learning rates when none is given. LoRA adapters start at zero and need a larger step than
 # full fine-tuning; a freshly initialised classification head needs a larger one still.
@@ -58,6 +47,15 @@ def _help(text: str, **kwargs) -> Any:
     return field(metadata={"help": text}, **kwargs)
 
 
+def _task_help() -> str:
+    """The task field's help, written from the task table so that a new task kind appears in --help and the form."""
+    types_by_task: dict[str, list[str]] = {}
+    for model_type, task in DEFAULT_TASK.items():
+        types_by_task.setdefault(task, []).append(model_type)
+    defaults = ", ".join(f"{'/'.join(types)}: {task}" for task, types in types_by_task.items())
+    return f"What to train: {', '.join(TASKS)}. Inferred from the checkpoint's model_type when absent ({defaults})."
+
+
 @dataclass
 class TrainConfig:
     """A fine-tuning run: which checkpoint, which data, how to train it, where to write it."""
@@ -67,11 +65,7 @@ class TrainConfig:
         "Training data: .txt/.csv/.jsonl for text; an image folder, .zip, or .csv/.jsonl of image paths for images."
     )
     output_dir: str = _help("Run directory to write: config, status, events, metrics, adapter and checkpoints.")
-    task: Optional[TaskName] = _help(
-        "What to train. Inferred from the checkpoint when absent (GPT-2: causal-lm, BERT: text-classification,"
-        " ViT/ResNet: image-classification).",
-        default=None,
-    )
+    task: Optional[str] = _help(_task_help(), default=None)
     validation_file: Optional[str] = _help("Evaluation data in the same format; split off train_file when absent.", default=None)
     validation_split_percentage: float = _help(
         "Percent of train_file held out for evaluation when no validation_file is given.", default=10.0
@@ -138,7 +132,32 @@ class TrainConfig:
     lora_alpha: float = _help("LoRA scaling numerator (update is scaled by alpha / r).", default=32.0)
     lora_dropout: float = _help("Dropout on the LoRA input.", default=0.05)
     lora_target_modules: Optional[list[str]] = _help(
-        "Module names to adapt (e.g. c_attn or query,value); discovered from the model when absent.", default=None
+        "Layers to adapt: attention (the attention projections, discovered from the model; the default when absent),"
+        " all-linear (every linear layer but the output head; convolutions for conv nets), or module names"
+        " (e.g. c_attn or query,value).",
+        default=None,
+    )
+    use_dora: bool = _help(
+        "DoRA: split each adapted weight into magnitude and direction and train both; often better than LoRA at the"
+        " same rank, ~2x slower steps.",
+        default=False,
+    )
+    use_rslora: bool = _help(
+        "rsLoRA: scale updates by lora_alpha / sqrt(lora_r) instead of / lora_r, so high ranks keep learning.",
+        default=False,
+    )
+    init_lora_weights: Literal["default", "gaussian", "pissa", "olora"] = _help(
+        "How adapters start: default (B = 0, A random: the model is unchanged at step 0), gaussian, pissa (from the"
+        " weight's principal singular vectors) or olora (orthonormal QR); pissa/olora converge faster and are saved"
+        " as ordinary LoRA adapters of the original base.",
+        default="default",
+    )
+    loraplus_lr_ratio: Optional[float] = _help(
+        "LoRA+: train the B matrices at this multiple of the learning rate (e.g. 16); off when absent.", default=None
+    )
+    load_in_4bit: bool = _help(
+        "QLoRA: load the frozen base weights in 4-bit NF4 (bitsandbytes) to fit larger models; CUDA GPUs only.",
+        default=False,
     )
     resume_from_checkpoint: Optional[Union[bool, str]] = _help(
         "Checkpoint directory to resume from, or true for the latest one in output_dir/checkpoints.", default=None
@@ -154,6 +173,14 @@ class TrainConfig:
         "Evaluate on at most this many examples (drawn with seed), so evaluation never dominates a run;"
         " all when absent.",
         default=2000,
+    )
+    report_to: Literal["none", "tensorboard", "mlflow"] = _help(
+        "Also log to TensorBoard (output_dir/tracking) or MLflow (MLFLOW_TRACKING_URI, else output_dir/tracking);"
+        " events.jsonl is written either way.",
+        default="none",
+    )
+    experiment_name: Optional[str] = _help(
+        "The experiment (a sweep) this run belongs to; the web app groups an experiment's runs.", default=None
     )
     data_cache_dir: Optional[str] = _help(
         "Folder where .zip data archives are unpacked, once per archive content; default ~/.cache/lora-lab/unpacked.",
@@ -198,6 +225,16 @@ class TrainConfig:
                 p.append(f"{name}: must be in [0, {upper}), got {getattr(self, name)}")
         if self.dataloader_num_workers is not None and not 0 <= self.dataloader_num_workers <= 64:
             p.append(f"dataloader_num_workers: must be between 0 and 64, got {self.dataloader_num_workers}")
+        if self.task is not None and self.task not in TASKS:
+            p.append(f"task: expected one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.loraplus_lr_ratio is not None and not 1 <= self.loraplus_lr_ratio <= 1000:
+            p.append(f"loraplus_lr_ratio: must be between 1 and 1000 (usually 16), got {self.loraplus_lr_ratio}")
+        if self.finetune_method == "full" and (self.load_in_4bit or self.use_dora or self.loraplus_lr_ratio):
+            p.append("finetune_method: full trains every weight; load_in_4bit, use_dora and loraplus_lr_ratio apply"
+                     " to LoRA only")
+        if self.experiment_name is not None and not EXPERIMENT_NAME.fullmatch(self.experiment_name):
+            p.append(f"experiment_name: {self.experiment_name!r} is not a valid name; expected 1-64 letters, digits,"
+                     " '-', '_' or '.', starting with a letter or digit")
         if not 0 < self.validation_split_percentage < 100:
             p.append(f"validation_split_percentage: must be between 0 and 100, got {self.validation_split_percentage}")
         return p
@@ -276,74 +313,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def field_help() -> dict[str, str]:
     """Help text of every field, by name."""
     return {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
-
-
-# Valid settings that still train badly are warned about (never refused). A learning rate past these
-# diverges or collapses every prediction to one class; LoRA adapters start at zero and tolerate about 10x
-# the full fine-tuning rate; a new head tolerates 10x more again.
-WARN_LR_ABOVE = {"lora": 1e-2, "full": 1e-3}
-WARN_HEAD_LR_ABOVE = 1e-1
-# lora_alpha / lora_r multiplies the adapter's update (default 32 / 16 = 2): outside this range it acts like
-# a learning rate over 8x larger or 16x smaller than intended.
-LORA_SCALE_RANGE = (0.125, 16.0)
-# Rough training cost of one example (forward + backward + step; LoRA r=16, batch 8, texts of 128 tokens,
-# 224x224 images). CPU: CPU-seconds, measured with full-size random-init gpt2, bert-base, vit-base and
-# resnet-50 on a 2-core x86 machine (wall time: this over the cores used). GPU: seconds, assumed for one
-# data-centre GPU in fp32, where batch-8 steps take ~30-40 ms; not measured.
-SECONDS_PER_EXAMPLE = {"cpu": {"gpt2": 2.0, "bert": 1.5, "vit": 1.6, "resnet": 1.4},
-                       "gpu": {"gpt2": 0.005, "bert": 0.004, "vit": 0.005, "resnet": 0.004}}
-WARN_LONGER_THAN_S = 3600
-
-
-def warnings_for(cfg: TrainConfig, num_examples: int, model_type: Optional[str] = None, gpus: int = 0,
-                 cpu_cores: int = 1) -> dict[str, str]:
-    """Settings of a valid ``cfg`` far outside what trains well, as {field: message}; nothing is refused.
-
-    The duration estimate needs ``model_type`` (a key of SECONDS_PER_EXAMPLE) and the device: ``gpus`` GPUs,
-    or ``cpu_cores`` cores when ``gpus`` is 0.
-    """
-    found = {}
-    lr, method = cfg.learning_rate_or_default, cfg.finetune_method
-    if lr > WARN_LR_ABOVE[method]:
-        kind = "LoRA" if method == "lora" else "full fine-tuning"
-        found["learning_rate"] = (f"{lr:g} is far above what works for {kind} (usually 1e-5..{WARN_LR_ABOVE[method]:g}); "
-                                  "the loss may diverge or every prediction collapse to one class")
-    if cfg.task != "causal-lm" and cfg.head_learning_rate_or_default > WARN_HEAD_LR_ABOVE:
-        found["head_learning_rate"] = (f"{cfg.head_learning_rate_or_default:g} is far above what works for a new "
-                                       f"head (usually 1e-4..{WARN_HEAD_LR_ABOVE:g}); its logits may blow up")
-    scale = cfg.lora_alpha / cfg.lora_r
-    if method == "lora" and not LORA_SCALE_RANGE[0] <= scale <= LORA_SCALE_RANGE[1]:
-        found["lora_alpha"] = (f"lora_alpha / lora_r = {scale:g} multiplies every LoRA update (usually 1-2); outside "
-                               f"{LORA_SCALE_RANGE[0]:g}..{LORA_SCALE_RANGE[1]:g} it acts like a far "
-                               f"{'larger' if scale > 1 else 'smaller'} learning rate")
-    duration = _duration_warning(cfg, num_examples, model_type, gpus, cpu_cores)
-    if duration:
-        found["max_steps" if cfg.max_steps > 0 else "num_train_epochs"] = duration
-    return found
-
-
-def _duration_warning(cfg: TrainConfig, num_examples: int, model_type: Optional[str], gpus: int,
-                      cpu_cores: int) -> Optional[str]:
-    """A warning when training alone would take over WARN_LONGER_THAN_S (evaluation not counted)."""
-    device = "gpu" if gpus else "cpu"
-    cost = SECONDS_PER_EXAMPLE[device].get(model_type or "")
-    if cost is None:
-        return None
-    if cfg.max_steps > 0:
-        examples = cfg.max_steps * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * max(gpus, 1)
-    else:
-        held_out = 0 if cfg.validation_file else cfg.validation_split_percentage / 100
-        train_examples = num_examples * (1 - held_out)
-        batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * max(gpus, 1)
-        examples = cfg.epochs_for(math.ceil(train_examples / batch)) * train_examples
-    seconds = examples * cost / (gpus or max(cpu_cores, 1))
-    if seconds <= WARN_LONGER_THAN_S:
-        return None
-    count, unit = (gpus, "GPU") if gpus else (cpu_cores, "CPU core")
-    where = f"{count} {unit}{'s' if count > 1 else ''}"
-    return (f"training may take about {seconds / 3600:.1f} h on {where} (a rough estimate: {examples:,.0f} examples "
-            f"at ~{cost:g} {'s' if gpus else 'CPU-s'} each for {model_type}); fewer epochs, a max_steps limit"
-            f"{'' if gpus else ' or a GPU'} make it shorter")
 
 
 def coerce(raw: Any, annotation: Any) -> Any:

@@ -21,6 +21,7 @@ from datasets.table import InMemoryTable
 from finetune.archive import Limits, content_digest, unpack_zip
 from finetune.errors import UserError
 from finetune.images import check_images
+from finetune.task_kinds import task_kind
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ IMAGE_COLUMN_NAMES = ("image", "img", "image_path", "path", "file", "filename", 
 EXPECTED_COLUMN = {"text": "a column of texts", "image": "a column of image file paths",
                    "label": "a column of class names or integer ids (e.g. negative/positive or 0, 1, 2) that "
                             "several rows share"}
+# Each role's column as a task's needs are listed ("text classification needs a text column and a label column").
+ROLE_COLUMN = {"text": "a text column", "image": "an image column",
+               "label": "a label column (class names or integer ids)"}
+# The label is guessed last: its guess skips the columns already taken by the text or the image.
+GUESS_ORDER = ("text", "image", "label")
 # Below this many rows a file may hold each class once; above it, a column whose every value differs is
 # ids or free text rather than classes, so it is not guessed as the label (it can still be chosen).
 DISTINCT_LABELS_MIN_ROWS = 20
@@ -182,29 +188,34 @@ def _load_image_folder(path: Path, role: str) -> Dataset:
 
 
 def guess_columns(table: Dataset, task: str, given: Columns, role: str) -> Columns:
-    """Resolve the text/label/image columns, checking given names and guessing missing ones."""
-    names = table.column_names
-    for kind in ("text", "label", "image"):
-        column = getattr(given, kind)
+    """Resolve the column roles ``task`` needs (TaskKind.columns), checking given names and guessing missing ones."""
+    kind, names = task_kind(task), table.column_names
+    for column_role in ("text", "label", "image"):
+        column = getattr(given, column_role)
         if column is not None and column not in names:
-            raise UserError(f"{kind}_column: {column!r} is not a column of {role}; its columns are {names}")
-    if task != "causal-lm" and len(names) < 2:
-        first = "an image" if task == "image-classification" else "a text"
-        raise UserError(f"{role}: this file has only one column, {names[0]}; {task.replace('-', ' ')} needs {first} "
-                        "column and a label column (class names or integer ids)")
-    text = given.text
-    if task in ("causal-lm", "text-classification") and text is None:
-        text = _guess(table, TEXT_COLUMN_NAMES, _longest_string_column, "text", role, _string_columns(table))
-    image = given.image
-    if task == "image-classification" and image is None:
-        candidates = [n for n in names if isinstance(table.features[n], Image)] or _string_columns(table)
-        image = _guess(table, IMAGE_COLUMN_NAMES, _image_feature_column, "image", role, candidates)
-    label = given.label
-    if task != "causal-lm" and label is None:
-        candidates = _label_candidates(table, exclude={text, image})
-        label = _guess(table, LABEL_COLUMN_NAMES, lambda t: _fewest_values_column(t, candidates), "label", role,
-                       candidates, taken=text or image)
-    return Columns(text=text, label=label, image=image)
+            raise UserError(f"{column_role}_column: {column!r} is not a column of {role}; its columns are {names}")
+    if len(kind.columns) > 1 and len(names) < 2:
+        needs = " and ".join(ROLE_COLUMN[column_role] for column_role in kind.columns)
+        raise UserError(f"{role}: this file has only one column, {names[0]}; {kind.title} needs {needs}")
+    found = Columns(text=given.text, label=given.label, image=given.image)
+    for column_role in GUESS_ORDER:
+        if column_role in kind.columns and getattr(found, column_role) is None:
+            setattr(found, column_role, guess_column(table, column_role, role, taken=found))
+    return found
+
+
+def guess_column(table: Dataset, column_role: str, role: str, taken: Optional[Columns] = None) -> str:
+    """The column of ``table`` holding ``column_role`` ("text", "image" or "label"); a label is never a column
+    ``taken`` holds for the text or the image. UserError naming the columns to pick from when none fits."""
+    taken = taken or Columns()
+    if column_role == "text":
+        return _guess(table, TEXT_COLUMN_NAMES, _longest_string_column, "text", role, _string_columns(table))
+    if column_role == "image":
+        candidates = [n for n in table.column_names if isinstance(table.features[n], Image)] or _string_columns(table)
+        return _guess(table, IMAGE_COLUMN_NAMES, _image_feature_column, "image", role, candidates)
+    candidates = _label_candidates(table, exclude={taken.text, taken.image})
+    return _guess(table, LABEL_COLUMN_NAMES, lambda t: _fewest_values_column(t, candidates), "label", role,
+                  candidates, taken=taken.text or taken.image)
 
 
 def _guess(table: Dataset, preferred: tuple, fallback, kind: str, role: str, candidates: list[str],

@@ -8,7 +8,6 @@ huggingface_hub only: it is never written to the run directory, a log, or the ca
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -20,9 +19,8 @@ import yaml
 
 from finetune.errors import UserError
 from finetune.rundir import RunDirectory
+from finetune.task_kinds import TASKS
 
-LIBRARY_BY_TASK = {"causal-lm": "text-generation", "text-classification": "text-classification",
-                   "image-classification": "image-classification"}
 # Settings that say where files were on the training machine, not how the model was trained.
 LOCAL_ONLY = ("output_dir", "train_file", "validation_file", "resume_from_checkpoint", "data_cache_dir")
 
@@ -30,7 +28,7 @@ LOCAL_ONLY = ("output_dir", "train_file", "validation_file", "resume_from_checkp
 def model_card(run_dir: str | Path) -> str:
     """README.md for the adapter repository of a finished run."""
     run = _finished(run_dir)
-    config, metrics = yaml.safe_load(run.config_path.read_text()), run.read_metrics()
+    config, metrics = run.read_config(), run.read_metrics()
     task, base = metrics.get("task") or config.get("task"), config["model_name_or_path"]
     base_id = base if not Path(base).is_absolute() else Path(base).name
     rows = [f"| {name} | {_fmt(metrics['base'].get(name))} | {_fmt(value)} |"
@@ -38,7 +36,8 @@ def model_card(run_dir: str | Path) -> str:
     shared = {k: v for k, v in config.items() if k not in LOCAL_ONLY}
     shared["model_name_or_path"] = base_id  # a local folder's name, never its path on the training machine
     settings = yaml.safe_dump(shared, sort_keys=False)
-    front = yaml.safe_dump({"base_model": base_id, "library_name": "peft", "pipeline_tag": LIBRARY_BY_TASK.get(task),
+    pipeline_tag = TASKS[task].pipeline_tag if task in TASKS else None  # a run too old or odd to name its task
+    front = yaml.safe_dump({"base_model": base_id, "library_name": "peft", "pipeline_tag": pipeline_tag,
                             "tags": ["lora", "lora-lab", task]}, sort_keys=False)
     return "\n".join([
         "---", front.strip(), "---", "",
@@ -56,8 +55,7 @@ def model_card(run_dir: str | Path) -> str:
 
 
 def _data_summary(run: RunDirectory, config: dict, metrics: dict) -> str:
-    info_path = run.adapter_dir / "lora_lab.json"
-    labels = json.loads(info_path.read_text()).get("labels") if info_path.is_file() else None
+    labels = run.read_adapter_info().get("labels")
     steps, batch = metrics.get("steps"), config.get("per_device_train_batch_size")
     parts = [f"Trained on `{Path(config['train_file']).name}` for {steps} optimizer steps "
              f"(batch {batch} per device x {metrics.get('num_processes', 1)} process(es))."]

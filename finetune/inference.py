@@ -1,10 +1,10 @@
 """Loading a finished run for prediction: base checkpoint + adapter (or the fully fine-tuned model)."""
 
-import json
 from pathlib import Path
 from typing import Any
 
 from finetune.errors import UserError
+from finetune.rundir import RunDirectory
 
 
 def load_trained(run_dir: str | Path) -> tuple[Any, Any, dict]:
@@ -13,11 +13,10 @@ def load_trained(run_dir: str | Path) -> tuple[Any, Any, dict]:
 
     from finetune.tasks import get_task
 
-    adapter_dir = Path(run_dir) / "adapter"
-    info_path = adapter_dir / "lora_lab.json"
-    if not info_path.is_file():
-        raise UserError(f"run: {run_dir} has no trained model ({info_path} missing); is the run finished?")
-    info = json.loads(info_path.read_text())
+    run = RunDirectory(run_dir)
+    adapter_dir, info = run.adapter_dir, run.read_adapter_info()
+    if not info:
+        raise UserError(f"run: {run_dir} has no trained model ({run.adapter_info_path} missing); is the run finished?")
     task = get_task(info["task"])
     processor = task.load_processor(str(adapter_dir))
     if info["finetune_method"] == "full":

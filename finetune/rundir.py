@@ -10,9 +10,12 @@ Layout (documented in docs/run-directory.md)::
     output_dir/adapter/         PEFT adapter (or full model) + tokenizer/processor + lora_lab.json
     output_dir/checkpoints/step_N/  accelerate save_state checkpoints for resuming (complete once
                                     checkpoint_complete.json, written last, is there)
+    output_dir/job.json, launch.json, launch.log, cancel.requested, killed.json, .lock
+                                the web app's job runner: how to launch the run, and what it did to it
 
-Readers never need the trainer's code: everything is JSON, YAML or safetensors. This module imports
-nothing heavy (no torch), so the web app reads runs on page load.
+Every file of a run has its path, reader and writer here and nowhere else. Readers never need the trainer's
+code: everything is JSON, YAML or safetensors. This module imports nothing heavy (no torch), so the web app
+reads runs on page load.
 """
 
 import json
@@ -22,12 +25,17 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+
 # The source tree: runs are never written into it or over it.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_FOLDERS = (".git", "finetune", "webapp", "evaluation", "configs", "scripts", "tests", "docs")
 STATES = ("queued", "running", "finished", "failed", "cancelled")
 TRAINER_STATE = "trainer_state.json"  # in each checkpoint, beside accelerate's own files
 CHECKPOINT_COMPLETE = "checkpoint_complete.json"  # written last: the checkpoint is whole
+# Throughput figures: their names in a train event (keys) and in metrics.json (values), see docs/run-directory.md.
+THROUGHPUT_METRICS = {"tokens_per_second": "train_tokens_per_second", "images_per_second": "train_images_per_second",
+                      "tflops": "train_tflops", "mfu": "mfu"}
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -99,7 +107,15 @@ class RunDirectory:
         self.metrics_path = self.path / "metrics.json"
         self.log_path = self.path / "train.log"
         self.adapter_dir = self.path / "adapter"
+        self.adapter_info_path = self.adapter_dir / "lora_lab.json"
         self.checkpoints_dir = self.path / "checkpoints"
+        # The web app's job runner (webapp/services/jobs.py): what to launch, and what it did to the run.
+        self.job_path = self.path / "job.json"
+        self.launch_path = self.path / "launch.json"
+        self.launch_log_path = self.path / "launch.log"
+        self.cancel_path = self.path / "cancel.requested"
+        self.killed_path = self.path / "killed.json"
+        self.lock_path = self.path / ".lock"
 
     def is_run(self) -> bool:
         return self.config_path.is_file() or self.status_path.is_file()
@@ -115,6 +131,21 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.status_path, status)
         return status
+
+    def record_progress(self, step: int, epoch: float) -> dict:
+        """Merge the latest logged step (optimizer steps done), its epoch and when it was logged into status.json.
+
+        The Runs list reads progress and pace from this one small file instead of the whole events.jsonl.
+        """
+        return self.update_status(step=step, epoch=epoch, step_at=time.time())
+
+    def read_config(self) -> dict:
+        """config.yaml as a plain mapping ({} when missing or not a YAML mapping); TrainConfig.from_dict checks it."""
+        try:
+            config = yaml.safe_load(self.config_path.read_text())
+        except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8
+            return {}
+        return config if isinstance(config, dict) else {}
 
     def append_event(self, event: dict) -> None:
         with self.events_path.open("a") as f:
@@ -137,6 +168,52 @@ class RunDirectory:
 
     def write_metrics(self, metrics: dict) -> None:
         write_json_atomic(self.metrics_path, metrics)
+
+    def read_adapter_info(self) -> dict:
+        """adapter/lora_lab.json: task, base_model, finetune_method, labels ... ({} before the run has finished)."""
+        return read_json(self.adapter_info_path) or {}
+
+    def write_adapter_info(self, info: dict) -> None:
+        self.adapter_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.adapter_info_path, info)
+
+    def read_job(self) -> dict:
+        """job.json as written ({} when missing or garbled): the runner checks every field before using it."""
+        return read_json(self.job_path) or {}
+
+    def write_job(self, job: dict) -> None:
+        write_json_atomic(self.job_path, job)
+
+    def read_launch(self) -> dict:
+        """launch.json: the launcher's pid, its start time, its GPU ids and when it was launched ({} when none)."""
+        return read_json(self.launch_path) or {}
+
+    def write_launch(self, pid: int, started: Optional[str], gpu_ids: list[int]) -> None:
+        write_json_atomic(self.launch_path, {"pid": pid, "started": started, "gpu_ids": gpu_ids,
+                                             "launched_at": time.time()})
+
+    def request_cancel(self) -> None:
+        write_json_atomic(self.cancel_path, {"at": time.time()})
+
+    def cancel_requested_at(self) -> Optional[float]:
+        """When Cancel was sent (None when it was not); an empty or garbled request counts from its file's time."""
+        at = (read_json(self.cancel_path) or {}).get("at")
+        try:
+            return float(at) if _is_time(at) else self.cancel_path.stat().st_mtime
+        except OSError:
+            return None
+
+    def read_killed(self) -> dict:
+        """killed.json: why the runner SIGKILLed the run, and when ({} when it did not)."""
+        return read_json(self.killed_path) or {}
+
+    def record_killed(self, reason: str) -> None:
+        write_json_atomic(self.killed_path, {"reason": reason, "at": time.time()})
+
+    def clear_runner_files(self) -> None:
+        """Forget a launch, a cancel request and a kill of an earlier attempt (the run is queued again)."""
+        for path in (self.launch_path, self.cancel_path, self.killed_path):
+            path.unlink(missing_ok=True)
 
     def trainer_alive(self) -> bool:
         """True while the trainer recorded in status.json (pid and its start time) is running."""
@@ -181,6 +258,11 @@ def output_dir_problem(path: Path, resuming: bool) -> Optional[str]:
         return (f"{path} already holds a {state} run; choose a new output_dir "
                 "or pass --resume_from_checkpoint true to continue it")
     return None
+
+
+def _is_time(value: Any) -> bool:
+    """A Unix time as a user could have edited it into a JSON file: a positive number, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def _is_partial_write(path: Path) -> bool:

@@ -89,3 +89,31 @@ def train_flops_per_token(model, batch: dict, finetune_method: str) -> float:
     mask = batch.get("attention_mask")
     units = mask.numel() if mask is not None else examples_in(batch)
     return (3 if finetune_method == "full" else 2) * per_batch / units
+
+
+def meter_for(cfg, accelerator, model, train_data, task, collate) -> Meter:
+    """The loop's throughput meter; on a GPU it also counts the model's FLOPs on one real batch (for TFLOP/s, MFU)."""
+    from accelerate.utils import send_to_device
+
+    if accelerator.device.type != "cuda":
+        return Meter(accelerator)
+    examples = [train_data[i] for i in range(min(len(train_data), cfg.per_device_train_batch_size))]
+    batch = send_to_device(collate(examples), accelerator.device)
+    with accelerator.autocast():
+        # A compiled model is counted through its original module: FLOP counting needs no compiled graph.
+        per_token = train_flops_per_token(getattr(model, "_orig_mod", model), batch, cfg.finetune_method)
+    return Meter(accelerator, per_token, peak_tflops(torch.cuda.get_device_name(accelerator.device)))
+
+
+# metrics.json's names for the loop's figures.
+FINAL_NAMES = {"tokens_per_second": "train_tokens_per_second", "images_per_second": "train_images_per_second",
+               "tflops": "train_tflops", "mfu": "mfu"}
+
+
+def final_figures(meter: Meter, kind: str) -> dict:
+    """The loop's throughput over this segment of the run, under metrics.json's names (every process calls it:
+    tokens are summed across processes)."""
+    out = {FINAL_NAMES[key]: value for key, value in meter.figures(kind).items() if key in FINAL_NAMES}
+    if meter.accelerator.device.type == "cuda":
+        out["gpu_name"] = torch.cuda.get_device_name(meter.accelerator.device)
+    return out

@@ -50,6 +50,36 @@ class TrainerState:
             self.evals_without_improvement += 1
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How long the run is and when it evaluates and saves, in optimizer steps."""
+
+    steps_per_epoch: int
+    max_steps: int
+    eval_steps: int
+    save_steps: int
+
+    @classmethod
+    def for_run(cls, cfg: TrainConfig, batches_per_epoch: int) -> "Plan":
+        """max_steps when given, else num_train_epochs (or enough epochs for the data, TrainConfig.epochs_for)."""
+        steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
+        max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs_for(steps_per_epoch) * steps_per_epoch)
+        return cls(steps_per_epoch, max_steps, cfg.eval_steps or steps_per_epoch, cfg.save_steps or steps_per_epoch)
+
+    @property
+    def num_epochs(self) -> int:
+        return math.ceil(self.max_steps / self.steps_per_epoch)
+
+    def epoch(self, step: int) -> float:
+        return round(step / self.steps_per_epoch, 4)
+
+    def logs(self, step: int, logging_steps: int) -> bool:
+        return step % logging_steps == 0 or step == self.max_steps
+
+    def evaluates(self, step: int) -> bool:
+        return step % self.eval_steps == 0 or step == self.max_steps
+
+
 class BestWeights:
     """The trained weights (LoRA, new heads, buffers; everything when fine-tuning fully) at the lowest eval loss so
     far, copied to CPU memory, so that a run whose evaluation got worse at the end keeps its best point."""
@@ -141,8 +171,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, new_heads: list[str]) ->
                              fused=True if speed.uses_cuda() else None)
 
 
-def evaluate(model: nn.Module, dataloader, accelerator: Accelerator, task, num_labels: Optional[int]) -> dict:
-    """Metrics over the whole eval set, gathered from every process (duplicates from padding dropped)."""
+def predict(model: nn.Module, dataloader, accelerator: Accelerator, task) -> dict[str, np.ndarray]:
+    """The task's per-example outputs over a prepared dataloader, gathered from every process (the duplicates that
+    pad the last batches dropped). The one evaluation path: training and evaluation.evaluate both score with it."""
+    was_training = model.training
     model.eval()
     collected: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():
@@ -150,9 +182,13 @@ def evaluate(model: nn.Module, dataloader, accelerator: Accelerator, task, num_l
             outputs = accelerator.gather_for_metrics(task.eval_step(model, batch))
             for key, value in outputs.items():
                 collected.setdefault(key, []).append(value.cpu().numpy())
-    model.train()
-    gathered = {key: np.concatenate(values) for key, values in collected.items()}
-    return task.compute_metrics(gathered, num_labels)
+    model.train(was_training)
+    return {key: np.concatenate(values) for key, values in collected.items()}
+
+
+def evaluate(model: nn.Module, dataloader, accelerator: Accelerator, task, num_labels: Optional[int]) -> dict:
+    """Metrics over the whole eval set (see ``predict``)."""
+    return task.compute_metrics(predict(model, dataloader, accelerator, task), num_labels)
 
 
 def save_checkpoint(accelerator: Accelerator, run: RunDirectory, state: TrainerState, keep: Optional[int]) -> Path:
@@ -203,6 +239,29 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     if isinstance(model, PeftModel):
         return model.get_nb_trainable_parameters()
     return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
+
+
+def final_metrics(state: TrainerState, plan: Plan, result: dict, model: nn.Module, accelerator: Accelerator) -> dict:
+    """metrics.json's summary of a finished run (the caller adds task, throughput and the adapter's step)."""
+    trainable, total = count_parameters(accelerator.unwrap_model(model))
+    return {
+        "base": state.base_metrics,
+        "finetuned": result,
+        "best_step": state.best_step,
+        "best_eval_loss": state.best_eval_loss,
+        "steps": state.step,
+        "total_steps": plan.max_steps,
+        "stopped_early": state.step < plan.max_steps,  # a finished run falls short of its plan only by early stopping
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "trainable_percent": 100 * trainable / total,
+        "train_runtime_seconds": state.runtime_seconds,
+        "train_samples_per_second": state.samples / state.runtime_seconds if state.runtime_seconds > 0 else None,
+        "peak_memory_mb": peak_memory_mb(accelerator.device),
+        "num_processes": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,  # what "auto" became on this machine
+    }
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -15,6 +15,7 @@ import streamlit as st
 
 from finetune.config import TrainConfig, field_help
 from finetune.errors import UserError
+from finetune.task_kinds import task_kind
 from webapp.services import catalog, devices, identity, settings, uploads
 
 HELP = field_help()
@@ -31,13 +32,6 @@ ADVANCED = [("head_learning_rate", "text"), ("warmup_ratio", "float"), ("weight_
             ("eval_steps", "text"), ("save_steps", "text"), ("early_stopping_patience", "text"),
             ("max_grad_norm", "float"), ("logging_steps", "int"), ("seed", "int"), ("dataloader_num_workers", "text"),
             ("group_by_length", "bool"), ("gradient_checkpointing", "bool"), ("torch_compile", "bool")]
-# Fields that mean nothing for a task are left out of its form.
-NOT_FOR = {"causal-lm": {"head_learning_rate", "max_seq_length", "group_by_length"},
-           "text-classification": {"block_size"},
-           "image-classification": {"block_size", "max_seq_length", "group_by_length"}}
-# The column roles each task's data needs, in the order the engine guesses them (the label guess skips the text).
-TASK_ROLES = {"causal-lm": ("text_column",), "text-classification": ("text_column", "label_column"),
-              "image-classification": ("image_column", "label_column")}
 # Rows read to offer columns when a guess failed: the text guess reads the first 200 rows too.
 HEAD_ROWS = 200
 
@@ -153,18 +147,25 @@ def failed_role(problem: str, task: str) -> Optional[str]:
     """The column role a data problem is about ("label_column: could not guess ..."): the user can pick that
     column. None for problems of the whole file ("train_file: ..."), which no choice of columns fixes."""
     role = problem.partition(":")[0]
-    return role if role in TASK_ROLES[task] else None
+    return role if role in task_roles(task) else None
+
+
+def task_roles(task: str) -> tuple[str, ...]:
+    """The config fields naming the columns ``task``'s data needs (text_column, label_column, ...)."""
+    return tuple(f"{column_role}_column" for column_role in task_kind(task).columns)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def unguessed_roles(path: str, task: str, failed: str) -> tuple[list[str], dict[str, Optional[str]]]:
     """The file's columns and each role's guess when ``failed`` could not be guessed (None: not guessed)."""
-    from finetune.data import Columns, Unpacking, guess_columns, load_table
+    from finetune.data import Unpacking, guess_column, load_table
 
     head = load_table(Path(path), "train_file", Unpacking(), max_rows=HEAD_ROWS)
-    found: dict[str, Optional[str]] = dict.fromkeys(TASK_ROLES[task])
-    if failed == "label_column" and task == "text-classification":  # the text was guessed first, on its own
-        found["text_column"] = guess_columns(head, "causal-lm", Columns(), "train_file").text
+    found: dict[str, Optional[str]] = dict.fromkeys(task_roles(task))
+    if failed == "label_column":  # the engine guesses the label last: the other roles were guessed on their own
+        for column_role in task_kind(task).columns:
+            if column_role != "label":
+                found[f"{column_role}_column"] = guess_column(head, column_role, "train_file")
     return head.column_names, found
 
 
@@ -255,13 +256,14 @@ def reset_settings(defaults: dict) -> None:
 
 def settings_form(task: str, errors: ErrorSlots) -> dict:
     """Render the hyperparameter inputs; returns their raw values for TrainConfig.from_dict."""
-    values = _inputs([f for f in BASIC if f[0] not in NOT_FOR[task]], errors, columns=3)
+    not_settings = task_kind(task).not_settings  # fields that mean nothing for this task are left out
+    values = _inputs([f for f in BASIC if f[0] not in not_settings], errors, columns=3)
     st.markdown("**LoRA** · targets left blank are discovered from the model's attention layers (Conv2d for ResNet).")
     # Always drawn (greyed out for full fine-tuning), and kept across page switches (persist_state), so the
     # form never falls back to Streamlit's own zeros.
     values.update(_inputs(LORA, errors, columns=4, disabled=values["finetune_method"] != "lora"))
     with st.expander("Advanced settings"):
-        values.update(_inputs([f for f in ADVANCED if f[0] not in NOT_FOR[task]], errors, columns=3))
+        values.update(_inputs([f for f in ADVANCED if f[0] not in not_settings], errors, columns=3))
     return values
 
 

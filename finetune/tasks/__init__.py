@@ -1,9 +1,14 @@
-"""One module per task; this package picks the task for a config and checks the checkpoint's kind."""
+"""One module per task; this package picks the task for a config and checks the checkpoint's kind.
+
+Which module and class implement a task, and which checkpoints train it, are read from finetune.task_kinds.
+"""
+
+import importlib
 
 from transformers import AutoConfig, PretrainedConfig
 
-from finetune.config import DEFAULT_TASK, TASK_FAMILIES
 from finetune.errors import UserError
+from finetune.task_kinds import DEFAULT_TASK, TASKS, tasks_for
 
 
 def load_model_config(model_name_or_path: str) -> PretrainedConfig:
@@ -24,21 +29,19 @@ def resolve_task(model_config: PretrainedConfig, task: str | None, model_name_or
         raise UserError(f"model_name_or_path: {model_name_or_path!r} is a {model_type!r} checkpoint; "
                         f"supported kinds are {', '.join(DEFAULT_TASK)}")
     task = task or DEFAULT_TASK[model_type]
-    if model_type not in TASK_FAMILIES[task]:
+    if task not in tasks_for(model_type):
         raise UserError(f"task: {task} is not available for {model_type} checkpoints; "
-                        f"use one of {[t for t, kinds in TASK_FAMILIES.items() if model_type in kinds]}")
+                        f"use one of {tasks_for(model_type)}")
     return task
 
 
 def get_task(name: str):
-    """The task object for ``name`` (imported lazily: each pulls in its own processors)."""
-    if name == "causal-lm":
-        from finetune.tasks.causal_lm import CausalLMTask
-        return CausalLMTask()
-    if name == "text-classification":
-        from finetune.tasks.text_classification import TextClassificationTask
-        return TextClassificationTask()
-    if name == "image-classification":
-        from finetune.tasks.image_classification import ImageClassificationTask
-        return ImageClassificationTask()
-    raise UserError(f"task: unknown task {name!r}")
+    """The task object for ``name``, imported lazily (each module pulls in its own processors).
+
+    The module name comes from our own table (TaskKind.module), never from user input.
+    """
+    if name not in TASKS:
+        raise UserError(f"task: unknown task {name!r}; expected one of {', '.join(TASKS)}")
+    kind = TASKS[name]
+    module = importlib.import_module(f"finetune.tasks.{kind.module}")
+    return getattr(module, kind.task_class)()

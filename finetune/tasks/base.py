@@ -12,14 +12,34 @@ from finetune.config import TrainConfig
 from finetune.data import Columns, Unpacking, load_splits
 from finetune.errors import UserError
 from finetune.lora import new_head_modules
+from finetune.task_kinds import TASKS, TaskKind
 
 
 class Task:
-    """A training task: how to load the model and processor, encode data, and score predictions."""
+    """A training task: how to load the model and processor, encode data, and score predictions.
 
-    name: str
+    Only the torch-side work lives here; the task's facts (name, columns, throughput unit, ...) are its entry in
+    finetune.task_kinds, found by the module and class name that entry gives.
+    """
+
+    kind: TaskKind
     auto_model_class: Any
-    unit = "tokens"  # what throughput counts: non-padding tokens of text, or images
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # Base classes shared by several tasks (ClassificationTask) have no entry and no kind.
+        for kind in TASKS.values():
+            if (f"finetune.tasks.{kind.module}", kind.task_class) == (cls.__module__, cls.__name__):
+                cls.kind = kind
+
+    @property
+    def name(self) -> str:
+        return self.kind.name
+
+    @property
+    def unit(self) -> str:
+        """What throughput counts: non-padding tokens of text, or images."""
+        return self.kind.unit
 
     def load_processor(self, model_name_or_path: str) -> Any:
         raise NotImplementedError

@@ -41,7 +41,6 @@ def model_max_length(model: PreTrainedModel, tokenizer) -> int:
 
 
 class CausalLMTask(Task):
-    name = "causal-lm"
     auto_model_class = AutoModelForCausalLM
 
     def load_processor(self, model_name_or_path: str) -> Any:

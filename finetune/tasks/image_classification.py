@@ -12,9 +12,7 @@ from finetune.tasks.base import ClassificationTask
 
 
 class ImageClassificationTask(ClassificationTask):
-    name = "image-classification"
     auto_model_class = AutoModelForImageClassification
-    unit = "images"
 
     def load_processor(self, model_name_or_path: str) -> Any:
         return AutoImageProcessor.from_pretrained(model_name_or_path)

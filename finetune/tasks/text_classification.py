@@ -24,7 +24,6 @@ LENGTH_SAMPLE = 2000
 
 
 class TextClassificationTask(ClassificationTask):
-    name = "text-classification"
     auto_model_class = AutoModelForSequenceClassification
 
     def load_processor(self, model_name_or_path: str) -> Any:

@@ -113,26 +113,26 @@ def test_several_processes_without_gpu_pick_the_cpu(monkeypatch):
     exports; the trainer asks for the CPU itself when it is one of several processes and sees no GPU."""
     import torch
 
-    from finetune.train import _several_processes_without_accelerator
+    from finetune.processes import several_processes_without_accelerator
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert _several_processes_without_accelerator() is False
+    assert several_processes_without_accelerator() is False
     monkeypatch.setenv("WORLD_SIZE", "2")
     has_gpu = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    assert _several_processes_without_accelerator() is (not has_gpu)
+    assert several_processes_without_accelerator() is (not has_gpu)
 
 
 def test_processes_that_did_not_form_a_group_are_refused(monkeypatch):
     """Where they still run alone (an accelerator accelerate cannot group), they would all write one run directory."""
     from finetune.errors import UserError
-    from finetune.train import _check_process_group
+    from finetune.processes import check_process_group
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="2 processes were launched but each runs alone"):
-        _check_process_group(SimpleNamespace(num_processes=1, device="mps"))
-    _check_process_group(SimpleNamespace(num_processes=2, device="cpu"))
+        check_process_group(SimpleNamespace(num_processes=1, device="mps"))
+    check_process_group(SimpleNamespace(num_processes=2, device="cpu"))
     monkeypatch.setenv("WORLD_SIZE", "1")
-    _check_process_group(SimpleNamespace(num_processes=1, device="cpu"))
+    check_process_group(SimpleNamespace(num_processes=1, device="cpu"))
 
 
 @pytest.mark.parametrize("grouped", [False, True])
@@ -143,7 +143,7 @@ def test_each_process_gets_half_of_the_single_process_batch(grouped):
     from accelerate.data_loader import prepare_data_loader
     from datasets import Dataset
 
-    from finetune.train import _dataloaders
+    from finetune.batches import dataloaders
 
     columns = {"x": list(range(216))}
     if grouped:
@@ -154,7 +154,7 @@ def test_each_process_gets_half_of_the_single_process_batch(grouped):
         cfg = SimpleNamespace(per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size, seed=42,
                               group_by_length=True, dataloader_num_workers=None)
         accelerator = SimpleNamespace(device=torch.device("cpu"), num_processes=num_processes)
-        train_dl, _ = _dataloaders(cfg, data, None, accelerator, images=False)
+        train_dl, _ = dataloaders(cfg, data, None, accelerator, images=False)
         sharded = prepare_data_loader(train_dl, num_processes=num_processes, process_index=rank, put_on_device=False,
                                       use_seedable_sampler=True)
         sharded.set_epoch(epoch)

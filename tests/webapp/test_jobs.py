@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune.rundir import RunDirectory, pid_alive, process_start
+from finetune.rundir import RunDirectory, pid_alive, process_start, read_json
 from webapp.services import jobs, settings
 
 # Stands in for `accelerate launch ...`: reports running like the trainer (pid with its start time),
@@ -151,10 +151,10 @@ def test_cancel_a_queued_run_and_a_running_one(home, trainers):
     jobs.cancel(waiting)
     assert state(waiting) == "cancelled"
     jobs.cancel(running)  # SIGTERM: the fake trainer has no handler and dies at once
-    assert isinstance(jobs.read_json(running.path / jobs.CANCEL_FILE).get("at"), float)
+    assert isinstance(read_json(running.cancel_path).get("at"), float)
     wait_for(lambda: not runner.tick())
     assert state(running) == "cancelled" and running.read_status().get("error") is None  # stopped in time: no kill
-    assert not (running.path / jobs.KILLED_FILE).exists() and not jobs.launched(running)
+    assert not running.killed_path.exists() and not jobs.launched(running)
     assert queued_runs(home) == []
     assert [name for name, _ in trainers.built] == ["running"]  # the cancelled queued run never launched
 
@@ -165,13 +165,13 @@ def test_resumed_run_is_queued_again_with_a_fresh_launch(home, trainers):
     runner.tick()
     wait_for(lambda: not runner.tick())
     assert state(run) == "failed"
-    (run.path / jobs.CANCEL_FILE).write_text("{}")  # leftovers of the first attempt are cleared by enqueue
-    (run.path / jobs.KILLED_FILE).write_text("{}")
+    run.cancel_path.write_text("{}")  # leftovers of the first attempt are cleared by enqueue
+    run.killed_path.write_text("{}")
     trainers.scripts["again"] = FAKE_TRAINER
     jobs.enqueue(run, jobs.Job("cpu", 1, 0, resume=True))  # as runs.resume does
     assert jobs.Job.read(run) == jobs.Job("cpu", 1, 0, resume=True)
     assert state(run) == "queued" and run.read_status()["error"] is None and run.read_status()["ended_at"] is None
-    assert not any((run.path / name).exists() for name in (jobs.LAUNCH_FILE, jobs.CANCEL_FILE, jobs.KILLED_FILE))
+    assert not any(path.exists() for path in (run.launch_path, run.cancel_path, run.killed_path))
     assert [r.path.name for r in queued_runs(home)] == ["again"]
     runner.tick()
     wait_for(lambda: state(run) == "running")
@@ -208,7 +208,7 @@ def test_jobs_that_cannot_start_fail_with_a_message_and_the_queue_moves_on(home,
     too_big = queue_fake(home, trainers, "too-big", gpus=2)
     missing = queue_fake(home, trainers, "missing-binary")
     unknown = queue_fake(home, trainers, "unknown-preset")
-    (unknown.path / jobs.JOB_FILE).write_text('{"preset": "tpu", "num_processes": 1, "gpus": 0, "resume": false}')
+    unknown.job_path.write_text('{"preset": "tpu", "num_processes": 1, "gpus": 0, "resume": false}')
     fine = queue_fake(home, trainers, "fine")
     real = trainers.__call__
 

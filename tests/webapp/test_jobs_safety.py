@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune.rundir import RunDirectory, process_start
+from finetune.rundir import RunDirectory, process_start, read_json, write_json_atomic
 from tests.webapp.test_jobs import (FAKE_TRAINER, FakeTrainers, local_runs, queue_fake, queued_runs, runner_for, state,
                                     wait_for)
 from webapp.services import jobs, settings, workspace
@@ -63,7 +63,7 @@ def read_pids(run: RunDirectory) -> dict:
 
 
 def killed_after_cancel(run: RunDirectory) -> float:
-    return jobs.read_json(run.path / jobs.KILLED_FILE)["at"] - jobs.read_json(run.path / jobs.CANCEL_FILE)["at"]
+    return run.read_killed()["at"] - read_json(run.cancel_path)["at"]
 
 
 def release_when_running(runner: jobs.Runner, run: RunDirectory) -> None:
@@ -97,7 +97,7 @@ def test_a_tampered_job_json_fails_its_run_and_starts_nothing(home, popen_calls)
     for name, text in TAMPERED_JOBS.items():
         run = runs[name] = RunDirectory(home / "runs" / name)
         jobs.enqueue(run, jobs.Job("cpu", 1, 0))  # queued properly, then job.json edited by hand
-        (run.path / jobs.JOB_FILE).write_text(text % {"home": home} if "%(home)s" in text else text)
+        run.job_path.write_text(text % {"home": home} if "%(home)s" in text else text)
         with pytest.raises(ValueError):
             jobs.Job.read(run)
     assert len(queued_runs(home)) == len(TAMPERED_JOBS)
@@ -106,7 +106,7 @@ def test_a_tampered_job_json_fails_its_run_and_starts_nothing(home, popen_calls)
     assert [name for name, status in failed.items() if status["state"] == "failed"] == list(TAMPERED_JOBS)
     for name, status in failed.items():
         assert status["error"].startswith("could not launch: job.json"), (name, status["error"])
-        assert not jobs.launched(runs[name]) and not (runs[name].path / jobs.LAUNCH_LOG).exists(), name
+        assert not jobs.launched(runs[name]) and not runs[name].launch_log_path.exists(), name
     assert popen_calls == []  # the runner started no process at all
     assert not runner.tick() and queued_runs(home) == []  # nothing left waiting: the queue moved on
     assert sorted(home.rglob("PWNED*")) == [] and not (workspace.REPO / "PWNED").exists()
@@ -125,9 +125,9 @@ def test_the_command_is_built_from_checked_names_and_always_writes_into_the_run_
     elsewhere = home / "elsewhere"
     run = RunDirectory(home / "runs" / "redirected")
     jobs.enqueue(run, jobs.Job("cpu", 1, 0))
-    job = json.loads((run.path / jobs.JOB_FILE).read_text())
+    job = json.loads(run.job_path.read_text())
     job["command"] = ["/bin/sh", "-c", f"touch {home}/PWNED"]  # ignored: job.json names, never commands
-    (run.path / jobs.JOB_FILE).write_text(json.dumps(job))
+    run.job_path.write_text(json.dumps(job))
     run.config_path.write_text(f"model_name_or_path: {home}/no-such-model\ntrain_file: {home}/none.txt\n"
                                f"output_dir: {elsewhere}\n")
     assert jobs.Job.read(run) == jobs.Job("cpu", 1, 0)
@@ -165,7 +165,7 @@ def test_a_stopped_trainer_is_killed_after_the_cancel_grace_and_the_queue_moves_
     status = frozen.read_status()
     assert status["state"] == "cancelled" and "did not stop within 1 s of Cancel" in status["error"]
     assert not alive(pid)
-    assert not jobs.launched(frozen) and jobs.read_json(frozen.path / jobs.KILLED_FILE)["reason"] == status["error"]
+    assert not jobs.launched(frozen) and frozen.read_killed()["reason"] == status["error"]
     release_when_running(runner, after)
     assert [name for name, _ in trainers.built] == ["frozen", "after"]
 
@@ -193,7 +193,7 @@ def test_a_silent_trainer_is_failed_as_stalled_while_a_slow_but_live_one_is_left
     pids = read_pids(silent)
     assert all(alive(pid) for pid in pids.values())
     tick_until(runner, lambda: state(silent) != "running")
-    silent_for = jobs.read_json(silent.path / jobs.KILLED_FILE)["at"] - (silent.path / "pids.json").stat().st_mtime
+    silent_for = silent.read_killed()["at"] - (silent.path / "pids.json").stat().st_mtime
     assert 2 < silent_for < 4, silent_for  # the last sign of life came after pids.json
     status = silent.read_status()
     assert status["state"] == "failed" and "stalled: it reported no progress for 2 s" in status["error"]
@@ -205,7 +205,7 @@ def test_a_silent_trainer_is_failed_as_stalled_while_a_slow_but_live_one_is_left
     for _ in range(10):
         runner.tick()
         time.sleep(0.1)
-    assert state(beating) == "running" and not (beating.path / jobs.KILLED_FILE).exists()
+    assert state(beating) == "running" and not beating.killed_path.exists()
     (beating.path / "release").touch()
     tick_until(runner, lambda: state(beating) == "finished" and not jobs.launched(beating))
 
@@ -235,12 +235,12 @@ def test_a_reused_pid_is_neither_trusted_nor_signalled(home):
         unstamped.update_status(state="running", pid=bystander.pid)  # no start time: never alive
         relaunched = RunDirectory(home / "runs" / "relaunched")  # a launcher pid reused
         relaunched.update_status(state="queued", queued_at=time.time())
-        jobs.write_json_atomic(relaunched.path / jobs.LAUNCH_FILE,
-                               {"pid": bystander.pid, "started": other_start, "gpu_ids": [], "launched_at": 0})
+        write_json_atomic(relaunched.launch_path,
+                          {"pid": bystander.pid, "started": other_start, "gpu_ids": [], "launched_at": 0})
         assert not any(jobs.is_active(r) for r in (reused, unstamped, relaunched))
         for run in (reused, unstamped, relaunched):
             jobs.cancel(run)
-        assert not any((r.path / jobs.CANCEL_FILE).exists() for r in (reused, unstamped, relaunched))
+        assert not any(r.cancel_path.exists() for r in (reused, unstamped, relaunched))
         # Limits that would kill any live run at once: still nothing may touch the bystander.
         runner = jobs.Runner(local_runs(home), gpu_ids=[], limits=settings.Settings(cancel_grace_seconds=0.01,
                                                                                    stall_seconds=0.01))
@@ -251,7 +251,7 @@ def test_a_reused_pid_is_neither_trusted_nor_signalled(home):
             assert state(run) == "failed" and "ended without reporting" in run.read_status()["error"], run.path.name
             jobs.cancel(run)
         assert state(relaunched) == "cancelled" and not jobs.launched(relaunched)
-        assert not any((r.path / jobs.KILLED_FILE).exists() for r in (reused, unstamped, relaunched))
+        assert not any(r.killed_path.exists() for r in (reused, unstamped, relaunched))
         assert bystander.poll() is None and process_start(bystander.pid) == started  # never signalled
     finally:
         bystander.kill()
@@ -334,11 +334,11 @@ def test_an_empty_or_garbled_cancel_request_still_escalates_and_garbled_times_do
     garbled.update_status(queued_at="tomorrow")  # counts as 0 instead of raising in every tick
     assert [r.path.name for r in queued_runs(home)] == ["garbled"]
     pid = stuck.read_status()["pid"]
-    (stuck.path / jobs.CANCEL_FILE).write_text(request_text)
+    stuck.cancel_path.write_text(request_text)
     os.kill(pid, signal.SIGTERM)  # ignored
-    cancel_time = (stuck.path / jobs.CANCEL_FILE).stat().st_mtime
-    assert jobs.cancelled_at(stuck) == cancel_time
+    cancel_time = stuck.cancel_path.stat().st_mtime
+    assert stuck.cancel_requested_at() == cancel_time
     tick_until(runner, lambda: state(stuck) != "running")
-    killed_after = jobs.read_json(stuck.path / jobs.KILLED_FILE)["at"] - cancel_time
+    killed_after = stuck.read_killed()["at"] - cancel_time
     assert 1 < killed_after < 3 and state(stuck) == "cancelled" and not alive(pid)
     release_when_running(runner, garbled)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from finetune.config import TrainConfig, warnings_for
+from finetune.advice import warnings_for
+from finetune.config import TrainConfig
 from finetune.data import Columns, guess_columns
 from finetune.errors import UserError
 from tests.conftest import REPO, write_image_folder

@@ -92,7 +92,7 @@ def test_launch_plan_validates_every_field_and_gives_the_exact_command(home):
     assert command[:5] == ["accelerate", "launch", "--config_file", "configs/accelerate/cpu.yaml", "--num_processes"]
     run = launch.launch(LOCAL, cfg, setup)
     assert run.read_status()["state"] == "queued"
-    job = json.loads((run.path / jobs.JOB_FILE).read_text())
+    job = json.loads(run.job_path.read_text())
     assert job == {"preset": "cpu", "num_processes": 1, "gpus": 0, "resume": False}, "names and counts, no command"
     repo = devices.workspace.REPO
     assert jobs.launch_command(run, jobs.Job.read(run)) == [

@@ -6,8 +6,10 @@ import time
 import streamlit as st
 import yaml
 
-from finetune.config import field_help, warnings_for
+from finetune.advice import warnings_for
+from finetune.config import field_help
 from finetune.errors import ConfigError, UserError
+from finetune.task_kinds import task_kind
 from webapp import widgets
 from webapp.services import catalog, devices, identity, launch, uploads
 
@@ -50,7 +52,8 @@ st.subheader("2 · Data")
 source = st.radio("Training data", ["Sample data", "Upload a file"], horizontal=True, key="data_source",
                   persist_state="session")
 if source == "Upload a file":
-    uploaded = st.file_uploader(f"Upload {uploads.EXPECTED[task]}", type=list(uploads.ACCEPTED[task]), key="upload")
+    kind = task_kind(task)
+    uploaded = st.file_uploader(f"Upload {kind.expected_upload}", type=list(kind.uploads), key="upload")
     if uploaded is None:
         st.stop()
     try:

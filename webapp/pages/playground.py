@@ -5,6 +5,7 @@ import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
 from finetune.errors import UserError
+from finetune.task_kinds import task_kind
 from webapp import widgets
 from webapp.services import playground, runs
 
@@ -42,7 +43,8 @@ def show_scores(scores: list[tuple[str, float]]) -> None:
     st.bar_chart(pd.DataFrame(scores, columns=["label", "probability"]).set_index("label"), horizontal=True)
 
 
-if trained.task == "causal-lm":
+shown_as = task_kind(trained.task).playground
+if shown_as == "generate":
     prompt = st.text_area("Prompt", "the movie was", key="prompt")
     cells = st.columns(3)
     max_new_tokens = cells[0].slider("New tokens", 5, 200, 40)
@@ -56,11 +58,11 @@ if trained.task == "causal-lm":
         left.write(prompt + texts["base"])
         right.markdown("**Fine-tuned**")
         right.write(prompt + texts["finetuned"])
-elif trained.task == "text-classification":
+elif shown_as == "classify-text":
     text = st.text_area("Text", "the acting was wonderful", key="text")
     if st.button("Classify", type="primary") and text.strip():
         show_scores(playground.classify_text(trained, text))
-else:
+else:  # "classify-image"
     upload = st.file_uploader("Image", type=["png", "jpg", "jpeg", "bmp", "gif", "webp"], key="image")
     if upload is not None:
         try:

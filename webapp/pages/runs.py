@@ -6,13 +6,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from evaluation.compare import curves, load_run
-from finetune import hub
 from finetune.errors import UserError
-from finetune.rundir import RunDirectory
 from webapp import widgets
-from webapp.services import jobs, runs, workspace
+from webapp.services import run_detail, runs
 
+POINT = ["step", "metric", "value"]  # the columns of a curve's points (webapp/services/run_detail.py)
 REFRESH_SECONDS = 2  # the trainer flushes events per line; this is how stale the page may be
 STATE_ICONS = {"queued": "⏳", "starting": "🟡", "running": "🔵", "stopping": "🟠", "finished": "✅", "failed": "❌",
                "cancelled": "⏹️"}
@@ -40,12 +38,11 @@ def _chart(data: pd.DataFrame, y_title: str) -> alt.Chart:
         color=alt.Color("metric:N", title=None), tooltip=["metric", "step", "value"])
 
 
-def _runner_caption() -> None:
+def _runner_caption(runner: runs.RunnerState) -> None:
     """For whoever runs the machine: the job runner's state, its log, and how to stop it."""
-    pid = jobs.runner_pid()
-    state = f"running (pid {pid})" if pid else "running" if jobs.runner_alive() else "not running"
-    st.caption(f"Job runner: {state}; log `{workspace.home() / jobs.RUNNER_LOG}`. It exits by itself after "
-               f"{jobs.IDLE_EXIT_SECONDS // 60} idle minutes; stop it sooner with "
+    state = f"running (pid {runner.pid})" if runner.pid else "running" if runner.alive else "not running"
+    st.caption(f"Job runner: {state}; log `{runner.log}`. It exits by itself after "
+               f"{runner.idle_exit_minutes} idle minutes; stop it sooner with "
                "`python -m webapp.services.jobs stop` (runs in progress keep training).")
 
 
@@ -68,10 +65,11 @@ def overview() -> None:
         for s in summaries])
     st.dataframe(table, hide_index=True, column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")})
-    if not jobs.runner_alive() and positions:
+    runner = runs.runner_state() if positions or user.is_operator else None
+    if runner and not runner.alive and positions:
         st.warning("The job runner is not running; reload the page to start it.")
-    if user.is_operator:  # the runner's pid, log path and stop command mean something only on the machine itself
-        _runner_caption()
+    if runner and user.is_operator:  # the runner's pid, log path and stop command mean something only on the machine
+        _runner_caption(runner)
 
 
 overview()
@@ -98,32 +96,21 @@ def live(name: str) -> None:
     if summary.state == "running":
         label += f" · ETA {_eta(summary.eta_seconds)}"
     st.progress(summary.progress, text=label)
-    run = load_run(summary.path)  # read each refresh anyway (curves, metrics): the throughput comes from it too
-    speed = runs.throughput(summary.state, run.events, run.metrics)
-    if speed:
-        st.caption(f"Throughput: {speed.text} ({speed.basis})")
+    detail = run_detail.detail(summary)
+    if detail.throughput:
+        st.caption(f"Throughput: {detail.throughput.text} ({detail.throughput.basis})")
     if summary.error:
         st.error(summary.error)
-    table = curves([run])
-    if not table.empty:
+    if detail.losses or detail.scores:
         left, right = st.columns(2)
-        train = table[(table.event == "train") & (table.metric == "loss")]
-        evals = table[(table.event == "eval") & (table.metric == "eval_loss")]
-        losses = pd.concat([train.assign(metric="train loss"), evals.assign(metric="eval loss")])
         # Long format (one row per point): eval points, sparser than train points, still draw as a line.
-        left.altair_chart(_chart(losses, "loss"), width="stretch")
-        # One scale per chart: perplexity (1..vocab size) would flatten next-token accuracy (0..1).
-        shown = ["perplexity"] if summary.task == "causal-lm" else ["accuracy", "f1", "precision", "recall"]
-        scores = table[(table.event == "eval") & table.metric.isin(shown)]
-        if not scores.empty:
-            right.altair_chart(_chart(scores, "score"), width="stretch")
-    if run.metrics.get("finetuned"):
-        base, tuned = run.metrics["base"], run.metrics["finetuned"]
-        shown = [k for k, v in tuned.items() if isinstance(v, (int, float))]
-        st.table(pd.DataFrame({"base model": [base.get(k) for k in shown], "fine-tuned": [tuned[k] for k in shown]},
-                              index=shown).T)
+        left.altair_chart(_chart(pd.DataFrame(detail.losses, columns=POINT), "loss"), width="stretch")
+        if detail.scores:
+            right.altair_chart(_chart(pd.DataFrame(detail.scores, columns=POINT), "score"), width="stretch")
+    if detail.final:
+        st.table(pd.DataFrame.from_dict(detail.final, orient="index"))
     with st.expander("Log", expanded=summary.state in ("failed", "running", "starting")):
-        st.code(jobs.log_tail(RunDirectory(summary.path)) or "(no output yet)", language="log")
+        st.code(detail.log or "(no output yet)", language="log")
 
 
 live(name)
@@ -131,11 +118,11 @@ summary = runs.summary(user, name)
 
 
 @st.dialog("Delete run")
-def confirm_delete(name: str) -> None:
-    st.write(f"Delete **{name}** with its adapter, checkpoints and logs? This cannot be undone.")
+def confirm_delete(ref: str) -> None:
+    st.write(f"Delete **{ref}** with its adapter, checkpoints and logs? This cannot be undone.")
     if st.button("Delete for good", type="primary"):
         try:
-            runs.delete(user, name)
+            runs.delete(user, ref)
             st.session_state.pop("selected_run", None)
             st.rerun()
         except UserError as err:
@@ -176,8 +163,7 @@ if summary.state == "finished":
             if st.button("Push to Hub", disabled=not repo_id):
                 try:
                     with st.spinner("Uploading…"):
-                        url = hub.push_to_hub(runs.locate(user, name), repo_id.strip(), private=private,
-                                              token=token, update_existing=update)
+                        url = runs.push(user, name, repo_id, private=private, token=token, update_existing=update)
                     st.success(f"Pushed to {url}")
                 except UserError as err:
                     st.error(str(err))

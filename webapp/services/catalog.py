@@ -12,8 +12,8 @@ from urllib.parse import urlparse
 
 import yaml
 
-from finetune.config import DEFAULT_TASK
 from finetune.errors import UserError
+from finetune.task_kinds import DEFAULT_TASK
 from webapp.services import demo, workspace
 
 
@@ -24,7 +24,11 @@ class Family:
     key: str
     label: str
     hub_id: str
-    task: str
+
+    @property
+    def task(self) -> str:
+        """The task this family trains by default (the task table's DEFAULT_TASK)."""
+        return DEFAULT_TASK[self.key]
 
     def defaults(self) -> dict:
         """Training settings from configs/<family>.yaml (the same commented file the CLI uses)."""
@@ -33,10 +37,10 @@ class Family:
 
 
 FAMILIES = {
-    "gpt2": Family("gpt2", "GPT-2 · text generation", "gpt2", "causal-lm"),
-    "bert": Family("bert", "BERT · text classification", "bert-base-uncased", "text-classification"),
-    "vit": Family("vit", "ViT · image classification", "google/vit-base-patch16-224-in21k", "image-classification"),
-    "resnet": Family("resnet", "ResNet · image classification", "microsoft/resnet-50", "image-classification"),
+    "gpt2": Family("gpt2", "GPT-2 · text generation", "gpt2"),
+    "bert": Family("bert", "BERT · text classification", "bert-base-uncased"),
+    "vit": Family("vit", "ViT · image classification", "google/vit-base-patch16-224-in21k"),
+    "resnet": Family("resnet", "ResNet · image classification", "microsoft/resnet-50"),
 }
 # What each offline demo checkpoint is (webapp.services.demo makes them), for the New run page.
 DEMO_DESCRIPTIONS = {

@@ -17,10 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from finetune.task_kinds import TASKS
+
 READY = "ready"  # marker file: everything below was written completely; it holds VERSION
 # Of the demo's contents: a workspace holding an older demo (before 2: a tiny BERT, colour squares) is rebuilt.
 VERSION = "2"
-SAMPLES = {"causal-lm": "stories.txt", "text-classification": "reviews.csv", "image-classification": "digits"}
 # The BERT checkpoint's files in the package: a plain BertModel with its fast tokenizer (bert-base-uncased's
 # vocabulary); the sentence-transformers files beside them (pooling, modules.json) are not needed.
 MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -63,7 +64,8 @@ def is_ready(directory: Path) -> bool:
 
 
 def sample_path(directory: Path, task: str) -> Path:
-    return directory / "samples" / SAMPLES[task]
+    """Where the demo keeps ``task``'s sample data (its TaskKind.sample)."""
+    return directory / "samples" / TASKS[task].sample
 
 
 def checkpoint_path(directory: Path, family: str) -> Path:
@@ -132,6 +134,10 @@ def write_digits(root: Path) -> Path:
     return root
 
 
+# How each sample data set a task's table entry may name (TaskKind.sample) is written.
+SAMPLE_WRITERS = {"reviews.csv": write_reviews, "stories.txt": write_stories, "digits": write_digits}
+
+
 def make_demo(directory: Path) -> None:
     from finetune.tiny_checkpoints import make_tiny_checkpoints
 
@@ -146,9 +152,8 @@ def make_demo(directory: Path) -> None:
         copy_minilm(checkpoint_path(directory, "bert"))
         make_tiny_checkpoints(directory / "checkpoints", ("gpt2", "vit", "resnet"))
         (directory / "samples").mkdir()
-        write_reviews(sample_path(directory, "text-classification"))
-        write_stories(sample_path(directory, "causal-lm"))
-        write_digits(sample_path(directory, "image-classification"))
+        for sample in dict.fromkeys(kind.sample for kind in TASKS.values()):  # tasks may share one
+            SAMPLE_WRITERS[sample](directory / "samples" / sample)
         (directory / READY).write_text(VERSION + "\n")
 
 

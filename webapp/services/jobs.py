@@ -15,7 +15,6 @@ nothing for too long is killed and failed as stalled (webapp/services/settings.p
 import argparse
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -27,16 +26,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from finetune.rundir import RunDirectory, pid_alive, process_start, write_json_atomic
+from finetune.rundir import RunDirectory, pid_alive, process_start, read_json, write_json_atomic
 from webapp.services import devices, fair_queue, settings, workspace
 from webapp.services.fair_queue import as_number
 from webapp.services.identity import LOCAL_KEY
 
-JOB_FILE = "job.json"  # Job, written when queued
-LAUNCH_FILE = "launch.json"  # {"pid": ..., "started": ..., "gpu_ids": [...], "launched_at": ...}: by the runner
-LAUNCH_LOG = "launch.log"  # the launcher's stdout/stderr: errors from before the trainer's own log starts
-CANCEL_FILE = "cancel.requested"  # {"at": time}: Cancel sent SIGTERM then
-KILLED_FILE = "killed.json"  # {"reason": ...}: the runner SIGKILLed the run's processes
+# The runner's files in each run folder (job.json, launch.json, launch.log, cancel.requested, killed.json) are
+# RunDirectory's: paths, readers and writers in finetune/rundir.py, described in docs/run-directory.md.
 POLL_SECONDS = 1.0
 IDLE_EXIT_SECONDS = 900  # a runner with nothing to do exits; the app starts a new one when needed
 GPU_CHECK_SECONDS = 60
@@ -61,18 +57,18 @@ class Job:
     @classmethod
     def read(cls, run: RunDirectory) -> "Job":
         """The run's job.json, checked field by field; ValueError says what is wrong."""
-        raw = read_json(run.path / JOB_FILE)
+        raw, name = run.read_job(), run.job_path.name
         preset, processes, gpus, resume = (raw.get(k) for k in ("preset", "num_processes", "gpus", "resume"))
         if preset not in devices.LAUNCHABLE_PRESETS:
-            raise ValueError(f"{JOB_FILE} names no known launch preset (got {preset!r})")
+            raise ValueError(f"{name} names no known launch preset (got {preset!r})")
         if not (_count(processes) and 1 <= processes <= MAX_PROCESSES and _count(gpus) and 0 <= gpus <= MAX_PROCESSES):
-            raise ValueError(f"{JOB_FILE} has bad process or GPU counts ({processes!r}, {gpus!r})")
+            raise ValueError(f"{name} has bad process or GPU counts ({processes!r}, {gpus!r})")
         if not isinstance(resume, bool):
-            raise ValueError(f"{JOB_FILE} has a bad resume flag ({resume!r})")
+            raise ValueError(f"{name} has a bad resume flag ({resume!r})")
         return cls(preset, processes, gpus, resume)
 
     def write(self, run: RunDirectory) -> None:
-        write_json_atomic(run.path / JOB_FILE, asdict(self))
+        run.write_job(asdict(self))
 
 
 def _count(value) -> bool:
@@ -87,16 +83,8 @@ def launch_command(run: RunDirectory, job: Job) -> list[str]:
     return command + ["--output_dir", str(run.path)] + (["--resume_from_checkpoint", "true"] if job.resume else [])
 
 
-def read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):  # missing, unreadable, half-written or not UTF-8
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def launched(run: RunDirectory) -> dict:
-    return read_json(run.path / LAUNCH_FILE)
+    return run.read_launch()
 
 
 def launcher_alive(run: RunDirectory) -> bool:
@@ -112,7 +100,7 @@ def is_active(run: RunDirectory) -> bool:
 @contextlib.contextmanager
 def run_lock(run: RunDirectory):
     """Serialises "launch it" (runner) against "cancel it while queued" (app) for one run."""
-    with (run.path / ".lock").open("a") as lock:
+    with run.lock_path.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -121,8 +109,7 @@ def enqueue(run: RunDirectory, job: Job) -> None:
     """Queue ``job`` for ``run`` and make sure a runner will start it."""
     run.path.mkdir(parents=True, exist_ok=True)
     job.write(run)
-    for stale in (LAUNCH_FILE, CANCEL_FILE, KILLED_FILE):
-        (run.path / stale).unlink(missing_ok=True)
+    run.clear_runner_files()
     run.update_status(state="queued", queued_at=time.time(), error=None, ended_at=None)
     ensure_runner()
 
@@ -140,11 +127,11 @@ def cancel(run: RunDirectory) -> None:
     with run_lock(run):
         launch, status = launched(run), run.read_status()
         if launcher_alive(run):
-            write_json_atomic(run.path / CANCEL_FILE, {"at": time.time()})
+            run.request_cancel()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(launch["pid"], signal.SIGTERM)  # the launcher and its trainer processes share this group
         elif status.get("state") == "running" and run.trainer_alive():
-            write_json_atomic(run.path / CANCEL_FILE, {"at": time.time()})
+            run.request_cancel()
             with contextlib.suppress(ProcessLookupError):
                 os.kill(status["pid"], signal.SIGTERM)  # started outside the app (command line): rank 0 tells the rest
         elif status.get("state") == "queued":
@@ -155,19 +142,10 @@ def _fail(run: RunDirectory, error: str) -> None:
     run.update_status(state="failed", ended_at=time.time(), error=error)
 
 
-def cancelled_at(run: RunDirectory) -> Optional[float]:
-    """When Cancel was sent (None when it was not); an empty or garbled request counts from its file's time."""
-    path = run.path / CANCEL_FILE
-    try:
-        return as_number(read_json(path).get("at")) or path.stat().st_mtime
-    except OSError:
-        return None
-
-
 def last_progress(run: RunDirectory) -> float:
     """When the run last showed a sign of life: a status, event or log line, or its launch."""
     times = [as_number(launched(run).get("launched_at"))]
-    for path in (run.status_path, run.events_path, run.log_path, run.path / LAUNCH_LOG):
+    for path in (run.status_path, run.events_path, run.log_path, run.launch_log_path):
         with contextlib.suppress(OSError):
             times.append(path.stat().st_mtime)
     return max(times)
@@ -229,15 +207,14 @@ class Runner:
             run.update_status(launched_at=time.time())  # the fair queue's memory of whom it served last
             try:
                 command = self.command_for(run, job)
-                with (run.path / LAUNCH_LOG).open("ab") as log:
+                with run.launch_log_path.open("ab") as log:
                     child = subprocess.Popen(command, cwd=workspace.REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
             except (OSError, ValueError) as err:  # a bad job must not stop the queue
                 _fail(run, f"could not launch: {type(err).__name__}: {err}")
                 return False
             self.children[run.path] = child
-            write_json_atomic(run.path / LAUNCH_FILE, {"pid": child.pid, "started": process_start(child.pid),
-                                                       "gpu_ids": gpu_ids, "launched_at": time.time()})
+            run.write_launch(child.pid, process_start(child.pid), gpu_ids)
         return True
 
     def _reap_if_done(self, run: RunDirectory) -> bool:
@@ -248,22 +225,22 @@ class Runner:
             return False
         self.children.pop(run.path, None)
         if run.read_status().get("state") in ("queued", "running"):  # the trainer never wrote how it ended
-            killed = read_json(run.path / KILLED_FILE).get("reason")
-            if (run.path / CANCEL_FILE).is_file():
+            killed = run.read_killed().get("reason")
+            if run.cancel_path.is_file():
                 run.update_status(state="cancelled", ended_at=time.time(), error=killed)
             elif killed:
                 _fail(run, f"{killed}; its processes were killed. Resume it from its last checkpoint")
             else:
                 how = f"exited (code {code})" if code is not None else "ended"
                 _fail(run, f"the trainer {how} before finishing: {log_tail(run, 3)}")
-        (run.path / LAUNCH_FILE).unlink(missing_ok=True)
+        run.launch_path.unlink(missing_ok=True)
         return True
 
     def _stop_if_overdue(self, run: RunDirectory) -> None:
         """SIGKILL a run still alive long after Cancel, silent for longer than the stall limit, or over its time."""
-        if not is_active(run) or (run.path / KILLED_FILE).is_file():
+        if not is_active(run) or run.killed_path.is_file():
             return
-        cancelled, now = cancelled_at(run), time.time()
+        cancelled, now = run.cancel_requested_at(), time.time()
         if cancelled is not None and now - cancelled > self.limits.cancel_grace_seconds:
             reason = f"did not stop within {self.limits.cancel_grace_seconds:g} s of Cancel"
         elif now - last_progress(run) > self.limits.stall_seconds:
@@ -272,7 +249,7 @@ class Runner:
             reason = f"ran longer than the {self.limits.max_run_seconds:g} s one run may take on this app"
         else:
             return
-        write_json_atomic(run.path / KILLED_FILE, {"reason": reason, "at": now})
+        run.record_killed(reason)
         status, launch = run.read_status(), launched(run)
         roots = ([launch["pid"]] if launcher_alive(run) else []) + ([status["pid"]] if run.trainer_alive() else [])
         # Listed before the first kill: a killed parent's children are re-parented out of reach.
@@ -311,7 +288,7 @@ def descendants(pid: int) -> list[int]:
 
 def log_tail(run: RunDirectory, lines: int = 40) -> str:
     """The last lines of the trainer's log, or of the launcher's output when the trainer logged nothing."""
-    for path in (run.log_path, run.path / LAUNCH_LOG):
+    for path in (run.log_path, run.launch_log_path):
         if path.is_file() and path.stat().st_size:
             with path.open("rb") as f:  # only the end: a log grows for as long as the run trains
                 f.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
@@ -342,7 +319,7 @@ def ensure_runner() -> None:
 def runner_pid() -> Optional[int]:
     """The pid of the runner holding runner.lock, as runner.json records it; None when no runner holds the lock
     or the record does not name that live process (pid and start time must both match)."""
-    record = read_json(workspace.home() / RUNNER_FILE)
+    record = read_json(workspace.home() / RUNNER_FILE) or {}
     pid = record.get("pid")
     alive = isinstance(pid, int) and pid_alive(pid, record.get("started")) and runner_alive()
     return pid if alive else None

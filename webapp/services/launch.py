@@ -41,7 +41,7 @@ def plan(user: User, name: str, values: dict[str, Any], setup: Setup) -> tuple[T
         raise ConfigError(([name_problem] if name_problem else []) + err.problems) from None
     if name_problem:
         raise ConfigError([name_problem])
-    return cfg, setup.command(run_dir / "config.yaml")
+    return cfg, setup.command(RunDirectory(run_dir).config_path)
 
 
 def launch(user: User, cfg: TrainConfig, setup: Setup) -> RunDirectory:

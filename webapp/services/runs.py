@@ -1,6 +1,8 @@
-"""Reading and managing runs for the pages: summaries with progress, ETA and throughput; resume, delete, export."""
+"""Reading and managing runs for the pages: summaries with progress, ETA and throughput, the details of one run
+(curves, final metrics, log); resume, delete, export, push. Plain Python: no streamlit, no pandas."""
 
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -13,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
+from evaluation.figures import percent, rate
 from finetune.errors import UserError
-from finetune.rundir import RunDirectory, read_json
+from finetune.rundir import THROUGHPUT_METRICS, RunDirectory, read_json
 from webapp.services import devices, identity, jobs, quotas, settings, workspace
 from webapp.services.identity import User
 
@@ -69,16 +70,37 @@ def summarize(path: Path, viewer: Optional[User] = None) -> RunSummary:
     if jobs.launched(run) and state in ("queued", "cancelled", "failed"):
         # Launched but not settled: the trainer is starting, or has reported its end and is still exiting.
         state = "starting" if state == "queued" else "stopping"
-    config, events = _read_config(run), run.read_events()
+    config, logged = run.read_config(), _logged_steps(run, status)
     # The last train event may precede the early stop (train events come every logging_steps).
     stopped_at = status.get("stopped_early_at_step") if state == "finished" else None
-    step = stopped_at or max((e.get("step") or 0 for e in events if e.get("event") == "train"), default=0)
+    step = stopped_at or max((e.get("step") or 0 for e in logged), default=0)
     ref = _ref(owner, path.name, viewer)
     return RunSummary(name=path.name, path=path, owner=owner, ref=ref, state=state, task=config.get("task"),
                       model=config.get("model_name_or_path"), step=step, total_steps=status.get("total_steps"),
-                      eta_seconds=_eta(status, events) if state == "running" else None, error=status.get("error"),
+                      eta_seconds=_eta(status, logged) if state == "running" else None, error=status.get("error"),
                       created_at=status.get("queued_at") or status.get("started_at") or _mtime(path),
                       stopped_early=bool(stopped_at))
+
+
+def _logged_steps(run: RunDirectory, status: dict) -> list[dict]:
+    """The train records that progress and pace are read from, as {"event", "step", "time"}: the latest one, which
+    the trainer keeps in status.json, so the list of runs reads one small file per run on each refresh; for a run
+    from before it did so, every train event of events.jsonl (read again only when that file has changed)."""
+    if isinstance(status.get("step"), int):
+        return [{"event": "train", "step": status["step"], "time": status.get("step_at")}]
+    try:
+        stat = run.events_path.stat()
+    except OSError:
+        return []
+    return list(_train_events(run.events_path, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=256)
+def _train_events(events_path: Path, mtime_ns: int, size: int) -> tuple[dict, ...]:
+    """The train events of ``events_path`` as it was at (mtime_ns, size): the key that makes a changed file new."""
+    events = RunDirectory(events_path.parent).read_events()
+    return tuple({"event": "train", "step": e.get("step"), "time": e.get("time")}
+                 for e in events if e.get("event") == "train")
 
 
 def _mtime(path: Path) -> float:
@@ -129,23 +151,16 @@ class Throughput:
     @property
     def text(self) -> str:
         """E.g. "1,234 tokens/s · 12.3 TFLOP/s · MFU 38% on NVIDIA H100"."""
-        parts = [f"{_number(value)} {unit}/s" for value, unit in ((self.tokens_per_second, "tokens"),
+        parts = [f"{rate(value)} {unit}/s" for value, unit in ((self.tokens_per_second, "tokens"),
                  (self.images_per_second, "images"), (self.tflops, "TFLOP")) if value is not None]
         if self.mfu is not None:
-            parts.append(f"MFU {_percent(self.mfu)}")
+            parts.append(f"MFU {percent(self.mfu)}")
         return " · ".join(parts) + (f" on {self.gpu_name}" if self.gpu_name and parts else "")
 
     @property
     def basis(self) -> str:
         """What the figures average over: a live run's trainer reports its pace as of the latest logged step."""
         return "whole-run average" if self.whole_run else "latest logged step"
-
-
-# Where each figure is in a train event, and in metrics.json.
-EVENT_KEYS = {"tokens_per_second": "tokens_per_second", "images_per_second": "images_per_second",
-              "tflops": "tflops", "mfu": "mfu"}
-METRICS_KEYS = {"tokens_per_second": "train_tokens_per_second", "images_per_second": "train_images_per_second",
-                "tflops": "train_tflops", "mfu": "mfu"}
 
 
 def throughput(state: str, events: list[dict], metrics: dict) -> Optional[Throughput]:
@@ -155,12 +170,12 @@ def throughput(state: str, events: list[dict], metrics: dict) -> Optional[Throug
     A finished run's metrics.json averages the whole run; otherwise the latest train event is the current pace.
     """
     if state == "finished":
-        found = _figures(metrics or {}, METRICS_KEYS)
+        found = _figures(metrics or {}, THROUGHPUT_METRICS)
         if found:
             name = (metrics or {}).get("gpu_name")
             return Throughput(**found, gpu_name=name if isinstance(name, str) else None, whole_run=True)
     latest = next((e for e in reversed(events) if e.get("event") == "train"), {})
-    found = _figures(latest, EVENT_KEYS)
+    found = _figures(latest, {field: field for field in THROUGHPUT_METRICS})  # named alike in a train event
     return Throughput(**found) if found else None
 
 
@@ -174,16 +189,6 @@ def _figures(record: dict, keys: dict[str, str]) -> dict[str, float]:
     return found
 
 
-def _number(value: float) -> str:
-    """Whole numbers with thousands separators from 100 up ("1,234"), three significant digits below ("45.1")."""
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
-
-
-def _percent(fraction: float) -> str:
-    """A fraction as a percentage, "38%"; with a decimal below 10%, so that a small MFU does not read 0%."""
-    return f"{fraction:.0%}" if fraction >= 0.1 else f"{fraction:.1%}"
-
-
 def default_selection(summaries: list[RunSummary], last: Optional[str]) -> int:
     """Which run the Runs page opens on (index into ``summaries``, newest first): the one the user last selected
     while it is still there, else a running one (not the newest, which may only be queued), else the newest."""
@@ -191,13 +196,6 @@ def default_selection(summaries: list[RunSummary], last: Optional[str]) -> int:
     if last in refs:
         return refs.index(last)
     return next((i for i, s in enumerate(summaries) if s.state == "running"), 0)
-
-
-def _read_config(run: RunDirectory) -> dict:
-    try:
-        return yaml.safe_load(run.config_path.read_text()) or {}
-    except (FileNotFoundError, yaml.YAMLError):
-        return {}
 
 
 def list_runs(user: User) -> list[RunSummary]:
@@ -306,14 +304,16 @@ def adapter_zip(user: User, ref: str) -> bytes:
     from finetune import hub
 
     path = locate(user, ref)
-    adapter = RunDirectory(path).adapter_dir
+    run = RunDirectory(path)
+    adapter = run.adapter_dir
     if not adapter.is_dir():
         raise UserError(f"download: {path.name} has no adapter yet; it is written when the run finishes")
     replaced = {"README.md": hub.model_card(path).encode()}
-    for name, key in (("adapter_config.json", "base_model_name_or_path"), ("lora_lab.json", "base_model")):
-        info = read_json(adapter / name)
-        if info is not None and isinstance(info.get(key), str) and Path(info[key]).is_absolute():
-            replaced[name] = json.dumps({**info, key: Path(info[key]).name}, indent=2).encode()
+    peft_config = adapter / "adapter_config.json"  # PEFT's own file
+    for file, info, key in ((peft_config, read_json(peft_config) or {}, "base_model_name_or_path"),
+                            (run.adapter_info_path, run.read_adapter_info(), "base_model")):
+        if isinstance(info.get(key), str) and Path(info[key]).is_absolute():
+            replaced[file.name] = json.dumps({**info, key: Path(info[key]).name}, indent=2).encode()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for file in sorted(p for p in adapter.rglob("*") if p.is_file()):
@@ -325,3 +325,26 @@ def adapter_zip(user: User, ref: str) -> bytes:
         for name, data in replaced.items():  # a model card where PEFT wrote none
             archive.writestr(str(Path(path.name) / name), data)
     return buffer.getvalue()
+
+
+def push(user: User, ref: str, repo_id: str, private: bool, token: Optional[str], update_existing: bool) -> str:
+    """Upload the run's adapter with its model card to the Hub repository ``repo_id``; returns its URL."""
+    from finetune import hub  # huggingface_hub: only when the user pushes
+
+    return hub.push_to_hub(locate(user, ref), repo_id.strip(), private=private, token=token,
+                           update_existing=update_existing)
+
+
+@dataclass(frozen=True)
+class RunnerState:
+    """The job runner as the machine's operator sees it."""
+
+    alive: bool  # a runner holds runner.lock
+    pid: Optional[int]  # its pid, when runner.json names that live process
+    log: Path
+    idle_exit_minutes: int  # it exits by itself after this long with nothing to do
+
+
+def runner_state() -> RunnerState:
+    return RunnerState(alive=jobs.runner_alive(), pid=jobs.runner_pid(), log=workspace.home() / jobs.RUNNER_LOG,
+                       idle_exit_minutes=jobs.IDLE_EXIT_SECONDS // 60)

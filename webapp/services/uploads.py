@@ -14,19 +14,9 @@ from typing import Any, Optional
 from finetune.archive import unpack_zip
 from finetune.errors import UserError
 from finetune.rundir import write_bytes_atomic
+from finetune.task_kinds import task_kind
 from webapp.services import quotas, settings, workspace
 from webapp.services.identity import User
-
-ACCEPTED = {
-    "causal-lm": ("txt", "csv", "jsonl", "json"),
-    "text-classification": ("csv", "jsonl", "json"),
-    "image-classification": ("zip",),
-}
-EXPECTED = {
-    "causal-lm": "a .txt file (one document per line) or a .csv/.jsonl with a text column",
-    "text-classification": "a .csv/.jsonl with a text column and a label column",
-    "image-classification": "a .zip holding one sub-folder of images per class",
-}
 
 
 @dataclass
@@ -53,11 +43,11 @@ def save_upload(user: User, filename: str, data: bytes, task: str) -> Path:
     Everything lives in uploads/<content hash>/ under names chosen here (``upload.<ext>``, ``unpacked/``);
     the user's file name only picks the extension. The same content is stored and unpacked once.
     """
-    suffix = Path(filename).suffix.lower().lstrip(".")
-    if suffix not in ACCEPTED[task]:
-        raise UserError(f"upload: {filename} is a .{suffix or '?'} file; expected {EXPECTED[task]}")
+    suffix, kind = Path(filename).suffix.lower().lstrip("."), task_kind(task)
+    if suffix not in kind.uploads:
+        raise UserError(f"upload: {filename} is a .{suffix or '?'} file; expected {kind.expected_upload}")
     if not data:
-        raise UserError(f"upload: {filename} is empty; expected {EXPECTED[task]}")
+        raise UserError(f"upload: {filename} is empty; expected {kind.expected_upload}")
     limits = settings.load()
     folder = workspace.uploads_dir(user.key) / hashlib.sha256(data).hexdigest()[:16]
     path = folder / f"upload.{suffix}"

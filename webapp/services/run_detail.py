@@ -1,0 +1,59 @@
+"""What the Runs page shows of the one run selected: its pace, its curves, its final metrics and its log.
+
+Plain Python (no streamlit, no pandas): curves are lists of points, one {"step", "metric", "value"} per point,
+that the page lays out as charts.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+from finetune.rundir import RunDirectory
+from finetune.task_kinds import TASKS
+from webapp.services import jobs
+from webapp.services.runs import RunSummary, Throughput, throughput
+
+# The loss curves: (event, key in the event) -> the series' name on the chart.
+LOSSES = {("train", "loss"): "train loss", ("eval", "eval_loss"): "eval loss"}
+
+
+@dataclass
+class RunDetail:
+    throughput: Optional[Throughput]
+    losses: list[dict]  # train and eval loss against step
+    scores: list[dict]  # the task's curve metrics at each evaluation (one scale: TaskKind.curve_metrics)
+    final: dict[str, dict]  # {"base model": {metric: value}, "fine-tuned": {...}} once finished, else {}
+    log: str  # the last lines of the trainer's log (or the launcher's output)
+
+
+def detail(summary: RunSummary) -> RunDetail:
+    """Everything shown below the progress bar of ``summary``'s run, read afresh (the page refreshes it live)."""
+    run = RunDirectory(summary.path)
+    events, metrics = run.read_events(), run.read_metrics()
+    # One scale per chart: perplexity (1..vocab size) would flatten next-token accuracy (0..1).
+    shown = TASKS[summary.task].curve_metrics if summary.task in TASKS else ()
+    return RunDetail(throughput=throughput(summary.state, events, metrics),
+                     losses=[p for (event, key), name in LOSSES.items() for p in _series(events, event, key, name)],
+                     scores=[p for key in shown for p in _series(events, "eval", key, key)],
+                     final=_final(metrics), log=jobs.log_tail(run))
+
+
+def _series(events: list[dict], event: str, key: str, name: str) -> list[dict]:
+    """The points of ``key`` in the ``event`` records, in step order of logging; a resumed run logs some steps
+    twice, and the last record of each counts."""
+    points: dict = {}
+    for record in events:
+        value = record.get(key)
+        if record.get("event") == event and isinstance(value, (int, float)):
+            points.pop(record.get("step"), None)
+            points[record.get("step")] = {"step": record.get("step"), "metric": name, "value": value}
+    return list(points.values())
+
+
+def _final(metrics: dict) -> dict[str, dict]:
+    """Base model and fine-tuned scores side by side, by metric (the numbers the fine-tuned model has)."""
+    tuned = metrics.get("finetuned")
+    if not tuned:
+        return {}
+    base = metrics.get("base") or {}
+    shown = [k for k, v in tuned.items() if isinstance(v, (int, float))]
+    return {"base model": {k: base.get(k) for k in shown}, "fine-tuned": {k: tuned[k] for k in shown}}

@@ -9,63 +9,21 @@ huggingface_hub only: it is never written to the run directory, a log, or the ca
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
 
-import yaml
 
 from finetune.errors import UserError
 from finetune.rundir import RunDirectory
-from finetune.task_kinds import TASKS
-
-# Settings that say where files were on the training machine, not how the model was trained.
-LOCAL_ONLY = ("output_dir", "train_file", "validation_file", "resume_from_checkpoint", "data_cache_dir")
 
 
 def model_card(run_dir: str | Path) -> str:
-    """README.md for the adapter repository of a finished run."""
-    run = _finished(run_dir)
-    config, metrics = run.read_config(), run.read_metrics()
-    task, base = metrics.get("task") or config.get("task"), config["model_name_or_path"]
-    base_id = base if not Path(base).is_absolute() else Path(base).name
-    rows = [f"| {name} | {_fmt(metrics['base'].get(name))} | {_fmt(value)} |"
-            for name, value in metrics.get("finetuned", {}).items() if isinstance(value, (int, float))]
-    shared = {k: v for k, v in config.items() if k not in LOCAL_ONLY}
-    shared["model_name_or_path"] = base_id  # a local folder's name, never its path on the training machine
-    settings = yaml.safe_dump(shared, sort_keys=False)
-    pipeline_tag = TASKS[task].pipeline_tag if task in TASKS else None  # a run too old or odd to name its task
-    front = yaml.safe_dump({"base_model": base_id, "library_name": "peft", "pipeline_tag": pipeline_tag,
-                            "tags": ["lora", "lora-lab", task]}, sort_keys=False)
-    return "\n".join([
-        "---", front.strip(), "---", "",
-        f"# {run.path.name}", "",
-        f"A {config.get('finetune_method', 'lora')} fine-tune of `{base_id}` for {task}, trained with LoRA Lab.", "",
-        "## Data", "", _data_summary(run, config, metrics), "",
-        "## Evaluation (same held-out split, before and after training)", "",
-        "| metric | base model | fine-tuned |", "| --- | --- | --- |", *rows, "",
-        f"Best eval loss {_fmt(metrics.get('best_eval_loss'))} at step {metrics.get('best_step')} of "
-        f"{metrics.get('steps')}; {_fmt(metrics.get('trainable_percent'))}% of the parameters trained.", "",
-        "## Use", "", "```python", "from peft import PeftModel",
-        f"# load the base model {base_id!r} with transformers, then:",
-        "model = PeftModel.from_pretrained(base_model, \"<this repo>\")", "```", "",
-        "## Training config", "", "```yaml", settings.strip(), "```", ""])
+    """README.md for the adapter repository of a finished run (finetune.model_card fills it)."""
+    from finetune.model_card import model_card as filled_card
 
-
-def _data_summary(run: RunDirectory, config: dict, metrics: dict) -> str:
-    labels = run.read_adapter_info().get("labels")
-    steps, batch = metrics.get("steps"), config.get("per_device_train_batch_size")
-    parts = [f"Trained on `{Path(config['train_file']).name}` for {steps} optimizer steps "
-             f"(batch {batch} per device x {metrics.get('num_processes', 1)} process(es))."]
-    if labels:
-        parts.append(f"{len(labels)} classes: {', '.join(map(str, labels))}.")
-    return " ".join(parts)
-
-
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return str(filled_card(_finished(run_dir).path, merged=False))
 
 
 def _finished(run_dir: str | Path) -> RunDirectory:
@@ -83,16 +41,16 @@ def push_to_hub(run_dir: str | Path, repo_id: str, private: bool = True, token: 
     """
     from huggingface_hub import HfApi
 
+    from finetune.export import export_adapter
+
     token = token or os.environ.get("HF_TOKEN")
     if not token:
         raise UserError("push: no Hugging Face token; set HF_TOKEN in the environment (a Space secret on Spaces)")
+
     run = _finished(run_dir)
-    card = model_card(run.path)
     api = HfApi(token=token)
-    with tempfile.TemporaryDirectory() as staging:  # the card goes beside the adapter, not into the run
-        folder = Path(staging) / "adapter"
-        shutil.copytree(run.adapter_dir, folder)
-        (folder / "README.md").write_text(card)
+    with tempfile.TemporaryDirectory() as staging:  # the card goes beside a copy of the adapter, not into the run
+        folder = export_adapter(run.path, Path(staging) / "adapter")
         try:
             if not update_existing and api.repo_exists(repo_id):
                 raise UserError(f"push: {repo_id!r} exists already; choose a new name, or allow updating it")

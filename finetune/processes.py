@@ -2,22 +2,33 @@
 
 import os
 
+from pathlib import Path
+
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import ProjectConfiguration, is_mlflow_available, is_tensorboard_available
 
 from finetune import speed
 from finetune.config import TrainConfig
 from finetune.errors import UserError
+from finetune.rundir import RunDirectory
+
+# What `report_to` needs installed, and the pip package that provides it.
+TRACKER_PACKAGES = {"tensorboard": (is_tensorboard_available, "tensorboard"),
+                    "mlflow": (is_mlflow_available, "mlflow-skinny")}
 
 
 def build_accelerator(cfg: TrainConfig, model_width: int, trackers: list) -> Accelerator:
     """The run's Accelerator, checked to hold every launched process, with the speed settings of this device."""
     cuda = speed.uses_cuda()
+    tracking_dir = RunDirectory(cfg.output_dir).tracking_dir
     accelerator = Accelerator(
         cpu=several_processes_without_accelerator(),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=speed.resolve_mixed_precision(cfg.mixed_precision, cuda, model_width),
-        log_with=trackers,
+        log_with=trackers + _external_trackers(cfg.report_to, tracking_dir),
+        project_config=ProjectConfiguration(project_dir=str(tracking_dir), logging_dir=str(tracking_dir))
+        if cfg.report_to != "none" else None,
         # Shuffling seeded by (seed, epoch) so a resumed run sees the batches the original would have; batches
         # copied to the GPU while it computes (pinned memory, non-blocking).
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=cuda),
@@ -27,7 +38,31 @@ def build_accelerator(cfg: TrainConfig, model_width: int, trackers: list) -> Acc
     if cuda:
         speed.enable_fast_cuda_math()
     accelerator.register_save_state_pre_hook(speed.keep_trainable_weights)
+    start_trackers(accelerator, cfg)
     return accelerator
+
+
+def _external_trackers(report_to: str, tracking_dir: Path) -> list[str]:
+    """accelerate's tracker for ``report_to`` (none: []), refused with what to install when it is missing."""
+    if report_to == "none":
+        return []
+    available, package = TRACKER_PACKAGES[report_to]
+    if not available():
+        raise UserError(f"report_to: {report_to} is not installed on this machine; install it (pip install {package})"
+                        " or set report_to: none (events.jsonl and the web app's charts work without it)")
+    if report_to == "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI"):
+        # Without a tracking server the store stays inside the run, not in the working directory.
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_dir.resolve().as_uri()
+    return [report_to]
+
+
+def start_trackers(accelerator: Accelerator, cfg: TrainConfig) -> None:
+    """Open every tracker, with the run's settings as hyperparameters (scalars only: what TensorBoard and MLflow
+    take) and, for MLflow, the experiment and the run named as in the web app."""
+    settings = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (bool, int, float, str))}
+    name = Path(cfg.output_dir).name
+    accelerator.init_trackers(cfg.experiment_name or "lora-lab", config=settings,
+                              init_kwargs={"mlflow": {"run_name": name}})
 
 
 def several_processes_without_accelerator() -> bool:

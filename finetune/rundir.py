@@ -109,6 +109,7 @@ class RunDirectory:
         self.adapter_dir = self.path / "adapter"
         self.adapter_info_path = self.adapter_dir / "lora_lab.json"
         self.checkpoints_dir = self.path / "checkpoints"
+        self.tracking_dir = self.path / "tracking"  # TensorBoard or local MLflow logs (report_to)
         # The web app's job runner (webapp/services/jobs.py): what to launch, and what it did to the run.
         self.job_path = self.path / "job.json"
         self.launch_path = self.path / "launch.json"
@@ -231,6 +232,11 @@ class RunDirectory:
     def latest_checkpoint(self) -> Optional[Path]:
         checkpoints = self.checkpoints()
         return checkpoints[-1] if checkpoints else None
+
+    @property
+    def initial_adapter_dir(self) -> Path:
+        # PiSSA/OLoRA runs: the adapter as initialised, subtracted at the end to save an adapter of the original base.
+        return self.path / "adapter_init"
 
 
 def output_dir_problem(path: Path, resuming: bool) -> Optional[str]:

@@ -21,6 +21,8 @@ class TaskKind:
     """finetune.tasks.<module>.<task_class> implements it (imported only when a run needs it)."""
     task_class: str
     """Class name of the torch-side implementation in ``module``."""
+    auto_class: str
+    """The transformers Auto class that loads a trained model of this task (model cards' usage snippets)."""
     families: tuple[str, ...]
     """model_type values of the checkpoints that can train this task."""
     columns: tuple[str, ...]
@@ -56,6 +58,7 @@ TASKS: dict[str, TaskKind] = {
             name="causal-lm",
             module="causal_lm",
             task_class="CausalLMTask",
+            auto_class="AutoModelForCausalLM",
             families=("gpt2",),
             columns=("text",),
             uploads=("txt", "csv", "jsonl", "json"),
@@ -72,6 +75,7 @@ TASKS: dict[str, TaskKind] = {
             name="text-classification",
             module="text_classification",
             task_class="TextClassificationTask",
+            auto_class="AutoModelForSequenceClassification",
             families=("bert", "gpt2"),
             columns=("text", "label"),
             uploads=("csv", "jsonl", "json"),
@@ -88,6 +92,7 @@ TASKS: dict[str, TaskKind] = {
             name="image-classification",
             module="image_classification",
             task_class="ImageClassificationTask",
+            auto_class="AutoModelForImageClassification",
             families=("vit", "resnet"),
             columns=("image", "label"),
             uploads=("zip",),

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from finetune.config import TrainConfig
+from finetune.rundir import RunDirectory
 from tests.conftest import OFFLINE_ENV, REPO, read_events, read_json, run_cli, write_sentiment_csv
 
 # 12 steps, a checkpoint every 4: kills land before, between and after checkpoints.
@@ -19,7 +20,7 @@ KILL_POINTS = [
     ("checkpoint_complete.json", 2),  # step_8's files all there but not marked complete
     ("metrics.json", 1),  # after the last checkpoint (step 12 = max_steps): nothing left to train
     ("lora_lab.json", 1),  # adapter half written
-    ("status.json", 3),  # the final "finished" never lands
+    ("status.json", "last-state"),  # the final "finished" never lands
 ]
 
 
@@ -72,7 +73,13 @@ def test_kill_9_during_each_state_file_write_leaves_a_run_that_resumes(setup):
 def test_config_yaml_survives_a_kill_during_its_rewrite(setup):
     root, common, _ = setup
     run = root / "config-kill"
-    _killed_at(common, run, "config.yaml", 2)  # the second write records the task inferred from the checkpoint
+    # Queued as the web app does (config.yaml and status.json first); the trainer rewrites config.yaml once, with
+    # the task inferred from the checkpoint, and is killed in the middle of that write.
+    queued = {"model_name_or_path": common[1], "train_file": common[3], "output_dir": str(run)}
+    run.mkdir()
+    TrainConfig.from_dict(queued).to_yaml(run / "config.yaml")
+    RunDirectory(run).update_status(state="queued")
+    _killed_at(common, run, "config.yaml", 1)
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert TrainConfig.from_dict(config).output_dir == str(run) and read_json(run / "status.json")["state"] == "running"
 

@@ -111,6 +111,8 @@ def live(name: str) -> None:
         st.table(pd.DataFrame.from_dict(detail.final, orient="index"))
     with st.expander("Log", expanded=summary.state in ("failed", "running", "starting")):
         st.code(detail.log or "(no output yet)", language="log")
+    if detail.tracking:
+        st.caption(detail.tracking)
 
 
 live(name)
@@ -142,8 +144,12 @@ if summary.state in ("cancelled", "failed") and next(cells).button("Resume"):
 if not summary.active and next(cells).button("Delete…"):
     confirm_delete(name)
 if summary.state == "finished":
-    next(cells).download_button("Download adapter (.zip)", lambda: runs.adapter_zip(user, name), file_name=f"{summary.name}-adapter.zip",
-                            mime="application/zip")
+    next(cells).download_button("Download adapter (.zip)", lambda: runs.adapter_zip(user, name),
+                                file_name=f"{summary.name}-adapter.zip", mime="application/zip")
+    next(cells).download_button("Download merged model (.zip)", lambda: runs.merged_zip(user, name),
+                                file_name=f"{summary.name}-merged.zip", mime="application/zip",
+                                help="The adapter folded into the base weights: loads with plain from_pretrained, "
+                                     "no PEFT needed")
 if summary.state == "finished":
     with st.expander("Push the adapter to the Hugging Face Hub"):
         mode, token = runs.push_token(user)

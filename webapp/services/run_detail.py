@@ -23,6 +23,7 @@ class RunDetail:
     scores: list[dict]  # the task's curve metrics at each evaluation (one scale: TaskKind.curve_metrics)
     final: dict[str, dict]  # {"base model": {metric: value}, "fine-tuned": {...}} once finished, else {}
     log: str  # the last lines of the trainer's log (or the launcher's output)
+    tracking: Optional[str] = None  # where report_to sent the run's logs, in words
 
 
 def detail(summary: RunSummary) -> RunDetail:
@@ -34,7 +35,18 @@ def detail(summary: RunSummary) -> RunDetail:
     return RunDetail(throughput=throughput(summary.state, events, metrics),
                      losses=[p for (event, key), name in LOSSES.items() for p in _series(events, event, key, name)],
                      scores=[p for key in shown for p in _series(events, "eval", key, key)],
-                     final=_final(metrics), log=jobs.log_tail(run))
+                     final=_final(metrics), log=jobs.log_tail(run), tracking=_tracking(run))
+
+
+def _tracking(run: RunDirectory) -> Optional[str]:
+    """Where TensorBoard or MLflow logs of the run are (report_to), with the command that opens them."""
+    report_to = run.read_config().get("report_to")
+    if report_to == "tensorboard":
+        return f"TensorBoard logs in `{run.tracking_dir}`: `tensorboard --logdir {run.tracking_dir}`"
+    if report_to == "mlflow":
+        return ("MLflow: the tracking server in MLFLOW_TRACKING_URI, else the local store in "
+                f"`{run.tracking_dir}` (`mlflow ui --backend-store-uri {run.tracking_dir.as_uri()}`)")
+    return None
 
 
 def _series(events: list[dict], event: str, key: str, name: str) -> list[dict]:

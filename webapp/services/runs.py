@@ -4,11 +4,11 @@
 import dataclasses
 import functools
 import io
-import json
 import math
 import os
 import re
 import shutil
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -296,34 +296,36 @@ def delete(user: User, ref: str) -> None:
 
 
 def adapter_zip(user: User, ref: str) -> bytes:
-    """The run's adapter folder (weights, tokenizer or processor, label maps) as a zip archive.
+    """The run's adapter folder (weights, tokenizer or processor, label maps) with its model card, as a zip archive.
 
-    It travels to other machines: README.md is the run's model card (not PEFT's blank template), and the
-    base model is named by its hub id or folder name, never by a path on this server.
+    It travels to other machines: the base model is named by its hub id or folder name, never by a path on this
+    server (finetune.export).
     """
-    from finetune import hub
+    from finetune.export import export_adapter
 
     path = locate(user, ref)
-    run = RunDirectory(path)
-    adapter = run.adapter_dir
-    if not adapter.is_dir():
+    if not RunDirectory(path).adapter_dir.is_dir():
         raise UserError(f"download: {path.name} has no adapter yet; it is written when the run finishes")
-    replaced = {"README.md": hub.model_card(path).encode()}
-    peft_config = adapter / "adapter_config.json"  # PEFT's own file
-    for file, info, key in ((peft_config, read_json(peft_config) or {}, "base_model_name_or_path"),
-                            (run.adapter_info_path, run.read_adapter_info(), "base_model")):
-        if isinstance(info.get(key), str) and Path(info[key]).is_absolute():
-            replaced[file.name] = json.dumps({**info, key: Path(info[key]).name}, indent=2).encode()
+    with tempfile.TemporaryDirectory() as staging:
+        return _zip_folder(export_adapter(path, Path(staging) / "export"), path.name)
+
+
+def merged_zip(user: User, ref: str) -> bytes:
+    """The run's model with the adapter merged into the base weights (loads with plain from_pretrained), its
+    processor and model card, as a zip archive."""
+    from finetune.export import export_merged
+
+    path = locate(user, ref)
+    with tempfile.TemporaryDirectory() as staging:
+        return _zip_folder(export_merged(path, Path(staging) / "export"), f"{path.name}-merged")
+
+
+def _zip_folder(folder: Path, top: str) -> bytes:
+    """Every file under ``folder``, stored under ``top/`` (a run's name: the project's own naming)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for file in sorted(p for p in adapter.rglob("*") if p.is_file()):
-            member = str(Path(path.name) / file.relative_to(adapter))
-            if file.parent == adapter and file.name in replaced:
-                archive.writestr(member, replaced.pop(file.name))
-            else:
-                archive.write(file, member)
-        for name, data in replaced.items():  # a model card where PEFT wrote none
-            archive.writestr(str(Path(path.name) / name), data)
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            archive.write(file, str(Path(top) / file.relative_to(folder)))
     return buffer.getvalue()
 
 

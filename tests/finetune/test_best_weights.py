@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from accelerate.utils import DistributedType
 
@@ -51,3 +52,26 @@ def test_nothing_is_restored_when_the_last_evaluation_is_best_or_when_disabled_o
         _evaluate(best, model, state, 0.5)
         assert best.restore(model, state) is None
         assert best.weights is None or best.step == 4
+
+
+def test_the_command_line_keeps_the_best_evaluation_when_the_last_one_is_worse(tiny_checkpoints, tmp_path):
+    """A learning rate far too high (0.2, constant) makes the evaluations swing: the best is at step 1 and the last
+    (step 8) is much worse. The adapter written at the end is step 1's, and metrics.json says so."""
+    from tests.conftest import read_events, read_json, run_cli, write_sentiment_csv
+    from tests.finetune.reference_eval import eval_loss_of_reloaded
+
+    run = tmp_path / "run"
+    result = run_cli("--model_name_or_path", str(tiny_checkpoints["bert"]),
+                     "--train_file", str(write_sentiment_csv(tmp_path / "reviews.csv", rows=60)),
+                     "--output_dir", str(run), "--max_steps", "8", "--eval_steps", "1", "--learning_rate", "0.2",
+                     "--head_learning_rate", "0.2", "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
+                     "--mixed_precision", "no")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = read_json(run / "metrics.json")
+    evals = {e["step"]: e for e in read_events(run) if e["event"] == "eval" and e["step"] > 0}
+    best = min(evals, key=lambda step: evals[step]["eval_loss"])
+    assert len(evals) == 8 and evals[8]["eval_loss"] > 1.5 * evals[best]["eval_loss"], "the last evaluation is worse"
+    assert metrics["adapter_step"] == metrics["best_step"] == best < metrics["steps"] == 8
+    assert metrics["finetuned"]["eval_loss"] == pytest.approx(evals[best]["eval_loss"], rel=1e-6)
+    assert eval_loss_of_reloaded(run) == pytest.approx(evals[best]["eval_loss"], rel=1e-4), "the saved adapter is the best"
+    assert "Restored the weights of step" in (run / "train.log").read_text()

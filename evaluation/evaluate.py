@@ -22,7 +22,8 @@ from finetune.rundir import RunDirectory
 def _labelled_table(data_file: str, run: RunDirectory, info: dict):
     """The data with columns resolved from the run's config and labels mapped to the run's ids."""
     from finetune.config import TrainConfig
-    from finetune.data import Columns, Unpacking, check_images, guess_columns, label_name, load_table
+    from finetune.columns import Columns, guess_columns
+    from finetune.data import Unpacking, check_images, label_name, load_table
 
     cfg = TrainConfig.from_dict(run.read_config())
     table = load_table(data_file, "--data", Unpacking.from_config(cfg))

@@ -227,6 +227,13 @@ class TrainConfig:
             p.append(f"dataloader_num_workers: must be between 0 and 64, got {self.dataloader_num_workers}")
         if self.task is not None and self.task not in TASKS:
             p.append(f"task: expected one of {', '.join(TASKS)}, got {self.task!r}")
+        if not 0 < self.validation_split_percentage < 100:
+            p.append(f"validation_split_percentage: must be between 0 and 100, got {self.validation_split_percentage}")
+        return p + self._variant_problems()
+
+    def _variant_problems(self) -> list[str]:
+        """LoRA variants and experiment names (their combinations with each other)."""
+        p = []
         if self.loraplus_lr_ratio is not None and not 1 <= self.loraplus_lr_ratio <= 1000:
             p.append(f"loraplus_lr_ratio: must be between 1 and 1000 (usually 16), got {self.loraplus_lr_ratio}")
         if self.finetune_method == "full" and (self.load_in_4bit or self.use_dora or self.loraplus_lr_ratio):
@@ -235,8 +242,6 @@ class TrainConfig:
         if self.experiment_name is not None and not EXPERIMENT_NAME.fullmatch(self.experiment_name):
             p.append(f"experiment_name: {self.experiment_name!r} is not a valid name; expected 1-64 letters, digits,"
                      " '-', '_' or '.', starting with a letter or digit")
-        if not 0 < self.validation_split_percentage < 100:
-            p.append(f"validation_split_percentage: must be between 0 and 100, got {self.validation_split_percentage}")
         return p
 
     def epochs_for(self, steps_per_epoch: int) -> float:

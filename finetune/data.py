@@ -1,4 +1,4 @@
-"""Loading user data files through `datasets` builders, guessing columns and making the eval split.
+"""Loading user data files through `datasets` builders and making the eval split (columns: finetune/columns.py).
 
 Formats: .txt (one example per line), .csv, .json/.jsonl, an image folder or .zip with one
 sub-folder per class, or a .csv/.jsonl whose image column holds file paths (relative to the file).
@@ -15,32 +15,17 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 from datasets.table import InMemoryTable
 
 from finetune.archive import Limits, content_digest, unpack_zip
+from finetune.columns import Columns, distinct, guess_columns, label_kind
 from finetune.errors import UserError
 from finetune.images import check_images
-from finetune.task_kinds import task_kind
 
 logger = logging.getLogger(__name__)
 
 TEXT_FORMATS = {".txt": "text", ".csv": "csv", ".json": "json", ".jsonl": "json"}
-TEXT_COLUMN_NAMES = ("text", "sentence", "content", "review", "document", "body", "prompt")
-LABEL_COLUMN_NAMES = ("label", "labels", "class", "category", "target", "sentiment", "intent")
-IMAGE_COLUMN_NAMES = ("image", "img", "image_path", "path", "file", "filename", "filepath")
-# What each role's column must hold, for messages that say what to pick.
-EXPECTED_COLUMN = {"text": "a column of texts", "image": "a column of image file paths",
-                   "label": "a column of class names or integer ids (e.g. negative/positive or 0, 1, 2) that "
-                            "several rows share"}
-# Each role's column as a task's needs are listed ("text classification needs a text column and a label column").
-ROLE_COLUMN = {"text": "a text column", "image": "an image column",
-               "label": "a label column (class names or integer ids)"}
-# The label is guessed last: its guess skips the columns already taken by the text or the image.
-GUESS_ORDER = ("text", "image", "label")
-# Below this many rows a file may hold each class once; above it, a column whose every value differs is
-# ids or free text rather than classes, so it is not guessed as the label (it can still be chosen).
-DISTINCT_LABELS_MIN_ROWS = 20
 # Longest text one example may have (characters). Tokenizing one 50 MB line took 8.4 GB of memory;
 # 100k characters is about 25k tokens (a few MB while tokenized), far beyond the 512-1024 tokens
 # these models read at once, so text classification truncates there and causal LM cuts longer
@@ -50,15 +35,6 @@ MAX_TEXT_CHARS = 100_000
 UTF8_CHUNK_BYTES = 4 * 2**20
 # Largest .json array accepted: pyarrow parses it whole, at about 50x its size in memory (20 MiB -> ~1 GiB).
 MAX_JSON_ARRAY_BYTES = 20 * 2**20
-
-
-@dataclass
-class Columns:
-    """The column roles resolved for a data set (None where the task has no such role)."""
-
-    text: Optional[str] = None
-    label: Optional[str] = None
-    image: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -187,89 +163,6 @@ def _load_image_folder(path: Path, role: str) -> Dataset:
     return table
 
 
-def guess_columns(table: Dataset, task: str, given: Columns, role: str) -> Columns:
-    """Resolve the column roles ``task`` needs (TaskKind.columns), checking given names and guessing missing ones."""
-    kind, names = task_kind(task), table.column_names
-    for column_role in ("text", "label", "image"):
-        column = getattr(given, column_role)
-        if column is not None and column not in names:
-            raise UserError(f"{column_role}_column: {column!r} is not a column of {role}; its columns are {names}")
-    if len(kind.columns) > 1 and len(names) < 2:
-        needs = " and ".join(ROLE_COLUMN[column_role] for column_role in kind.columns)
-        raise UserError(f"{role}: this file has only one column, {names[0]}; {kind.title} needs {needs}")
-    found = Columns(text=given.text, label=given.label, image=given.image)
-    for column_role in GUESS_ORDER:
-        if column_role in kind.columns and getattr(found, column_role) is None:
-            setattr(found, column_role, guess_column(table, column_role, role, taken=found))
-    return found
-
-
-def guess_column(table: Dataset, column_role: str, role: str, taken: Optional[Columns] = None) -> str:
-    """The column of ``table`` holding ``column_role`` ("text", "image" or "label"); a label is never a column
-    ``taken`` holds for the text or the image. UserError naming the columns to pick from when none fits."""
-    taken = taken or Columns()
-    if column_role == "text":
-        return _guess(table, TEXT_COLUMN_NAMES, _longest_string_column, "text", role, _string_columns(table))
-    if column_role == "image":
-        candidates = [n for n in table.column_names if isinstance(table.features[n], Image)] or _string_columns(table)
-        return _guess(table, IMAGE_COLUMN_NAMES, _image_feature_column, "image", role, candidates)
-    candidates = _label_candidates(table, exclude={taken.text, taken.image})
-    return _guess(table, LABEL_COLUMN_NAMES, lambda t: _fewest_values_column(t, candidates), "label", role,
-                  candidates, taken=taken.text or taken.image)
-
-
-def _guess(table: Dataset, preferred: tuple, fallback, kind: str, role: str, candidates: list[str],
-           taken: Optional[str] = None) -> str:
-    """The column named like ``preferred``, else ``fallback``'s pick; the error names only ``candidates``."""
-    lowered = {name.lower(): name for name in table.column_names}
-    column = next((lowered[n] for n in preferred if n in lowered), None) or fallback(table)
-    if column is not None:
-        logger.info("Guessed %s_column=%r for %s (set %s_column to override)", kind, column, role, kind)
-        return column
-    if not candidates:  # nothing to pick from: a whole-file problem, not a column choice
-        besides = f" besides {taken!r}" if taken else ""
-        raise UserError(f"{role}: no column{besides} can hold the {kind}s (its columns are {table.column_names}); "
-                        f"expected {EXPECTED_COLUMN[kind]}")
-    raise UserError(f"{kind}_column: could not guess which column of {role} holds the {kind}s; expected "
-                    f"{EXPECTED_COLUMN[kind]}; set {kind}_column to one of {candidates}")
-
-
-def _string_columns(table: Dataset) -> list[str]:
-    return [name for name, feature in table.features.items()
-            if getattr(feature, "dtype", None) in ("string", "large_string")]
-
-
-def _longest_string_column(table: Dataset) -> Optional[str]:
-    sample = table.select(range(min(len(table), 200)))
-    lengths = {name: sum(len(str(v)) for v in sample[name]) for name in _string_columns(table)}
-    return max(lengths, key=lengths.get) if lengths else None
-
-
-def _image_feature_column(table: Dataset) -> Optional[str]:
-    return next((name for name, feature in table.features.items() if isinstance(feature, Image)), None)
-
-
-def _label_candidates(table: Dataset, exclude: set) -> list[str]:
-    """Columns that could hold class labels: names, integers, booleans or whole floats (not lists, images, 3.5)."""
-    found = []
-    for name, feature in table.features.items():
-        if name in exclude or not isinstance(feature, (Value, ClassLabel)):
-            continue
-        fractional = feature.dtype.startswith("float") and not all(
-            v is None or float(v).is_integer() for v in _distinct(table, name))
-        if _label_kind(feature) in ("text", "numbers", "true/false") and not fractional:
-            found.append(name)
-    return found
-
-
-def _fewest_values_column(table: Dataset, candidates: list[str]) -> Optional[str]:
-    counts = {name: len(_distinct(table, name)) for name in candidates}
-    if not counts:
-        return None
-    column = min(counts, key=counts.get)
-    return None if counts[column] == len(table) >= DISTINCT_LABELS_MIN_ROWS else column
-
-
 def long_text_lengths(table: Dataset, column: str) -> list[int]:
     """Lengths (characters) of the texts in ``column`` longer than MAX_TEXT_CHARS, measured in arrow batches."""
     found = []
@@ -368,7 +261,7 @@ def _to_class_labels(tables: dict[str, Dataset], column: str, files: dict) -> tu
         names = list(feature.names)
     else:
         values = {role: _label_values(table, column, files[role], role) for role, table in tables.items()}
-        kinds = {role: _label_kind(table.features[column]) for role, table in tables.items()}
+        kinds = {role: label_kind(table.features[column]) for role, table in tables.items()}
         if len(set(kinds.values())) > 1:
             raise UserError(f"validation_file: label column {column!r} of {files['validation_file']} holds "
                             f"{kinds['validation_file']} but train_file holds {kinds['train_file']}; "
@@ -378,7 +271,7 @@ def _to_class_labels(tables: dict[str, Dataset], column: str, files: dict) -> tu
         features = {role: Features({**t.features, column: ClassLabel(names=names)}) for role, t in tables.items()}
         tables = {role: t.map(lambda b: {column: [ids[_label_key(v)] for v in b[column]]}, batched=True,
                               features=features[role]) for role, t in tables.items()}
-    present = _distinct(tables["train_file"], column)
+    present = distinct(tables["train_file"], column)
     if len(present) < 2:
         only = names[present[0]] if present else None
         raise UserError(f"train_file: label column {column!r} of {files['train_file']} has a single class ({only!r}); "
@@ -396,22 +289,16 @@ def _label_values(table: Dataset, column: str, source: str, role: str) -> list:
             first_of_kind.setdefault(type(value).__name__, value)
         found = " and ".join(f"{kind} values like {v!r}" for kind, v in list(first_of_kind.items())[:3])
         raise UserError(f"{where} holds {found}; expected one kind of label in every row: class names or integer ids")
-    values = _distinct(table, column)
+    values = distinct(table, column)
     if None in values or any(isinstance(v, str) and not v.strip() for v in values):
         raise UserError(f"{where} has empty values; every example needs a label")
-    if _label_kind(feature) not in ("text", "numbers", "true/false"):
+    if label_kind(feature) not in ("text", "numbers", "true/false"):
         raise UserError(f"{where} holds {feature.dtype} values; expected class names or integer ids")
     fractional = [v for v in values if isinstance(v, float) and not v.is_integer()]
     if fractional:
         raise UserError(f"{where} holds numbers like {fractional[0]}; classification needs class names or integer "
                         "ids (whole numbers such as 0, 1, 2)")
     return values
-
-
-def _label_kind(feature: Value) -> str:
-    if feature.dtype.startswith(("int", "uint", "float")):
-        return "numbers"
-    return {"string": "text", "large_string": "text", "bool": "true/false"}.get(feature.dtype, feature.dtype)
 
 
 def label_name(value) -> str:
@@ -422,8 +309,3 @@ def label_name(value) -> str:
 def _label_key(value):
     """The class a label value stands for: whole floats (a column of 1.0, 2.0) are the integer ids 1, 2."""
     return int(value) if isinstance(value, float) else value
-
-
-def _distinct(table: Dataset, column: str) -> list:
-    # pyarrow's unique on the (index-mapped) column: Dataset.unique would rewrite a filtered table first.
-    return pc.unique(table.with_format("arrow")[column]).to_pylist()

@@ -14,7 +14,7 @@ from datasets import Dataset
 
 from finetune.advice import warnings_for
 from finetune.config import TrainConfig
-from finetune.data import Columns, guess_columns
+from finetune.columns import Columns, guess_columns
 from finetune.errors import UserError
 from tests.conftest import REPO, write_image_folder
 from tests.webapp.apptest import assert_ok, errors, labels, open_app, upload_image_zip

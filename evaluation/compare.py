@@ -2,7 +2,7 @@
 
     python -m evaluation.compare RUN_DIR [RUN_DIR ...] [--format markdown|csv|json] [--plot out.png]
 
-The Python API (``load_runs``, ``compare_runs``, ``curves``, ``best_runs``, ``plot_curves``) returns
+The Python API (``load_runs``, ``compare_runs``, ``curves``, ``best_runs``, ``best_by``, ``plot_curves``) returns
 pandas DataFrames for the web app. It reads only run directories (docs/run-directory.md).
 """
 
@@ -16,6 +16,7 @@ import pandas as pd
 
 from evaluation.figures import percent, rate
 from finetune.errors import UserError
+from finetune.experiment import best_run, primary_value
 from finetune.rundir import THROUGHPUT_METRICS, RunDirectory
 from finetune.task_kinds import LOWER_IS_BETTER, TASKS
 
@@ -111,6 +112,13 @@ def best_runs(table: pd.DataFrame) -> dict[str, str]:
         metric = column.removeprefix("finetuned_")
         best[metric] = values.idxmin() if metric in LOWER_IS_BETTER else values.idxmax()
     return best
+
+
+def best_by(runs: list[Run], metric: str) -> Optional[str]:
+    """The finished run with the best fine-tuned ``metric`` (lower is better for LOWER_IS_BETTER), by name; None
+    when no run has it. Sweeps rank their runs the same way (finetune.experiment)."""
+    return best_run({run.name: primary_value(run.metrics, metric) if run.state == "finished" else None
+                     for run in runs}, metric)
 
 
 def curves(runs: list[Run]) -> pd.DataFrame:

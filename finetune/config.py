@@ -239,6 +239,9 @@ class TrainConfig:
         if self.finetune_method == "full" and (self.load_in_4bit or self.use_dora or self.loraplus_lr_ratio):
             p.append("finetune_method: full trains every weight; load_in_4bit, use_dora and loraplus_lr_ratio apply"
                      " to LoRA only")
+        if self.init_lora_weights in ("pissa", "olora") and (self.use_dora or self.load_in_4bit):
+            p.append(f"init_lora_weights: {self.init_lora_weights} rewrites the base weights; it works without"
+                     " use_dora and load_in_4bit only (or use default/gaussian)")
         if self.experiment_name is not None and not EXPERIMENT_NAME.fullmatch(self.experiment_name):
             p.append(f"experiment_name: {self.experiment_name!r} is not a valid name; expected 1-64 letters, digits,"
                      " '-', '_' or '.', starting with a letter or digit")

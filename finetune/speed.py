@@ -66,8 +66,9 @@ def resolve_mixed_precision(setting: str, cuda: Optional[bool] = None, width: in
 def store_frozen_weights_in_bf16(model: torch.nn.Module, mixed_precision: str, finetune_method: str) -> int:
     """Under bf16 autocast every matmul and convolution reads the frozen base weights as bf16 anyway: storing them
     so halves their memory and saves a cast per layer per step. Trained weights (LoRA, heads, BatchNorm copies)
-    stay fp32 for the optimizer. Returns how many tensors were converted."""
-    if mixed_precision != "bf16" or finetune_method != "lora":
+    stay fp32 for the optimizer. QLoRA bases are left as they are: their frozen weights are 4-bit already, and the
+    layers kept in 16/32 bits stay as bitsandbytes and PEFT set them. Returns how many tensors were converted."""
+    if mixed_precision != "bf16" or finetune_method != "lora" or getattr(model, "is_loaded_in_4bit", False):
         return 0
     frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
     for param in frozen:

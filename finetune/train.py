@@ -45,7 +45,7 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
 
 @dataclass
 class Recipe:
-    """Everything the loop works with, built once by ``_set_up``."""
+    """Everything the loop works with, built once by ``set_up``."""
 
     cfg: TrainConfig
     run: RunDirectory
@@ -75,7 +75,7 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     from finetune import throughput, training
 
     stop = training.StopSignal()
-    recipe = _set_up(cfg, run)
+    recipe = set_up(cfg, run)
     state, result = _start_or_resume(recipe)
     # The loop's clock starts after the base evaluation or the resume: the web app's ETA paces only this segment.
     meter = throughput.meter_for(cfg, recipe.accelerator, recipe.model, recipe.train_dl.dataset, recipe.task,
@@ -93,13 +93,13 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     return outcome
 
 
-def _set_up(cfg: TrainConfig, run: RunDirectory) -> Recipe:
+def set_up(cfg: TrainConfig, run: RunDirectory) -> Recipe:
     """Accelerator, data, model, optimizer and schedule, prepared for this run's processes."""
     import datasets
     import transformers
     from accelerate.utils import set_seed
 
-    from finetune import speed, training
+    from finetune import lora, speed, training
     from finetune.batches import dataloaders
     from finetune.processes import build_accelerator
     from finetune.tasks import get_task, load_model_config
@@ -107,14 +107,16 @@ def _set_up(cfg: TrainConfig, run: RunDirectory) -> Recipe:
     # Progress bars are noise in train.log and the web app's log tail; events.jsonl carries progress.
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+    if cfg.load_in_4bit:
+        lora.check_four_bit_possible(speed.uses_cuda())
     width = speed.model_width(load_model_config(cfg.model_name_or_path))
     accelerator = build_accelerator(cfg, width, trackers=[training.RunDirectoryTracker(run)])
-    accelerator.init_trackers("lora-lab")
     set_seed(cfg.seed)
     task = get_task(cfg.task)
     if accelerator.is_main_process:
         logger.info("Task %s on %d process(es), device %s", task.name, accelerator.num_processes, accelerator.device)
     model, processor, data, labels, derived, new_heads = _load_data_and_model(cfg, accelerator, task)
+    training.keep_initial_adapter(model, cfg, run, accelerator)
     train_dl, eval_dl = dataloaders(cfg, data, task.collate_fn(processor), accelerator, images=task.unit == "images")
     speed.store_frozen_weights_in_bf16(model, accelerator.mixed_precision, cfg.finetune_method)
     model = speed.channels_last(model, speed.uses_cuda())
@@ -169,14 +171,7 @@ def _loop(recipe: Recipe, state, meter, stop, best, result: Optional[dict]) -> t
     window_loss, window_batches, outcome, stopping = 0.0, 0, "finished", False
     model.train()
     for batch in _batches(recipe, state):
-        with accelerator.accumulate(model):
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            recipe.optimizer.step()
-            recipe.scheduler.step()
-            recipe.optimizer.zero_grad()
+        loss = train_step(recipe, batch)
         window_loss, window_batches = window_loss + loss.detach().float(), window_batches + 1
         meter.add(batch)
         if not accelerator.sync_gradients:
@@ -200,6 +195,20 @@ def _loop(recipe: Recipe, state, meter, stop, best, result: Optional[dict]) -> t
             break
     _account(state, segment, meter, accelerator)
     return outcome, result
+
+
+def train_step(recipe: Recipe, batch: dict):
+    """One forward/backward pass; the optimizer steps when the accumulation window closes. Returns the loss."""
+    accelerator, cfg, model = recipe.accelerator, recipe.cfg, recipe.model
+    with accelerator.accumulate(model):
+        loss = model(**batch).loss
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        recipe.optimizer.step()
+        recipe.scheduler.step()
+        recipe.optimizer.zero_grad()
+    return loss
 
 
 def _log_train(recipe: Recipe, step: int, window_loss, meter) -> None:
@@ -243,7 +252,7 @@ def _load_data_and_model(cfg: TrainConfig, accelerator, task):
         raw, columns, labels = task.load_data(cfg)
     processor = task.load_processor(cfg.model_name_or_path)
     set_seed(cfg.seed)  # the new head starts from the same weights in every run with this seed
-    model, new_heads = task.load_model(cfg.model_name_or_path, labels, processor)
+    model, new_heads = task.load_model(cfg.model_name_or_path, labels, processor, load_in_4bit=cfg.load_in_4bit)
     with accelerator.main_process_first():
         data, derived = task.encode(cfg, raw, columns, processor, model)
     model = training.prepare_model(model, cfg, new_heads)
@@ -256,13 +265,21 @@ def _load_data_and_model(cfg: TrainConfig, accelerator, task):
 
 def _save_artifacts(recipe: Recipe) -> None:
     """The adapter (or full model) with its processor and label maps: everything inference needs."""
+    from finetune import lora
+
     accelerator, cfg, labels = recipe.accelerator, recipe.cfg, recipe.labels
     unwrapped = accelerator.unwrap_model(recipe.model)
-    # Whole tensors even where FSDP or DeepSpeed shard them (the unwrapped model's own state_dict would hold
-    # per-process shards of the weights FSDP's root unit owns, such as a classification head); every process calls it.
-    state_dict = accelerator.get_state_dict(recipe.model)
-    unwrapped.save_pretrained(recipe.run.adapter_dir, state_dict=state_dict, is_main_process=accelerator.is_main_process,
-                              save_function=accelerator.save)
+    if cfg.finetune_method == "lora" and cfg.init_lora_weights in lora.BASE_CHANGING_INITS:
+        # Never sharded (training.keep_initial_adapter): the main process holds every weight.
+        if accelerator.is_main_process:
+            lora.save_as_original_base_adapter(unwrapped, recipe.run.adapter_dir, recipe.run.initial_adapter_dir)
+    else:
+        # Whole tensors even where FSDP or DeepSpeed shard them (the unwrapped model's own state_dict would hold
+        # per-process shards of the weights FSDP's root unit owns, such as a classification head); every process
+        # calls it.
+        state_dict = accelerator.get_state_dict(recipe.model)
+        unwrapped.save_pretrained(recipe.run.adapter_dir, state_dict=state_dict,
+                                  is_main_process=accelerator.is_main_process, save_function=accelerator.save)
     if accelerator.is_main_process:
         recipe.processor.save_pretrained(recipe.run.adapter_dir)
         recipe.run.write_adapter_info({
@@ -307,7 +324,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                           pid_started=process_start(os.getpid()), loop_started_at=None, loop_start_step=None,
                           stopped_early_at_step=None)
     try:
-        final_state = train(_with_task(cfg, run, is_main), run)
+        final_state = train(with_task(cfg, run, is_main), run)
     except UserError as err:
         return _fail(run, is_main, str(err), code=2)
     except Exception as err:  # report any crash in status.json, with the traceback in train.log
@@ -319,7 +336,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def _with_task(cfg: TrainConfig, run: RunDirectory, is_main: bool) -> TrainConfig:
+def with_task(cfg: TrainConfig, run: RunDirectory, is_main: bool) -> TrainConfig:
     """The config with its task resolved from the checkpoint, written once to config.yaml (by the main process)."""
     from finetune.tasks import load_model_config, resolve_task
 

@@ -22,12 +22,15 @@ from torch import nn
 from finetune import speed
 from finetune.config import TrainConfig
 from finetune.errors import UserError
-from finetune.lora import apply_lora, batchnorm_modules
+from finetune.lora import BASE_CHANGING_INITS, apply_lora, batchnorm_modules, save_initial_adapter
 from finetune.rundir import CHECKPOINT_COMPLETE, TRAINER_STATE, RunDirectory, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-NO_DECAY = ("bias", "norm", "ln_", "layernorm")
+# DoRA's magnitudes are weight norms: decaying them would shrink the layers.
+NO_DECAY = ("bias", "norm", "ln_", "layernorm", "lora_magnitude_vector")
+# FSDP and DeepSpeed shard the weights across processes.
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 @dataclass
@@ -86,7 +89,7 @@ class BestWeights:
 
     def __init__(self, accelerator: Accelerator, enabled: bool):
         # FSDP and DeepSpeed shard the weights across processes: their copies would not load back as a whole.
-        sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        sharded = accelerator.distributed_type in SHARDED
         self.enabled, self.weights, self.metrics, self.step = enabled and not sharded, None, None, None
 
     def offer(self, model: nn.Module, state: TrainerState, metrics: dict) -> None:
@@ -148,22 +151,50 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, new_heads: list[str]) -> n
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.finetune_method == "full":
         return model
+    if cfg.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the 4-bit base and casts the layers bitsandbytes left in 16 bits (norms, embeddings, heads) to fp32
+        # for stable updates; checkpointing was set up above, as for any run.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     # BatchNorm running statistics change during training but are not LoRA weights: save them whole
     # so a reloaded adapter predicts exactly as the model did at the end of training.
     return apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules,
-                      modules_to_save=new_heads + batchnorm_modules(model))
+                      modules_to_save=new_heads + batchnorm_modules(model), use_dora=cfg.use_dora,
+                      use_rslora=cfg.use_rslora, init_lora_weights=cfg.init_lora_weights)
+
+
+def keep_initial_adapter(model: nn.Module, cfg: TrainConfig, run: RunDirectory, accelerator: Accelerator) -> None:
+    """PiSSA/OLoRA change the base weights at init: save the initial adapter, from which the result is converted to
+    an adapter of the original base. Saved at every start, fresh or resumed, before any checkpoint loads: the start is
+    a deterministic decomposition of the base, so a resumed run writes the adapter its own base was reduced by."""
+    if cfg.finetune_method != "lora" or cfg.init_lora_weights not in BASE_CHANGING_INITS:
+        return
+    if accelerator.distributed_type in SHARDED:
+        raise UserError(f"init_lora_weights: {cfg.init_lora_weights} is converted to a plain adapter at the end, which "
+                        "needs the whole model in one process; use a single-GPU or DDP preset, or default/gaussian")
+    if accelerator.is_main_process:
+        save_initial_adapter(model, run.initial_adapter_dir)
+    accelerator.wait_for_everyone()
+
+
+def learning_rate_of(name: str, cfg: TrainConfig, new_heads: list[str]) -> float:
+    """A new head's own learning rate; LoRA+ (loraplus_lr_ratio): the B matrices at that multiple of the rest's."""
+    if any(f"{head}." in name for head in new_heads):
+        return cfg.head_learning_rate_or_default
+    if cfg.loraplus_lr_ratio and ".lora_B." in name:
+        return cfg.learning_rate_or_default * cfg.loraplus_lr_ratio
+    return cfg.learning_rate_or_default
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, new_heads: list[str]) -> torch.optim.AdamW:
-    """AdamW with the head at its own learning rate and no weight decay on biases and norms."""
+    """AdamW with the learning rates of ``learning_rate_of`` and no weight decay on biases and norms."""
     groups: dict[tuple[float, float], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        is_head = any(f"{head}." in name for head in new_heads)
-        lr = cfg.head_learning_rate_or_default if is_head else cfg.learning_rate_or_default
         decay = 0.0 if any(marker in name.lower() for marker in NO_DECAY) else cfg.weight_decay
-        groups.setdefault((lr, decay), []).append(param)
+        groups.setdefault((learning_rate_of(name, cfg, new_heads), decay), []).append(param)
     if not groups:
         raise UserError("finetune_method: no trainable parameters; check lora_target_modules")
     # The fused kernel updates every tensor in one launch: fewer kernel launches per step on a GPU.

@@ -25,7 +25,9 @@ FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if 
 # The settings form: (field, widget kind). "text" fields may be left blank (= default or derived from data).
 BASIC = [("num_train_epochs", "text"), ("learning_rate", "text"), ("per_device_train_batch_size", "int"),
          ("finetune_method", "choice"), ("mixed_precision", "choice"), ("gradient_accumulation_steps", "int")]
-LORA = [("lora_r", "int"), ("lora_alpha", "float"), ("lora_dropout", "float"), ("lora_target_modules", "text")]
+LORA = [("lora_r", "int"), ("lora_alpha", "float"), ("lora_dropout", "float"), ("lora_target_modules", "text"),
+        ("init_lora_weights", "choice"), ("loraplus_lr_ratio", "text"), ("use_dora", "bool"), ("use_rslora", "bool"),
+        ("load_in_4bit", "bool")]
 ADVANCED = [("head_learning_rate", "text"), ("warmup_ratio", "float"), ("weight_decay", "float"),
             ("lr_scheduler_type", "choice"), ("max_seq_length", "text"), ("block_size", "text"),
             ("validation_split_percentage", "float"), ("per_device_eval_batch_size", "int"), ("max_steps", "int"),
@@ -158,7 +160,8 @@ def task_roles(task: str) -> tuple[str, ...]:
 @st.cache_data(show_spinner=False, max_entries=32)
 def unguessed_roles(path: str, task: str, failed: str) -> tuple[list[str], dict[str, Optional[str]]]:
     """The file's columns and each role's guess when ``failed`` could not be guessed (None: not guessed)."""
-    from finetune.data import Unpacking, guess_column, load_table
+    from finetune.columns import guess_column
+    from finetune.data import Unpacking, load_table
 
     head = load_table(Path(path), "train_file", Unpacking(), max_rows=HEAD_ROWS)
     found: dict[str, Optional[str]] = dict.fromkeys(task_roles(task))
@@ -258,10 +261,14 @@ def settings_form(task: str, errors: ErrorSlots) -> dict:
     """Render the hyperparameter inputs; returns their raw values for TrainConfig.from_dict."""
     not_settings = task_kind(task).not_settings  # fields that mean nothing for this task are left out
     values = _inputs([f for f in BASIC if f[0] not in not_settings], errors, columns=3)
-    st.markdown("**LoRA** · targets left blank are discovered from the model's attention layers (Conv2d for ResNet).")
+    st.markdown("**LoRA** · targets left blank (or `attention`) are discovered from the model's attention layers "
+                "(Conv2d for ResNet); `all-linear` adapts every linear layer. Variants: docs/lora-variants.md.")
     # Always drawn (greyed out for full fine-tuning), and kept across page switches (persist_state), so the
     # form never falls back to Streamlit's own zeros.
-    values.update(_inputs(LORA, errors, columns=4, disabled=values["finetune_method"] != "lora"))
+    lora = _inputs(LORA, errors, columns=4, disabled=values["finetune_method"] != "lora")
+    # Full fine-tuning ignores them, and refuses some (use_dora, load_in_4bit, loraplus_lr_ratio), which greyed out
+    # could not be unset: they are sent for LoRA only.
+    values.update(lora if values["finetune_method"] == "lora" else {})
     with st.expander("Advanced settings"):
         values.update(_inputs([f for f in ADVANCED if f[0] not in not_settings], errors, columns=3))
     return values

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel
 from finetune.config import TrainConfig
 from finetune.data import Columns, Unpacking, load_splits
 from finetune.errors import UserError
-from finetune.lora import new_head_modules
+from finetune.lora import four_bit_loading, new_head_modules
 from finetune.task_kinds import TASKS, TaskKind
 
 
@@ -48,10 +48,13 @@ class Task:
         """Extra from_pretrained arguments (label maps for classification heads)."""
         return {}
 
-    def load_model(self, model_name_or_path: str, labels: Optional[list[str]], processor: Any) -> tuple[PreTrainedModel, list[str]]:
-        """The model and the names of its freshly initialised modules (which must be trained in full)."""
+    def load_model(self, model_name_or_path: str, labels: Optional[list[str]], processor: Any,
+                   load_in_4bit: bool = False) -> tuple[PreTrainedModel, list[str]]:
+        """The model (its frozen base in 4-bit NF4 for QLoRA) and the names of its freshly initialised modules (which
+        must be trained in full)."""
+        quantization = four_bit_loading() if load_in_4bit else {}
         model, info = self.auto_model_class.from_pretrained(
-            model_name_or_path, output_loading_info=True, **self.model_kwargs(labels, processor))
+            model_name_or_path, output_loading_info=True, **self.model_kwargs(labels, processor), **quantization)
         if getattr(model, "_hf_peft_config_loaded", False):
             # An adapter repo makes from_pretrained load the base model its adapter_config.json names, which can
             # be any folder on this machine: a hub id must not lead a user of a shared app into another's run.

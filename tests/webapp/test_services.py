@@ -178,3 +178,20 @@ def test_the_adapter_zip_carries_the_model_card_and_no_server_path(home, trained
     assert "[More Information Needed]" not in card and "## Evaluation" in card, "the run's card, not PEFT's template"
     assert config["base_model_name_or_path"] == info["base_model"] == "bert", "the checkpoint's folder name"
     assert "real/adapter_model.safetensors" in names and len(names) >= 5
+
+
+def test_the_merged_model_zip_loads_with_plain_transformers(home, trained_runs, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.webapp.conftest import copy_run
+
+    copy_run(trained_runs["bert-lr2e-3"], home, "real")
+    with zipfile.ZipFile(io.BytesIO(runs.merged_zip(LOCAL, "real"))) as archive:
+        names = archive.namelist()
+        archive.extractall(tmp_path)
+    assert {"real-merged/config.json", "real-merged/model.safetensors", "real-merged/README.md"} <= set(names)
+    assert not any("adapter" in name for name in names), "the adapter is folded in, not shipped beside"
+    card = (tmp_path / "real-merged" / "README.md").read_text()
+    assert "library_name: transformers" in card and "base_model: bert" in card
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "real-merged")
+    assert model.config.id2label == {0: "negative", 1: "positive"}

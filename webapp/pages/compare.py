@@ -6,6 +6,7 @@ import streamlit as st
 from webapp import widgets
 from webapp.services import comparison, runs
 
+EVERY = "(choose runs)"  # no experiment picked: the runs are chosen one by one
 st.title("Compare")
 summaries = runs.list_runs(widgets.current_user())
 if not summaries:
@@ -13,7 +14,13 @@ if not summaries:
     st.page_link("pages/new_run.py", label="Start one on the New run page", icon="🚀")
     st.stop()
 task, default = comparison.default_choice(summaries)
-chosen = st.multiselect("Runs", [s.ref for s in summaries], default=default, key="compare_runs")
+experiments = comparison.experiment_choices(summaries)
+picked = st.selectbox("Experiment", [EVERY, *experiments], key="compare_experiment") if experiments else EVERY
+if picked in experiments:
+    # A widget of its own per experiment: it opens on the experiment's runs, and the user may still add or drop some.
+    task, default = experiments[picked]
+chosen = st.multiselect("Runs", [s.ref for s in summaries], default=default,
+                        key="compare_runs" if picked == EVERY else f"compare_runs:{picked}")
 if not chosen:
     st.stop()
 by_ref = {s.ref: s for s in summaries}
@@ -21,7 +28,8 @@ result = comparison.compare([by_ref[ref] for ref in chosen], task)
 
 st.subheader("Base model vs fine-tuned")
 st.caption("Each run scores its untuned base model on the same evaluation split before training. "
-           "**Bold**: best fine-tuned value per metric.")
+           f"**Bold**: best fine-tuned value per metric. ★: best {result.primary}"
+           + (f" ({result.best})." if result.best else " (no finished run)."))
 st.markdown(result.headline)
 with st.expander("Every metric, and the cost and throughput of each run"):
     st.markdown(result.everything)

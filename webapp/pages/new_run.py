@@ -9,9 +9,11 @@ import yaml
 from finetune.advice import warnings_for
 from finetune.config import field_help
 from finetune.errors import ConfigError, UserError
+from finetune.preflight import readable_duration
 from finetune.task_kinds import task_kind
 from webapp import widgets
-from webapp.services import catalog, devices, identity, launch, uploads
+from webapp.services import catalog, devices, identity, launch, preflight, uploads
+from webapp.services import sweeps
 
 HELP = field_help()
 CUSTOM = "custom"
@@ -127,7 +129,33 @@ st.markdown("The exact command the runner starts. Launching writes the run's set
 st.code(shlex.join(command), language="bash")
 with st.expander("config.yaml"):
     st.code(yaml.safe_dump(cfg.to_dict(), sort_keys=False), language="yaml")
-if st.button("Launch run", type="primary"):
+launch_col, check_col = st.columns([1, 5])
+# Check runs finetune.preflight in a subprocess (this page never imports torch): a few real steps, nothing saved.
+if check_col.button("Check", help="Load the model on the chosen device (GPU 0, else the CPU), train a few steps on the "
+                    "longest batches of the data, and show the peak memory, the time per step and the whole run's "
+                    "estimated time. Nothing is saved; a big model on a CPU takes minutes."):
+    try:
+        with st.spinner("Checking: loading the model and training a few steps on the longest batches…"):
+            checked = preflight.check(cfg, shared)
+    except UserError as err:
+        st.error(str(err))
+    else:
+        memory_col, step_col, run_col = st.columns(3)
+        memory_col.metric("Peak memory", f"{checked.peak_memory_mb:,.0f} MiB", help=f"{checked.memory_measure}; "
+                          f"{checked.memory_capacity_mb:,.0f} MiB on {checked.device} (per device: one GPU of DDP)")
+        step_col.metric("Time per step", "—" if checked.seconds_per_step is None else
+                        f"{checked.seconds_per_step:.2f} s", help="Per optimizer step, on the longest batches")
+        run_col.metric("Estimated run time", "—" if checked.estimated_seconds is None else
+                       readable_duration(checked.estimated_seconds),
+                       help=f"{checked.total_steps:,} steps and {checked.evaluations} evaluation(s), set-up included")
+        if checked.fits:
+            st.success(f"Fits: {checked.peak_memory_mb:,.0f} of {checked.memory_capacity_mb:,.0f} MiB on "
+                       f"{checked.device}.")
+        else:
+            st.warning(f"Does not fit {checked.device} ({checked.peak_memory_mb:,.0f} of "
+                       f"{checked.memory_capacity_mb:,.0f} MiB). Change one or more of:\n\n"
+                       + "\n".join(f"- {item}" for item in checked.advice))
+if launch_col.button("Launch run", type="primary"):
     try:
         run = launch.launch(user, cfg, setup)
     except UserError as err:
@@ -136,3 +164,26 @@ if st.button("Launch run", type="primary"):
     st.session_state.update(selected_run=run.path.name, renew_name=True)
     st.success(f"Run **{run.path.name}** is queued; it starts as soon as a {'GPU' if setup.uses_gpus else 'CPU slot'} is free.")
     st.page_link("pages/runs.py", label="Watch it on the Runs page", icon="📈")
+
+# ---- sweep: one queued run per point of a grid, grouped as one experiment (docs/sweeps.md) ----------
+with st.expander("Sweep: one run per point of a grid"):
+    st.caption("Every run takes the settings above, with the values below in turn (all combinations, or a random "
+               "draw of them); the runs are named EXPERIMENT-01, -02 … and the Runs page marks the best ★.")
+    grid_text = st.text_area("Grid", key="sweep_grid", placeholder="learning_rate=1e-4,3e-4\nlora_r=8,16",
+                             help="One setting per line: name=value1,value2 (the names of the settings above).")
+    name_col, random_col = st.columns(2)
+    experiment = name_col.text_input("Experiment name", key="sweep_name", placeholder="lr-vs-rank",
+                                     help="1-60 letters, digits, '.', '_' or '-'; names the experiment's runs.")
+    random_count = random_col.number_input("Random points", min_value=0, max_value=99, value=0, key="sweep_random",
+                                           help="0: every combination; N: N distinct combinations drawn at random.")
+    if st.button("Start sweep", disabled=not (grid_text.strip() and experiment)):
+        try:
+            planned = sweeps.plan(user, experiment, grid_text, int(random_count), 0, values)
+            queued = sweeps.queue(user, planned, setup)
+        except ConfigError as err:
+            st.error("Fix the sweep:\n\n" + "\n".join(f"- {problem}" for problem in err.problems))
+        except UserError as err:
+            st.error(str(err))
+        else:
+            st.success(f"Experiment **{experiment}**: {len(queued)} runs queued ({', '.join(planned.names)}).")
+            st.page_link("pages/runs.py", label="Watch them on the Runs page", icon="📈")

@@ -8,7 +8,7 @@ import streamlit as st
 
 from finetune.errors import UserError
 from webapp import widgets
-from webapp.services import run_detail, runs
+from webapp.services import run_detail, runs, sweeps
 
 POINT = ["step", "metric", "value"]  # the columns of a curve's points (webapp/services/run_detail.py)
 REFRESH_SECONDS = 2  # the trainer flushes events per line; this is how stale the page may be
@@ -46,11 +46,20 @@ def _runner_caption(runner: runs.RunnerState) -> None:
                "`python -m webapp.services.jobs stop` (runs in progress keep training).")
 
 
+def _experiment_table(experiment: sweeps.ExperimentSummary) -> None:
+    """An experiment's runs with their primary metric and the settings they vary, the best marked ★."""
+    best = f"best {experiment.metric}: ★ {experiment.best}" if experiment.best else "no run finished yet"
+    order = "lower" if experiment.lower_is_better else "higher"
+    st.markdown(f"**Experiment `{experiment.name}`** · {len(experiment.runs)} runs · {best} ({order} is better)")
+    st.dataframe(pd.DataFrame(experiment.rows()), hide_index=True)
+
+
 @st.fragment(run_every=REFRESH_SECONDS)
 def overview() -> None:
     summaries = runs.list_runs(user)
     positions = runs.queue_positions(user)
     owners = runs.owner_names() if user.is_operator and len({s.owner for s in summaries}) > 1 else {}
+    grouped = sweeps.experiments(summaries)
     if not summaries:
         st.info("No runs yet.")
         st.page_link("pages/new_run.py", label="Start one on the New run page", icon="🚀")
@@ -61,10 +70,13 @@ def overview() -> None:
         "progress": s.progress,
         "step": f"{s.step}/{s.total_steps or '?'}" + (" (stopped early)" if s.stopped_early else ""),
         "ETA": _eta(s.eta_seconds) if s.state == "running" else "",
-        "task": s.task, "model": s.model_label, **({"owner": owners.get(s.owner, s.owner)} if owners else {})}
+        "task": s.task, "model": s.model_label, **({"owner": owners.get(s.owner, s.owner)} if owners else {}),
+        **({"experiment": s.experiment or ""} if grouped else {})}
         for s in summaries])
     st.dataframe(table, hide_index=True, column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")})
+    for experiment in grouped:
+        _experiment_table(experiment)
     runner = runs.runner_state() if positions or user.is_operator else None
     if runner and not runner.alive and positions:
         st.warning("The job runner is not running; reload the page to start it.")
@@ -78,7 +90,8 @@ if not summaries:
     st.stop()
 default = runs.default_selection(summaries, st.session_state.get("selected_run"))
 # The user's own choice (not the default) is remembered outside the widget, whose state ends with the page.
-name = st.selectbox("Run", [s.ref for s in summaries], index=default, key="runs_selected",
+run_labels = {s.ref: s.label for s in summaries}
+name = st.selectbox("Run", list(run_labels), index=default, key="runs_selected", format_func=run_labels.get,
                     on_change=lambda: st.session_state.update(selected_run=st.session_state["runs_selected"]))
 
 

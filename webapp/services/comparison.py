@@ -9,8 +9,9 @@ from typing import Optional
 
 import pandas as pd
 
-from evaluation.compare import COST, compare_runs, curves, format_table, load_runs, primary_metric
+from evaluation.compare import COST, best_by, compare_runs, curves, format_table, load_runs, primary_metric
 from finetune.rundir import RunDirectory
+from webapp.services import sweeps
 from webapp.services.runs import RunSummary
 
 MAX_DEFAULT_RUNS = 6
@@ -27,6 +28,7 @@ class Comparison:
     evals: pd.DataFrame  # curves of the evaluation metrics: run, event, step, metric, value
     train_loss: pd.DataFrame  # the train loss curves, as ``evals``
     matrices: list[tuple[str, list, list[list[int]]]]  # (run name, labels, fine-tuned confusion matrix)
+    best: Optional[str] = None  # the run with the best fine-tuned primary metric (marked ★ in the headline)
 
 
 def default_choice(summaries: list[RunSummary]) -> tuple[Optional[str], list[str]]:
@@ -35,6 +37,11 @@ def default_choice(summaries: list[RunSummary]) -> tuple[Optional[str], list[str
     finished = [s for s in summaries if s.state == "finished"]
     task = finished[0].task if finished else summaries[0].task
     return task, [s.ref for s in finished if s.task == task][:MAX_DEFAULT_RUNS]
+
+
+def experiment_choices(summaries: list[RunSummary]) -> dict[str, tuple[Optional[str], list[str]]]:
+    """(task, refs) of each experiment among ``summaries`` (newest first): picking one compares its runs."""
+    return {found.name: (found.task, found.refs) for found in sweeps.experiments(summaries)}
 
 
 def compare(chosen: list[RunSummary], task: Optional[str]) -> Comparison:
@@ -50,12 +57,16 @@ def compare(chosen: list[RunSummary], task: Optional[str]) -> Comparison:
                  and c not in COST]  # cost and throughput columns would push the row past 1280 px
     headers = {f"{kind}_{metric}": f"{SHORT.get(metric, metric)} {label}" for metric in (primary, "eval_loss")
                for kind, label in (("base", "base"), ("finetuned", "tuned"), ("delta", "Δ"))}
+    best = best_by(selected, primary)
+    shown = table[headline].copy()
+    shown.insert(0, "★", ["★" if name == best else "" for name in table.index])  # the best by the primary metric
     long = curves(selected)
     matrices = [(run.name, run.path, run.metrics.get("finetuned", {}).get("confusion_matrix")) for run in selected]
-    return Comparison(primary=primary, headline=format_table(table[headline], "markdown", headers),
+    return Comparison(primary=primary, headline=format_table(shown, "markdown", headers),
                       everything=format_table(table, "markdown"), csv=table.to_csv(), evals=long[long.event == "eval"],
                       train_loss=long[(long.event == "train") & (long.metric == "loss")],
-                      matrices=[(name, _labels(path, matrix), matrix) for name, path, matrix in matrices if matrix])
+                      matrices=[(name, _labels(path, matrix), matrix) for name, path, matrix in matrices if matrix],
+                      best=best)
 
 
 def _labels(run_path: Path, matrix: list[list[int]]) -> list:

@@ -13,8 +13,12 @@ from webapp.services.identity import User
 
 def build_config(values: dict[str, Any], run_dir: Path) -> TrainConfig:
     """A TrainConfig from form values; ConfigError lists every bad field ("name: message")."""
-    values = {k: v for k, v in values.items() if v is not None and v != ""}
-    return TrainConfig.from_dict({**values, "output_dir": str(run_dir)})
+    return TrainConfig.from_dict({**filled(values), "output_dir": str(run_dir)})
+
+
+def filled(values: dict[str, Any]) -> dict[str, Any]:
+    """The form fields given a value: a blank field keeps its default."""
+    return {k: v for k, v in values.items() if v is not None and v != ""}
 
 
 def problems_by_field(err: ConfigError) -> dict[str, list[str]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from evaluation.figures import percent, rate
+from finetune.config import EXPERIMENT_NAME
 from finetune.errors import UserError
 from finetune.rundir import THROUGHPUT_METRICS, RunDirectory, read_json
 from webapp.services import devices, identity, jobs, quotas, settings, workspace
@@ -40,6 +41,7 @@ class RunSummary:
     error: Optional[str]
     created_at: float
     stopped_early: bool = False  # finished at ``step``, short of total_steps, because eval loss stopped improving
+    experiment: Optional[str] = None  # the experiment (sweep) the run belongs to: config.yaml's experiment_name
 
     @property
     def progress(self) -> float:
@@ -51,6 +53,11 @@ class RunSummary:
     def model_label(self) -> str:
         """The hub id, or a local checkpoint's folder name (full paths crowd the tables)."""
         return Path(self.model).name if self.model and Path(self.model).is_absolute() else (self.model or "?")
+
+    @property
+    def label(self) -> str:
+        """The run as lists name it: its ref, and its experiment when it belongs to one."""
+        return f"{self.ref} · experiment {self.experiment}" if self.experiment else self.ref
 
     @property
     def active(self) -> bool:
@@ -79,7 +86,13 @@ def summarize(path: Path, viewer: Optional[User] = None) -> RunSummary:
                       model=config.get("model_name_or_path"), step=step, total_steps=status.get("total_steps"),
                       eta_seconds=_eta(status, logged) if state == "running" else None, error=status.get("error"),
                       created_at=status.get("queued_at") or status.get("started_at") or _mtime(path),
-                      stopped_early=bool(stopped_at))
+                      stopped_early=bool(stopped_at), experiment=_experiment(config))
+
+
+def _experiment(config: dict) -> Optional[str]:
+    """config.yaml's experiment_name when it is a valid name (the file may have been edited by hand)."""
+    name = config.get("experiment_name")
+    return name if isinstance(name, str) and EXPERIMENT_NAME.fullmatch(name) else None
 
 
 def _logged_steps(run: RunDirectory, status: dict) -> list[dict]:

@@ -1,0 +1,52 @@
+"""The New run page's Check button: the preflight report (metrics, fits or advice) beside Launch, nothing written."""
+
+import dataclasses
+
+from finetune.preflight import Report
+from tests.webapp.apptest import assert_ok, button, labels, open_app
+from webapp.services import preflight
+
+
+def test_check_measures_the_demo_run_and_shows_the_report(no_runner):
+    at = open_app()
+    assert {"Check", "Launch run"} <= set(labels(at))
+    button(at, "Check").click().run()
+    assert_ok(at)
+    metrics = {m.label: m.value for m in at.metric}
+    shown = {"Peak memory", "Time per step", "Estimated run time"}
+    assert shown <= metrics.keys(), metrics
+    assert metrics["Peak memory"].endswith(" MiB") and metrics["Time per step"].endswith(" s"), metrics
+    assert len(at.success) == 1 and at.success[0].value.startswith("Fits: "), [s.value for s in at.success]
+    assert len(at.warning) == 0 and len(at.error) == 0
+    assert "Launch run" in labels(at), "Launch stays beside the report"
+    assert list((no_runner / "runs").iterdir()) == [], "the check writes no run directory"
+    assert len(shown) == 3
+
+
+def test_a_run_that_does_not_fit_shows_the_advice(no_runner, monkeypatch):
+    advice = ["per_device_train_batch_size: 2 with gradient_accumulation_steps: 4 (keeps the effective batch of 8)",
+              "gradient_checkpointing: true (recomputes activations in the backward pass)"]
+    report = Report(device="cuda:0", memory_measure="CUDA max_memory_allocated", peak_memory_mb=90_000,
+                    memory_capacity_mb=81_559, fits=False, advice=advice, batch_size=8, measured_steps=3,
+                    seconds_per_step=0.25, total_steps=1000, evaluations=11, eval_batches=10,
+                    seconds_per_eval_batch=0.1, setup_seconds=20.0, estimated_seconds=281.0)
+    # The subprocess is replaced on the test's side only: a GPU that is too small cannot be had on a test machine.
+    monkeypatch.setattr(preflight, "check", lambda cfg, shared: report)
+    at = open_app()
+    button(at, "Check").click().run()
+    assert_ok(at)
+    assert len(at.warning) == 1 and len(at.success) == 0
+    warning = at.warning[0].value
+    assert warning.startswith("Does not fit cuda:0 (90,000 of 81,559 MiB)"), warning
+    assert all(f"- {item}" in warning for item in advice), f"{len(advice)} pieces of advice expected"
+    assert {m.label: m.value for m in at.metric}["Estimated run time"] == "4 min 41 s"
+
+
+def test_check_failures_read_as_the_checks_own_message():
+    bad = "Some library warning\nerror: Invalid configuration:\n  - lora_r: must be a positive integer, got 0"
+    assert preflight._failure(2, bad) == "Invalid configuration:\n  - lora_r: must be a positive integer, got 0"
+    assert "out of memory" in preflight._failure(preflight.KILLED, "")
+    crashed = preflight._failure(1, "Traceback ...\nRuntimeError: boom")
+    assert crashed == "check: the preflight failed (exit status 1): RuntimeError: boom"
+    fields = {f.name for f in dataclasses.fields(Report)}
+    assert len(fields) == 15, "the report the page reads"

@@ -1,0 +1,124 @@
+"""Sweeps from the web app: one queued run per point of a grid, grouped as one experiment, the best run marked.
+
+The grid is read and checked by the engine's own parser (finetune.sweep). Each point is a normal run of the user's,
+named <experiment>-NN in their runs folder, with experiment_name in its config.yaml, queued like any other run
+(webapp/services/launch.py). The Runs and Compare pages group runs by that experiment_name and rank an experiment's
+runs by its task's primary metric (finetune.experiment.best_run). Plain Python: no streamlit.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from finetune import sweep
+from finetune.config import TrainConfig
+from finetune.errors import ConfigError, UserError
+from finetune.experiment import best_run, name_problem, primary_value, run_name
+from finetune.rundir import RunDirectory
+from finetune.task_kinds import LOWER_IS_BETTER, TASKS
+from webapp.services import launch, runs, settings, workspace
+from webapp.services.devices import Setup
+from webapp.services.identity import LOCAL_KEY, User
+from webapp.services.runs import RunSummary
+
+# Settings that differ between any two runs and say nothing about the point.
+NOT_VARIED = ("output_dir", "resume_from_checkpoint")
+
+
+@dataclass
+class SweepPlan:
+    """A checked sweep of ``user``'s: nothing written yet."""
+
+    experiment: str
+    names: list[str]  # the runs' names, <experiment>-NN
+    points: list[dict[str, str]]  # the settings each run varies, as typed
+    configs: list[TrainConfig]
+
+
+def plan(user: User, experiment: str, grid_text: str, random_count: int, seed: int,
+         values: dict[str, Any]) -> SweepPlan:
+    """The configs of a sweep over ``grid_text`` (one key=v1,v2 per line; ``random_count`` > 0: that many points
+    drawn with ``seed``) on the New run form's ``values``. ConfigError or UserError says what is wrong."""
+    problem = name_problem(experiment)
+    if problem:
+        raise ConfigError([f"experiment: {problem}"])
+    grid = sweep.parse_grid_text(grid_text)
+    points = sweep.grid_points(grid, random_count or None, seed)
+    names = [run_name(experiment, index) for index in range(1, len(points) + 1)]
+    try:
+        run_dirs = [runs.check_new_name(user, name) for name in names]
+    except UserError as err:
+        raise UserError(f"experiment: {experiment!r} is taken ({err}); choose another experiment name") from None
+    return SweepPlan(experiment, names, points, sweep.configs_for(launch.filled(values), points, experiment, run_dirs))
+
+
+def queue(user: User, planned: SweepPlan, setup: Setup) -> list[RunDirectory]:
+    """Queue every run of ``planned`` on ``setup``, after checking the user may queue them all."""
+    _check_room(user, len(planned.configs))
+    return [launch.launch(user, cfg, setup) for cfg in planned.configs]
+
+
+def _check_room(user: User, count: int) -> None:
+    """UserError when ``count`` more runs would take ``user`` past the runs one user may have queued or training
+    (settings.max_queued_runs; the local user has no limit), so a sweep is queued whole or not at all."""
+    if user.key == LOCAL_KEY:
+        return
+    limit = settings.load().max_queued_runs
+    root = workspace.runs_dir(user.key)
+    active = [p for p in root.iterdir() if RunDirectory(p).read_status().get("state") in ("queued", "running")] \
+        if root.is_dir() else []
+    if len(active) + count > limit:
+        raise UserError(f"queue: this sweep queues {count} runs and you have {len(active)} queued or training; at "
+                        f"most {limit} per user. Draw fewer points (random count) or wait for runs to finish")
+
+
+@dataclass
+class ExperimentSummary:
+    """An experiment's runs as the Runs and Compare pages show them."""
+
+    name: str  # the experiment's name ("owner/name" for another user's, as refs are)
+    task: Optional[str]
+    metric: str  # the task's primary metric: what ranks the runs
+    runs: list[RunSummary]  # by name: the order of the points
+    values: dict[str, Optional[float]]  # the fine-tuned primary metric of each run, by ref (None: not finished)
+    best: Optional[str]  # the ref of the best finished run
+    varied: dict[str, dict]  # the settings that differ between the runs, by ref
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric in LOWER_IS_BETTER
+
+    @property
+    def refs(self) -> list[str]:
+        return [s.ref for s in self.runs]
+
+    def rows(self) -> list[dict]:
+        """One row per run: ★ for the best, run, state, the primary metric, the varied settings."""
+        return [{"best": "★" if s.ref == self.best else "", "run": s.ref, "state": s.state,
+                 self.metric: self.values[s.ref], **self.varied[s.ref]} for s in self.runs]
+
+
+def experiments(summaries: list[RunSummary]) -> list[ExperimentSummary]:
+    """The experiments among ``summaries``, newest first (by their newest run)."""
+    groups: dict[str, list[RunSummary]] = {}
+    for s in summaries:
+        if s.experiment:
+            owner = s.ref.rpartition("/")[0]
+            groups.setdefault(f"{owner}/{s.experiment}" if owner else s.experiment, []).append(s)
+    return [_summarize(name, sorted(members, key=lambda s: s.name)) for name, members in groups.items()]
+
+
+def _summarize(name: str, members: list[RunSummary]) -> ExperimentSummary:
+    task = next((s.task for s in members if s.task), None)
+    metric = TASKS[task].primary_metric if task in TASKS else "eval_loss"
+    values = {s.ref: primary_value(RunDirectory(s.path).read_metrics(), metric) if s.state == "finished" else None
+              for s in members}
+    configs = {s.ref: RunDirectory(s.path).read_config() for s in members}
+    keys = dict.fromkeys(key for config in configs.values() for key in config if key not in NOT_VARIED)
+    differing = [key for key in keys if len({repr(config.get(key)) for config in configs.values()}) > 1]
+    varied = {ref: {key: _cell(config.get(key)) for key in differing} for ref, config in configs.items()}
+    return ExperimentSummary(name, task, metric, members, values, best_run(values, metric), varied)
+
+
+def _cell(value: Any) -> Any:
+    """A setting as one table cell: lists (lora_target_modules) as text."""
+    return ", ".join(map(str, value)) if isinstance(value, list) else value

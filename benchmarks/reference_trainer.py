@@ -46,9 +46,12 @@ def causal_lm_data(args, tokenizer) -> tuple[dict, float]:
     def group_texts(examples):  # run_clm.py's, with the attention mask of ones it would carry
         joined = list(chain(*examples["input_ids"]))
         total = (len(joined) // args.block_size) * args.block_size
-        blocks = [joined[i: i + args.block_size] for i in range(0, total, args.block_size)]
-        return {"input_ids": blocks, "attention_mask": [[1] * args.block_size for _ in blocks],
-                "labels": [list(b) for b in blocks]}
+        blocks = [joined[i : i + args.block_size] for i in range(0, total, args.block_size)]
+        return {
+            "input_ids": blocks,
+            "attention_mask": [[1] * args.block_size for _ in blocks],
+            "labels": [list(b) for b in blocks],
+        }
 
     tokenized = raw.map(tokenize, batched=True, remove_columns=["text"])
     blocks = tokenized.map(group_texts, batched=True, batch_size=MAP_BATCH)
@@ -77,8 +80,10 @@ def image_classification_data(args, processor) -> tuple[dict, list[str]]:
     """Image folders decoded and preprocessed on the fly; class names in the folders' order."""
     from datasets import load_dataset
 
-    data = {split: load_dataset("imagefolder", data_dir=path, split="train")
-            for split, path in (("train", args.train_file), ("validation", args.validation_file))}
+    data = {
+        split: load_dataset("imagefolder", data_dir=path, split="train")
+        for split, path in (("train", args.train_file), ("validation", args.validation_file))
+    }
     names = data["train"].features["label"].names
 
     def transform(batch):
@@ -110,9 +115,14 @@ def causal_lm_eval_loss(trainer, reported: float, block_size: int) -> dict:
 def lora_model(args, model, task_type=None, modules_to_save=None):
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                        target_modules=args.target_modules.split(","), modules_to_save=modules_to_save,
-                        task_type=task_type)
+    config = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=args.target_modules.split(","),
+        modules_to_save=modules_to_save,
+        task_type=task_type,
+    )
     model = get_peft_model(model, config)
     model.print_trainable_parameters()
     return model
@@ -120,9 +130,15 @@ def lora_model(args, model, task_type=None, modules_to_save=None):
 
 def build(args):
     """(model, train set, eval set, collator, compute_metrics, tokens per training example) for args.task."""
-    from transformers import (AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageClassification,
-                              AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              default_data_collator)
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForCausalLM,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        default_data_collator,
+    )
 
     if args.task == "causal-lm":
         tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -133,15 +149,22 @@ def build(args):
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         data, tokens, names = text_classification_data(args, tokenizer)
         model = AutoModelForSequenceClassification.from_pretrained(
-            args.model, num_labels=len(names), id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)})
+            args.model,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+        )
         model = lora_model(args, model, task_type="SEQ_CLS", modules_to_save=["classifier"])
         return (model, data["train"], data["validation"], DataCollatorWithPadding(tokenizer), accuracy, tokens)
     processor = AutoImageProcessor.from_pretrained(args.model)
     data, names = image_classification_data(args, processor)
     model = AutoModelForImageClassification.from_pretrained(
-        args.model, num_labels=len(names), id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True)  # replaces the old head
+        args.model,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+        ignore_mismatched_sizes=True,
+    )  # replaces the old head
     model = lora_model(args, model, modules_to_save=["classifier"])
     return model, data["train"], data["validation"], default_data_collator, accuracy, None
 
@@ -153,23 +176,43 @@ def run(args) -> dict:
     set_seed(args.seed)  # before the model: the new head's initial weights come from this seed
     model, train_set, eval_set, collator, metrics_fn, tokens = build(args)
     training_args = TrainingArguments(
-        output_dir=args.output_dir, max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.eval_batch_size, learning_rate=args.learning_rate,
-        lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, seed=args.seed,
-        report_to="none", use_cpu=args.device == "cpu",
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.eval_batch_size,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        seed=args.seed,
+        report_to="none",
+        use_cpu=args.device == "cpu",
         # Images are decoded by the transform: Trainer must not drop the image column it reads.
-        remove_unused_columns=args.task != "image-classification")
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
-                      data_collator=collator, compute_metrics=metrics_fn)
+        remove_unused_columns=args.task != "image-classification",
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=collator,
+        compute_metrics=metrics_fn,
+    )
     train_metrics = trainer.train().metrics
     eval_metrics = trainer.evaluate()
     if args.task == "causal-lm":
         eval_metrics.update(causal_lm_eval_loss(trainer, eval_metrics["eval_loss"], args.block_size))
-    return {"train_samples_per_second": train_metrics["train_samples_per_second"],
-            "train_runtime": train_metrics["train_runtime"], "train_loss": train_metrics.get("train_loss"),
-            "eval": eval_metrics, "tokens_per_example": tokens, "train_examples": len(train_set),
-            "eval_examples": len(eval_set),
-            "peak_gpu_mib": torch.cuda.max_memory_allocated() / MIB if args.device == "cuda" else None}
+    return {
+        "train_samples_per_second": train_metrics["train_samples_per_second"],
+        "train_runtime": train_metrics["train_runtime"],
+        "train_loss": train_metrics.get("train_loss"),
+        "eval": eval_metrics,
+        "tokens_per_example": tokens,
+        "train_examples": len(train_set),
+        "eval_examples": len(eval_set),
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / MIB if args.device == "cuda" else None,
+    }
 
 
 def parse_args(argv=None):

@@ -55,10 +55,19 @@ REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ("gpt2", "bert", "vit", "resnet")
 VARIANTS = ("ours", "reference")
 RESULT_PREFIX = "REFERENCE_RESULT "  # benchmarks.reference_trainer's last stdout line
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-TASKS = {"gpt2": "causal-lm", "bert": "text-classification", "vit": "image-classification",
-         "resnet": "image-classification"}
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_EVALUATE_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+}
+TASKS = {
+    "gpt2": "causal-lm",
+    "bert": "text-classification",
+    "vit": "image-classification",
+    "resnet": "image-classification",
+}
 # LoRA targets, the same list on both sides: what finetune.lora discovers on these models (ResNet: its Conv2d
 # layers, all named "convolution"; ViT in transformers 5 names its projections q_proj/k_proj/v_proj/o_proj).
 TARGETS = {"gpt2": ["c_attn"], "bert": ["query", "value"], "vit": ["q_proj", "v_proj"], "resnet": ["convolution"]}
@@ -68,10 +77,13 @@ LEARNING_RATE = 5e-4  # one rate for LoRA and the new head: the reference's Trai
 # training example costs about 2.5 s (GPT-2, block of 256 with its 50,257-word output layer), 0.15 s (BERT,
 # a tweet of ~33 tokens), 0.9 s (ViT-base) and 0.3 s (ResNet-50, 224x224 images).
 SHAPES = {
-    "tiny": {"gpt2": (16, 32, 30, 128), "bert": (16, 64, 30, 128), "vit": (16, 64, 100, None),
-             "resnet": (16, 64, 100, None)},
-    "base": {"gpt2": (4, 8, 6, 256), "bert": (16, 32, 12, 128), "vit": (8, 16, 6, None),
-             "resnet": (8, 16, 12, None)},
+    "tiny": {
+        "gpt2": (16, 32, 30, 128),
+        "bert": (16, 64, 30, 128),
+        "vit": (16, 64, 100, None),
+        "resnet": (16, 64, 100, None),
+    },
+    "base": {"gpt2": (4, 8, 6, 256), "bert": (16, 32, 12, 128), "vit": (8, 16, 6, None), "resnet": (8, 16, 12, None)},
 }
 # On a GPU a step takes milliseconds: 200 of them measure the steady state, not the first steps' warm-up.
 CUDA_STEPS = {"tiny": 200, "base": 200}
@@ -102,27 +114,53 @@ def make_jobs(manifest: dict, size: str, device: str, steps: Optional[int]) -> l
     jobs = []
     for family, files in manifest.items():
         batch, eval_batch, cpu_steps, length = SHAPES[size][family]
-        jobs.append(Job(family, TASKS[family], files["checkpoint"], files["train_file"], files["validation_file"],
-                        steps or (CUDA_STEPS[size] if device == "cuda" else cpu_steps), batch, eval_batch, length,
-                        TARGETS[family]))
+        jobs.append(
+            Job(
+                family,
+                TASKS[family],
+                files["checkpoint"],
+                files["train_file"],
+                files["validation_file"],
+                steps or (CUDA_STEPS[size] if device == "cuda" else cpu_steps),
+                batch,
+                eval_batch,
+                length,
+                TARGETS[family],
+            )
+        )
     return jobs
 
 
 # ---------------------------------------------------------------- the two command lines
 
+
 def ours_config(job: Job, output_dir: Path, overrides: dict) -> dict:
     """LoRA Lab's settings for ``job``: every setting the reference fixes or Trainer defaults, set explicitly."""
     config = {
-        "model_name_or_path": job.checkpoint, "train_file": job.train_file, "validation_file": job.validation_file,
-        "output_dir": str(output_dir), "task": job.task, "max_steps": job.steps,
-        "per_device_train_batch_size": job.batch, "per_device_eval_batch_size": job.eval_batch,
-        "learning_rate": job.learning_rate, "head_learning_rate": job.learning_rate,
-        "warmup_ratio": 0.0, "lr_scheduler_type": "linear", "weight_decay": 0.0, "max_grad_norm": 1.0,
-        "lora_r": job.lora_r, "lora_alpha": job.lora_alpha, "lora_dropout": job.lora_dropout,
-        "lora_target_modules": job.targets, "seed": job.seed,
+        "model_name_or_path": job.checkpoint,
+        "train_file": job.train_file,
+        "validation_file": job.validation_file,
+        "output_dir": str(output_dir),
+        "task": job.task,
+        "max_steps": job.steps,
+        "per_device_train_batch_size": job.batch,
+        "per_device_eval_batch_size": job.eval_batch,
+        "learning_rate": job.learning_rate,
+        "head_learning_rate": job.learning_rate,
+        "warmup_ratio": 0.0,
+        "lr_scheduler_type": "linear",
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "lora_r": job.lora_r,
+        "lora_alpha": job.lora_alpha,
+        "lora_dropout": job.lora_dropout,
+        "lora_target_modules": job.targets,
+        "seed": job.seed,
         # One evaluation, at the end; no checkpoint mid-run (Trainer saves every 500 steps, beyond these jobs);
         # the last step logs a train event with the throughput.
-        "eval_steps": job.steps, "save_steps": job.steps + 1, "logging_steps": job.steps,
+        "eval_steps": job.steps,
+        "save_steps": job.steps + 1,
+        "logging_steps": job.steps,
         "max_eval_samples": 10**9,  # the whole validation file, as the reference evaluates it
     }
     if job.task == "causal-lm":
@@ -133,12 +171,38 @@ def ours_config(job: Job, output_dir: Path, overrides: dict) -> dict:
 
 
 def reference_args(job: Job, output_dir: Path, device: str) -> list[str]:
-    args = ["--task", job.task, "--model", job.checkpoint, "--train-file", job.train_file,
-            "--validation-file", job.validation_file, "--output-dir", str(output_dir),
-            "--max-steps", str(job.steps), "--batch-size", str(job.batch), "--eval-batch-size", str(job.eval_batch),
-            "--learning-rate", repr(job.learning_rate), "--lora-r", str(job.lora_r),
-            "--lora-alpha", repr(job.lora_alpha), "--lora-dropout", repr(job.lora_dropout),
-            "--target-modules", ",".join(job.targets), "--seed", str(job.seed), "--device", device]
+    args = [
+        "--task",
+        job.task,
+        "--model",
+        job.checkpoint,
+        "--train-file",
+        job.train_file,
+        "--validation-file",
+        job.validation_file,
+        "--output-dir",
+        str(output_dir),
+        "--max-steps",
+        str(job.steps),
+        "--batch-size",
+        str(job.batch),
+        "--eval-batch-size",
+        str(job.eval_batch),
+        "--learning-rate",
+        repr(job.learning_rate),
+        "--lora-r",
+        str(job.lora_r),
+        "--lora-alpha",
+        repr(job.lora_alpha),
+        "--lora-dropout",
+        repr(job.lora_dropout),
+        "--target-modules",
+        ",".join(job.targets),
+        "--seed",
+        str(job.seed),
+        "--device",
+        device,
+    ]
     if job.task == "causal-lm":
         args += ["--block-size", str(job.length)]
     elif job.task == "text-classification":
@@ -147,6 +211,7 @@ def reference_args(job: Job, output_dir: Path, device: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- running one side
+
 
 def child_env(device: str, datasets_cache: Path, threads: Optional[int]) -> dict:
     env = {**os.environ, **OFFLINE_ENV, "HF_DATASETS_CACHE": str(datasets_cache)}
@@ -179,18 +244,22 @@ def read_ours(output_dir: Path) -> dict:
     train = [e for e in events if e.get("event") == "train"]
     metrics = json.loads((output_dir / "metrics.json").read_text())
     last = train[-1] if train else {}
-    return {"train_samples_per_second": last.get("samples_per_second", metrics.get("train_samples_per_second")),
-            "train_tokens_per_second": last.get("tokens_per_second"), "eval": metrics.get("finetuned") or {},
-            "base_eval": metrics.get("base"), "last_train_event": last, "peak_gpu_mib": metrics.get("peak_memory_mb")
-            if "cuda" in str(metrics.get("device")) else None,
-            "metrics": {k: v for k, v in metrics.items() if k not in ("base", "finetuned")}}
+    return {
+        "train_samples_per_second": last.get("samples_per_second", metrics.get("train_samples_per_second")),
+        "train_tokens_per_second": last.get("tokens_per_second"),
+        "eval": metrics.get("finetuned") or {},
+        "base_eval": metrics.get("base"),
+        "last_train_event": last,
+        "peak_gpu_mib": metrics.get("peak_memory_mb") if "cuda" in str(metrics.get("device")) else None,
+        "metrics": {k: v for k, v in metrics.items() if k not in ("base", "finetuned")},
+    }
 
 
 def read_reference(log: Path) -> dict:
     lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith(RESULT_PREFIX)]
     if not lines:
         raise RuntimeError(f"no {RESULT_PREFIX.strip()} line in {log}")
-    result = json.loads(lines[-1][len(RESULT_PREFIX):])
+    result = json.loads(lines[-1][len(RESULT_PREFIX) :])
     result["eval"] = {k.removeprefix("eval_") if k != "eval_loss" else k: v for k, v in result["eval"].items()}
     return result
 
@@ -206,8 +275,13 @@ def run_once(variant: str, job: Job, folder: Path, device: str, overrides: dict,
     else:
         command = [sys.executable, "-m", "benchmarks.reference_trainer", *reference_args(job, folder / "run", device)]
     # The machine's 1-minute load average around the run: other jobs on the same cores slow either side.
-    outcome = {"variant": variant, "family": job.family, "load_before": os.getloadavg()[0],
-               **run_child(command, log, env), "load_after": os.getloadavg()[0]}
+    outcome = {
+        "variant": variant,
+        "family": job.family,
+        "load_before": os.getloadavg()[0],
+        **run_child(command, log, env),
+        "load_after": os.getloadavg()[0],
+    }
     shutil.rmtree(folder / "hf-datasets-cache", ignore_errors=True)
     try:
         if outcome["returncode"] != 0:
@@ -234,8 +308,14 @@ def figures(outcome: dict, job: Job, device: str, tokens_per_example: Optional[f
     if tokens is None and samples is not None and job.task != "image-classification" and tokens_per_example:
         tokens = samples * tokens_per_example
     peak = outcome.get("peak_gpu_mib") if device == "cuda" else outcome["peak_rss_mib"]
-    return {"samples_s": samples, "tokens_s": tokens, "wall_s": outcome["wall_s"], "peak_mib": peak,
-            "metric": outcome["eval"].get(primary_metric(job)), "eval_loss": outcome["eval"].get("eval_loss")}
+    return {
+        "samples_s": samples,
+        "tokens_s": tokens,
+        "wall_s": outcome["wall_s"],
+        "peak_mib": peak,
+        "metric": outcome["eval"].get(primary_metric(job)),
+        "eval_loss": outcome["eval"].get("eval_loss"),
+    }
 
 
 def _median(values: list) -> Optional[float]:
@@ -247,10 +327,18 @@ def summarize(job: Job, runs: list[dict], device: str) -> dict:
     """Medians per variant and the median of per-repeat ours/reference ratios, per column."""
     ok = [r for r in runs if "error" not in r]
     tokens_per_example = _median([r.get("tokens_per_example") for r in ok if r["variant"] == "reference"])
-    by_variant = {v: [figures(r, job, device, tokens_per_example) if "error" not in r else None
-                      for r in runs if r["variant"] == v] for v in VARIANTS}
-    summary = {"family": job.family, "metric": primary_metric(job), "tokens_per_example": tokens_per_example,
-               "failed": {v: sum(f is None for f in by_variant[v]) for v in VARIANTS}}
+    by_variant = {
+        v: [
+            figures(r, job, device, tokens_per_example) if "error" not in r else None for r in runs if r["variant"] == v
+        ]
+        for v in VARIANTS
+    }
+    summary = {
+        "family": job.family,
+        "metric": primary_metric(job),
+        "tokens_per_example": tokens_per_example,
+        "failed": {v: sum(f is None for f in by_variant[v]) for v in VARIANTS},
+    }
     for v in VARIANTS:
         done = [f for f in by_variant[v] if f is not None]
         summary[v] = {c: _median([f[c] for f in done]) for c in (*COLUMNS, "eval_loss")}
@@ -276,28 +364,53 @@ def _metric_cell(summary: dict, figures_: dict) -> str:
 
 def table(summaries: list[dict], device: str, repeats: int) -> str:
     memory = "peak GPU MiB" if device == "cuda" else "peak RSS MiB"
-    lines = [f"| family | variant | train samples/s | train tokens/s | wall s | {memory} | eval metric |",
-             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        f"| family | variant | train samples/s | train tokens/s | wall s | {memory} | eval metric |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
     for s in summaries:
         for v in VARIANTS:
             f, failed = s[v], f" ({s['failed'][v]} of {repeats} failed)" if s["failed"][v] else ""
-            lines.append(f"| {s['family']} | {v}{failed} | {_cell(f['samples_s'])} | {_cell(f['tokens_s'], 0)} | "
-                         f"{_cell(f['wall_s'])} | {_cell(f['peak_mib'], 0)} | {_metric_cell(s, f)} |")
+            lines.append(
+                f"| {s['family']} | {v}{failed} | {_cell(f['samples_s'])} | {_cell(f['tokens_s'], 0)} | "
+                f"{_cell(f['wall_s'])} | {_cell(f['peak_mib'], 0)} | {_metric_cell(s, f)} |"
+            )
         r = s["ratio"]
-        lines.append(f"| {s['family']} | ours/reference | {_cell(r['samples_s'], 2)} | {_cell(r['tokens_s'], 2)} | "
-                     f"{_cell(r['wall_s'], 2)} | {_cell(r['peak_mib'], 2)} | {s['metric']} {_cell(r['metric'], 2)} |")
-    lines += ["", f"Medians over {repeats} repeat(s); ratios are the median of per-repeat ours/reference ratios "
-              "(above 1: ours has more samples/s, or takes longer, or uses more memory)."]
+        lines.append(
+            f"| {s['family']} | ours/reference | {_cell(r['samples_s'], 2)} | {_cell(r['tokens_s'], 2)} | "
+            f"{_cell(r['wall_s'], 2)} | {_cell(r['peak_mib'], 2)} | {s['metric']} {_cell(r['metric'], 2)} |"
+        )
+    lines += [
+        "",
+        f"Medians over {repeats} repeat(s); ratios are the median of per-repeat ours/reference ratios "
+        "(above 1: ours has more samples/s, or takes longer, or uses more memory).",
+    ]
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- the whole benchmark
 
+
 def setup(workdir: Path, size: str, families: list[str]) -> dict:
     """Checkpoints and data, made (or found) by benchmarks.bench_setup in a child: the parent imports no torch."""
-    done = subprocess.run([sys.executable, "-m", "benchmarks.bench_setup", "--workdir", str(workdir), "--size", size,
-                           "--families", *families], cwd=REPO, env={**os.environ, **OFFLINE_ENV},
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_setup",
+            "--workdir",
+            str(workdir),
+            "--size",
+            size,
+            "--families",
+            *families,
+        ],
+        cwd=REPO,
+        env={**os.environ, **OFFLINE_ENV},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     sys.stderr.write(done.stderr if done.returncode else "")
     if done.returncode:
         raise SystemExit(f"bench_setup failed (exit {done.returncode})")
@@ -309,13 +422,16 @@ def _progress(outcome: dict, repeat: int, repeats: int, job: Job, device: str) -
     if "error" in outcome:
         return f"{head} FAILED after {outcome['wall_s']:.0f} s: {outcome['error']}"
     f = figures(outcome, job, device, outcome.get("tokens_per_example"))
-    return (f"{head} {_cell(f['samples_s'])} samples/s, wall {f['wall_s']:.1f} s, peak {_cell(f['peak_mib'], 0)} MiB, "
-            f"{primary_metric(job)} {_cell(f['metric'], 3)} (load average {outcome['load_before']:.1f} before, "
-            f"{outcome['load_after']:.1f} after)")
+    return (
+        f"{head} {_cell(f['samples_s'])} samples/s, wall {f['wall_s']:.1f} s, peak {_cell(f['peak_mib'], 0)} MiB, "
+        f"{primary_metric(job)} {_cell(f['metric'], 3)} (load average {outcome['load_before']:.1f} before, "
+        f"{outcome['load_after']:.1f} after)"
+    )
 
 
-def benchmark(jobs: list[Job], device: str, repeats: int, overrides: dict, runs_dir: Path,
-              threads: Optional[int]) -> list[dict]:
+def benchmark(
+    jobs: list[Job], device: str, repeats: int, overrides: dict, runs_dir: Path, threads: Optional[int]
+) -> list[dict]:
     """Every run, alternating ours and reference per repeat; each under runs_dir/<family>/<variant>-<repeat>."""
     runs = []
     for job in jobs:
@@ -355,10 +471,19 @@ def run_benchmark(args) -> tuple[str, dict]:
         runs_dir = args.keep_runs.resolve() / time.strftime("%Y%m%d-%H%M%S") if args.keep_runs else Path(tmp)
         runs = benchmark(jobs, args.device, args.repeats, overrides, runs_dir, args.threads)
     summaries = [summarize(job, [r for r in runs if r["family"] == job.family], args.device) for job in jobs]
-    record = {"size": args.size, "device": args.device, "repeats": args.repeats, "ours_overrides": overrides,
-              "threads": args.threads, "cpu_count": os.cpu_count(),
-              "started": started, "seconds": time.time() - started, "jobs": [asdict(j) for j in jobs],
-              "summaries": summaries, "runs": runs}
+    record = {
+        "size": args.size,
+        "device": args.device,
+        "repeats": args.repeats,
+        "ours_overrides": overrides,
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "started": started,
+        "seconds": time.time() - started,
+        "jobs": [asdict(j) for j in jobs],
+        "summaries": summaries,
+        "runs": runs,
+    }
     return table(summaries, args.device, args.repeats), record
 
 
@@ -370,11 +495,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating (default 2)")
     parser.add_argument("--steps", type=int, help="optimizer steps of every job (default: per family and size)")
     parser.add_argument("--json", type=Path, help="write every raw figure of every run to this file")
-    parser.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key of our YAML, e.g. mixed_precision=bf16 (repeatable)")
+    parser.add_argument(
+        "--ours-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of our YAML, e.g. mixed_precision=bf16 (repeatable)",
+    )
     parser.add_argument("--workdir", type=Path, help="cache of checkpoints and data (default ~/.cache/lora-lab/bench)")
-    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both sides (default: torch's own choice); "
-                        "1 keeps a machine shared with other jobs from oversubscribing its cores")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="OMP_NUM_THREADS for both sides (default: torch's own choice); "
+        "1 keeps a machine shared with other jobs from oversubscribing its cores",
+    )
     parser.add_argument("--keep-runs", type=Path, help="keep every run's folder (logs, run directory) under DIR")
     args = parser.parse_args(argv)
     if args.repeats < 1 or (args.steps is not None and args.steps < 1):

@@ -23,10 +23,17 @@ from finetune.task_kinds import LOWER_IS_BETTER, TASKS
 # Settings that always differ between runs and say nothing about how they were trained.
 NOT_SETTINGS = ("output_dir", "resume_from_checkpoint")
 # What each run cost, by column, from metrics.json (the web app keeps these out of its headline table).
-COST = {"best_step": "best_step", "wall_time_s": "train_runtime_seconds", "samples_per_s": "train_samples_per_second",
-        "tokens_per_s": THROUGHPUT_METRICS["tokens_per_second"],
-        "images_per_s": THROUGHPUT_METRICS["images_per_second"], "tflops": THROUGHPUT_METRICS["tflops"],
-        "mfu": THROUGHPUT_METRICS["mfu"], "peak_memory_mb": "peak_memory_mb", "trainable_percent": "trainable_percent"}
+COST = {
+    "best_step": "best_step",
+    "wall_time_s": "train_runtime_seconds",
+    "samples_per_s": "train_samples_per_second",
+    "tokens_per_s": THROUGHPUT_METRICS["tokens_per_second"],
+    "images_per_s": THROUGHPUT_METRICS["images_per_second"],
+    "tflops": THROUGHPUT_METRICS["tflops"],
+    "mfu": THROUGHPUT_METRICS["mfu"],
+    "peak_memory_mb": "peak_memory_mb",
+    "trainable_percent": "trainable_percent",
+}
 # Throughput that only some runs have (tokens for text tasks, images for image tasks, TFLOP/s and MFU on CUDA,
 # none in runs older than these figures): a column no compared run has says nothing, so it is left out.
 OPTIONAL_COST = ("tokens_per_s", "images_per_s", "tflops", "mfu")
@@ -50,8 +57,15 @@ def load_run(path: str | Path) -> Run:
     if not run.is_run():
         raise UserError(f"{path} is not a run directory: expected config.yaml or status.json in it")
     status = run.read_status()
-    return Run(name=run.path.name, path=run.path, state=status.get("state", "unknown"), error=status.get("error"),
-               config=run.read_config(), metrics=run.read_metrics(), events=run.read_events())
+    return Run(
+        name=run.path.name,
+        path=run.path,
+        state=status.get("state", "unknown"),
+        error=status.get("error"),
+        config=run.read_config(),
+        metrics=run.read_metrics(),
+        events=run.read_events(),
+    )
 
 
 def load_runs(paths: list[str | Path]) -> list[Run]:
@@ -65,8 +79,9 @@ def primary_metric(task: Optional[str], default: str) -> str:
 
 def config_diff(runs: list[Run]) -> pd.DataFrame:
     """The settings whose values differ between runs (one row per run); file paths shown by their last parts."""
-    table = pd.DataFrame([{k: v for k, v in r.config.items() if k not in NOT_SETTINGS} for r in runs],
-                         index=[r.name for r in runs])
+    table = pd.DataFrame(
+        [{k: v for k, v in r.config.items() if k not in NOT_SETTINGS} for r in runs], index=[r.name for r in runs]
+    )
     differing = [c for c in table.columns if table[c].astype(str).nunique(dropna=False) > 1]
     return table[differing].apply(lambda column: column.map(_short_path))
 
@@ -117,15 +132,20 @@ def best_runs(table: pd.DataFrame) -> dict[str, str]:
 def best_by(runs: list[Run], metric: str) -> Optional[str]:
     """The finished run with the best fine-tuned ``metric`` (lower is better for LOWER_IS_BETTER), by name; None
     when no run has it. Sweeps rank their runs the same way (finetune.experiment)."""
-    return best_run({run.name: primary_value(run.metrics, metric) if run.state == "finished" else None
-                     for run in runs}, metric)
+    return best_run(
+        {run.name: primary_value(run.metrics, metric) if run.state == "finished" else None for run in runs}, metric
+    )
 
 
 def curves(runs: list[Run]) -> pd.DataFrame:
     """Long table of every logged scalar: run, event (train|eval), step, metric, value."""
-    rows = [{"run": run.name, "event": e.get("event"), "step": e.get("step"), "metric": key, "value": value}
-            for run in runs for e in run.events for key, value in e.items()
-            if key not in ("event", "step", "time") and isinstance(value, (int, float))]
+    rows = [
+        {"run": run.name, "event": e.get("event"), "step": e.get("step"), "metric": key, "value": value}
+        for run in runs
+        for e in run.events
+        for key, value in e.items()
+        if key not in ("event", "step", "time") and isinstance(value, (int, float))
+    ]
     table = pd.DataFrame(rows, columns=["run", "event", "step", "metric", "value"])
     # A resumed run logs some steps twice: keep the last record of each.
     return table.drop_duplicates(["run", "event", "step", "metric"], keep="last")

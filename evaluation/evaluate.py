@@ -21,13 +21,15 @@ from finetune.rundir import RunDirectory
 
 def _labelled_table(data_file: str, run: RunDirectory, info: dict):
     """The data with columns resolved from the run's config and labels mapped to the run's ids."""
-    from finetune.config import TrainConfig
     from finetune.columns import Columns, guess_columns
+    from finetune.config import TrainConfig
     from finetune.data import Unpacking, check_images, label_name, load_table
 
     cfg = TrainConfig.from_dict(run.read_config())
     table = load_table(data_file, "--data", Unpacking.from_config(cfg))
-    given = Columns(*(c if c in table.column_names else None for c in (cfg.text_column, cfg.label_column, cfg.image_column)))
+    given = Columns(
+        *(c if c in table.column_names else None for c in (cfg.text_column, cfg.label_column, cfg.image_column))
+    )
     columns = guess_columns(table, info["task"], given, "--data")
     if columns.image:
         table = check_images(table, columns.image, data_file, "--data")
@@ -37,8 +39,10 @@ def _labelled_table(data_file: str, run: RunDirectory, info: dict):
         values = [str(names[v]) if names else label_name(v) for v in table[columns.label]]
         unknown = sorted(set(values) - set(info["label2id"]))
         if unknown:
-            raise UserError(f"--data: labels {unknown[:10]} in column {columns.label!r} were not seen in training; "
-                            f"the run knows {list(info['label2id'])}")
+            raise UserError(
+                f"--data: labels {unknown[:10]} in column {columns.label!r} were not seen in training; "
+                f"the run knows {list(info['label2id'])}"
+            )
         table = table.remove_columns(columns.label).add_column(columns.label, [info["label2id"][v] for v in values])
     return cfg, table, columns
 
@@ -47,7 +51,10 @@ def _references(table, columns) -> list[str]:
     from datasets import Image
 
     if columns.image:
-        return [item["path"] or f"row {i}" for i, item in enumerate(table.cast_column(columns.image, Image(decode=False))[columns.image])]
+        return [
+            item["path"] or f"row {i}"
+            for i, item in enumerate(table.cast_column(columns.image, Image(decode=False))[columns.image])
+        ]
     return [str(text)[:200] for text in table[columns.text]]
 
 
@@ -67,8 +74,9 @@ def evaluate_run(run_dir: str | Path, data_file: str, batch_size: int = 16) -> t
     model, processor, info = load_trained(run.path)
     task = get_task(info["task"])
     cfg, table, columns = _labelled_table(data_file, run, info)
-    fixed = TrainConfig.from_dict({**cfg.to_dict(), "block_size": info.get("block_size"),
-                                   "max_seq_length": info.get("max_seq_length")})
+    fixed = TrainConfig.from_dict(
+        {**cfg.to_dict(), "block_size": info.get("block_size"), "max_seq_length": info.get("max_seq_length")}
+    )
     encoded, _ = task.encode(fixed, DatasetDict(train=table), columns, processor, model)
     # The precision training evaluated in, so scores here match the run's own.
     precision = speed.resolve_mixed_precision(cfg.mixed_precision, speed.uses_cuda(), speed.model_width(model.config))
@@ -85,8 +93,10 @@ def evaluate_run(run_dir: str | Path, data_file: str, batch_size: int = 16) -> t
 
 
 def _class_predictions(gathered: dict, references: list[str], labels: list[str]) -> list[dict]:
-    return [{"input": ref, "label": labels[int(y)], "prediction": labels[int(p)], "score": float(s)}
-            for ref, y, p, s in zip(references, gathered["references"], gathered["predictions"], gathered["scores"])]
+    return [
+        {"input": ref, "label": labels[int(y)], "prediction": labels[int(p)], "score": float(s)}
+        for ref, y, p, s in zip(references, gathered["references"], gathered["predictions"], gathered["scores"])
+    ]
 
 
 def _block_predictions(gathered: dict, decoded: list[str]) -> list[dict]:

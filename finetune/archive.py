@@ -83,15 +83,17 @@ def _check_entry_count(path: Path, limits: Limits, role: str) -> None:
     end = tail.rfind(b"PK\x05\x06")
     if end < 0 or end + 22 > len(tail):
         return  # not a zip: zipfile says so with its own message
-    entries = struct.unpack("<H", tail[end + 10: end + 12])[0]
+    entries = struct.unpack("<H", tail[end + 10 : end + 12])[0]
     locator = tail.rfind(b"PK\x06\x06", 0, end)  # ZIP64 end record: 8-byte counts
     if entries == 0xFFFF and locator >= 0 and locator + 40 <= len(tail):
-        entries = struct.unpack("<Q", tail[locator + 32: locator + 40])[0]
+        entries = struct.unpack("<Q", tail[locator + 32 : locator + 40])[0]
     if entries > MAX_MEMBERS:
         raise UserError(f"{role}: {path.name} holds {entries:,} entries; at most {MAX_MEMBERS:,} are accepted")
 
 
-def _checked_members(archive: zipfile.ZipFile, name: str, limits: Limits, role: str) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+def _checked_members(
+    archive: zipfile.ZipFile, name: str, limits: Limits, role: str
+) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
     """Every member with its safe relative path; UserError for the first unsafe one or a too-large total."""
     infos = archive.infolist()
     if len(infos) > MAX_MEMBERS:
@@ -100,16 +102,22 @@ def _checked_members(archive: zipfile.ZipFile, name: str, limits: Limits, role: 
     for info in infos:
         relative = _safe_relative(info.filename)
         if relative is None:
-            raise UserError(f"{role}: {name} holds an unsafe path {info.filename!r}; expected relative paths "
-                            "inside the archive (no absolute paths, no '..')")
+            raise UserError(
+                f"{role}: {name} holds an unsafe path {info.filename!r}; expected relative paths "
+                "inside the archive (no absolute paths, no '..')"
+            )
         kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver recorded no Unix file type
         if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
             kind = "a symbolic link" if kind == stat.S_IFLNK else "a special file"
-            raise UserError(f"{role}: {name} member {info.filename!r} is {kind}; only plain files and folders are accepted")
+            raise UserError(
+                f"{role}: {name} member {info.filename!r} is {kind}; only plain files and folders are accepted"
+            )
         total += info.file_size
         checked.append((info, relative))
     if total > limits.max_unpacked_bytes:
-        raise UserError(f"{role}: {name} unpacks to {_size(total)}; at most {_size(limits.max_unpacked_bytes)} is accepted")
+        raise UserError(
+            f"{role}: {name} unpacks to {_size(total)}; at most {_size(limits.max_unpacked_bytes)} is accepted"
+        )
     return checked
 
 
@@ -138,19 +146,23 @@ def _extract(archive: zipfile.ZipFile, members, staging: Path, name: str, limits
             raise UserError(f"{role}: {name} member {info.filename!r} could not be unpacked ({err})") from err
 
 
-def _stream_member(archive, info: zipfile.ZipInfo, destination: Path, before: int, name: str, limits: Limits,
-                   role: str) -> int:
+def _stream_member(
+    archive, info: zipfile.ZipInfo, destination: Path, before: int, name: str, limits: Limits, role: str
+) -> int:
     """Bytes written for one member; UserError as soon as a cap is crossed."""
     written = 0
     with archive.open(info) as source, destination.open("xb") as sink:
         for chunk in iter(lambda: source.read(CHUNK_BYTES), b""):
             written += len(chunk)
             if before + written > limits.max_unpacked_bytes:
-                raise UserError(f"{role}: {name} unpacks to more than {_size(limits.max_unpacked_bytes)}; "
-                                "that much is not accepted")
+                raise UserError(
+                    f"{role}: {name} unpacks to more than {_size(limits.max_unpacked_bytes)}; that much is not accepted"
+                )
             if written > RATIO_EXEMPT_BYTES and written / max(info.compress_size, 1) > limits.max_compression_ratio:
-                raise UserError(f"{role}: {name} member {info.filename!r} expands more than "
-                                f"{limits.max_compression_ratio:g}x; such archives are refused as zip bombs")
+                raise UserError(
+                    f"{role}: {name} member {info.filename!r} expands more than "
+                    f"{limits.max_compression_ratio:g}x; such archives are refused as zip bombs"
+                )
             sink.write(chunk)
     return written
 

@@ -25,13 +25,19 @@ def dataloaders(cfg: TrainConfig, data, collate, accelerator, images: bool) -> t
         order = {"shuffle": True}
     # Own generators: a DataLoader without one draws its seed from the global RNG at every pass, which would
     # shift dropout masks after a resume.
-    train_dl = DataLoader(train, batch_size=cfg.per_device_train_batch_size, **order, **common,
-                          generator=torch.Generator().manual_seed(cfg.seed))
+    train_dl = DataLoader(
+        train,
+        batch_size=cfg.per_device_train_batch_size,
+        **order,
+        **common,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     return train_dl, eval_dataloader(evaluation, cfg.per_device_eval_batch_size, common, cfg.seed)
 
 
 def eval_dataloader(dataset, batch_size: int, common: dict, seed: int = 0) -> DataLoader:
     """Longest examples first when lengths are known: the first batch shows the peak memory, the rest pad less."""
     order = speed.longest_first(dataset["length"]) if "length" in dataset.column_names else None
-    return DataLoader(dataset, batch_size=batch_size, sampler=order, **common,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=order, **common, generator=torch.Generator().manual_seed(seed)
+    )

@@ -20,12 +20,17 @@ TEXT_COLUMN_NAMES = ("text", "sentence", "content", "review", "document", "body"
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "category", "target", "sentiment", "intent")
 IMAGE_COLUMN_NAMES = ("image", "img", "image_path", "path", "file", "filename", "filepath")
 # What each role's column must hold, for messages that say what to pick.
-EXPECTED_COLUMN = {"text": "a column of texts", "image": "a column of image file paths",
-                   "label": "a column of class names or integer ids (e.g. negative/positive or 0, 1, 2) that "
-                            "several rows share"}
+EXPECTED_COLUMN = {
+    "text": "a column of texts",
+    "image": "a column of image file paths",
+    "label": "a column of class names or integer ids (e.g. negative/positive or 0, 1, 2) that several rows share",
+}
 # Each role's column as a task's needs are listed ("text classification needs a text column and a label column").
-ROLE_COLUMN = {"text": "a text column", "image": "an image column",
-               "label": "a label column (class names or integer ids)"}
+ROLE_COLUMN = {
+    "text": "a text column",
+    "image": "an image column",
+    "label": "a label column (class names or integer ids)",
+}
 # The label is guessed last: its guess skips the columns already taken by the text or the image.
 GUESS_ORDER = ("text", "image", "label")
 # Below this many rows a file may hold each class once; above it, a column whose every value differs is
@@ -69,12 +74,20 @@ def guess_column(table: Dataset, column_role: str, role: str, taken: Optional[Co
         candidates = [n for n in table.column_names if isinstance(table.features[n], Image)] or _string_columns(table)
         return _guess(table, IMAGE_COLUMN_NAMES, _image_feature_column, "image", role, candidates)
     candidates = _label_candidates(table, exclude={taken.text, taken.image})
-    return _guess(table, LABEL_COLUMN_NAMES, lambda t: _fewest_values_column(t, candidates), "label", role,
-                  candidates, taken=taken.text or taken.image)
+    return _guess(
+        table,
+        LABEL_COLUMN_NAMES,
+        lambda t: _fewest_values_column(t, candidates),
+        "label",
+        role,
+        candidates,
+        taken=taken.text or taken.image,
+    )
 
 
-def _guess(table: Dataset, preferred: tuple, fallback, kind: str, role: str, candidates: list[str],
-           taken: Optional[str] = None) -> str:
+def _guess(
+    table: Dataset, preferred: tuple, fallback, kind: str, role: str, candidates: list[str], taken: Optional[str] = None
+) -> str:
     """The column named like ``preferred``, else ``fallback``'s pick; the error names only ``candidates``."""
     lowered = {name.lower(): name for name in table.column_names}
     column = next((lowered[n] for n in preferred if n in lowered), None) or fallback(table)
@@ -83,15 +96,22 @@ def _guess(table: Dataset, preferred: tuple, fallback, kind: str, role: str, can
         return column
     if not candidates:  # nothing to pick from: a whole-file problem, not a column choice
         besides = f" besides {taken!r}" if taken else ""
-        raise UserError(f"{role}: no column{besides} can hold the {kind}s (its columns are {table.column_names}); "
-                        f"expected {EXPECTED_COLUMN[kind]}")
-    raise UserError(f"{kind}_column: could not guess which column of {role} holds the {kind}s; expected "
-                    f"{EXPECTED_COLUMN[kind]}; set {kind}_column to one of {candidates}")
+        raise UserError(
+            f"{role}: no column{besides} can hold the {kind}s (its columns are {table.column_names}); "
+            f"expected {EXPECTED_COLUMN[kind]}"
+        )
+    raise UserError(
+        f"{kind}_column: could not guess which column of {role} holds the {kind}s; expected "
+        f"{EXPECTED_COLUMN[kind]}; set {kind}_column to one of {candidates}"
+    )
 
 
 def _string_columns(table: Dataset) -> list[str]:
-    return [name for name, feature in table.features.items()
-            if getattr(feature, "dtype", None) in ("string", "large_string")]
+    return [
+        name
+        for name, feature in table.features.items()
+        if getattr(feature, "dtype", None) in ("string", "large_string")
+    ]
 
 
 def _longest_string_column(table: Dataset) -> Optional[str]:
@@ -111,7 +131,8 @@ def _label_candidates(table: Dataset, exclude: set) -> list[str]:
         if name in exclude or not isinstance(feature, (Value, ClassLabel)):
             continue
         fractional = feature.dtype.startswith("float") and not all(
-            v is None or float(v).is_integer() for v in distinct(table, name))
+            v is None or float(v).is_integer() for v in distinct(table, name)
+        )
         if label_kind(feature) in ("text", "numbers", "true/false") and not fractional:
             found.append(name)
     return found
@@ -129,7 +150,6 @@ def label_kind(feature: Value) -> str:
     if feature.dtype.startswith(("int", "uint", "float")):
         return "numbers"
     return {"string": "text", "large_string": "text", "bool": "true/false"}.get(feature.dtype, feature.dtype)
-
 
 
 def distinct(table: Dataset, column: str) -> list:

@@ -37,10 +37,22 @@ TARGET_STEPS, MIN_EPOCHS, MAX_EPOCHS = 1000, 1, 10
 # Sizes past these only exhaust memory or diverge (a learning rate of 50 collapses any run to one class);
 # they are refused before a model loads. Model-specific limits (rank vs layer width, block size vs
 # context) are checked once the model is known.
-UPPER_BOUNDS = {"learning_rate": 1.0, "head_learning_rate": 1.0, "lora_r": 4096, "per_device_train_batch_size": 65536,
-                "per_device_eval_batch_size": 65536, "gradient_accumulation_steps": 65536, "max_seq_length": 1_000_000,
-                "block_size": 1_000_000, "num_train_epochs": 10_000, "lora_alpha": 1_000_000, "max_steps": 10_000_000,
-                "eval_steps": 10_000_000, "save_steps": 10_000_000, "logging_steps": 10_000_000}
+UPPER_BOUNDS = {
+    "learning_rate": 1.0,
+    "head_learning_rate": 1.0,
+    "lora_r": 4096,
+    "per_device_train_batch_size": 65536,
+    "per_device_eval_batch_size": 65536,
+    "gradient_accumulation_steps": 65536,
+    "max_seq_length": 1_000_000,
+    "block_size": 1_000_000,
+    "num_train_epochs": 10_000,
+    "lora_alpha": 1_000_000,
+    "max_steps": 10_000_000,
+    "eval_steps": 10_000_000,
+    "save_steps": 10_000_000,
+    "logging_steps": 10_000_000,
+}
 
 
 def _help(text: str, **kwargs) -> Any:
@@ -66,13 +78,17 @@ class TrainConfig:
     )
     output_dir: str = _help("Run directory to write: config, status, events, metrics, adapter and checkpoints.")
     task: Optional[str] = _help(_task_help(), default=None)
-    validation_file: Optional[str] = _help("Evaluation data in the same format; split off train_file when absent.", default=None)
+    validation_file: Optional[str] = _help(
+        "Evaluation data in the same format; split off train_file when absent.", default=None
+    )
     validation_split_percentage: float = _help(
         "Percent of train_file held out for evaluation when no validation_file is given.", default=10.0
     )
     text_column: Optional[str] = _help("Column holding the text; guessed from the data when absent.", default=None)
     label_column: Optional[str] = _help("Column holding the class label; guessed when absent.", default=None)
-    image_column: Optional[str] = _help("Column holding image file paths (csv/jsonl image data); guessed when absent.", default=None)
+    image_column: Optional[str] = _help(
+        "Column holding image file paths (csv/jsonl image data); guessed when absent.", default=None
+    )
     num_train_epochs: Optional[float] = _help(
         f"Passes over the training data (ignored when max_steps > 0). Default: enough for about {TARGET_STEPS:,}"
         f" optimizer steps, at least {MIN_EPOCHS} and at most {MAX_EPOCHS} epochs.",
@@ -82,7 +98,8 @@ class TrainConfig:
     per_device_train_batch_size: int = _help("Training examples per device per forward pass.", default=8)
     per_device_eval_batch_size: int = _help("Evaluation examples per device per forward pass.", default=16)
     learning_rate: Optional[float] = _help(
-        f"Peak learning rate. Default: {DEFAULT_LORA_LR} for LoRA, {DEFAULT_FULL_LR} for full fine-tuning.", default=None
+        f"Peak learning rate. Default: {DEFAULT_LORA_LR} for LoRA, {DEFAULT_FULL_LR} for full fine-tuning.",
+        default=None,
     )
     head_learning_rate: Optional[float] = _help(
         f"Peak learning rate of a newly initialised classification head. Default: {DEFAULT_HEAD_LR} with LoRA,"
@@ -108,8 +125,9 @@ class TrainConfig:
         "Processes preparing batches; default: 0 on CPU, up to 4 per GPU for image tasks (decoding beside training).",
         default=None,
     )
-    torch_compile: bool = _help("Compile the model with torch.compile (inductor): faster steps after a warm-up.",
-                                default=False)
+    torch_compile: bool = _help(
+        "Compile the model with torch.compile (inductor): faster steps after a warm-up.", default=False
+    )
     gradient_checkpointing: bool = _help(
         "Recompute activations in the backward pass: much less memory for ~30% more compute (not for ResNet).",
         default=False,
@@ -117,17 +135,24 @@ class TrainConfig:
     seed: int = _help("Random seed for data split, shuffling, head initialisation and dropout.", default=42)
     logging_steps: int = _help("Write a train event every this many optimizer steps.", default=10)
     eval_steps: Optional[int] = _help("Evaluate every this many optimizer steps; default once per epoch.", default=None)
-    save_steps: Optional[int] = _help("Save a resumable checkpoint every this many steps; default once per epoch.", default=None)
-    save_total_limit: Optional[int] = _help("Keep at most this many checkpoints (oldest deleted); all when absent.", default=2)
+    save_steps: Optional[int] = _help(
+        "Save a resumable checkpoint every this many steps; default once per epoch.", default=None
+    )
+    save_total_limit: Optional[int] = _help(
+        "Keep at most this many checkpoints (oldest deleted); all when absent.", default=2
+    )
     max_seq_length: Optional[int] = _help(
-        "Token length for text classification; default: the longest example (95th percentile), capped at the model's limit.",
+        "Token length for text classification; default: the longest example (95th percentile), capped at the"
+        " model's limit.",
         default=None,
     )
     block_size: Optional[int] = _help(
         "Token block length for causal LM; default: the model's context, capped at 512 and at what the data fills.",
         default=None,
     )
-    finetune_method: Literal["lora", "full"] = _help("lora trains a small adapter; full trains every weight.", default="lora")
+    finetune_method: Literal["lora", "full"] = _help(
+        "lora trains a small adapter; full trains every weight.", default="lora"
+    )
     lora_r: int = _help("LoRA rank: size of the low-rank update.", default=16)
     lora_alpha: float = _help("LoRA scaling numerator (update is scaled by alpha / r).", default=32.0)
     lora_dropout: float = _help("Dropout on the LoRA input.", default=0.05)
@@ -202,9 +227,21 @@ class TrainConfig:
         for name in ("model_name_or_path", "train_file", "output_dir"):
             if not str(getattr(self, name) or "").strip():
                 p.append(f"{name}: required, got nothing")
-        positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                    "logging_steps", "lora_r", "eval_steps", "save_steps", "save_total_limit", "max_seq_length",
-                    "block_size", "early_stopping_patience", "max_eval_samples", "max_unpacked_mb")
+        positive = (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+            "lora_r",
+            "eval_steps",
+            "save_steps",
+            "save_total_limit",
+            "max_seq_length",
+            "block_size",
+            "early_stopping_patience",
+            "max_eval_samples",
+            "max_unpacked_mb",
+        )
         for name in positive:
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -237,14 +274,20 @@ class TrainConfig:
         if self.loraplus_lr_ratio is not None and not 1 <= self.loraplus_lr_ratio <= 1000:
             p.append(f"loraplus_lr_ratio: must be between 1 and 1000 (usually 16), got {self.loraplus_lr_ratio}")
         if self.finetune_method == "full" and (self.load_in_4bit or self.use_dora or self.loraplus_lr_ratio):
-            p.append("finetune_method: full trains every weight; load_in_4bit, use_dora and loraplus_lr_ratio apply"
-                     " to LoRA only")
+            p.append(
+                "finetune_method: full trains every weight; load_in_4bit, use_dora and loraplus_lr_ratio apply"
+                " to LoRA only"
+            )
         if self.init_lora_weights in ("pissa", "olora") and (self.use_dora or self.load_in_4bit):
-            p.append(f"init_lora_weights: {self.init_lora_weights} rewrites the base weights; it works without"
-                     " use_dora and load_in_4bit only (or use default/gaussian)")
+            p.append(
+                f"init_lora_weights: {self.init_lora_weights} rewrites the base weights; it works without"
+                " use_dora and load_in_4bit only (or use default/gaussian)"
+            )
         if self.experiment_name is not None and not EXPERIMENT_NAME.fullmatch(self.experiment_name):
-            p.append(f"experiment_name: {self.experiment_name!r} is not a valid name; expected 1-64 letters, digits,"
-                     " '-', '_' or '.', starting with a letter or digit")
+            p.append(
+                f"experiment_name: {self.experiment_name!r} is not a valid name; expected 1-64 letters, digits,"
+                " '-', '_' or '.', starting with a letter or digit"
+            )
         return p
 
     def epochs_for(self, steps_per_epoch: int) -> float:
@@ -277,7 +320,9 @@ class TrainConfig:
                     coerced[key] = coerce(raw, hints[key])
                 except ValueError as err:
                     problems.append(f"{key}: {err}")
-        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in coerced]
+        missing = [
+            f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in coerced
+        ]
         problems += [f"{name}: required, got nothing" for name in missing]
         if problems:
             # Still validate what could be read, so the user sees every problem in one go.

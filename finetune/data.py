@@ -71,7 +71,9 @@ def load_table(path: str | Path, role: str, unpacking: Unpacking, max_rows: Opti
         return _load_image_folder(path, role)
     builder = TEXT_FORMATS.get(path.suffix.lower())
     if builder is None:
-        raise UserError(f"{role}: {path.name} has an unsupported extension; expected one of .txt .csv .json .jsonl .zip or a folder")
+        raise UserError(
+            f"{role}: {path.name} has an unsupported extension; expected one of .txt .csv .json .jsonl .zip or a folder"
+        )
     _check_utf8(path, role)
     _check_json_size(path, role)
     try:
@@ -128,10 +130,12 @@ def _check_utf8(path: Path, role: str) -> None:
                 decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as err:
                 line += data.count(b"\n", 0, err.start)
-                near = data[max(data.rfind(b"\n", 0, err.start) + 1, err.start - 30): err.start + 10].split(b"\n")[0]
-                raise UserError(f"{role}: {path} is not UTF-8 text: line {line} (byte offset "
-                                f"{offset - len(pending) + err.start}) holds byte 0x{data[err.start]:02x}, near "
-                                f"{near.decode('utf-8', 'replace')!r}; save it as UTF-8{hint}") from None
+                near = data[max(data.rfind(b"\n", 0, err.start) + 1, err.start - 30) : err.start + 10].split(b"\n")[0]
+                raise UserError(
+                    f"{role}: {path} is not UTF-8 text: line {line} (byte offset "
+                    f"{offset - len(pending) + err.start}) holds byte 0x{data[err.start]:02x}, near "
+                    f"{near.decode('utf-8', 'replace')!r}; save it as UTF-8{hint}"
+                ) from None
             if not chunk:
                 return
             offset += len(chunk)
@@ -145,9 +149,11 @@ def _check_json_size(path: Path, role: str) -> None:
     with path.open("rb") as f:
         start = f.read(4096).lstrip()[:1]
     if start == b"[":
-        raise UserError(f"{role}: {path} is a JSON array of {path.stat().st_size / 2**20:.0f} MiB; arrays over "
-                        f"{MAX_JSON_ARRAY_BYTES // 2**20} MiB are read whole into memory, so save it as JSON lines "
-                        "(.jsonl: one object per line)")
+        raise UserError(
+            f"{role}: {path} is a JSON array of {path.stat().st_size / 2**20:.0f} MiB; arrays over "
+            f"{MAX_JSON_ARRAY_BYTES // 2**20} MiB are read whole into memory, so save it as JSON lines "
+            "(.jsonl: one object per line)"
+        )
 
 
 def _load_image_folder(path: Path, role: str) -> Dataset:
@@ -172,9 +178,16 @@ def long_text_lengths(table: Dataset, column: str) -> list[int]:
     return found
 
 
-def load_splits(train_file: str, validation_file: Optional[str], task: str, given: Columns, percentage: float,
-                seed: int, unpacking: Unpacking, max_eval_samples: Optional[int] = None
-                ) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
+def load_splits(
+    train_file: str,
+    validation_file: Optional[str],
+    task: str,
+    given: Columns,
+    percentage: float,
+    seed: int,
+    unpacking: Unpacking,
+    max_eval_samples: Optional[int] = None,
+) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
     """Train/validation splits, resolved columns and (for classification) the class names.
 
     Without validation_file, ``percentage`` % of train is held out with ``seed``; a validation split larger
@@ -185,9 +198,15 @@ def load_splits(train_file: str, validation_file: Optional[str], task: str, give
     return prepare_splits(tables, files, task, given, percentage, seed, max_eval_samples)
 
 
-def prepare_splits(tables: dict[str, Dataset], files: dict[str, Optional[str]], task: str, given: Columns,
-                   percentage: float, seed: int, max_eval_samples: Optional[int] = None
-                   ) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
+def prepare_splits(
+    tables: dict[str, Dataset],
+    files: dict[str, Optional[str]],
+    task: str,
+    given: Columns,
+    percentage: float,
+    seed: int,
+    max_eval_samples: Optional[int] = None,
+) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
     """load_splits on tables already read, keyed by role (``files`` names their sources): every check and cast."""
     columns = guess_columns(tables["train_file"], task, given, "train_file")
     if "validation_file" in tables:
@@ -211,25 +230,33 @@ def _drop_empty_texts(table: Dataset, column: str, source: str, role: str) -> Da
     filled = pc.match_substring_regex(table.with_format("arrow")[column], r"\S")
     keep = np.flatnonzero(pc.fill_null(filled, False).to_numpy())
     if len(keep) == 0:
-        raise UserError(f"{role}: text column {column!r} of {source} is empty in every row; "
-                        "expected a text in each example")
+        raise UserError(
+            f"{role}: text column {column!r} of {source} is empty in every row; expected a text in each example"
+        )
     if len(keep) < len(table):
-        logger.warning("%s: dropped %d of %d examples whose text column %r is empty", role, len(table) - len(keep),
-                       len(table), column)
+        logger.warning(
+            "%s: dropped %d of %d examples whose text column %r is empty",
+            role,
+            len(table) - len(keep),
+            len(table),
+            column,
+        )
         table = table.select(keep)
     return table
 
 
-def split_train_eval(train: Dataset, validation: Optional[Dataset], percentage: float, seed: int,
-                     stratify: Optional[str] = None) -> DatasetDict:
+def split_train_eval(
+    train: Dataset, validation: Optional[Dataset], percentage: float, seed: int, stratify: Optional[str] = None
+) -> DatasetDict:
     """Use the given validation set or hold out ``percentage`` % of train, reproducibly from ``seed``."""
     if validation is not None:
         return DatasetDict(train=train, validation=validation)
     if len(train) < 2:
         raise UserError(f"train_file: has {len(train)} example; need at least 2 to hold out a validation split")
     test_size = max(1, round(len(train) * percentage / 100))
-    parts = train.train_test_split(test_size=test_size, seed=seed,
-                                   stratify_by_column=_stratify(train, stratify, test_size))
+    parts = train.train_test_split(
+        test_size=test_size, seed=seed, stratify_by_column=_stratify(train, stratify, test_size)
+    )
     return DatasetDict(train=parts["train"], validation=parts["test"])
 
 
@@ -237,8 +264,9 @@ def _cap_eval(validation: Dataset, max_examples: Optional[int], seed: int, label
     """At most ``max_examples`` of the validation split, drawn with ``seed``: evaluation must not dominate a run."""
     if max_examples is None or len(validation) <= max_examples:
         return validation
-    kept = validation.train_test_split(test_size=max_examples, seed=seed,
-                                       stratify_by_column=_stratify(validation, label, max_examples))["test"]
+    kept = validation.train_test_split(
+        test_size=max_examples, seed=seed, stratify_by_column=_stratify(validation, label, max_examples)
+    )["test"]
     logger.info("Evaluating on %d of %d held-out examples (max_eval_samples)", len(kept), len(validation))
     return kept
 
@@ -263,19 +291,27 @@ def _to_class_labels(tables: dict[str, Dataset], column: str, files: dict) -> tu
         values = {role: _label_values(table, column, files[role], role) for role, table in tables.items()}
         kinds = {role: label_kind(table.features[column]) for role, table in tables.items()}
         if len(set(kinds.values())) > 1:
-            raise UserError(f"validation_file: label column {column!r} of {files['validation_file']} holds "
-                            f"{kinds['validation_file']} but train_file holds {kinds['train_file']}; "
-                            "expected the same class names in both")
+            raise UserError(
+                f"validation_file: label column {column!r} of {files['validation_file']} holds "
+                f"{kinds['validation_file']} but train_file holds {kinds['train_file']}; "
+                "expected the same class names in both"
+            )
         keys = sorted({_label_key(v) for found in values.values() for v in found})
         names, ids = [str(key) for key in keys], {key: i for i, key in enumerate(keys)}
         features = {role: Features({**t.features, column: ClassLabel(names=names)}) for role, t in tables.items()}
-        tables = {role: t.map(lambda b: {column: [ids[_label_key(v)] for v in b[column]]}, batched=True,
-                              features=features[role]) for role, t in tables.items()}
+        tables = {
+            role: t.map(
+                lambda b: {column: [ids[_label_key(v)] for v in b[column]]}, batched=True, features=features[role]
+            )
+            for role, t in tables.items()
+        }
     present = distinct(tables["train_file"], column)
     if len(present) < 2:
         only = names[present[0]] if present else None
-        raise UserError(f"train_file: label column {column!r} of {files['train_file']} has a single class ({only!r}); "
-                        "classification needs at least 2 classes")
+        raise UserError(
+            f"train_file: label column {column!r} of {files['train_file']} has a single class ({only!r}); "
+            "classification needs at least 2 classes"
+        )
     return tables, names
 
 
@@ -296,8 +332,10 @@ def _label_values(table: Dataset, column: str, source: str, role: str) -> list:
         raise UserError(f"{where} holds {feature.dtype} values; expected class names or integer ids")
     fractional = [v for v in values if isinstance(v, float) and not v.is_integer()]
     if fractional:
-        raise UserError(f"{where} holds numbers like {fractional[0]}; classification needs class names or integer "
-                        "ids (whole numbers such as 0, 1, 2)")
+        raise UserError(
+            f"{where} holds numbers like {fractional[0]}; classification needs class names or integer "
+            "ids (whole numbers such as 0, 1, 2)"
+        )
     return values
 
 

@@ -29,8 +29,10 @@ MAX_NAME_LENGTH = 60
 def name_problem(name: Any) -> Optional[str]:
     """Why ``name`` cannot name an experiment (None when it can)."""
     if not isinstance(name, str) or not EXPERIMENT_NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
-        return (f"{name!r} is not a valid experiment name; expected 1-{MAX_NAME_LENGTH} letters, digits, '-', '_' "
-                "or '.', starting with a letter or digit")
+        return (
+            f"{name!r} is not a valid experiment name; expected 1-{MAX_NAME_LENGTH} letters, digits, '-', '_' "
+            "or '.', starting with a letter or digit"
+        )
     return None
 
 

@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-
 from finetune.errors import UserError
 from finetune.rundir import RunDirectory
 
@@ -33,8 +32,9 @@ def _finished(run_dir: str | Path) -> RunDirectory:
     return run
 
 
-def push_to_hub(run_dir: str | Path, repo_id: str, private: bool = True, token: Optional[str] = None,
-                update_existing: bool = False) -> str:
+def push_to_hub(
+    run_dir: str | Path, repo_id: str, private: bool = True, token: Optional[str] = None, update_existing: bool = False
+) -> str:
     """Upload the adapter folder plus README.md to ``repo_id``; returns the repository URL.
 
     An existing repository is only written to with ``update_existing``: a typo must not overwrite a model.

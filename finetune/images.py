@@ -35,9 +35,11 @@ def check_images(table: Dataset, column: str, source: str, role: str) -> Dataset
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
         bad = [problem for problem in pool.map(_image_problem, range(len(raw)), raw[column]) if problem]
     if bad:
-        raise UserError(f"{role}: {len(bad)} image(s) in column {column!r} of {source} cannot be read: "
-                        f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; "
-                        "expected complete .png/.jpg/.bmp/.gif/.webp files")
+        raise UserError(
+            f"{role}: {len(bad)} image(s) in column {column!r} of {source} cannot be read: "
+            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; "
+            "expected complete .png/.jpg/.bmp/.gif/.webp files"
+        )
     return table.cast_column(column, Image())
 
 
@@ -46,8 +48,10 @@ def _check_inside(paths: list, base: Path, where: str) -> None:
     for value in paths:
         text = str(value or "")
         if not text or Path(text).is_absolute() or not (base / text).resolve().is_relative_to(base):
-            raise UserError(f"{where}: image path {text!r} is not inside {base}; expected paths relative to the "
-                            "data file's folder (e.g. images/cat_1.jpg)")
+            raise UserError(
+                f"{where}: image path {text!r} is not inside {base}; expected paths relative to the "
+                "data file's folder (e.g. images/cat_1.jpg)"
+            )
 
 
 def _image_problem(index: int, item: dict) -> Optional[str]:
@@ -55,8 +59,10 @@ def _image_problem(index: int, item: dict) -> Optional[str]:
     try:
         with PILImage.open(item["path"] if item.get("bytes") is None else io.BytesIO(item["bytes"])) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:  # checked from the header, before decoding
-                return f"{item.get('path') or f'row {index}'} ({image.width}x{image.height} pixels; at most " \
-                       f"{MAX_IMAGE_PIXELS:,} are accepted)"
+                return (
+                    f"{item.get('path') or f'row {index}'} ({image.width}x{image.height} pixels; at most "
+                    f"{MAX_IMAGE_PIXELS:,} are accepted)"
+                )
             image.load()
         return None
     except FileNotFoundError:

@@ -63,8 +63,10 @@ def discover_lora_targets(model: nn.Module, exclude: Iterable[str] = ()) -> list
     if not targets:
         targets = sorted({_leaf(n) for n, m in candidates.items() if isinstance(m, nn.Conv2d)})
     if not targets:
-        raise UserError(f"lora_target_modules: found no attention projection or Conv2d layer in {type(model).__name__}; "
-                        "set lora_target_modules to the names of the layers to adapt")
+        raise UserError(
+            f"lora_target_modules: found no attention projection or Conv2d layer in {type(model).__name__}; "
+            "set lora_target_modules to the names of the layers to adapt"
+        )
     return targets
 
 
@@ -74,9 +76,14 @@ def discover_linear_targets(model: nn.Module, exclude: Iterable[str] = ()) -> li
     backbone = getattr(model, "base_model", model)
     prefix = next((name for name, module in model.named_modules() if module is backbone), "")
     output = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
-    targets = [name for name, module in model.named_modules()
-               if isinstance(module, PROJECTION_TYPES) and module is not output and not _under(name, exclude)
-               and (not prefix or _under(name, [prefix]))]
+    targets = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, PROJECTION_TYPES)
+        and module is not output
+        and not _under(name, exclude)
+        and (not prefix or _under(name, [prefix]))
+    ]
     return targets or discover_lora_targets(model, exclude)
 
 
@@ -87,13 +94,17 @@ def resolve_targets(model: nn.Module, requested: list[str] | None, exclude: list
     if requested == [ALL_LINEAR]:
         return discover_linear_targets(model, exclude)
     if ATTENTION in requested or ALL_LINEAR in requested:
-        raise UserError(f"lora_target_modules: {ATTENTION} and {ALL_LINEAR} stand alone; give one of them, or layer "
-                        f"names only, not {requested}")
+        raise UserError(
+            f"lora_target_modules: {ATTENTION} and {ALL_LINEAR} stand alone; give one of them, or layer "
+            f"names only, not {requested}"
+        )
     present = {_leaf(name) for name, _ in model.named_modules()}
     unknown = [t for t in requested if _leaf(t) not in present]
     if unknown:
-        raise UserError(f"lora_target_modules: {unknown} not found in {type(model).__name__}; "
-                        f"discovered attention targets are {discover_lora_targets(model, exclude=exclude)}")
+        raise UserError(
+            f"lora_target_modules: {unknown} not found in {type(model).__name__}; "
+            f"discovered attention targets are {discover_lora_targets(model, exclude=exclude)}"
+        )
     return requested
 
 
@@ -115,36 +126,59 @@ def new_head_modules(model: nn.Module, missing_keys: Iterable[str]) -> list[str]
     return sorted(heads)
 
 
-def apply_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, targets: list[str] | None,
-               modules_to_save: list[str], *, use_dora: bool = False, use_rslora: bool = False,
-               init_lora_weights: str = "default") -> nn.Module:
+def apply_lora(
+    model: PreTrainedModel,
+    r: int,
+    alpha: float,
+    dropout: float,
+    targets: list[str] | None,
+    modules_to_save: list[str],
+    *,
+    use_dora: bool = False,
+    use_rslora: bool = False,
+    init_lora_weights: str = "default",
+) -> nn.Module:
     """Wrap ``model`` in a PEFT LoRA model; ``modules_to_save`` are trained fully and saved in the adapter."""
     targets = resolve_targets(model, targets, modules_to_save)
     adapted = _adapted_modules(model, targets, modules_to_save)
     if not adapted:
-        raise UserError(f"lora_target_modules: {targets} match no layer of {type(model).__name__} outside the new "
-                        f"heads {modules_to_save}; name the layers to adapt")
+        raise UserError(
+            f"lora_target_modules: {targets} match no layer of {type(model).__name__} outside the new "
+            f"heads {modules_to_save}; name the layers to adapt"
+        )
     _check_rank(model, adapted, r)
     _check_variant(model, adapted, use_dora, init_lora_weights)
     logger.info("LoRA targets: %s; trained and saved in full: %s", targets, modules_to_save)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                        modules_to_save=modules_to_save or None, use_dora=use_dora, use_rslora=use_rslora,
-                        init_lora_weights=True if init_lora_weights == "default" else init_lora_weights)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        modules_to_save=modules_to_save or None,
+        use_dora=use_dora,
+        use_rslora=use_rslora,
+        init_lora_weights=True if init_lora_weights == "default" else init_lora_weights,
+    )
     return get_peft_model(model, config)
 
 
 def _adapted_modules(model: nn.Module, targets: list[str], exclude: list[str]) -> dict[str, nn.Module]:
     """The layers PEFT will adapt: named by a target, or ending in "." + a target (PEFT's own matching rule)."""
-    return {name: module for name, module in model.named_modules()
-            if any(name == t or name.endswith("." + t) for t in targets) and not _under(name, exclude)}
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if any(name == t or name.endswith("." + t) for t in targets) and not _under(name, exclude)
+    }
 
 
 def _check_rank(model: nn.Module, adapted: dict[str, nn.Module], r: int) -> None:
     """Refuse a rank above what the smallest adapted layer can use, before PEFT allocates r x width matrices."""
     widths = [w for w in map(_smallest_side, adapted.values()) if w]
     if widths and r > min(widths):
-        raise UserError(f"lora_r: {r} exceeds the smallest adapted layer's width ({min(widths)}) in "
-                        f"{type(model).__name__}; a useful rank is 4-64 and at most {min(widths)}")
+        raise UserError(
+            f"lora_r: {r} exceeds the smallest adapted layer's width ({min(widths)}) in "
+            f"{type(model).__name__}; a useful rank is 4-64 and at most {min(widths)}"
+        )
 
 
 def _check_variant(model: nn.Module, adapted: dict[str, nn.Module], use_dora: bool, init: str) -> None:
@@ -152,15 +186,19 @@ def _check_variant(model: nn.Module, adapted: dict[str, nn.Module], use_dora: bo
     kinds = {type(m).__name__ for m in adapted.values()}
     where = f"{type(model).__name__}'s adapted layers are {', '.join(sorted(kinds))}"
     if init in BASE_CHANGING_INITS and use_dora:
-        raise UserError(f"use_dora: DoRA's magnitudes cannot be carried over from a {init} start to the original "
-                        "base; turn use_dora off or set init_lora_weights to default or gaussian")
+        raise UserError(
+            f"use_dora: DoRA's magnitudes cannot be carried over from a {init} start to the original "
+            "base; turn use_dora off or set init_lora_weights to default or gaussian"
+        )
     if init in BASE_CHANGING_INITS and any(isinstance(m, nn.Conv2d) for m in adapted.values()):
         raise UserError(f"init_lora_weights: {init} decomposes linear weights and {where}; use default or gaussian")
     if init == "olora" and any(isinstance(m, Conv1D) for m in adapted.values()):
         raise UserError(f"init_lora_weights: PEFT's olora does not handle Conv1D layers and {where}; use pissa")
     if getattr(model, "is_loaded_in_4bit", False) and init in BASE_CHANGING_INITS:
-        raise UserError(f"init_lora_weights: {init} rewrites the base weights, which load_in_4bit has rounded to 4 "
-                        "bits; use default or gaussian with load_in_4bit")
+        raise UserError(
+            f"init_lora_weights: {init} rewrites the base weights, which load_in_4bit has rounded to 4 "
+            "bits; use default or gaussian with load_in_4bit"
+        )
     if getattr(model, "is_loaded_in_4bit", False) and any(isinstance(m, nn.Conv2d) for m in adapted.values()):
         raise UserError(f"load_in_4bit: bitsandbytes quantizes linear layers only and {where}; turn load_in_4bit off")
 
@@ -208,16 +246,23 @@ def four_bit_loading() -> dict:
     from transformers import BitsAndBytesConfig
 
     compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                      bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)}
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+        )
+    }
 
 
 def check_four_bit_possible(cuda: bool) -> None:
     """Refuse load_in_4bit before any model loads where bitsandbytes' 4-bit kernels cannot run."""
     if not cuda:
-        raise UserError("load_in_4bit: QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels) and this machine has none; "
-                        "turn it off, and to save memory use gradient_checkpointing or a smaller "
-                        "per_device_train_batch_size")
+        raise UserError(
+            "load_in_4bit: QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels) and this machine has none; "
+            "turn it off, and to save memory use gradient_checkpointing or a smaller "
+            "per_device_train_batch_size"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise UserError("load_in_4bit: QLoRA needs the bitsandbytes package, which is not installed: "
-                        "pip install bitsandbytes (or, in a checkout, pip install -e '.[qlora]')")
+        raise UserError(
+            "load_in_4bit: QLoRA needs the bitsandbytes package, which is not installed: "
+            "pip install bitsandbytes (or, in a checkout, pip install -e '.[qlora]')"
+        )

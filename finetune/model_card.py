@@ -67,41 +67,66 @@ def model_card(run_dir: str | Path, merged: bool) -> Any:
     base = portable_base(config.get("model_name_or_path") or info.get("base_model"))
     tuned = {k: v for k, v in (metrics.get("finetuned") or {}).items() if isinstance(v, (int, float))}
     data_name = Path(str(config.get("train_file", "data"))).name
-    results = [EvalResult(task_type=kind.pipeline_tag if kind else "other", dataset_type="custom",
-                          dataset_name=data_name, metric_type=name, metric_value=value) for name, value in tuned.items()]
-    card_data = ModelCardData(base_model=base, library_name="transformers" if merged else "peft",
-                              pipeline_tag=kind.pipeline_tag if kind else None, model_name=run.path.name,
-                              tags=["lora", "lora-lab", *([task] if task else [])], eval_results=results or None)
+    results = [
+        EvalResult(
+            task_type=kind.pipeline_tag if kind else "other",
+            dataset_type="custom",
+            dataset_name=data_name,
+            metric_type=name,
+            metric_value=value,
+        )
+        for name, value in tuned.items()
+    ]
+    card_data = ModelCardData(
+        base_model=base,
+        library_name="transformers" if merged else "peft",
+        pipeline_tag=kind.pipeline_tag if kind else None,
+        model_name=run.path.name,
+        tags=["lora", "lora-lab", *([task] if task else [])],
+        eval_results=results or None,
+    )
     base_metrics = metrics.get("base") or {}
     return ModelCard.from_template(
-        card_data, template_str=TEMPLATE, title=run.path.name,
-        summary=_summary(config, task, base, merged), data=_data_summary(config, metrics, info),
+        card_data,
+        template_str=TEMPLATE,
+        title=run.path.name,
+        summary=_summary(config, task, base, merged),
+        data=_data_summary(config, metrics, info),
         rows=[(name, _fmt(base_metrics.get(name)), _fmt(value)) for name, value in tuned.items()],
-        selection=_selection(metrics), usage=_usage(task, base, merged, len(info.get("labels") or [])),
-        settings=yaml.safe_dump(_settings(config, base), sort_keys=False).strip())
+        selection=_selection(metrics),
+        usage=_usage(task, base, merged, len(info.get("labels") or [])),
+        settings=yaml.safe_dump(_settings(config, base), sort_keys=False).strip(),
+    )
 
 
 def _summary(config: dict, task: Optional[str], base: Optional[str], merged: bool) -> str:
     method = config.get("finetune_method", "lora")
-    what = "the adapter merged into the base weights" if merged and method != "full" else (
-        "the full model" if method == "full" else "a PEFT adapter")
+    what = (
+        "the adapter merged into the base weights"
+        if merged and method != "full"
+        else ("the full model" if method == "full" else "a PEFT adapter")
+    )
     return f"A {method} fine-tune of `{base}` for {task or 'an unrecorded task'}, trained with LoRA Lab: {what}."
 
 
 def _data_summary(config: dict, metrics: dict, info: dict) -> str:
     labels = info.get("labels")
-    parts = [f"Trained on `{Path(str(config.get('train_file', 'data'))).name}` for {metrics.get('steps')} optimizer "
-             f"steps (batch {config.get('per_device_train_batch_size')} per device x "
-             f"{metrics.get('num_processes', 1)} process(es))."]
+    parts = [
+        f"Trained on `{Path(str(config.get('train_file', 'data'))).name}` for {metrics.get('steps')} optimizer "
+        f"steps (batch {config.get('per_device_train_batch_size')} per device x "
+        f"{metrics.get('num_processes', 1)} process(es))."
+    ]
     if labels:
         parts.append(f"{len(labels)} classes: {', '.join(map(str, labels))}.")
     return " ".join(parts)
 
 
 def _selection(metrics: dict) -> str:
-    return (f"The weights are those of step {metrics.get('adapter_step', metrics.get('steps'))} of "
-            f"{metrics.get('steps')} (best eval loss {_fmt(metrics.get('best_eval_loss'))} at step "
-            f"{metrics.get('best_step')}); {_fmt(metrics.get('trainable_percent'))}% of the parameters trained.")
+    return (
+        f"The weights are those of step {metrics.get('adapter_step', metrics.get('steps'))} of "
+        f"{metrics.get('steps')} (best eval loss {_fmt(metrics.get('best_eval_loss'))} at step "
+        f"{metrics.get('best_step')}); {_fmt(metrics.get('trainable_percent'))}% of the parameters trained."
+    )
 
 
 def _usage(task: Optional[str], base: Optional[str], merged: bool, num_labels: int) -> str:
@@ -110,9 +135,11 @@ def _usage(task: Optional[str], base: Optional[str], merged: bool, num_labels: i
         return f'from transformers import {auto}\n\nmodel = {auto}.from_pretrained("<this repo or folder>")'
     # A new classification head has the run's number of classes, not the checkpoint's.
     head = f", num_labels={num_labels}, ignore_mismatched_sizes=True" if num_labels else ""
-    return (f"from peft import PeftModel\nfrom transformers import {auto}\n\n"
-            f'base_model = {auto}.from_pretrained("{base}"{head})\n'
-            'model = PeftModel.from_pretrained(base_model, "<this repo or folder>")')
+    return (
+        f"from peft import PeftModel\nfrom transformers import {auto}\n\n"
+        f'base_model = {auto}.from_pretrained("{base}"{head})\n'
+        'model = PeftModel.from_pretrained(base_model, "<this repo or folder>")'
+    )
 
 
 def _settings(config: dict, base: Optional[str]) -> dict:

@@ -58,13 +58,19 @@ def parse(argv: Optional[list[str]] = None) -> tuple[TrainConfig, int, bool]:
     """(config, timed steps, JSON output): the trainer's own flags plus --steps and --json."""
     from finetune.train import parse_args
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Every other flag is the trainer's: see python -m finetune.train --help.")
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every other flag is the trainer's: see python -m finetune.train --help.",
+    )
     parser.add_argument("--steps", default=str(DEFAULT_STEPS), help="optimizer steps to time, after 1 warm-up step")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     ours, rest = parser.parse_known_args(argv)
-    problems = [] if ours.steps.isdigit() and int(ours.steps) >= 1 else [
-        f"--steps: {ours.steps!r} is not a whole number >= 1; expected the optimizer steps to time (default 3)"]
+    problems = (
+        []
+        if ours.steps.isdigit() and int(ours.steps) >= 1
+        else [f"--steps: {ours.steps!r} is not a whole number >= 1; expected the optimizer steps to time (default 3)"]
+    )
     # Everything the recipe writes goes to a temporary folder: output_dir only has to be valid, not given.
     try:
         cfg = parse_args([*rest, "--output_dir", tempfile.gettempdir()])
@@ -148,8 +154,14 @@ def _synced_clock(device) -> float:
     return time.perf_counter()
 
 
-def _report(recipe, ram: float, steps: int, seconds_per_step: Optional[float], seconds_per_eval: Optional[float],
-            setup_seconds: float) -> Report:
+def _report(
+    recipe,
+    ram: float,
+    steps: int,
+    seconds_per_step: Optional[float],
+    seconds_per_eval: Optional[float],
+    setup_seconds: float,
+) -> Report:
     import torch
 
     from finetune import training
@@ -161,16 +173,36 @@ def _report(recipe, ram: float, steps: int, seconds_per_step: Optional[float], s
     fitting = ran and fits(peak, capacity)
     model = recipe.accelerator.unwrap_model(recipe.model)
     evaluations = evaluation_count(plan.max_steps, plan.eval_steps)
-    estimate = (setup_seconds + plan.max_steps * seconds_per_step + evaluations * len(recipe.eval_dl) * seconds_per_eval
-                if ran else None)
+    estimate = (
+        setup_seconds + plan.max_steps * seconds_per_step + evaluations * len(recipe.eval_dl) * seconds_per_eval
+        if ran
+        else None
+    )
     return Report(
-        device=str(device), peak_memory_mb=peak, memory_capacity_mb=capacity, fits=fitting,
+        device=str(device),
+        peak_memory_mb=peak,
+        memory_capacity_mb=capacity,
+        fits=fitting,
         memory_measure="CUDA max_memory_allocated" if device.type == "cuda" else "process peak RSS, ru_maxrss",
-        advice=[] if fitting else advice(cfg, peak / capacity, device.type == "cuda", recipe.derived,
-                                         getattr(model, "supports_gradient_checkpointing", False)),
-        batch_size=cfg.per_device_train_batch_size, measured_steps=steps, seconds_per_step=seconds_per_step,
-        total_steps=plan.max_steps, evaluations=evaluations, eval_batches=len(recipe.eval_dl),
-        seconds_per_eval_batch=seconds_per_eval, setup_seconds=setup_seconds, estimated_seconds=estimate)
+        advice=[]
+        if fitting
+        else advice(
+            cfg,
+            peak / capacity,
+            device.type == "cuda",
+            recipe.derived,
+            getattr(model, "supports_gradient_checkpointing", False),
+        ),
+        batch_size=cfg.per_device_train_batch_size,
+        measured_steps=steps,
+        seconds_per_step=seconds_per_step,
+        total_steps=plan.max_steps,
+        evaluations=evaluations,
+        eval_batches=len(recipe.eval_dl),
+        seconds_per_eval_batch=seconds_per_eval,
+        setup_seconds=setup_seconds,
+        estimated_seconds=estimate,
+    )
 
 
 def evaluation_count(max_steps: int, eval_steps: int) -> int:
@@ -203,11 +235,15 @@ def advice(cfg: TrainConfig, over_by: float, cuda: bool, derived: dict, can_chec
         # accumulating more batches keeps the effective batch (and the learning dynamics) exactly.
         target = max(1, min(batch // 2, math.floor(batch * HEADROOM / over_by)))
         smaller = max(d for d in range(1, target + 1) if batch % d == 0)
-        found.append(f"per_device_train_batch_size: {smaller} with gradient_accumulation_steps: "
-                     f"{accumulation * batch // smaller} (keeps the effective batch of {batch * accumulation})")
+        found.append(
+            f"per_device_train_batch_size: {smaller} with gradient_accumulation_steps: "
+            f"{accumulation * batch // smaller} (keeps the effective batch of {batch * accumulation})"
+        )
     if not cfg.gradient_checkpointing and can_checkpoint:
-        found.append("gradient_checkpointing: true (recomputes activations in the backward pass: much less memory, "
-                     "about 30% slower steps)")
+        found.append(
+            "gradient_checkpointing: true (recomputes activations in the backward pass: much less memory, "
+            "about 30% slower steps)"
+        )
     if cuda and not cfg.load_in_4bit and cfg.finetune_method == "lora":
         found.append("load_in_4bit: true (QLoRA: the frozen base weights in 4 bits, about a quarter of their memory)")
     for name in ("max_seq_length", "block_size"):
@@ -218,20 +254,24 @@ def advice(cfg: TrainConfig, over_by: float, cuda: bool, derived: dict, can_chec
 
 def format_report(report: Report) -> str:
     """The report as lines for a terminal."""
-    lines = [f"Device:          {report.device}",
-             f"Peak memory:     {report.peak_memory_mb:,.0f} MiB ({report.memory_measure}) of "
-             f"{report.memory_capacity_mb:,.0f} MiB: {'fits' if report.fits else 'does NOT fit'} (limit "
-             f"{HEADROOM:.0%} of it)"]
+    lines = [
+        f"Device:          {report.device}",
+        f"Peak memory:     {report.peak_memory_mb:,.0f} MiB ({report.memory_measure}) of "
+        f"{report.memory_capacity_mb:,.0f} MiB: {'fits' if report.fits else 'does NOT fit'} (limit "
+        f"{HEADROOM:.0%} of it)",
+    ]
     if report.seconds_per_step is None:
         lines.append("Step time:       none: the GPU ran out of memory during the first steps")
     else:
-        lines += [f"Step time:       {report.seconds_per_step:.3f} s per optimizer step (batches of "
-                  f"{report.batch_size}, the longest first; mean of {report.measured_steps} after {WARMUP_STEPS} "
-                  "warm-up)",
-                  f"Run length:      {report.total_steps:,} optimizer steps and {report.evaluations} evaluation(s) "
-                  f"of {report.eval_batches} batch(es) at {report.seconds_per_eval_batch:.3f} s each",
-                  f"Estimated time:  {readable_duration(report.estimated_seconds)} (set-up "
-                  f"{readable_duration(report.setup_seconds)} included)"]
+        lines += [
+            f"Step time:       {report.seconds_per_step:.3f} s per optimizer step (batches of "
+            f"{report.batch_size}, the longest first; mean of {report.measured_steps} after {WARMUP_STEPS} "
+            "warm-up)",
+            f"Run length:      {report.total_steps:,} optimizer steps and {report.evaluations} evaluation(s) "
+            f"of {report.eval_batches} batch(es) at {report.seconds_per_eval_batch:.3f} s each",
+            f"Estimated time:  {readable_duration(report.estimated_seconds)} (set-up "
+            f"{readable_duration(report.setup_seconds)} included)",
+        ]
     if report.advice:
         lines += ["To fit, change one or more of:", *(f"  - {item}" for item in report.advice)]
     return "\n".join(lines)

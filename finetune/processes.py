@@ -1,7 +1,6 @@
 """The Accelerator of a run: one process or several joined in one process group, on GPUs or the CPU."""
 
 import os
-
 from pathlib import Path
 
 import torch
@@ -14,8 +13,10 @@ from finetune.errors import UserError
 from finetune.rundir import RunDirectory
 
 # What `report_to` needs installed, and the pip package that provides it.
-TRACKER_PACKAGES = {"tensorboard": (is_tensorboard_available, "tensorboard"),
-                    "mlflow": (is_mlflow_available, "mlflow-skinny")}
+TRACKER_PACKAGES = {
+    "tensorboard": (is_tensorboard_available, "tensorboard"),
+    "mlflow": (is_mlflow_available, "mlflow-skinny"),
+}
 
 
 def build_accelerator(cfg: TrainConfig, model_width: int, trackers: list) -> Accelerator:
@@ -28,7 +29,8 @@ def build_accelerator(cfg: TrainConfig, model_width: int, trackers: list) -> Acc
         mixed_precision=speed.resolve_mixed_precision(cfg.mixed_precision, cuda, model_width),
         log_with=trackers + _external_trackers(cfg.report_to, tracking_dir),
         project_config=ProjectConfiguration(project_dir=str(tracking_dir), logging_dir=str(tracking_dir))
-        if cfg.report_to != "none" else None,
+        if cfg.report_to != "none"
+        else None,
         # Shuffling seeded by (seed, epoch) so a resumed run sees the batches the original would have; batches
         # copied to the GPU while it computes (pinned memory, non-blocking).
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=cuda),
@@ -48,8 +50,10 @@ def _external_trackers(report_to: str, tracking_dir: Path) -> list[str]:
         return []
     available, package = TRACKER_PACKAGES[report_to]
     if not available():
-        raise UserError(f"report_to: {report_to} is not installed on this machine; install it (pip install {package})"
-                        " or set report_to: none (events.jsonl and the web app's charts work without it)")
+        raise UserError(
+            f"report_to: {report_to} is not installed on this machine; install it (pip install {package})"
+            " or set report_to: none (events.jsonl and the web app's charts work without it)"
+        )
     if report_to == "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI"):
         # Without a tracking server the store stays inside the run, not in the working directory.
         os.environ["MLFLOW_TRACKING_URI"] = tracking_dir.resolve().as_uri()
@@ -61,12 +65,14 @@ def start_trackers(accelerator: Accelerator, cfg: TrainConfig) -> None:
     take) and, for MLflow, the experiment and the run named as in the web app."""
     settings = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (bool, int, float, str))}
     name = Path(cfg.output_dir).name
-    accelerator.init_trackers(cfg.experiment_name or "lora-lab", config=settings,
-                              init_kwargs={"mlflow": {"run_name": name}})
+    accelerator.init_trackers(
+        cfg.experiment_name or "lora-lab", config=settings, init_kwargs={"mlflow": {"run_name": name}}
+    )
 
 
 def several_processes_without_accelerator() -> bool:
-    """True when this is one of several launched processes (accelerate launch --multi_gpu, torchrun) and there is no GPU.
+    """True when this is one of several launched processes (accelerate launch --multi_gpu, torchrun) and there is
+    no GPU.
 
     accelerate then forms a gloo process group on CPU only if ACCELERATE_USE_CPU=true is in the environment,
     which its multi-process launcher never sets (a config file's use_cpu reaches single-process launches only).
@@ -82,6 +88,8 @@ def check_process_group(accelerator: Accelerator) -> None:
     """Refuse to start when the launched processes did not join one process group (they would train separately)."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:
-        raise UserError(f"{launched} processes were launched but each runs alone (accelerate formed no process group "
-                        f"on {accelerator.device}); launch one process (configs/accelerate/cpu.yaml or single_gpu.yaml), "
-                        "or set ACCELERATE_USE_CPU=true for several processes on the CPU")
+        raise UserError(
+            f"{launched} processes were launched but each runs alone (accelerate formed no process group "
+            f"on {accelerator.device}); launch one process (configs/accelerate/cpu.yaml or single_gpu.yaml), "
+            "or set ACCELERATE_USE_CPU=true for several processes on the CPU"
+        )

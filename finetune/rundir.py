@@ -34,8 +34,12 @@ STATES = ("queued", "running", "finished", "failed", "cancelled")
 TRAINER_STATE = "trainer_state.json"  # in each checkpoint, beside accelerate's own files
 CHECKPOINT_COMPLETE = "checkpoint_complete.json"  # written last: the checkpoint is whole
 # Throughput figures: their names in a train event (keys) and in metrics.json (values), see docs/run-directory.md.
-THROUGHPUT_METRICS = {"tokens_per_second": "train_tokens_per_second", "images_per_second": "train_images_per_second",
-                      "tflops": "train_tflops", "mfu": "mfu"}
+THROUGHPUT_METRICS = {
+    "tokens_per_second": "train_tokens_per_second",
+    "images_per_second": "train_images_per_second",
+    "tflops": "train_tflops",
+    "mfu": "mfu",
+}
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -190,8 +194,9 @@ class RunDirectory:
         return read_json(self.launch_path) or {}
 
     def write_launch(self, pid: int, started: Optional[str], gpu_ids: list[int]) -> None:
-        write_json_atomic(self.launch_path, {"pid": pid, "started": started, "gpu_ids": gpu_ids,
-                                             "launched_at": time.time()})
+        write_json_atomic(
+            self.launch_path, {"pid": pid, "started": started, "gpu_ids": gpu_ids, "launched_at": time.time()}
+        )
 
     def request_cancel(self) -> None:
         write_json_atomic(self.cancel_path, {"at": time.time()})
@@ -225,8 +230,11 @@ class RunDirectory:
         """Complete checkpoints (or, with complete=False, those a kill cut short), oldest first."""
         if not self.checkpoints_dir.is_dir():
             return []
-        found = [p for p in self.checkpoints_dir.glob("step_*")
-                 if p.name.split("_")[-1].isdigit() and _is_complete(p) == complete]
+        found = [
+            p
+            for p in self.checkpoints_dir.glob("step_*")
+            if p.name.split("_")[-1].isdigit() and _is_complete(p) == complete
+        ]
         return sorted(found, key=lambda p: int(p.name.split("_")[-1]))
 
     def latest_checkpoint(self) -> Optional[Path]:
@@ -258,11 +266,12 @@ def output_dir_problem(path: Path, resuming: bool) -> Optional[str]:
         return None  # checkpoints of ours, copied or left by a run whose status was lost
     if state not in STATES:
         found = sorted(p.name for p in path.iterdir())[:5]
-        return (f"{path} is not empty (holds {', '.join(found)}) and holds no LoRA Lab run; "
-                "choose a new or empty folder")
+        return f"{path} is not empty (holds {', '.join(found)}) and holds no LoRA Lab run; choose a new or empty folder"
     if state != "queued" and not resuming:
-        return (f"{path} already holds a {state} run; choose a new output_dir "
-                "or pass --resume_from_checkpoint true to continue it")
+        return (
+            f"{path} already holds a {state} run; choose a new output_dir "
+            "or pass --resume_from_checkpoint true to continue it"
+        )
     return None
 
 

@@ -37,8 +37,12 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
         return False
-    flags = {word for line in text.splitlines() if line.lower().startswith(("flags", "features"))
-             for word in line.split(":", 1)[-1].split()}
+    flags = {
+        word
+        for line in text.splitlines()
+        if line.lower().startswith(("flags", "features"))
+        for word in line.split(":", 1)[-1].split()
+    }
     return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
@@ -141,5 +145,7 @@ def check_checkpoint_weights(model, path: Path) -> None:
         saved = set(f.keys())
     missing = [name for name, p in model.named_parameters() if p.requires_grad and name not in saved]
     if missing:
-        raise UserError(f"resume_from_checkpoint: {path} lacks {len(missing)} trained weight(s), e.g. {missing[0]}: it was "
-                         "written for other settings (lora_r, lora_target_modules, finetune_method)")
+        raise UserError(
+            f"resume_from_checkpoint: {path} lacks {len(missing)} trained weight(s), e.g. {missing[0]}: it was "
+            "written for other settings (lora_r, lora_target_modules, finetune_method)"
+        )

@@ -52,8 +52,9 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[str]]:
         elif key in grid:
             problems.append(f"{key}: given twice; expected one key=v1,v2 per setting")
         elif not all(choices) or len(set(choices)) < len(choices):
-            problems.append(f"{key}: {values!r} has an empty or repeated value; expected distinct comma-separated "
-                            "values")
+            problems.append(
+                f"{key}: {values!r} has an empty or repeated value; expected distinct comma-separated values"
+            )
         else:
             grid[key] = choices
     if not grid and not problems:
@@ -75,12 +76,14 @@ def grid_points(grid: dict[str, list[str]], random_count: Optional[int] = None, 
     total = math.prod(sizes)
     if random_count is None:
         if total > MAX_POINTS:
-            raise ConfigError([f"grid: {total} points; at most {MAX_POINTS} per experiment (or draw some with "
-                               "--random)"])
+            raise ConfigError(
+                [f"grid: {total} points; at most {MAX_POINTS} per experiment (or draw some with --random)"]
+            )
         indices: Iterable[int] = range(total)
     elif not 1 <= random_count <= min(total, MAX_POINTS):
-        raise ConfigError([f"random: expected 1 to {min(total, MAX_POINTS)} (the grid has {total} points), "
-                           f"got {random_count}"])
+        raise ConfigError(
+            [f"random: expected 1 to {min(total, MAX_POINTS)} (the grid has {total} points), got {random_count}"]
+        )
     else:
         # Indices, not points, are drawn: a large grid is never spelled out.
         indices = sorted(random.Random(seed).sample(range(total), random_count))
@@ -112,7 +115,7 @@ def configs_for(base: dict, points: list[dict], experiment: str, run_dirs: list[
 
 
 def _blame(problem: str, point: dict) -> str:
-    """"key: message" as "key=value: message" for a key of the point, else prefixed with the whole point."""
+    """ "key: message" as "key=value: message" for a key of the point, else prefixed with the whole point."""
     key, _, message = problem.partition(":")
     if key in point:
         return f"{key}={point[key]}:{message}"
@@ -131,8 +134,9 @@ class Sweep:
     metric: str
 
 
-def plan(config: str, grid_items: list[str], random_count: Optional[int], seed: int,
-         experiment: Optional[str]) -> Sweep:
+def plan(
+    config: str, grid_items: list[str], random_count: Optional[int], seed: int, experiment: Optional[str]
+) -> Sweep:
     """Read and check everything (YAML, grid, every point's config, the experiment folder, the checkpoint's task)."""
     base = read_yaml(config)
     base_cfg = TrainConfig.from_dict(base)  # the YAML alone must be a valid run: its output_dir holds the experiment
@@ -160,13 +164,17 @@ def _task(cfg: TrainConfig) -> str:
 
 def eval_losses(events: list[dict]) -> list[tuple[int, float]]:
     """(step, eval_loss) of every evaluation, in step order; the last record of a step counts (resumed runs)."""
-    losses = {e["step"]: float(e["eval_loss"]) for e in events if e.get("event") == "eval"
-              and isinstance(e.get("step"), int) and isinstance(e.get("eval_loss"), (int, float))}
+    losses = {
+        e["step"]: float(e["eval_loss"])
+        for e in events
+        if e.get("event") == "eval" and isinstance(e.get("step"), int) and isinstance(e.get("eval_loss"), (int, float))
+    }
     return sorted(losses.items())
 
 
-def should_prune(run: list[tuple[int, float]], best: list[tuple[int, float]], margin: float = PRUNE_MARGIN,
-                 first: int = PRUNE_EVALS) -> bool:
+def should_prune(
+    run: list[tuple[int, float]], best: list[tuple[int, float]], margin: float = PRUNE_MARGIN, first: int = PRUNE_EVALS
+) -> bool:
     """True when one of ``run``'s first ``first`` evaluations after step 0 has an eval loss more than ``margin``
     (0.25: 25%) above ``best``'s at the same or nearest step (the earlier one on a tie), or a loss that is no
     finite number (diverged). Step 0 scores the untuned base model, the same in every run: it says nothing."""
@@ -184,12 +192,23 @@ def run_sweep(sweep: Sweep, prune: bool) -> dict:
     """Train every point in turn (the best finished run so far is the pruning reference); returns experiment.json."""
     experiment = sweep.experiment
     names = [run_name(experiment.name, index) for index in range(1, len(sweep.points) + 1)]
-    experiment.update(name=experiment.name, created_at=time.time(), grid=sweep.grid, task=sweep.task,
-                      points={name: {key: getattr(cfg, key) for key in point}
-                              for name, point, cfg in zip(names, sweep.points, sweep.configs)},
-                      primary_metric=sweep.metric, lower_is_better=sweep.metric in LOWER_IS_BETTER,
-                      prune={"margin": PRUNE_MARGIN, "evaluations": PRUNE_EVALS} if prune else None,
-                      pruned=[], best=None, best_value=None, finished_at=None)
+    experiment.update(
+        name=experiment.name,
+        created_at=time.time(),
+        grid=sweep.grid,
+        task=sweep.task,
+        points={
+            name: {key: getattr(cfg, key) for key in point}
+            for name, point, cfg in zip(names, sweep.points, sweep.configs)
+        },
+        primary_metric=sweep.metric,
+        lower_is_better=sweep.metric in LOWER_IS_BETTER,
+        prune={"margin": PRUNE_MARGIN, "evaluations": PRUNE_EVALS} if prune else None,
+        pruned=[],
+        best=None,
+        best_value=None,
+        finished_at=None,
+    )
     scores: dict[str, Optional[float]] = {}
     pruned: list[str] = []
     for index, (name, cfg) in enumerate(zip(names, sweep.configs), start=1):
@@ -213,16 +232,23 @@ def train_point(run: RunDirectory, cfg: TrainConfig, reference: list[tuple[int, 
     cfg.to_yaml(run.config_path)
     run.update_status(state="queued", queued_at=time.time())  # the trainer accepts a folder queued for it
     with run.launch_log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "finetune.train", "--config", str(run.config_path)],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "finetune.train", "--config", str(run.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             signalled = _watch(process, run, reference)
         except KeyboardInterrupt:  # Ctrl-C reached the trainer too (same process group): it saves and stops
             process.wait()
             raise
     if run.read_status().get("state") == "queued":  # died before it could report (see launch.log)
-        run.update_status(state="failed", error=f"the trainer exited with code {process.returncode} before "
-                                                 f"starting; see {run.launch_log_path}", ended_at=time.time())
+        run.update_status(
+            state="failed",
+            error=f"the trainer exited with code {process.returncode} before starting; see {run.launch_log_path}",
+            ended_at=time.time(),
+        )
     pruned = signalled and run.read_status().get("state") == "cancelled"
     if pruned:
         run.update_status(pruned=True)
@@ -252,8 +278,15 @@ def format_table(experiment: Experiment, record: dict) -> str:
         run = RunDirectory(experiment.path / name)
         value = primary_value(run.read_metrics(), metric)
         state = "pruned" if name in (record.get("pruned") or []) else run.read_status().get("state", "not run")
-        rows.append(("★" if name == record.get("best") else "", name, " ".join(f"{k}={v}" for k, v in point.items()),
-                     "" if value is None else f"{value:.4g}", state))
+        rows.append(
+            (
+                "★" if name == record.get("best") else "",
+                name,
+                " ".join(f"{k}={v}" for k, v in point.items()),
+                "" if value is None else f"{value:.4g}",
+                state,
+            )
+        )
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     direction = "lower" if metric in LOWER_IS_BETTER else "higher"
@@ -262,16 +295,29 @@ def format_table(experiment: Experiment, record: dict) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML of the settings every run shares; its output_dir "
-                        "holds the experiment's folder")
-    parser.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
-                        help="settings to vary (TrainConfig fields), each with its comma-separated values")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="YAML of the settings every run shares; its output_dir holds the experiment's folder",
+    )
+    parser.add_argument(
+        "--grid",
+        nargs="+",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="settings to vary (TrainConfig fields), each with its comma-separated values",
+    )
     parser.add_argument("--random", type=int, metavar="N", help="run N distinct points drawn from the grid")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --random draw (default 0)")
-    parser.add_argument("--experiment", help="the experiment's name (default: the YAML's experiment_name, else "
-                        "sweep-DATE-TIME)")
-    parser.add_argument("--prune", action="store_true", help=f"stop a run whose first {PRUNE_EVALS} evaluations "
-                        f"have an eval loss over {PRUNE_MARGIN:.0%} above the best finished run's")
+    parser.add_argument(
+        "--experiment", help="the experiment's name (default: the YAML's experiment_name, else sweep-DATE-TIME)"
+    )
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help=f"stop a run whose first {PRUNE_EVALS} evaluations "
+        f"have an eval loss over {PRUNE_MARGIN:.0%} above the best finished run's",
+    )
     return parser
 
 

@@ -109,8 +109,12 @@ TASKS: dict[str, TaskKind] = {
 }
 
 # The model families LoRA Lab is built and tested for, with the task each one trains by default.
-DEFAULT_TASK = {"gpt2": "causal-lm", "bert": "text-classification", "vit": "image-classification",
-                "resnet": "image-classification"}
+DEFAULT_TASK = {
+    "gpt2": "causal-lm",
+    "bert": "text-classification",
+    "vit": "image-classification",
+    "resnet": "image-classification",
+}
 # Metrics where smaller is better; every other score is better when larger.
 LOWER_IS_BETTER = ("eval_loss", "perplexity")
 

@@ -15,9 +15,21 @@ from torch.utils.flop_counter import FlopCounterMode
 # Dense (no sparsity) bf16/fp16 tensor-core peak per GPU in TFLOP/s, from NVIDIA's data sheets. Matched in order
 # against torch.cuda.get_device_name: the more specific names first.
 PEAK_TFLOPS = (
-    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
-    ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.1), ("L40", 181.0), ("L4", 121.0), ("A10", 125.0),
-    ("RTX 4090", 165.2), ("RTX 3090", 71.0), ("V100", 125.0), ("T4", 65.0),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("GH200", 989.4),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.1),
+    ("L40", 181.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
+    ("RTX 4090", 165.2),
+    ("RTX 3090", 71.0),
+    ("V100", 125.0),
+    ("T4", 65.0),
 )
 
 
@@ -106,8 +118,12 @@ def meter_for(cfg, accelerator, model, train_data, task, collate) -> Meter:
 
 
 # metrics.json's names for the loop's figures.
-FINAL_NAMES = {"tokens_per_second": "train_tokens_per_second", "images_per_second": "train_images_per_second",
-               "tflops": "train_tflops", "mfu": "mfu"}
+FINAL_NAMES = {
+    "tokens_per_second": "train_tokens_per_second",
+    "images_per_second": "train_images_per_second",
+    "tflops": "train_tflops",
+    "mfu": "mfu",
+}
 
 
 def final_figures(meter: Meter, kind: str) -> dict:

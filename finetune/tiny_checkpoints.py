@@ -24,34 +24,122 @@ BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 # Word lists for the corpus. They cover the words of the tests' toy data sets (so those are whole tokens),
 # plus enough other everyday English for the tokenizers to learn real sub-words rather than whole sentences.
-_SUBJECTS = ("the movie", "this film", "the story", "the acting", "the actor", "my friend", "the cat", "a dog",
-             "the bird", "the book", "the weather", "our team", "the music", "this picture", "the city",
-             "the teacher", "my neighbour", "the old man", "a young woman", "the children", "her brother",
-             "his sister", "the doctor", "the driver", "the kitchen", "the garden", "the train", "this song",
-             "the restaurant", "the hotel", "the game", "the lesson", "the meeting", "the river", "the village")
-_ADJECTIVES = ("good great wonderful excellent amazing brilliant lovely pleasant charming beautiful delightful "
-               "bad awful boring terrible horrible dreadful dull poor weak disappointing annoying ugly "
-               "okay fine average ordinary strange curious funny serious long short bright dark happy sad "
-               "quiet loud red green blue yellow purple orange white black new old fast slow warm cold "
-               "clever silly gentle brave angry tired hungry busy empty crowded expensive cheap").split()
-_VERBS = ("sees likes finds watches reads builds paints loves hates carries opens closes cleans follows "
-          "remembers forgets visits chooses describes enjoys explains imagines discovers notices prefers "
-          "receives repairs selects teaches throws understands wants wins writes").split()
-_OBJECTS = ("the ball", "a tree", "the house", "a letter", "the window", "a small boat", "the mountain",
-            "an apple", "the newspaper", "a bicycle", "the bridge", "a flower", "the table", "a chair",
-            "the computer", "a question", "the answer", "a picture", "the door", "a cup of coffee",
-            "the market", "a yellow umbrella", "the station", "a birthday present", "the forest")
-_ADVERBS = ("today", "again", "in the end", "at night", "for everyone", "as always", "this time", "yesterday",
-            "every morning", "on sunday", "after dinner", "before school", "quite quickly", "very slowly",
-            "without a word", "with great care", "once more", "in the summer", "during the winter")
+_SUBJECTS = (
+    "the movie",
+    "this film",
+    "the story",
+    "the acting",
+    "the actor",
+    "my friend",
+    "the cat",
+    "a dog",
+    "the bird",
+    "the book",
+    "the weather",
+    "our team",
+    "the music",
+    "this picture",
+    "the city",
+    "the teacher",
+    "my neighbour",
+    "the old man",
+    "a young woman",
+    "the children",
+    "her brother",
+    "his sister",
+    "the doctor",
+    "the driver",
+    "the kitchen",
+    "the garden",
+    "the train",
+    "this song",
+    "the restaurant",
+    "the hotel",
+    "the game",
+    "the lesson",
+    "the meeting",
+    "the river",
+    "the village",
+)
+_ADJECTIVES = (
+    "good great wonderful excellent amazing brilliant lovely pleasant charming beautiful delightful "
+    "bad awful boring terrible horrible dreadful dull poor weak disappointing annoying ugly "
+    "okay fine average ordinary strange curious funny serious long short bright dark happy sad "
+    "quiet loud red green blue yellow purple orange white black new old fast slow warm cold "
+    "clever silly gentle brave angry tired hungry busy empty crowded expensive cheap"
+).split()
+_VERBS = (
+    "sees likes finds watches reads builds paints loves hates carries opens closes cleans follows "
+    "remembers forgets visits chooses describes enjoys explains imagines discovers notices prefers "
+    "receives repairs selects teaches throws understands wants wins writes"
+).split()
+_OBJECTS = (
+    "the ball",
+    "a tree",
+    "the house",
+    "a letter",
+    "the window",
+    "a small boat",
+    "the mountain",
+    "an apple",
+    "the newspaper",
+    "a bicycle",
+    "the bridge",
+    "a flower",
+    "the table",
+    "a chair",
+    "the computer",
+    "a question",
+    "the answer",
+    "a picture",
+    "the door",
+    "a cup of coffee",
+    "the market",
+    "a yellow umbrella",
+    "the station",
+    "a birthday present",
+    "the forest",
+)
+_ADVERBS = (
+    "today",
+    "again",
+    "in the end",
+    "at night",
+    "for everyone",
+    "as always",
+    "this time",
+    "yesterday",
+    "every morning",
+    "on sunday",
+    "after dinner",
+    "before school",
+    "quite quickly",
+    "very slowly",
+    "without a word",
+    "with great care",
+    "once more",
+    "in the summer",
+    "during the winter",
+)
 _VERBS_BE = ("was", "is", "seems", "looked", "felt", "sounds", "became", "remains", "was not", "is really")
 _OPINIONS = ("i think", "we believe", "everyone says", "honestly,", "to be fair,", "in my opinion,", "sadly,")
 _NAMES = ("alice", "bob", "charlotte", "daniel", "emma", "francis", "grace", "henry", "isabel", "jack")
 _PLACES = ("london", "paris", "berlin", "madrid", "tokyo", "chicago", "sydney", "toronto", "lisbon", "vienna")
 _NUMBERS = ("one", "two", "three", "four", "five", "seven", "ten", "twelve", "twenty", "a hundred")
-_SLOTS = {"subject": _SUBJECTS, "other": _SUBJECTS, "adj": _ADJECTIVES, "adj2": _ADJECTIVES, "verb": _VERBS,
-          "object": _OBJECTS, "when": _ADVERBS, "be": _VERBS_BE, "opinion": _OPINIONS, "name": _NAMES,
-          "place": _PLACES, "number": _NUMBERS}
+_SLOTS = {
+    "subject": _SUBJECTS,
+    "other": _SUBJECTS,
+    "adj": _ADJECTIVES,
+    "adj2": _ADJECTIVES,
+    "verb": _VERBS,
+    "object": _OBJECTS,
+    "when": _ADVERBS,
+    "be": _VERBS_BE,
+    "opinion": _OPINIONS,
+    "name": _NAMES,
+    "place": _PLACES,
+    "number": _NUMBERS,
+}
 _TEMPLATES = (
     "{subject} {be} {adj} {when} .",
     "{opinion} {subject} {be} {adj} .",
@@ -96,17 +184,27 @@ def make_gpt2(directory: Path) -> Path:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     # The full byte alphabet up front: any text still encodes, even characters the corpus never shows.
-    trainer = trainers.BpeTrainer(vocab_size=2000, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=2000, special_tokens=[EOS], show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tokenizer.train_from_iterator(corpus(), trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS,
-                                      model_max_length=CONTEXT)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS, model_max_length=CONTEXT
+    )
     eos = wrapped.eos_token_id
     # No pad token, as in gpt2: the project's text tasks set pad = eos themselves. Unlike gpt2, the input and
     # output embeddings are separate matrices: frozen random ones cap what LoRA can learn, so the demo preset
     # adapts both (catalog.DEMO_OVERRIDES), and two LoRA updates of one tied matrix would not merge correctly.
-    config = GPT2Config(vocab_size=len(wrapped), n_positions=CONTEXT, n_embd=64, n_layer=2, n_head=2,
-                        bos_token_id=eos, eos_token_id=eos, tie_word_embeddings=False)
+    config = GPT2Config(
+        vocab_size=len(wrapped),
+        n_positions=CONTEXT,
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        tie_word_embeddings=False,
+    )
     return _save(directory, GPT2LMHeadModel(config), wrapped)
 
 
@@ -136,16 +234,31 @@ def make_bert(directory: Path) -> Path:
     tokenizer.normalizer, tokenizer.pre_tokenizer, tokenizer.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     tokenizer.add_special_tokens(list(BERT_SPECIALS))  # so "[SEP]" in a text is one token, never split
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
     # Wrap the `tokenizers` object: in transformers 5, BertTokenizer(vocab_file=...) ignores the file and
     # maps every word to [UNK]. token_type_ids are asked for because bert-base-uncased returns them too.
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]",
-                                      cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                      model_max_length=CONTEXT,
-                                      model_input_names=["input_ids", "token_type_ids", "attention_mask"])
-    config = BertConfig(vocab_size=len(wrapped), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=CONTEXT, pad_token_id=wrapped.pad_token_id)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=CONTEXT,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+    config = BertConfig(
+        vocab_size=len(wrapped),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=CONTEXT,
+        pad_token_id=wrapped.pad_token_id,
+    )
     return _save(directory, BertForMaskedLM(config), wrapped)
 
 
@@ -154,8 +267,14 @@ def make_vit(directory: Path) -> Path:
     # The PIL class directly: the default ViTImageProcessor wants torchvision. Both save as "ViTImageProcessor".
     from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
 
-    config = ViTConfig(image_size=IMAGE_SIZE, patch_size=8, hidden_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, intermediate_size=128)
+    config = ViTConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+    )
     processor = ViTImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     return _save(directory, ViTModel(config), processor)
 
@@ -166,9 +285,15 @@ def make_resnet(directory: Path) -> Path:
 
     labels = [f"class_{i}" for i in range(10)]
     # Fine-tuning must replace this head (ignore_mismatched_sizes), exactly as with the real checkpoint.
-    config = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic",
-                          num_labels=len(labels), id2label=dict(enumerate(labels)),
-                          label2id={label: i for i, label in enumerate(labels)})
+    config = ResNetConfig(
+        embedding_size=16,
+        hidden_sizes=[16, 32],
+        depths=[1, 1],
+        layer_type="basic",
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
     # resnet-50's preprocessing scaled down: resize the short side to 32 / 0.875 = 36, centre-crop 32x32.
     processor = ConvNextImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_pct=0.875)
     return _save(directory, ResNetForImageClassification(config), processor)
@@ -177,8 +302,9 @@ def make_resnet(directory: Path) -> Path:
 MAKERS = {"gpt2": make_gpt2, "bert": make_bert, "vit": make_vit, "resnet": make_resnet}
 
 
-def make_tiny_checkpoints(out_dir: str | Path, families: Iterable[str] = FAMILIES,
-                          force: bool = False) -> dict[str, Path]:
+def make_tiny_checkpoints(
+    out_dir: str | Path, families: Iterable[str] = FAMILIES, force: bool = False
+) -> dict[str, Path]:
     """Write the requested families under ``out_dir``; ones already there are kept unless ``force``.
 
     Returns every requested family's directory, written now or before.

@@ -65,7 +65,9 @@ class Recipe:
         """Score the eval split and log it as an eval event: the one place training evaluates."""
         from finetune import training
 
-        metrics = training.evaluate(self.model, self.eval_dl, self.accelerator, self.task, len(self.labels or []) or None)
+        metrics = training.evaluate(
+            self.model, self.eval_dl, self.accelerator, self.task, len(self.labels or []) or None
+        )
         self.accelerator.log(metrics, step=step, log_kwargs={"run_directory": {"event": "eval"}})
         return metrics
 
@@ -78,12 +80,17 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     recipe = set_up(cfg, run)
     state, result = _start_or_resume(recipe)
     # The loop's clock starts after the base evaluation or the resume: the web app's ETA paces only this segment.
-    meter = throughput.meter_for(cfg, recipe.accelerator, recipe.model, recipe.train_dl.dataset, recipe.task,
-                                 recipe.train_dl.collate_fn)
+    meter = throughput.meter_for(
+        cfg, recipe.accelerator, recipe.model, recipe.train_dl.dataset, recipe.task, recipe.train_dl.collate_fn
+    )
     if recipe.accelerator.is_main_process:
-        run.update_status(total_steps=recipe.plan.max_steps, steps_per_epoch=recipe.plan.steps_per_epoch,
-                          num_processes=recipe.accelerator.num_processes, loop_started_at=meter.started,
-                          loop_start_step=state.step)
+        run.update_status(
+            total_steps=recipe.plan.max_steps,
+            steps_per_epoch=recipe.plan.steps_per_epoch,
+            num_processes=recipe.accelerator.num_processes,
+            loop_started_at=meter.started,
+            loop_start_step=state.step,
+        )
     best = training.BestWeights(recipe.accelerator, cfg.load_best_model_at_end)
     outcome, result = _loop(recipe, state, meter, stop, best, result)
     recipe.accelerator.wait_for_everyone()
@@ -123,18 +130,35 @@ def set_up(cfg: TrainConfig, run: RunDirectory) -> Recipe:
     optimizer = training.build_optimizer(model, cfg, new_heads)
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
     plan = training.Plan.for_run(cfg, len(train_dl))
-    return Recipe(cfg, run, accelerator, task, model, processor, labels, derived, optimizer,
-                  _scheduler(cfg, optimizer, plan, accelerator), train_dl, eval_dl, plan)
+    return Recipe(
+        cfg,
+        run,
+        accelerator,
+        task,
+        model,
+        processor,
+        labels,
+        derived,
+        optimizer,
+        _scheduler(cfg, optimizer, plan, accelerator),
+        train_dl,
+        eval_dl,
+        plan,
+    )
 
 
 def _scheduler(cfg: TrainConfig, optimizer, plan, accelerator):
     from transformers import get_scheduler
 
     # The prepared scheduler steps once per process per optimizer step (accelerate's convention).
-    return accelerator.prepare(get_scheduler(
-        cfg.lr_scheduler_type, optimizer,
-        num_warmup_steps=math.ceil(cfg.warmup_ratio * plan.max_steps) * accelerator.num_processes,
-        num_training_steps=plan.max_steps * accelerator.num_processes))
+    return accelerator.prepare(
+        get_scheduler(
+            cfg.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=math.ceil(cfg.warmup_ratio * plan.max_steps) * accelerator.num_processes,
+            num_training_steps=plan.max_steps * accelerator.num_processes,
+        )
+    )
 
 
 def _start_or_resume(recipe: Recipe):
@@ -185,7 +209,8 @@ def _loop(recipe: Recipe, state, meter, stop, best, result: Optional[dict]) -> t
             state.record_eval(result["eval_loss"])
             best.offer(model, state, result)
             stopping = state.step < plan.max_steps and training.stop_early(
-                state, cfg.early_stopping_patience, recipe.run, accelerator.is_main_process)
+                state, cfg.early_stopping_patience, recipe.run, accelerator.is_main_process
+            )
         cancelled = stop.agreed(accelerator)
         _account(state, segment, meter, accelerator)
         if state.step % plan.save_steps == 0 or cancelled:
@@ -215,8 +240,15 @@ def _log_train(recipe: Recipe, step: int, window_loss, meter) -> None:
     """A train event (mean loss since the last one, learning rate, throughput) and the step in status.json."""
     mean_loss = recipe.accelerator.reduce(window_loss, reduction="mean").item()
     epoch = recipe.plan.epoch(step)
-    recipe.accelerator.log({"epoch": epoch, "loss": mean_loss, "learning_rate": recipe.scheduler.get_last_lr()[0],
-                            **meter.figures(recipe.task.unit)}, step=step)
+    recipe.accelerator.log(
+        {
+            "epoch": epoch,
+            "loss": mean_loss,
+            "learning_rate": recipe.scheduler.get_last_lr()[0],
+            **meter.figures(recipe.task.unit),
+        },
+        step=step,
+    )
     if recipe.accelerator.is_main_process:
         recipe.run.record_progress(step=step, epoch=epoch)
 
@@ -238,8 +270,9 @@ def _finish(recipe: Recipe, state, meter, best, result: Optional[dict]) -> None:
     _save_artifacts(recipe)
     if recipe.accelerator.is_main_process:
         summary = training.final_metrics(state, recipe.plan, result, recipe.model, recipe.accelerator)
-        recipe.run.write_metrics({"task": recipe.task.name, **summary, "adapter_step": best.step or state.step,
-                                  **figures})
+        recipe.run.write_metrics(
+            {"task": recipe.task.name, **summary, "adapter_step": best.step or state.step, **figures}
+        )
 
 
 def _load_data_and_model(cfg: TrainConfig, accelerator, task):
@@ -258,8 +291,15 @@ def _load_data_and_model(cfg: TrainConfig, accelerator, task):
     model = training.prepare_model(model, cfg, new_heads)
     trainable, total = training.count_parameters(model)
     if accelerator.is_main_process:
-        logger.info("Columns %s; %d train / %d eval examples; settings from data %s; trainable %d of %d parameters",
-                    columns, len(data["train"]), len(data["validation"]), derived, trainable, total)
+        logger.info(
+            "Columns %s; %d train / %d eval examples; settings from data %s; trainable %d of %d parameters",
+            columns,
+            len(data["train"]),
+            len(data["validation"]),
+            derived,
+            trainable,
+            total,
+        )
     return model, processor, data, labels, derived, new_heads
 
 
@@ -278,22 +318,37 @@ def _save_artifacts(recipe: Recipe) -> None:
         # per-process shards of the weights FSDP's root unit owns, such as a classification head); every process
         # calls it.
         state_dict = accelerator.get_state_dict(recipe.model)
-        unwrapped.save_pretrained(recipe.run.adapter_dir, state_dict=state_dict,
-                                  is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+        unwrapped.save_pretrained(
+            recipe.run.adapter_dir,
+            state_dict=state_dict,
+            is_main_process=accelerator.is_main_process,
+            save_function=accelerator.save,
+        )
     if accelerator.is_main_process:
         recipe.processor.save_pretrained(recipe.run.adapter_dir)
-        recipe.run.write_adapter_info({
-            "task": recipe.task.name, "base_model": cfg.model_name_or_path, "finetune_method": cfg.finetune_method,
-            "labels": labels, "id2label": dict(enumerate(labels)) if labels else None,
-            "label2id": {name: i for i, name in enumerate(labels)} if labels else None, **recipe.derived})
+        recipe.run.write_adapter_info(
+            {
+                "task": recipe.task.name,
+                "base_model": cfg.model_name_or_path,
+                "finetune_method": cfg.finetune_method,
+                "labels": labels,
+                "id2label": dict(enumerate(labels)) if labels else None,
+                "label2id": {name: i for i, name in enumerate(labels)} if labels else None,
+                **recipe.derived,
+            }
+        )
 
 
 def _setup_logging(run: Optional[RunDirectory], is_main: bool) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if is_main else logging.WARNING)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if is_main else logging.WARNING
+    )
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per file saved is noise
     # GPT-2 ties lm_head to the token embeddings; safetensors stores a shared tensor once, so every checkpoint
     # drops the alias (the tie restores it at load) and accelerate warns each time: expected, never actionable.
-    logging.getLogger("accelerate.utils.other").addFilter(lambda record: "Removed shared tensor" not in record.getMessage())
+    logging.getLogger("accelerate.utils.other").addFilter(
+        lambda record: "Removed shared tensor" not in record.getMessage()
+    )
     if run is not None and is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(run.log_path)
@@ -313,16 +368,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg = dataclasses.replace(cfg, model_name_or_path=_absolute_if_local(cfg.model_name_or_path))
     run = RunDirectory(cfg.output_dir)
     # Only rank 0 checks: other ranks would see the files rank 0 has just written.
-    problem = output_dir_problem(run.path, resuming=cfg.resume_from_checkpoint not in (None, False)) if is_main else None
+    problem = (
+        output_dir_problem(run.path, resuming=cfg.resume_from_checkpoint not in (None, False)) if is_main else None
+    )
     if problem:
         print(f"error: output_dir: {problem}", file=sys.stderr)
         return 2
     _setup_logging(run, is_main)
     if is_main:
         # A resumed run starts a new segment: the last one's loop start and early stop no longer apply.
-        run.update_status(state="running", error=None, started_at=time.time(), ended_at=None, pid=os.getpid(),
-                          pid_started=process_start(os.getpid()), loop_started_at=None, loop_start_step=None,
-                          stopped_early_at_step=None)
+        run.update_status(
+            state="running",
+            error=None,
+            started_at=time.time(),
+            ended_at=None,
+            pid=os.getpid(),
+            pid_started=process_start(os.getpid()),
+            loop_started_at=None,
+            loop_start_step=None,
+            stopped_early_at_step=None,
+        )
     try:
         final_state = train(with_task(cfg, run, is_main), run)
     except UserError as err:

@@ -14,8 +14,8 @@ from typing import Optional
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 from accelerate.tracking import GeneralTracker
+from accelerate.utils import DistributedType
 from peft import PeftModel
 from torch import nn
 
@@ -101,12 +101,21 @@ class BestWeights:
         """Loads the best weights back when they are not the current ones; returns their eval metrics, or None."""
         if self.weights is None or self.step == state.step:
             if self.enabled and state.best_step not in (None, state.step):
-                logger.info("The best eval loss was at step %s, before this run resumed; its weights were not kept, "
-                            "so the result is step %d", state.best_step, state.step)
+                logger.info(
+                    "The best eval loss was at step %s, before this run resumed; its weights were not kept, "
+                    "so the result is step %d",
+                    state.best_step,
+                    state.step,
+                )
             return None
         model.load_state_dict(self.weights, strict=False)
-        logger.info("Restored the weights of step %d (eval loss %.4f), the best evaluation: the later ones up to "
-                    "step %d scored worse", self.step, self.metrics["eval_loss"], state.step)
+        logger.info(
+            "Restored the weights of step %d (eval loss %.4f), the best evaluation: the later ones up to "
+            "step %d scored worse",
+            self.step,
+            self.metrics["eval_loss"],
+            state.step,
+        )
         return self.metrics
 
 
@@ -145,8 +154,10 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, new_heads: list[str]) -> n
     """LoRA-wrap the model (heads and BatchNorm layers saved in full), or leave every weight trainable."""
     if cfg.gradient_checkpointing:
         if not model.supports_gradient_checkpointing:
-            raise UserError(f"gradient_checkpointing: {type(model).__name__} does not support it; turn it off and "
-                            "lower per_device_train_batch_size to save memory instead")
+            raise UserError(
+                f"gradient_checkpointing: {type(model).__name__} does not support it; turn it off and "
+                "lower per_device_train_batch_size to save memory instead"
+            )
         # Non-reentrant checkpointing: gradients reach LoRA weights even though the frozen inputs need none.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.finetune_method == "full":
@@ -159,9 +170,17 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, new_heads: list[str]) -> n
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     # BatchNorm running statistics change during training but are not LoRA weights: save them whole
     # so a reloaded adapter predicts exactly as the model did at the end of training.
-    return apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules,
-                      modules_to_save=new_heads + batchnorm_modules(model), use_dora=cfg.use_dora,
-                      use_rslora=cfg.use_rslora, init_lora_weights=cfg.init_lora_weights)
+    return apply_lora(
+        model,
+        cfg.lora_r,
+        cfg.lora_alpha,
+        cfg.lora_dropout,
+        cfg.lora_target_modules,
+        modules_to_save=new_heads + batchnorm_modules(model),
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+        init_lora_weights=cfg.init_lora_weights,
+    )
 
 
 def keep_initial_adapter(model: nn.Module, cfg: TrainConfig, run: RunDirectory, accelerator: Accelerator) -> None:
@@ -171,8 +190,10 @@ def keep_initial_adapter(model: nn.Module, cfg: TrainConfig, run: RunDirectory, 
     if cfg.finetune_method != "lora" or cfg.init_lora_weights not in BASE_CHANGING_INITS:
         return
     if accelerator.distributed_type in SHARDED:
-        raise UserError(f"init_lora_weights: {cfg.init_lora_weights} is converted to a plain adapter at the end, which "
-                        "needs the whole model in one process; use a single-GPU or DDP preset, or default/gaussian")
+        raise UserError(
+            f"init_lora_weights: {cfg.init_lora_weights} is converted to a plain adapter at the end, which "
+            "needs the whole model in one process; use a single-GPU or DDP preset, or default/gaussian"
+        )
     if accelerator.is_main_process:
         save_initial_adapter(model, run.initial_adapter_dir)
     accelerator.wait_for_everyone()
@@ -198,8 +219,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, new_heads: list[str]) ->
     if not groups:
         raise UserError("finetune_method: no trainable parameters; check lora_target_modules")
     # The fused kernel updates every tensor in one launch: fewer kernel launches per step on a GPU.
-    return torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
-                             fused=True if speed.uses_cuda() else None)
+    return torch.optim.AdamW(
+        [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
+        fused=True if speed.uses_cuda() else None,
+    )
 
 
 def predict(model: nn.Module, dataloader, accelerator: Accelerator, task) -> dict[str, np.ndarray]:
@@ -251,7 +274,9 @@ def checkpoint_to_resume(cfg: TrainConfig, run: RunDirectory) -> Optional[Path]:
         return latest
     path = Path(cfg.resume_from_checkpoint)
     if not (path / CHECKPOINT_COMPLETE).is_file():
-        raise UserError(f"resume_from_checkpoint: {path} is not a complete checkpoint directory (no {CHECKPOINT_COMPLETE})")
+        raise UserError(
+            f"resume_from_checkpoint: {path} is not a complete checkpoint directory (no {CHECKPOINT_COMPLETE})"
+        )
     return path
 
 

@@ -12,8 +12,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # Everything offline: the tests must never reach for the hub.
-OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+OFFLINE_ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_EVALUATE_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +32,14 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
 def write_lm_text(path: Path, lines: int = 400, seed: int = 0) -> Path:
     """A small language with strong regularities: easy for even a tiny model to learn."""
     rng = random.Random(seed)
-    subjects, verbs, objects = ["the cat", "a dog", "the bird", "my friend"], ["sees", "likes", "finds"], ["the ball", "a tree", "the house"]
-    path.write_text("\n".join(f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)} ." for _ in range(lines)) + "\n")
+    subjects, verbs, objects = (
+        ["the cat", "a dog", "the bird", "my friend"],
+        ["sees", "likes", "finds"],
+        ["the ball", "a tree", "the house"],
+    )
+    path.write_text(
+        "\n".join(f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)} ." for _ in range(lines)) + "\n"
+    )
     return path
 
 
@@ -60,11 +72,16 @@ def write_image_folder(root: Path, per_class: int = 24, seed: int = 0) -> Path:
     return root
 
 
-def run_cli(*args: str, launcher: tuple[str, ...] = (sys.executable, "-m", "finetune.train"), timeout: int = 600,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str,
+    launcher: tuple[str, ...] = (sys.executable, "-m", "finetune.train"),
+    timeout: int = 600,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     """Run the trainer through its real command line."""
-    return subprocess.run([*launcher, *args], cwd=REPO, env=env or OFFLINE_ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [*launcher, *args], cwd=REPO, env=env or OFFLINE_ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def read_json(path: Path) -> dict:

@@ -121,8 +121,11 @@ json.dump({{"cwd": os.getcwd(), "args": sys.argv[1:], "env": {{n: os.environ.get
     stub.chmod(0o755)
     home = tmp_path / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"LORA_LAB_HOME", "HF_HOME", "PORT", "SPACE_ID", "STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"LORA_LAB_HOME", "HF_HOME", "PORT", "SPACE_ID", "STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION"}
+    }
     env.update({"HOME": str(home), "PATH": f"{stub_bin}{os.pathsep}{env.get('PATH', '')}", **env_overrides})
     result = subprocess.run([str(START_SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
@@ -143,16 +146,28 @@ def test_start_script_defaults_without_persistent_storage(tmp_path):
     assert seen["env"]["HF_HOME"] is None  # left to the libraries: $HOME/.cache/huggingface
     assert seen["env"]["STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION"] is None  # not on a Space: Streamlit's default
     assert Path(seen["cwd"]) == REPO  # runs from the source tree wherever it is started from
-    assert seen["args"] == ["run", "webapp/app.py", "--server.address", "0.0.0.0", "--server.port", "7860",
-                            "--server.headless", "true"]
+    assert seen["args"] == [
+        "run",
+        "webapp/app.py",
+        "--server.address",
+        "0.0.0.0",
+        "--server.port",
+        "7860",
+        "--server.headless",
+        "true",
+    ]
 
 
 def test_start_script_keeps_what_is_set(tmp_path):
     chosen = tmp_path / "chosen-home"
-    seen = run_start_script_with_stub(tmp_path, LORA_LAB_HOME=str(chosen), HF_HOME=str(tmp_path / "hf"),
-                                      PORT="8123", SPACE_ID="someone/lora-lab")
-    assert seen["env"] == {"LORA_LAB_HOME": str(chosen), "HF_HOME": str(tmp_path / "hf"),
-                           "STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION": "false"}
+    seen = run_start_script_with_stub(
+        tmp_path, LORA_LAB_HOME=str(chosen), HF_HOME=str(tmp_path / "hf"), PORT="8123", SPACE_ID="someone/lora-lab"
+    )
+    assert seen["env"] == {
+        "LORA_LAB_HOME": str(chosen),
+        "HF_HOME": str(tmp_path / "hf"),
+        "STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION": "false",
+    }
     assert chosen.is_dir()
     assert seen["args"][seen["args"].index("--server.port") + 1] == "8123"
     assert not (seen["home"] / "lora-lab").exists()
@@ -166,12 +181,20 @@ def test_image_start_command_serves_the_app(tmp_path):
     path = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     assert Path(shutil.which("streamlit", path=path)) == VENV_BIN / "streamlit"
     env = {k: v for k, v in os.environ.items() if k not in {"HF_HOME", "SPACE_ID"}}
-    env.update({"LORA_LAB_HOME": str(lab_home), "HOME": str(home), "PORT": str(port), "PATH": path,
-                "HF_HUB_OFFLINE": "1"})
+    env.update(
+        {"LORA_LAB_HOME": str(lab_home), "HOME": str(home), "PORT": str(port), "PATH": path, "HF_HUB_OFFLINE": "1"}
+    )
     log_path = tmp_path / "app.log"
     with log_path.open("w") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         health, deadline = None, time.monotonic() + 60

@@ -42,9 +42,10 @@ def package_graph() -> tuple[dict[str, set[str]], dict[tuple[str, str], list[str
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str]:
     """One cycle of the graph as a path (first node repeated at the end), or [] when there is none."""
+
     def visit(node: str, path: list[str]) -> list[str]:
         if node in path:
-            return path[path.index(node):] + [node]
+            return path[path.index(node) :] + [node]
         for target in sorted(graph.get(node, ())):
             cycle = visit(target, path + [node])
             if cycle:

@@ -9,9 +9,11 @@ st.set_page_config(page_title="LoRA Lab", page_icon="🧪", layout="wide")
 widgets.account(widgets.current_user())  # signs the visitor in first where the operator asks for it
 # Queued runs need a runner; starting one is a no-op when it is alive (a file lock test, microseconds).
 jobs.ensure_runner()
-st.navigation([
-    st.Page("pages/new_run.py", title="New run", icon="🚀", default=True),
-    st.Page("pages/runs.py", title="Runs", icon="📈"),
-    st.Page("pages/compare.py", title="Compare", icon="⚖️"),
-    st.Page("pages/playground.py", title="Playground", icon="🎮"),
-]).run()
+st.navigation(
+    [
+        st.Page("pages/new_run.py", title="New run", icon="🚀", default=True),
+        st.Page("pages/runs.py", title="Runs", icon="📈"),
+        st.Page("pages/compare.py", title="Compare", icon="⚖️"),
+        st.Page("pages/playground.py", title="Playground", icon="🎮"),
+    ]
+).run()

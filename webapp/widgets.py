@@ -23,17 +23,46 @@ HINTS = typing.get_type_hints(TrainConfig)
 FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 # The settings form: (field, widget kind). "text" fields may be left blank (= default or derived from data).
-BASIC = [("num_train_epochs", "text"), ("learning_rate", "text"), ("per_device_train_batch_size", "int"),
-         ("finetune_method", "choice"), ("mixed_precision", "choice"), ("gradient_accumulation_steps", "int")]
-LORA = [("lora_r", "int"), ("lora_alpha", "float"), ("lora_dropout", "float"), ("lora_target_modules", "text"),
-        ("init_lora_weights", "choice"), ("loraplus_lr_ratio", "text"), ("use_dora", "bool"), ("use_rslora", "bool"),
-        ("load_in_4bit", "bool")]
-ADVANCED = [("head_learning_rate", "text"), ("warmup_ratio", "float"), ("weight_decay", "float"),
-            ("lr_scheduler_type", "choice"), ("max_seq_length", "text"), ("block_size", "text"),
-            ("validation_split_percentage", "float"), ("per_device_eval_batch_size", "int"), ("max_steps", "int"),
-            ("eval_steps", "text"), ("save_steps", "text"), ("early_stopping_patience", "text"),
-            ("max_grad_norm", "float"), ("logging_steps", "int"), ("seed", "int"), ("dataloader_num_workers", "text"),
-            ("group_by_length", "bool"), ("gradient_checkpointing", "bool"), ("torch_compile", "bool")]
+BASIC = [
+    ("num_train_epochs", "text"),
+    ("learning_rate", "text"),
+    ("per_device_train_batch_size", "int"),
+    ("finetune_method", "choice"),
+    ("mixed_precision", "choice"),
+    ("gradient_accumulation_steps", "int"),
+]
+LORA = [
+    ("lora_r", "int"),
+    ("lora_alpha", "float"),
+    ("lora_dropout", "float"),
+    ("lora_target_modules", "text"),
+    ("init_lora_weights", "choice"),
+    ("loraplus_lr_ratio", "text"),
+    ("use_dora", "bool"),
+    ("use_rslora", "bool"),
+    ("load_in_4bit", "bool"),
+]
+ADVANCED = [
+    ("head_learning_rate", "text"),
+    ("warmup_ratio", "float"),
+    ("weight_decay", "float"),
+    ("lr_scheduler_type", "choice"),
+    ("max_seq_length", "text"),
+    ("block_size", "text"),
+    ("validation_split_percentage", "float"),
+    ("per_device_eval_batch_size", "int"),
+    ("max_steps", "int"),
+    ("eval_steps", "text"),
+    ("save_steps", "text"),
+    ("early_stopping_patience", "text"),
+    ("max_grad_norm", "float"),
+    ("logging_steps", "int"),
+    ("seed", "int"),
+    ("dataloader_num_workers", "text"),
+    ("group_by_length", "bool"),
+    ("gradient_checkpointing", "bool"),
+    ("torch_compile", "bool"),
+]
 # Rows read to offer columns when a guess failed: the text guess reads the first 200 rows too.
 HEAD_ROWS = 200
 
@@ -59,9 +88,11 @@ def typed_checkpoint(name: str, allow_local: bool) -> catalog.Checkpoint:
     name = name.strip()
     if _unreachable_hub_id(name):
         local = "a local folder holding config.json and the weights, or " if allow_local else ""
-        raise UserError(f"model_name_or_path: the Hugging Face Hub can't be reached from this machine, so {name!r} "
-                        f"can't be downloaded; use {local}one of the model family presets above (offline they are "
-                        "demo-sized checkpoints made here)")
+        raise UserError(
+            f"model_name_or_path: the Hugging Face Hub can't be reached from this machine, so {name!r} "
+            f"can't be downloaded; use {local}one of the model family presets above (offline they are "
+            "demo-sized checkpoints made here)"
+        )
     return inspect_checkpoint(name, allow_local)
 
 
@@ -92,10 +123,14 @@ def account(user: identity.User) -> None:
     if user.kind == "local":
         return
     if user.kind == "visitor":
-        st.sidebar.caption(f"You are **{user.name}**. Your runs are tied to this page's address: bookmark it to "
-                           "come back; anyone with the address sees your runs.")
+        st.sidebar.caption(
+            f"You are **{user.name}**. Your runs are tied to this page's address: bookmark it to "
+            "come back; anyone with the address sees your runs."
+        )
         return
-    st.sidebar.caption(f"Signed in as **{user.name}**" + (" · operator: you see every user's runs" if user.is_operator else ""))
+    st.sidebar.caption(
+        f"Signed in as **{user.name}**" + (" · operator: you see every user's runs" if user.is_operator else "")
+    )
     st.sidebar.button("Sign out", on_click=st.logout)
 
 
@@ -120,8 +155,9 @@ def _signed_in_user() -> identity.User:
     tokens = st.user.tokens.to_dict()
     # Hugging Face's user name (never the display name, which anyone may choose); folders are keyed by "sub".
     username, subject = st.user.get("preferred_username"), st.user.get("sub")
-    return identity.signed_in_user(str(username or ""), settings.load().operators, tokens.get("access"),
-                                   str(subject) if subject else None)
+    return identity.signed_in_user(
+        str(username or ""), settings.load().operators, tokens.get("access"), str(subject) if subject else None
+    )
 
 
 @st.cache_data(show_spinner=False)
@@ -130,8 +166,13 @@ def sample_data(task: str) -> Path:
 
 
 @st.cache_data(show_spinner="Reading the data…", max_entries=32)
-def inspect_data(path: str, task: str, text_column: Optional[str] = None, label_column: Optional[str] = None,
-                 image_column: Optional[str] = None) -> uploads.DataReport:
+def inspect_data(
+    path: str,
+    task: str,
+    text_column: Optional[str] = None,
+    label_column: Optional[str] = None,
+    image_column: Optional[str] = None,
+) -> uploads.DataReport:
     return uploads.inspect_data(Path(path), task, text_column, label_column, image_column)
 
 
@@ -184,12 +225,17 @@ def cpu_cores() -> int:
 
 def roles(report: uploads.DataReport) -> dict[str, Optional[str]]:
     """The column roles of a report that apply to its data (image folders have fixed columns)."""
-    found = {"text_column": report.text_column, "label_column": report.label_column, "image_column": report.image_column}
+    found = {
+        "text_column": report.text_column,
+        "label_column": report.label_column,
+        "image_column": report.image_column,
+    }
     return {k: v for k, v in found.items() if v is not None}
 
 
-def column_mapping(report: Optional[uploads.DataReport], path: Path, task: str,
-                   failed: Optional[str] = None) -> dict[str, Optional[str]]:
+def column_mapping(
+    report: Optional[uploads.DataReport], path: Path, task: str, failed: Optional[str] = None
+) -> dict[str, Optional[str]]:
     """Select boxes for the column roles, pre-filled with the engine's guess; without a ``report`` (the
     ``failed`` role could not be guessed) the roles it could not guess start empty (None) for the user to pick."""
     if report is not None and (path.suffix.lower() == ".zip" or path.is_dir()):
@@ -199,16 +245,24 @@ def column_mapping(report: Optional[uploads.DataReport], path: Path, task: str,
     chosen = {}
     for cell, (role, guess) in zip(st.columns(len(guessed)), guessed.items()):
         note = f"Guessed: {guess}." if guess else "Could not be guessed: pick the column that holds it."
-        chosen[role] = cell.selectbox(role.replace("_", " ").capitalize(), names,
-                                      index=names.index(guess) if guess else None, placeholder="Pick a column",
-                                      key=f"{role}:{path}", help=f"{HELP[role]} {note}", persist_state="session")
+        chosen[role] = cell.selectbox(
+            role.replace("_", " ").capitalize(),
+            names,
+            index=names.index(guess) if guess else None,
+            placeholder="Pick a column",
+            key=f"{role}:{path}",
+            help=f"{HELP[role]} {note}",
+            persist_state="session",
+        )
     return chosen
 
 
 def data_preview(report: uploads.DataReport) -> None:
     if report.sampled:
-        st.caption(f"A {report.file_bytes / 2**20:,.0f} MB file: checked and previewed from its first "
-                   f"{report.num_examples:,} rows; training reads all of it.")
+        st.caption(
+            f"A {report.file_bytes / 2**20:,.0f} MB file: checked and previewed from its first "
+            f"{report.num_examples:,} rows; training reads all of it."
+        )
     cells = st.columns(3)
     cells[0].metric("Examples", report.num_examples)
     if report.labels:
@@ -261,8 +315,10 @@ def settings_form(task: str, errors: ErrorSlots) -> dict:
     """Render the hyperparameter inputs; returns their raw values for TrainConfig.from_dict."""
     not_settings = task_kind(task).not_settings  # fields that mean nothing for this task are left out
     values = _inputs([f for f in BASIC if f[0] not in not_settings], errors, columns=3)
-    st.markdown("**LoRA** · targets left blank (or `attention`) are discovered from the model's attention layers "
-                "(Conv2d for ResNet); `all-linear` adapts every linear layer. Variants: docs/lora-variants.md.")
+    st.markdown(
+        "**LoRA** · targets left blank (or `attention`) are discovered from the model's attention layers "
+        "(Conv2d for ResNet); `all-linear` adapts every linear layer. Variants: docs/lora-variants.md."
+    )
     # Always drawn (greyed out for full fine-tuning), and kept across page switches (persist_state), so the
     # form never falls back to Streamlit's own zeros.
     lora = _inputs(LORA, errors, columns=4, disabled=values["finetune_method"] != "lora")
@@ -281,14 +337,27 @@ def _inputs(spec: list[tuple[str, str]], errors: ErrorSlots, columns: int, disab
         with cells[i % columns]:
             label, key = name.replace("_", " ").capitalize(), f"cfg_{name}"
             if kind == "int":
-                values[name] = st.number_input(label, step=1, key=key, help=HELP[name], disabled=disabled, persist_state="session")
+                values[name] = st.number_input(
+                    label, step=1, key=key, help=HELP[name], disabled=disabled, persist_state="session"
+                )
             elif kind == "float":
-                values[name] = st.number_input(label, step=0.01, format="%g", key=key, help=HELP[name], disabled=disabled, persist_state="session")
+                values[name] = st.number_input(
+                    label, step=0.01, format="%g", key=key, help=HELP[name], disabled=disabled, persist_state="session"
+                )
             elif kind == "bool":
                 values[name] = st.checkbox(label, key=key, help=HELP[name], disabled=disabled, persist_state="session")
             elif kind == "choice":
-                values[name] = st.selectbox(label, typing.get_args(HINTS[name]), key=key, help=HELP[name], disabled=disabled, persist_state="session")
+                values[name] = st.selectbox(
+                    label,
+                    typing.get_args(HINTS[name]),
+                    key=key,
+                    help=HELP[name],
+                    disabled=disabled,
+                    persist_state="session",
+                )
             else:
-                values[name] = st.text_input(label, key=key, help=HELP[name], placeholder="default", disabled=disabled, persist_state="session")
+                values[name] = st.text_input(
+                    label, key=key, help=HELP[name], placeholder="default", disabled=disabled, persist_state="session"
+                )
             errors.slot(name)
     return values

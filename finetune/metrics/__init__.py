@@ -12,8 +12,8 @@ For evaluation sets too large to score at once, load a metric and feed it in pie
     metric.compute()
 """
 
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import evaluate
 import huggingface_hub.constants
@@ -52,8 +52,9 @@ def _not_found(name: str, reason: str) -> str:
     return f"Unknown metric {name!r}: the bundled metrics are {', '.join(BUNDLED_METRICS)}, and {reason}."
 
 
-def classification_metrics(predictions: Sequence[int], references: Sequence[int],
-                           num_labels: int | None = None) -> dict:
+def classification_metrics(
+    predictions: Sequence[int], references: Sequence[int], num_labels: int | None = None
+) -> dict:
     """Accuracy, macro f1/precision/recall (over the classes present) and the confusion matrix.
 
     The confusion matrix has a row per true class and a column per predicted class: classes 0..num_labels-1
@@ -61,24 +62,33 @@ def classification_metrics(predictions: Sequence[int], references: Sequence[int]
     """
     predictions, references = _examples("classification_metrics", predictions=predictions, references=references)
     scores = evaluate.combine([load_metric(name) for name in CLASSIFICATION_SCORES]).compute(
-        predictions=predictions, references=references)
+        predictions=predictions, references=references
+    )
     labels = None if num_labels is None else list(range(num_labels))
     matrix = load_metric("confusion_matrix").compute(predictions=predictions, references=references, labels=labels)
     return {**scores, **matrix}
 
 
-def causal_lm_metrics(token_losses: Sequence[float], token_predictions: Sequence[int],
-                      token_references: Sequence[int]) -> dict:
+def causal_lm_metrics(
+    token_losses: Sequence[float], token_predictions: Sequence[int], token_references: Sequence[int]
+) -> dict:
     """eval_loss (mean per-token negative log-likelihood, in nats), perplexity and next_token_accuracy.
 
     The inputs hold one entry per scored token, padding already masked out.
     """
-    losses, predictions, references = _examples("causal_lm_metrics", token_losses=token_losses,
-                                                token_predictions=token_predictions, token_references=token_references)
+    losses, predictions, references = _examples(
+        "causal_lm_metrics",
+        token_losses=token_losses,
+        token_predictions=token_predictions,
+        token_references=token_references,
+    )
     perplexity = load_metric("perplexity").compute(losses=losses)
     accuracy = load_metric("accuracy").compute(predictions=predictions, references=references)
-    return {"eval_loss": perplexity["loss"], "perplexity": perplexity["perplexity"],
-            "next_token_accuracy": accuracy["accuracy"]}
+    return {
+        "eval_loss": perplexity["loss"],
+        "perplexity": perplexity["perplexity"],
+        "next_token_accuracy": accuracy["accuracy"],
+    }
 
 
 def _examples(caller: str, **columns) -> list[list]:

@@ -26,12 +26,15 @@ def resolve_task(model_config: PretrainedConfig, task: str | None, model_name_or
     """The task to train: the given one if the checkpoint supports it, else the checkpoint's default."""
     model_type = model_config.model_type
     if model_type not in DEFAULT_TASK:
-        raise UserError(f"model_name_or_path: {model_name_or_path!r} is a {model_type!r} checkpoint; "
-                        f"supported kinds are {', '.join(DEFAULT_TASK)}")
+        raise UserError(
+            f"model_name_or_path: {model_name_or_path!r} is a {model_type!r} checkpoint; "
+            f"supported kinds are {', '.join(DEFAULT_TASK)}"
+        )
     task = task or DEFAULT_TASK[model_type]
     if task not in tasks_for(model_type):
-        raise UserError(f"task: {task} is not available for {model_type} checkpoints; "
-                        f"use one of {tasks_for(model_type)}")
+        raise UserError(
+            f"task: {task} is not available for {model_type} checkpoints; use one of {tasks_for(model_type)}"
+        )
     return task
 
 

@@ -48,30 +48,44 @@ class Task:
         """Extra from_pretrained arguments (label maps for classification heads)."""
         return {}
 
-    def load_model(self, model_name_or_path: str, labels: Optional[list[str]], processor: Any,
-                   load_in_4bit: bool = False) -> tuple[PreTrainedModel, list[str]]:
+    def load_model(
+        self, model_name_or_path: str, labels: Optional[list[str]], processor: Any, load_in_4bit: bool = False
+    ) -> tuple[PreTrainedModel, list[str]]:
         """The model (its frozen base in 4-bit NF4 for QLoRA) and the names of its freshly initialised modules (which
         must be trained in full)."""
         quantization = four_bit_loading() if load_in_4bit else {}
         model, info = self.auto_model_class.from_pretrained(
-            model_name_or_path, output_loading_info=True, **self.model_kwargs(labels, processor), **quantization)
+            model_name_or_path, output_loading_info=True, **self.model_kwargs(labels, processor), **quantization
+        )
         if getattr(model, "_hf_peft_config_loaded", False):
             # An adapter repo makes from_pretrained load the base model its adapter_config.json names, which can
             # be any folder on this machine: a hub id must not lead a user of a shared app into another's run.
-            raise UserError(f"model_name_or_path: {model_name_or_path!r} holds a PEFT adapter (adapter_config.json), "
-                            "not a base checkpoint; give the base model's hub id or folder")
-        missing = list(info.get("missing_keys", [])) + [m[0] if isinstance(m, tuple) else m
-                                                       for m in info.get("mismatched_keys", [])]
+            raise UserError(
+                f"model_name_or_path: {model_name_or_path!r} holds a PEFT adapter (adapter_config.json), "
+                "not a base checkpoint; give the base model's hub id or folder"
+            )
+        missing = list(info.get("missing_keys", [])) + [
+            m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys", [])
+        ]
         return model, new_head_modules(model, missing)
 
     def load_data(self, cfg: TrainConfig) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
         """Raw train/validation splits, the resolved columns and the class names (None without labels)."""
         given = Columns(text=cfg.text_column, label=cfg.label_column, image=cfg.image_column)
-        return load_splits(cfg.train_file, cfg.validation_file, self.name, given, cfg.validation_split_percentage,
-                           cfg.seed, Unpacking.from_config(cfg), max_eval_samples=cfg.max_eval_samples)
+        return load_splits(
+            cfg.train_file,
+            cfg.validation_file,
+            self.name,
+            given,
+            cfg.validation_split_percentage,
+            cfg.seed,
+            Unpacking.from_config(cfg),
+            max_eval_samples=cfg.max_eval_samples,
+        )
 
-    def encode(self, cfg: TrainConfig, data: DatasetDict, columns: Columns, processor: Any,
-               model: PreTrainedModel) -> tuple[DatasetDict, dict]:
+    def encode(
+        self, cfg: TrainConfig, data: DatasetDict, columns: Columns, processor: Any, model: PreTrainedModel
+    ) -> tuple[DatasetDict, dict]:
         """Model inputs for train/validation and the data-derived settings it chose (e.g. max_seq_length)."""
         raise NotImplementedError
 

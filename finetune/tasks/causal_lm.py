@@ -46,8 +46,9 @@ class CausalLMTask(Task):
     def load_processor(self, model_name_or_path: str) -> Any:
         return load_tokenizer(model_name_or_path)
 
-    def encode(self, cfg: TrainConfig, data: DatasetDict, columns: Columns, processor: Any,
-               model: PreTrainedModel) -> tuple[DatasetDict, dict]:
+    def encode(
+        self, cfg: TrainConfig, data: DatasetDict, columns: Columns, processor: Any, model: PreTrainedModel
+    ) -> tuple[DatasetDict, dict]:
         tokenizer = processor
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         _log_long_texts(data, columns.text)
@@ -58,8 +59,10 @@ class CausalLMTask(Task):
                 text = str(text or "")  # evaluation data (evaluation/evaluate.py) may hold blanks
                 # A long text is tokenized in pieces of MAX_TEXT_CHARS, one row each, to bound memory; eos
                 # follows the document's last piece only, so the model learns where documents end.
-                pieces = [tokenizer(text[i: i + MAX_TEXT_CHARS])["input_ids"]
-                          for i in range(0, max(len(text), 1), MAX_TEXT_CHARS)]
+                pieces = [
+                    tokenizer(text[i : i + MAX_TEXT_CHARS])["input_ids"]
+                    for i in range(0, max(len(text), 1), MAX_TEXT_CHARS)
+                ]
                 pieces[-1] = pieces[-1] + eos
                 rows.extend(pieces)
             return {"input_ids": rows}
@@ -67,13 +70,17 @@ class CausalLMTask(Task):
         tokenized = data.map(tokenize, batched=True, remove_columns=data["train"].column_names)
         block_size = cfg.block_size or self._default_block_size(tokenized, model_max_length(model, tokenizer))
         if cfg.block_size and cfg.block_size > model_max_length(model, tokenizer):
-            raise UserError(f"block_size: {cfg.block_size} exceeds the model's context of "
-                            f"{model_max_length(model, tokenizer)} tokens")
+            raise UserError(
+                f"block_size: {cfg.block_size} exceeds the model's context of "
+                f"{model_max_length(model, tokenizer)} tokens"
+            )
         grouped = tokenized.map(lambda b: _group_texts(b, block_size), batched=True)
         for split, table in grouped.items():
             if len(table) == 0:
-                raise UserError(f"{'train_file' if split == 'train' else 'validation data'}: has fewer than "
-                                f"block_size={block_size} tokens; add text or lower block_size")
+                raise UserError(
+                    f"{'train_file' if split == 'train' else 'validation data'}: has fewer than "
+                    f"block_size={block_size} tokens; add text or lower block_size"
+                )
         return grouped, {"block_size": block_size}
 
     @staticmethod
@@ -95,8 +102,12 @@ class CausalLMTask(Task):
         logits, targets = logits[:, :-1], batch["labels"][:, 1:]
         # One sequence at a time in fp32: fp32 logits of a whole batch over GPT-2's 50k-token vocabulary take
         # batch x block x 200 KB, the largest allocation of a run.
-        losses = torch.stack([F.cross_entropy(row.float(), target, reduction="none", ignore_index=-100)
-                              for row, target in zip(logits, targets)])
+        losses = torch.stack(
+            [
+                F.cross_entropy(row.float(), target, reduction="none", ignore_index=-100)
+                for row, target in zip(logits, targets)
+            ]
+        )
         return {"losses": losses, "predictions": logits.argmax(dim=-1), "references": targets}
 
     def compute_metrics(self, gathered: dict[str, np.ndarray], num_labels: Optional[int]) -> dict:
@@ -110,13 +121,21 @@ def _log_long_texts(data: DatasetDict, column: str) -> None:
     lengths = [n for split in data.values() for n in long_text_lengths(split, column)]
     if lengths:
         pieces = sum(math.ceil(n / MAX_TEXT_CHARS) for n in lengths)
-        logger.info("Split %d text(s) longer than %d characters into %d consecutive pieces (no text dropped)",
-                    len(lengths), MAX_TEXT_CHARS, pieces)
+        logger.info(
+            "Split %d text(s) longer than %d characters into %d consecutive pieces (no text dropped)",
+            len(lengths),
+            MAX_TEXT_CHARS,
+            pieces,
+        )
 
 
 def _group_texts(batch: dict, block_size: int) -> dict:
     """Join token lists and cut them into full blocks (the remainder is dropped), as run_clm.py does."""
     ids = list(chain.from_iterable(batch["input_ids"]))
     usable = (len(ids) // block_size) * block_size
-    blocks = [ids[i: i + block_size] for i in range(0, usable, block_size)]
-    return {"input_ids": blocks, "attention_mask": [[1] * block_size for _ in blocks], "labels": [list(b) for b in blocks]}
+    blocks = [ids[i : i + block_size] for i in range(0, usable, block_size)]
+    return {
+        "input_ids": blocks,
+        "attention_mask": [[1] * block_size for _ in blocks],
+        "labels": [list(b) for b in blocks],
+    }

@@ -17,8 +17,9 @@ class ImageClassificationTask(ClassificationTask):
     def load_processor(self, model_name_or_path: str) -> Any:
         return AutoImageProcessor.from_pretrained(model_name_or_path)
 
-    def encode(self, cfg: TrainConfig, data: DatasetDict, columns: Columns, processor: Any,
-               model: PreTrainedModel) -> tuple[DatasetDict, dict]:
+    def encode(
+        self, cfg: TrainConfig, data: DatasetDict, columns: Columns, processor: Any, model: PreTrainedModel
+    ) -> tuple[DatasetDict, dict]:
         image_column, label_column = columns.image, columns.label
 
         def transform(batch):

@@ -33,8 +33,9 @@ class TextClassificationTask(ClassificationTask):
         # GPT-2 style models find the last real token through pad_token_id.
         return {**super().model_kwargs(labels, processor), "pad_token_id": processor.pad_token_id}
 
-    def encode(self, cfg: TrainConfig, data: DatasetDict, columns: Columns, processor: Any,
-               model: PreTrainedModel) -> tuple[DatasetDict, dict]:
+    def encode(
+        self, cfg: TrainConfig, data: DatasetDict, columns: Columns, processor: Any, model: PreTrainedModel
+    ) -> tuple[DatasetDict, dict]:
         tokenizer, limit = processor, model_max_length(model, processor)
         if cfg.max_seq_length and cfg.max_seq_length > limit:
             raise UserError(f"max_seq_length: {cfg.max_seq_length} exceeds the model's limit of {limit} tokens")
@@ -59,8 +60,11 @@ class TextClassificationTask(ClassificationTask):
         lengths = [len(ids) for ids in tokenizer(sample, truncation=True, max_length=limit)["input_ids"]]
         # Round up to a multiple of 8 (tensor-core friendly), within the model's limit.
         length = min(limit, max(8, 8 * math.ceil(np.percentile(lengths, LENGTH_PERCENTILE) / 8)))
-        logger.info("max_seq_length=%d covers %d%% of training texts (set max_seq_length to override)",
-                    length, LENGTH_PERCENTILE)
+        logger.info(
+            "max_seq_length=%d covers %d%% of training texts (set max_seq_length to override)",
+            length,
+            LENGTH_PERCENTILE,
+        )
         return int(length)
 
     def collate_fn(self, processor: Any):
@@ -78,7 +82,13 @@ def _truncate_long_texts(data: DatasetDict, column: str) -> DatasetDict:
     cut = sum(len(long_text_lengths(split, column)) for split in data.values())
     if not cut:
         return data
-    logger.warning("Truncated %d text(s) longer than %d characters to their first %d (the model reads at most "
-                   "max_seq_length tokens of each)", cut, MAX_TEXT_CHARS, MAX_TEXT_CHARS)
-    return data.map(lambda b: {column: [t[:MAX_TEXT_CHARS] if isinstance(t, str) else t for t in b[column]]},
-                    batched=True)
+    logger.warning(
+        "Truncated %d text(s) longer than %d characters to their first %d (the model reads at most "
+        "max_seq_length tokens of each)",
+        cut,
+        MAX_TEXT_CHARS,
+        MAX_TEXT_CHARS,
+    )
+    return data.map(
+        lambda b: {column: [t[:MAX_TEXT_CHARS] if isinstance(t, str) else t for t in b[column]]}, batched=True
+    )

@@ -15,10 +15,33 @@ def test_tiny_resnet_both_sides_and_ratios(tmp_path):
     """One repeat of ResNet (the fastest tiny family): ours and the reference run, the table has both and ratios."""
     out = tmp_path / "result.json"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.vs_trainer", "--family", "resnet", "--size", "tiny", "--repeats", "1",
-         "--steps", str(STEPS), "--workdir", str(tmp_path / "bench"), "--keep-runs", str(tmp_path / "runs"),
-         "--json", str(out), "--ours-set", "save_total_limit=1"],
-        cwd=REPO, env=OFFLINE_ENV, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.vs_trainer",
+            "--family",
+            "resnet",
+            "--size",
+            "tiny",
+            "--repeats",
+            "1",
+            "--steps",
+            str(STEPS),
+            "--workdir",
+            str(tmp_path / "bench"),
+            "--keep-runs",
+            str(tmp_path / "runs"),
+            "--json",
+            str(out),
+            "--ours-set",
+            "save_total_limit=1",
+        ],
+        cwd=REPO,
+        env=OFFLINE_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for row in ("| resnet | ours |", "| resnet | reference |", "| resnet | ours/reference |"):
         assert row in done.stdout, done.stdout

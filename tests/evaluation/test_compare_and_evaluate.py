@@ -20,9 +20,20 @@ def two_runs(tiny_checkpoints, tmp_path_factory):
     runs = []
     for name, lr in (("slow", "1e-5"), ("fast", "2e-3")):
         out = root / name
-        result = run_cli("--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data),
-                         "--output_dir", str(out), "--num_train_epochs", "6", "--learning_rate", lr,
-                         "--head_learning_rate", "1e-2" if name == "fast" else "1e-5")
+        result = run_cli(
+            "--model_name_or_path",
+            str(tiny_checkpoints["bert"]),
+            "--train_file",
+            str(data),
+            "--output_dir",
+            str(out),
+            "--num_train_epochs",
+            "6",
+            "--learning_rate",
+            lr,
+            "--head_learning_rate",
+            "1e-2" if name == "fast" else "1e-5",
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         runs.append(out)
     return root, data, runs
@@ -37,7 +48,10 @@ def test_compare_table_diff_columns_and_plot(two_runs, tmp_path):
     assert set(rows) == {"slow", "fast"}
     # Only the settings that differ are shown: the two learning rates.
     settings = {k for k in rows["fast"] if not k.startswith(("base_", "finetuned_", "delta_"))} - {
-        "run", "state", *COST}  # cost and throughput (tokens_per_s once the trainer logs it) are no settings
+        "run",
+        "state",
+        *COST,
+    }  # cost and throughput (tokens_per_s once the trainer logs it) are no settings
     assert settings == {"learning_rate", "head_learning_rate"}
     fast = rows["fast"]
     assert fast["learning_rate"] == 2e-3 and fast["state"] == "finished"
@@ -87,11 +101,20 @@ def test_settings_that_are_paths_show_their_last_parts():
     from evaluation.compare import Run, config_diff
 
     def run(name, train_file, model):
-        return Run(name, Path("/runs") / name, "finished", None,
-                   {"train_file": train_file, "model_name_or_path": model, "learning_rate": 1e-3}, {}, [])
+        return Run(
+            name,
+            Path("/runs") / name,
+            "finished",
+            None,
+            {"train_file": train_file, "model_name_or_path": model, "learning_rate": 1e-3},
+            {},
+            [],
+        )
 
-    runs = [run("a", "/home/me/lab/users/u-1/uploads/9f8e7d6c5b4a3f2e/upload.csv", "/srv/models/minilm"),
-            run("b", "/data/reviews/train-2026.csv", "bert-base-uncased")]
+    runs = [
+        run("a", "/home/me/lab/users/u-1/uploads/9f8e7d6c5b4a3f2e/upload.csv", "/srv/models/minilm"),
+        run("b", "/data/reviews/train-2026.csv", "bert-base-uncased"),
+    ]
     table = config_diff(runs)
     assert list(table.columns) == ["train_file", "model_name_or_path"], "learning_rate is the same: not shown"
     assert table.loc["a"].tolist() == ["9f8e7d6c…/upload.csv", "minilm"]

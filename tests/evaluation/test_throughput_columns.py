@@ -17,11 +17,24 @@ from evaluation.compare import COST, compare_runs, format_table, load_runs, main
 OLD_COST = ["best_step", "wall_time_s", "samples_per_s", "peak_memory_mb", "trainable_percent"]
 SCORES = {"base": {"accuracy": 0.5, "eval_loss": 0.7}, "finetuned": {"accuracy": 0.9, "eval_loss": 0.3}}
 # What the trainer wrote before throughput was logged, and what each kind of run adds to it.
-OLD = {**SCORES, "best_step": 40, "train_runtime_seconds": 12.0, "train_samples_per_second": 80.0,
-       "peak_memory_mb": 900.0, "trainable_percent": 1.2, "device": "cpu"}
+OLD = {
+    **SCORES,
+    "best_step": 40,
+    "train_runtime_seconds": 12.0,
+    "train_samples_per_second": 80.0,
+    "peak_memory_mb": 900.0,
+    "trainable_percent": 1.2,
+    "device": "cpu",
+}
 TEXT_CPU = {**OLD, "train_tokens_per_second": 5120.0}
-TEXT_CUDA = {**OLD, "train_tokens_per_second": 40960.0, "train_tflops": 12.34, "mfu": 0.384,
-             "gpu_name": "NVIDIA H100 80GB HBM3", "device": "cuda:0"}
+TEXT_CUDA = {
+    **OLD,
+    "train_tokens_per_second": 40960.0,
+    "train_tflops": 12.34,
+    "mfu": 0.384,
+    "gpu_name": "NVIDIA H100 80GB HBM3",
+    "device": "cuda:0",
+}
 IMAGE = {**OLD, "train_images_per_second": 45.06}
 
 
@@ -37,8 +50,11 @@ def write_run(root: Path, name: str, metrics: dict, task: str = "text-classifica
 
 
 def table_of(tmp_path: Path, runs: dict[str, dict]):
-    return compare_runs(load_runs([write_run(tmp_path, name, metrics, lr=1e-3 * (i + 1))
-                                   for i, (name, metrics) in enumerate(runs.items())]))
+    return compare_runs(
+        load_runs(
+            [write_run(tmp_path, name, metrics, lr=1e-3 * (i + 1)) for i, (name, metrics) in enumerate(runs.items())]
+        )
+    )
 
 
 def test_old_runs_keep_the_old_cost_columns_and_get_no_throughput_columns(tmp_path):
@@ -52,8 +68,16 @@ def test_old_runs_keep_the_old_cost_columns_and_get_no_throughput_columns(tmp_pa
 def test_text_runs_show_tokens_per_second_and_cuda_figures_where_a_run_has_them(tmp_path):
     table = table_of(tmp_path, {"cpu": TEXT_CPU, "cuda": TEXT_CUDA, "old": OLD})
     cost = [c for c in table.columns if c in COST]
-    assert cost == ["best_step", "wall_time_s", "samples_per_s", "tokens_per_s", "tflops", "mfu",
-                    "peak_memory_mb", "trainable_percent"], "no images_per_s: no image run is compared"
+    assert cost == [
+        "best_step",
+        "wall_time_s",
+        "samples_per_s",
+        "tokens_per_s",
+        "tflops",
+        "mfu",
+        "peak_memory_mb",
+        "trainable_percent",
+    ], "no images_per_s: no image run is compared"
     assert table["tokens_per_s"].tolist()[:2] == [5120.0, 40960.0] and pd.isna(table.loc["old", "tokens_per_s"])
     assert table.loc["cuda", "tflops"] == 12.34 and table.loc["cuda", "mfu"] == 0.384
     assert pd.isna(table.loc["cpu", "mfu"]), "a CPU run has no MFU"

@@ -16,8 +16,9 @@ def eval_loss_of_reloaded(run: Path) -> float:
     model, processor, info = load_trained(run)
     task = get_task(info["task"])
     raw, columns, _ = task.load_data(cfg)
-    fixed = TrainConfig.from_dict({**cfg.to_dict(), "block_size": info.get("block_size"),
-                                   "max_seq_length": info.get("max_seq_length")})
+    fixed = TrainConfig.from_dict(
+        {**cfg.to_dict(), "block_size": info.get("block_size"), "max_seq_length": info.get("max_seq_length")}
+    )
     data, _ = task.encode(fixed, raw, columns, processor, model)
     batch = task.collate_fn(processor)([data["validation"][i] for i in range(len(data["validation"]))])
     with torch.no_grad():

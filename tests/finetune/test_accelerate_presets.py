@@ -32,8 +32,11 @@ def _launch_args(preset: Path, *extra: str):
 
 def _launch_env(args) -> dict:
     """The environment accelerate's launcher would give the processes (built without starting any)."""
-    from accelerate.utils.launch import (prepare_deepspeed_cmd_env, prepare_multi_gpu_env,
-                                         prepare_simple_launcher_cmd_env)
+    from accelerate.utils.launch import (
+        prepare_deepspeed_cmd_env,
+        prepare_multi_gpu_env,
+        prepare_simple_launcher_cmd_env,
+    )
 
     if args.use_deepspeed:
         return prepare_deepspeed_cmd_env(args)[1]
@@ -151,12 +154,18 @@ def test_each_process_gets_half_of_the_single_process_batch(grouped):
     data = {"train": Dataset.from_dict(columns), "validation": Dataset.from_dict({"x": []})}
 
     def batches(num_processes: int, rank: int, batch_size: int, epoch: int) -> list[list[int]]:
-        cfg = SimpleNamespace(per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size, seed=42,
-                              group_by_length=True, dataloader_num_workers=None)
+        cfg = SimpleNamespace(
+            per_device_train_batch_size=batch_size,
+            per_device_eval_batch_size=batch_size,
+            seed=42,
+            group_by_length=True,
+            dataloader_num_workers=None,
+        )
         accelerator = SimpleNamespace(device=torch.device("cpu"), num_processes=num_processes)
         train_dl, _ = dataloaders(cfg, data, None, accelerator, images=False)
-        sharded = prepare_data_loader(train_dl, num_processes=num_processes, process_index=rank, put_on_device=False,
-                                      use_seedable_sampler=True)
+        sharded = prepare_data_loader(
+            train_dl, num_processes=num_processes, process_index=rank, put_on_device=False, use_seedable_sampler=True
+        )
         sharded.set_epoch(epoch)
         return [batch["x"].tolist() for batch in sharded]
 
@@ -183,15 +192,42 @@ def one_and_two_process_runs(tiny_checkpoints, tmp_path_factory) -> dict[int, Pa
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (checkpoint / "config.json").write_text(json.dumps(config))
     data = write_sentiment_csv(root / "reviews.csv")  # 216 training rows: 27 global batches of 8, none partial
-    common = ["--model_name_or_path", str(checkpoint), "--train_file", str(data), "--seed", "42",
-              "--learning_rate", "1e-2", "--head_learning_rate", "1e-2", "--lora_dropout", "0",
-              "--max_steps", "36", "--logging_steps", "1", "--eval_steps", "18", "--save_steps", "1000",
-              # fp32: bf16 rounds a batch of 8 and two of 4 differently, and this compares them to 1e-5.
-              "--mixed_precision", "no"]
+    common = [
+        "--model_name_or_path",
+        str(checkpoint),
+        "--train_file",
+        str(data),
+        "--seed",
+        "42",
+        "--learning_rate",
+        "1e-2",
+        "--head_learning_rate",
+        "1e-2",
+        "--lora_dropout",
+        "0",
+        "--max_steps",
+        "36",
+        "--logging_steps",
+        "1",
+        "--eval_steps",
+        "18",
+        "--save_steps",
+        "1000",
+        # fp32: bf16 rounds a batch of 8 and two of 4 differently, and this compares them to 1e-5.
+        "--mixed_precision",
+        "no",
+    ]
     runs = {}
     for processes, preset, batch in ((1, "cpu", "8"), (2, "cpu_ddp", "4")):
-        launcher = (sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
-                    "--config_file", str(PRESETS / f"{preset}.yaml"), "finetune/train.py")
+        launcher = (
+            sys.executable,
+            "-m",
+            "accelerate.commands.accelerate_cli",
+            "launch",
+            "--config_file",
+            str(PRESETS / f"{preset}.yaml"),
+            "finetune/train.py",
+        )
         out = root / preset
         result = run_cli(*common, "--per_device_train_batch_size", batch, "--output_dir", str(out), launcher=launcher)
         assert result.returncode == 0, f"{preset} failed:\n{result.stderr[-3000:]}"

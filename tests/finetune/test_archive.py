@@ -86,11 +86,11 @@ def test_oversized_archive_is_refused_from_its_headers_and_while_streaming(tmp_p
 
 def _patch_sizes(data: bytearray, info: zipfile.ZipInfo, declared: int) -> None:
     """Rewrite a member's uncompressed size in its local header and its central directory entry."""
-    data[info.header_offset + 22: info.header_offset + 26] = declared.to_bytes(4, "little")
+    data[info.header_offset + 22 : info.header_offset + 26] = declared.to_bytes(4, "little")
     name, start = info.filename.encode(), 0
     while (start := data.find(b"PK\x01\x02", start)) != -1:
-        if data[start + 46: start + 46 + len(name)] == name:
-            data[start + 24: start + 28] = declared.to_bytes(4, "little")
+        if data[start + 46 : start + 46 + len(name)] == name:
+            data[start + 24 : start + 28] = declared.to_bytes(4, "little")
         start += 4
 
 
@@ -116,8 +116,10 @@ def test_upload_named_dot_dot_zip_stays_in_its_own_folder(tmp_path, monkeypatch)
     run = workspace.runs_dir() / "victim"
     run.mkdir()
     (run / "job.json").write_text('{"preset": "cpu", "num_processes": 1, "gpus": 0}')
-    payload = _zip(tmp_path / "payload.zip", {**GOOD, "job.json": b'{"command": ["/bin/sh", "-c", "env"]}',
-                                              "../runs/victim/job.json": b"pwned"})
+    payload = _zip(
+        tmp_path / "payload.zip",
+        {**GOOD, "job.json": b'{"command": ["/bin/sh", "-c", "env"]}', "../runs/victim/job.json": b"pwned"},
+    )
     with pytest.raises(UserError, match="unsafe path"):
         uploads.save_upload(local_user(), "...zip", payload.read_bytes(), "image-classification")
     safe = _zip(tmp_path / "safe.zip", {**GOOD, "job.json": b'{"command": ["/bin/sh"]}'})
@@ -125,4 +127,6 @@ def test_upload_named_dot_dot_zip_stays_in_its_own_folder(tmp_path, monkeypatch)
     assert folder.parent.parent == workspace.uploads_dir() and folder.name == "unpacked"
     assert (folder / "job.json").is_file() and "pwned" not in (run / "job.json").read_text()
     assert (run / "job.json").read_text() == '{"preset": "cpu", "num_processes": 1, "gpus": 0}'
-    assert sorted(p.name for p in workspace.uploads_dir().iterdir()) == [folder.parent.name], "the refused one left nothing"
+    assert sorted(p.name for p in workspace.uploads_dir().iterdir()) == [folder.parent.name], (
+        "the refused one left nothing"
+    )

@@ -26,8 +26,14 @@ def test_best_weights_are_restored_with_their_metrics():
     state.step = 2
     _evaluate(best, model, state, 0.5)
     kept = {k: v.clone() for k, v in model.state_dict().items()}
-    assert set(best.weights) == {"0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
-                                 "1.num_batches_tracked"}
+    assert set(best.weights) == {
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+    }
     with torch.no_grad():
         model[0].bias.add_(1.0)
         model[1].running_mean.add_(2.0)
@@ -61,11 +67,28 @@ def test_the_command_line_keeps_the_best_evaluation_when_the_last_one_is_worse(t
     from tests.finetune.reference_eval import eval_loss_of_reloaded
 
     run = tmp_path / "run"
-    result = run_cli("--model_name_or_path", str(tiny_checkpoints["bert"]),
-                     "--train_file", str(write_sentiment_csv(tmp_path / "reviews.csv", rows=60)),
-                     "--output_dir", str(run), "--max_steps", "8", "--eval_steps", "1", "--learning_rate", "0.2",
-                     "--head_learning_rate", "0.2", "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
-                     "--mixed_precision", "no")
+    result = run_cli(
+        "--model_name_or_path",
+        str(tiny_checkpoints["bert"]),
+        "--train_file",
+        str(write_sentiment_csv(tmp_path / "reviews.csv", rows=60)),
+        "--output_dir",
+        str(run),
+        "--max_steps",
+        "8",
+        "--eval_steps",
+        "1",
+        "--learning_rate",
+        "0.2",
+        "--head_learning_rate",
+        "0.2",
+        "--lr_scheduler_type",
+        "constant",
+        "--warmup_ratio",
+        "0",
+        "--mixed_precision",
+        "no",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = read_json(run / "metrics.json")
     evals = {e["step"]: e for e in read_events(run) if e["event"] == "eval" and e["step"] > 0}
@@ -73,5 +96,7 @@ def test_the_command_line_keeps_the_best_evaluation_when_the_last_one_is_worse(t
     assert len(evals) == 8 and evals[8]["eval_loss"] > 1.5 * evals[best]["eval_loss"], "the last evaluation is worse"
     assert metrics["adapter_step"] == metrics["best_step"] == best < metrics["steps"] == 8
     assert metrics["finetuned"]["eval_loss"] == pytest.approx(evals[best]["eval_loss"], rel=1e-6)
-    assert eval_loss_of_reloaded(run) == pytest.approx(evals[best]["eval_loss"], rel=1e-4), "the saved adapter is the best"
+    assert eval_loss_of_reloaded(run) == pytest.approx(evals[best]["eval_loss"], rel=1e-4), (
+        "the saved adapter is the best"
+    )
     assert "Restored the weights of step" in (run / "train.log").read_text()

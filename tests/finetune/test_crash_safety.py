@@ -1,4 +1,5 @@
-"""Crash safety through the real command line: kill -9 at every state-file write, resume at max_steps, output_dir guard."""
+"""Crash safety through the real command line: kill -9 at every state-file write, resume at max_steps, output_dir
+guard."""
 
 import json
 import subprocess
@@ -12,8 +13,20 @@ from finetune.rundir import RunDirectory
 from tests.conftest import OFFLINE_ENV, REPO, read_events, read_json, run_cli, write_sentiment_csv
 
 # 12 steps, a checkpoint every 4: kills land before, between and after checkpoints.
-STEPS = ["--max_steps", "12", "--save_steps", "4", "--save_total_limit", "10", "--logging_steps", "1",
-         "--learning_rate", "2e-3", "--head_learning_rate", "1e-2"]
+STEPS = [
+    "--max_steps",
+    "12",
+    "--save_steps",
+    "4",
+    "--save_total_limit",
+    "10",
+    "--logging_steps",
+    "1",
+    "--learning_rate",
+    "2e-3",
+    "--head_learning_rate",
+    "1e-2",
+]
 # (file, which write of it): each kill leaves the run resumable.
 KILL_POINTS = [
     ("trainer_state.json", 2),  # saving step 8: step_8 is incomplete, resume from step_4
@@ -35,9 +48,14 @@ def setup(tiny_checkpoints, tmp_path_factory):
 
 
 def _killed_at(common, run, name: str, nth: int) -> None:
-    result = subprocess.run([sys.executable, "-m", "tests.finetune.kill_at_write", name, str(nth), *common,
-                             "--output_dir", str(run)], cwd=REPO, env=OFFLINE_ENV, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.finetune.kill_at_write", name, str(nth), *common, "--output_dir", str(run)],
+        cwd=REPO,
+        env=OFFLINE_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == -9, f"{name}#{nth} was not reached:\n{result.stderr[-2000:]}"
     assert list(run.rglob(f".{name}.killed.tmp")), "the kill landed mid-write"
 
@@ -54,11 +72,15 @@ def test_kill_9_during_each_state_file_write_leaves_a_run_that_resumes(setup):
         TrainConfig.from_yaml(run / "config.yaml")
         last = run / "checkpoints" / "step_12" / "trainer_state.json"
         earlier_runtime = read_json(last)["runtime_seconds"] if last.exists() else None
-        resumed = run_cli("--config", str(run / "config.yaml"), "--output_dir", str(run), "--resume_from_checkpoint", "true")
+        resumed = run_cli(
+            "--config", str(run / "config.yaml"), "--output_dir", str(run), "--resume_from_checkpoint", "true"
+        )
         assert resumed.returncode == 0, f"{name}#{nth}:\n{resumed.stderr[-3000:]}"
         metrics = read_json(run / "metrics.json")
         assert read_json(run / "status.json")["state"] == "finished", name
-        assert metrics["steps"] == 12 and metrics["finetuned"] is not None and metrics["base"] == reference["base"], name
+        assert metrics["steps"] == 12 and metrics["finetuned"] is not None and metrics["base"] == reference["base"], (
+            name
+        )
         assert metrics["finetuned"]["eval_loss"] == pytest.approx(reference["finetuned"]["eval_loss"], rel=1e-5), name
         assert max(e["step"] for e in read_events(run)) == 12, f"{name}: no step beyond max_steps"
         if nth == 2:  # killed while saving step_8: skipped with a log line, resumed from step_4
@@ -89,9 +111,13 @@ def test_output_dir_must_be_new_empty_or_a_run(setup, tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "config.yaml").write_text("my: own settings\n")
-    cases = {"/": "is a system, home or project folder", str(REPO): "is a system, home or project folder",
-             str(REPO / "finetune"): "is a system, home or project folder",
-             str(foreign): "holds no LoRA Lab run", str(foreign / "config.yaml"): "is a file"}
+    cases = {
+        "/": "is a system, home or project folder",
+        str(REPO): "is a system, home or project folder",
+        str(REPO / "finetune"): "is a system, home or project folder",
+        str(foreign): "holds no LoRA Lab run",
+        str(foreign / "config.yaml"): "is a file",
+    }
     for output_dir, message in cases.items():
         result = run_cli(*common, "--output_dir", output_dir)
         assert result.returncode == 2 and message in result.stderr, (output_dir, result.stderr[-500:])

@@ -74,12 +74,15 @@ def test_a_validation_file_shares_the_train_classes(tmp_path):
 
 def test_labels_that_are_not_classes_get_one_message_each(tmp_path):
     cases = {
-        "holds numbers like 0.5; classification needs class names or integer ids":
-            _csv(tmp_path / "halves.csv", [[f"t {i}", [0.5, 1.5][i % 2]] for i in range(20)]),
-        "holds numbers like 2.5;": _jsonl(tmp_path / "some.jsonl", [{"text": f"t {i}", "label": [1, 2.5][i % 2]}
-                                                                    for i in range(20)]),
-        "holds int values like 1 and str values like 'a'; expected one kind of label in every row":
-            _jsonl(tmp_path / "mixed.jsonl", [{"text": f"t {i}", "label": [1, "a"][i % 2]} for i in range(20)]),
+        "holds numbers like 0.5; classification needs class names or integer ids": _csv(
+            tmp_path / "halves.csv", [[f"t {i}", [0.5, 1.5][i % 2]] for i in range(20)]
+        ),
+        "holds numbers like 2.5;": _jsonl(
+            tmp_path / "some.jsonl", [{"text": f"t {i}", "label": [1, 2.5][i % 2]} for i in range(20)]
+        ),
+        "holds int values like 1 and str values like 'a'; expected one kind of label in every row": _jsonl(
+            tmp_path / "mixed.jsonl", [{"text": f"t {i}", "label": [1, "a"][i % 2]} for i in range(20)]
+        ),
         "has empty values; every example needs a label": _csv(tmp_path / "blank.csv", [["a b", "x"], ["c d", ""]] * 5),
     }
     for expected, path in cases.items():
@@ -90,7 +93,8 @@ def test_labels_that_are_not_classes_get_one_message_each(tmp_path):
     words = _csv(tmp_path / "words.csv", [[f"v {i}", ["no", "yes"][i % 2]] for i in range(4)])
     assert _fails(train, validation=words) == (
         f"validation_file: label column 'label' of {words} holds text but train_file holds numbers; "
-        "expected the same class names in both")
+        "expected the same class names in both"
+    )
     assert len(cases) == 4
 
 
@@ -100,8 +104,11 @@ def test_a_truncated_jpeg_is_found_before_training(tmp_path):
     message = _fails(folder, "image-classification")
     assert message.startswith(f"train_file: 1 image(s) in column 'image' of {folder} cannot be read: {broken} (")
     assert "truncated" in message
-    listed = _csv(tmp_path / "listed.csv", [["images/green/0.png", "g"], ["images/red/cut.jpg", "r"]] * 2,
-                  header=("image", "label"))
+    listed = _csv(
+        tmp_path / "listed.csv",
+        [["images/green/0.png", "g"], ["images/red/cut.jpg", "r"]] * 2,
+        header=("image", "label"),
+    )
     assert f"cannot be read: {broken} (" in _fails(listed, "image-classification")
 
 
@@ -109,8 +116,9 @@ def test_empty_texts_are_dropped_or_refused(tmp_path, caplog):
     blank = _csv(tmp_path / "blank.csv", [["", "a"], ["  ", "b"]] * 5)
     nulls = _jsonl(tmp_path / "nulls.jsonl", [{"text": None, "label": "a"}, {"text": None, "label": "b"}] * 5)
     for path in (blank, nulls):
-        assert _fails(path) == (f"train_file: text column 'text' of {path} is empty in every row; "
-                                "expected a text in each example")
+        assert _fails(path) == (
+            f"train_file: text column 'text' of {path} is empty in every row; expected a text in each example"
+        )
     some = _csv(tmp_path / "some.csv", [["good text", "a"], ["", "b"], ["more text", "b"], [" ", "a"]] * 10)
     with caplog.at_level(logging.WARNING, logger="finetune.data"):
         splits, _, _ = _load(some)
@@ -123,14 +131,20 @@ def test_files_that_are_not_utf8_name_the_line_and_byte(tmp_path):
     cases = {
         tmp_path / "latin.csv": (lines, 4, 41, "caf\ufffd au lait,"),
         tmp_path / "latin.txt": ([line.split(b",")[0] for line in lines[1:]], 3, 26, "caf\ufffd au lait"),
-        tmp_path / "latin.jsonl": ([b'{"text": "ok", "label": "a"}', b'{"text": "caf\xe9", "label": "b"}'], 2, 42,
-                                   '{"text": "caf\ufffd", "label'),
+        tmp_path / "latin.jsonl": (
+            [b'{"text": "ok", "label": "a"}', b'{"text": "caf\xe9", "label": "b"}'],
+            2,
+            42,
+            '{"text": "caf\ufffd", "label',
+        ),
     }
     for path, (content, line, offset, near) in cases.items():
         path.write_bytes(b"\n".join(content) + b"\n")
         message = _fails(path, "causal-lm" if path.suffix == ".txt" else "text-classification")
-        assert message.startswith(f"train_file: {path} is not UTF-8 text: line {line} (byte offset {offset}) "
-                                  f"holds byte 0xe9, near {near!r}; save it as UTF-8"), message
+        assert message.startswith(
+            f"train_file: {path} is not UTF-8 text: line {line} (byte offset {offset}) "
+            f"holds byte 0xe9, near {near!r}; save it as UTF-8"
+        ), message
     assert len(cases) == 3
 
 
@@ -156,8 +170,9 @@ def test_the_validation_split_is_capped_at_max_eval_samples(tmp_path, caplog):
 
 
 def _config(checkpoint: Path, tmp_path: Path, task: str) -> TrainConfig:
-    return TrainConfig(model_name_or_path=str(checkpoint), train_file="unused", output_dir=str(tmp_path / "out"),
-                       task=task)
+    return TrainConfig(
+        model_name_or_path=str(checkpoint), train_file="unused", output_dir=str(tmp_path / "out"), task=task
+    )
 
 
 def test_long_texts_are_truncated_for_classification(tiny_checkpoints, tmp_path, caplog):
@@ -170,8 +185,13 @@ def test_long_texts_are_truncated_for_classification(tiny_checkpoints, tmp_path,
     train = Dataset.from_dict({"text": [long, "bad", long + "x", "fine"], "label": [0, 1, 0, 1]})
     data = DatasetDict(train=train, validation=train.select([1, 3]))
     with caplog.at_level(logging.WARNING, logger="finetune.tasks.text_classification"):
-        encoded, derived = task.encode(_config(tiny_checkpoints["bert"], tmp_path, "text-classification"), data,
-                                       Columns(text="text", label="label"), tokenizer, model)
+        encoded, derived = task.encode(
+            _config(tiny_checkpoints["bert"], tmp_path, "text-classification"),
+            data,
+            Columns(text="text", label="label"),
+            tokenizer,
+            model,
+        )
     assert f"Truncated 2 text(s) longer than {MAX_TEXT_CHARS} characters" in caplog.text
     assert (len(encoded["train"]), len(encoded["validation"])) == (4, 2)
     assert max(len(ids) for ids in encoded["train"]["input_ids"]) == derived["max_seq_length"]
@@ -186,8 +206,10 @@ def test_long_texts_are_split_for_causal_lm_without_losing_text(tiny_checkpoints
     phrase = "the cat sees the ball and "
     long = phrase * (MAX_TEXT_CHARS * 2 // len(phrase) + 100)  # two pieces and a bit
     second = "a dog likes a tree " * 20  # longer than a block: the remainder dropped by grouping is cut from it
-    data = DatasetDict(train=Dataset.from_dict({"text": [long, second]}),
-                       validation=Dataset.from_dict({"text": ["my friend finds the house . " * 20]}))
+    data = DatasetDict(
+        train=Dataset.from_dict({"text": [long, second]}),
+        validation=Dataset.from_dict({"text": ["my friend finds the house . " * 20]}),
+    )
     cfg = dataclasses.replace(_config(tiny_checkpoints["gpt2"], tmp_path, "causal-lm"), block_size=32)
     with caplog.at_level(logging.INFO, logger="finetune.tasks.causal_lm"):
         encoded, _ = task.encode(cfg, data, Columns(text="text"), tokenizer, model)
@@ -215,11 +237,22 @@ def test_the_trainer_reports_bad_data_in_one_message(tiny_checkpoints, tmp_path)
 
 
 def test_the_trainer_learns_scores_1_to_5_as_five_classes(tiny_checkpoints, tmp_path):
-    scores = _csv(tmp_path / "scores.csv", [[f"review {i} {'awful bad ok good great'.split()[i % 5]}", i % 5 + 1]
-                                            for i in range(60)], header=("review", "stars"))
+    scores = _csv(
+        tmp_path / "scores.csv",
+        [[f"review {i} {'awful bad ok good great'.split()[i % 5]}", i % 5 + 1] for i in range(60)],
+        header=("review", "stars"),
+    )
     run = tmp_path / "run"
-    result = run_cli("--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(scores),
-                     "--output_dir", str(run), "--max_steps", "2")
+    result = run_cli(
+        "--model_name_or_path",
+        str(tiny_checkpoints["bert"]),
+        "--train_file",
+        str(scores),
+        "--output_dir",
+        str(run),
+        "--max_steps",
+        "2",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     info = read_json(run / "adapter" / "lora_lab.json")
     assert info["id2label"] == {"0": "1", "1": "2", "2": "3", "3": "4", "4": "5"}

@@ -18,13 +18,23 @@ ARGS = ["--max_steps", "4", "--learning_rate", "2e-3", "--head_learning_rate", "
 @pytest.fixture(scope="module")
 def finished(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("export")
-    data = {"gpt2": write_lm_text(root / "lm.txt", lines=120), "bert": write_sentiment_csv(root / "reviews.csv", rows=60),
-            "resnet": write_image_folder(root / "images", per_class=8)}
+    data = {
+        "gpt2": write_lm_text(root / "lm.txt", lines=120),
+        "bert": write_sentiment_csv(root / "reviews.csv", rows=60),
+        "resnet": write_image_folder(root / "images", per_class=8),
+    }
     runs = {}
     for family, train_file in data.items():
         out = root / f"{family}-run"
-        result = run_cli("--model_name_or_path", str(tiny_checkpoints[family]), "--train_file", str(train_file),
-                         "--output_dir", str(out), *ARGS)
+        result = run_cli(
+            "--model_name_or_path",
+            str(tiny_checkpoints[family]),
+            "--train_file",
+            str(train_file),
+            "--output_dir",
+            str(out),
+            *ARGS,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         runs[family] = out
     return runs
@@ -43,8 +53,9 @@ def sample_batch(run: Path, model, processor) -> dict:
     info = read_json(run / "adapter" / "lora_lab.json")
     task = get_task(info["task"])
     raw, columns, _ = task.load_data(cfg)
-    fixed = TrainConfig.from_dict({**cfg.to_dict(), "block_size": info.get("block_size"),
-                                   "max_seq_length": info.get("max_seq_length")})
+    fixed = TrainConfig.from_dict(
+        {**cfg.to_dict(), "block_size": info.get("block_size"), "max_seq_length": info.get("max_seq_length")}
+    )
     data, _ = task.encode(fixed, raw, columns, processor, model)
     batch = task.collate_fn(processor)([data["validation"][i] for i in range(min(4, len(data["validation"])))])
     batch.pop("labels", None)
@@ -91,8 +102,14 @@ def test_adapter_export_reloads_and_carries_a_filled_model_card(finished, tmp_pa
     assert set(results) >= {"accuracy", "eval_loss"}
     assert results["accuracy"] == read_json(run / "metrics.json")["finetuned"]["accuracy"]
     checked = 0
-    for expected in ("## Evaluation", "| accuracy |", "Trained on `reviews.csv` for 4 optimizer steps",
-                     "2 classes: negative, positive", "num_labels=2", "lora_r: 16"):
+    for expected in (
+        "## Evaluation",
+        "| accuracy |",
+        "Trained on `reviews.csv` for 4 optimizer steps",
+        "2 classes: negative, positive",
+        "num_labels=2",
+        "lora_r: 16",
+    ):
         assert expected in card.content, expected
         checked += 1
     assert str(run) not in card.content and "[More Information Needed]" not in card.content

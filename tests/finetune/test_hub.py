@@ -13,9 +13,18 @@ TOKEN = "hf_testtokenthatmustneverbewritten"
 def finished_run(tiny_checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     out = root / "reviews-lora"
-    result = run_cli("--model_name_or_path", str(tiny_checkpoints["bert"]),
-                     "--train_file", str(write_sentiment_csv(root / "reviews.csv", rows=60)),
-                     "--output_dir", str(out), "--max_steps", "6", "--learning_rate", "2e-3")
+    result = run_cli(
+        "--model_name_or_path",
+        str(tiny_checkpoints["bert"]),
+        "--train_file",
+        str(write_sentiment_csv(root / "reviews.csv", rows=60)),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "6",
+        "--learning_rate",
+        "2e-3",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return out
 
@@ -23,9 +32,17 @@ def finished_run(tiny_checkpoints, tmp_path_factory):
 def test_model_card_states_base_data_metrics_and_config(finished_run):
     card = hub.model_card(finished_run)
     checked = 0
-    for expected in ("base_model: bert", "library_name: peft", "pipeline_tag: text-classification",
-                     "Trained on `reviews.csv` for 6 optimizer steps", "2 classes: negative, positive",
-                     "| accuracy |", "| eval_loss |", "learning_rate: 0.002", "lora_r: 16"):
+    for expected in (
+        "base_model: bert",
+        "library_name: peft",
+        "pipeline_tag: text-classification",
+        "Trained on `reviews.csv` for 6 optimizer steps",
+        "2 classes: negative, positive",
+        "| accuracy |",
+        "| eval_loss |",
+        "learning_rate: 0.002",
+        "lora_r: 16",
+    ):
         assert expected in card, expected
         checked += 1
     assert "output_dir" not in card and str(finished_run) not in card  # no paths of the training machine

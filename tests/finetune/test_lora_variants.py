@@ -13,8 +13,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import (OFFLINE_ENV, REPO, read_json, run_cli, write_image_folder, write_lm_text,
-                            write_sentiment_csv)
+from tests.conftest import OFFLINE_ENV, REPO, read_json, run_cli, write_image_folder, write_lm_text, write_sentiment_csv
 
 STEPS = ["--max_steps", "4", "--save_steps", "2", "--save_total_limit", "5", "--logging_steps", "1"]
 # fp32 so that the reloaded adapter's logits match the trained model's to 1e-4; random-init models need larger steps.
@@ -22,11 +21,15 @@ COMMON = [*STEPS, "--mixed_precision", "no", "--learning_rate", "2e-3"]
 # One run per family, sharing the variants between them (name: family, extra flags).
 VARIANTS = {
     "gpt2-pissa-all-linear": ("gpt2", ["--init_lora_weights", "pissa", "--lora_target_modules", "all-linear"]),
-    "bert-dora-rslora-all-linear": ("bert", ["--use_dora", "true", "--use_rslora", "true",
-                                             "--lora_target_modules", "all-linear"]),
+    "bert-dora-rslora-all-linear": (
+        "bert",
+        ["--use_dora", "true", "--use_rslora", "true", "--lora_target_modules", "all-linear"],
+    ),
     "vit-olora-loraplus": ("vit", ["--init_lora_weights", "olora", "--loraplus_lr_ratio", "16"]),
-    "resnet-gaussian-dora-all-linear": ("resnet", ["--init_lora_weights", "gaussian", "--use_dora", "true",
-                                                   "--lora_target_modules", "all-linear"]),
+    "resnet-gaussian-dora-all-linear": (
+        "resnet",
+        ["--init_lora_weights", "gaussian", "--use_dora", "true", "--lora_target_modules", "all-linear"],
+    ),
 }
 QLORA_REFUSAL = "load_in_4bit: QLoRA needs a CUDA GPU"
 
@@ -35,22 +38,45 @@ QLORA_REFUSAL = "load_in_4bit: QLoRA needs a CUDA GPU"
 def data_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     images = write_image_folder(root / "images", per_class=8)
-    return {"gpt2": write_lm_text(root / "lm.txt", lines=120), "bert": write_sentiment_csv(root / "reviews.csv", rows=80),
-            "vit": images, "resnet": images}
+    return {
+        "gpt2": write_lm_text(root / "lm.txt", lines=120),
+        "bert": write_sentiment_csv(root / "reviews.csv", rows=80),
+        "vit": images,
+        "resnet": images,
+    }
 
 
 def _command(tiny_checkpoints, data_files, family: str, out, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "finetune.train", "--model_name_or_path", str(tiny_checkpoints[family]),
-            "--train_file", str(data_files[family]), "--output_dir", str(out), *COMMON, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "finetune.train",
+        "--model_name_or_path",
+        str(tiny_checkpoints[family]),
+        "--train_file",
+        str(data_files[family]),
+        "--output_dir",
+        str(out),
+        *COMMON,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
 def runs(tiny_checkpoints, data_files, tmp_path_factory):
     """The variant runs, started together (each trains on one thread) and awaited."""
     root = tmp_path_factory.mktemp("variants")
-    started = {name: subprocess.Popen(_command(tiny_checkpoints, data_files, family, root / name, extra), cwd=REPO,
-                                      env=OFFLINE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for name, (family, extra) in VARIANTS.items()}
+    started = {
+        name: subprocess.Popen(
+            _command(tiny_checkpoints, data_files, family, root / name, extra),
+            cwd=REPO,
+            env=OFFLINE_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (family, extra) in VARIANTS.items()
+    }
     for name, process in started.items():
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, f"{name} failed:\n{stderr[-3000:]}"
@@ -106,8 +132,9 @@ def test_every_variant_trains_and_its_adapter_predicts_as_trained_on_the_origina
         trained, reloaded = _trained_and_reloaded(run)
         expected, got = _logits(trained, family), _logits(reloaded, family)
         assert torch.allclose(got, expected, atol=1e-4), f"{name}: max diff {(got - expected).abs().max():.2e}"
-        assert eval_loss_of_reloaded(run) == pytest.approx(read_json(run / "metrics.json")["finetuned"]["eval_loss"],
-                                                           rel=1e-5), name
+        assert eval_loss_of_reloaded(run) == pytest.approx(
+            read_json(run / "metrics.json")["finetuned"]["eval_loss"], rel=1e-5
+        ), name
         checked += 1
     assert checked == 4
 
@@ -120,21 +147,32 @@ def test_the_variant_settings_reach_the_saved_adapter(runs):
     # PiSSA/OLoRA are saved converted: plain LoRA of twice the rank (the trained B·A minus the initial B0·A0).
     converted = [configs[name] for name in ("gpt2-pissa-all-linear", "vit-olora-loraplus")]
     assert all(c["init_lora_weights"] is True and c["r"] == 32 and c["lora_alpha"] == 64 for c in converted)
-    initial = [runs[name] / "adapter_init" / "adapter_model.safetensors" for name in ("gpt2-pissa-all-linear",
-                                                                                     "vit-olora-loraplus")]
+    initial = [
+        runs[name] / "adapter_init" / "adapter_model.safetensors"
+        for name in ("gpt2-pissa-all-linear", "vit-olora-loraplus")
+    ]
     assert all(path.is_file() for path in initial) and len(initial) == 2
     assert not (runs["bert-dora-rslora-all-linear"] / "adapter_init").exists()
 
 
 def test_all_linear_adapts_the_mlp_layers_too_and_convolutions_in_conv_nets(runs):
     adapted = {name: _adapted(_trained_and_reloaded(run)[1]) for name, run in runs.items() if "all-linear" in name}
-    gpt2, bert, resnet = (adapted[n] for n in ("gpt2-pissa-all-linear", "bert-dora-rslora-all-linear",
-                                               "resnet-gaussian-dora-all-linear"))
-    layers = {leaf: sum(name.endswith(leaf) for name in gpt2) for leaf in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
-                                                                             "mlp.c_proj")}
+    gpt2, bert, resnet = (
+        adapted[n] for n in ("gpt2-pissa-all-linear", "bert-dora-rslora-all-linear", "resnet-gaussian-dora-all-linear")
+    )
+    layers = {
+        leaf: sum(name.endswith(leaf) for name in gpt2)
+        for leaf in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    }
     assert layers == dict.fromkeys(layers, 2) and len(gpt2) == 8, gpt2  # 2 blocks x 4 layers; never lm_head
-    ends = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-            "intermediate.dense", "output.dense")
+    ends = (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    )
     assert all(name.endswith(ends) for name in bert) and len(bert) == 12, bert  # not the new pooler or classifier
     assert sum(name.endswith("intermediate.dense") for name in bert) == 2
     assert resnet and all(name.endswith("convolution") for name in resnet), resnet
@@ -148,8 +186,9 @@ def test_a_pissa_run_resumes_from_its_checkpoint_to_the_same_adapter(runs, tiny_
     interrupted = tmp_path / "interrupted"  # only the step-2 checkpoint: no adapter_init, no status
     shutil.copytree(full / "checkpoints" / "step_2", interrupted / "checkpoints" / "step_2")
     family, extra = VARIANTS["gpt2-pissa-all-linear"]
-    result = run_cli(*_command(tiny_checkpoints, data_files, family, interrupted, extra)[3:],
-                     "--resume_from_checkpoint", "true")
+    result = run_cli(
+        *_command(tiny_checkpoints, data_files, family, interrupted, extra)[3:], "--resume_from_checkpoint", "true"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     losses = [read_json(run / "metrics.json")["finetuned"]["eval_loss"] for run in (full, interrupted)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
@@ -161,8 +200,17 @@ def test_a_pissa_run_resumes_from_its_checkpoint_to_the_same_adapter(runs, tiny_
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
 def test_qlora_without_cuda_is_refused_before_any_model_loads(tiny_checkpoints, data_files, tmp_path):
     out = tmp_path / "qlora"
-    result = run_cli("--model_name_or_path", str(tiny_checkpoints["gpt2"]), "--train_file", str(data_files["gpt2"]),
-                     "--output_dir", str(out), "--load_in_4bit", "true", *STEPS)
+    result = run_cli(
+        "--model_name_or_path",
+        str(tiny_checkpoints["gpt2"]),
+        "--train_file",
+        str(data_files["gpt2"]),
+        "--output_dir",
+        str(out),
+        "--load_in_4bit",
+        "true",
+        *STEPS,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert QLORA_REFUSAL in result.stderr and "gradient_checkpointing" in result.stderr
     status = read_json(out / "status.json")
@@ -176,14 +224,25 @@ def _bert(tiny_checkpoints):
     from finetune.tasks.text_classification import TextClassificationTask
 
     task = TextClassificationTask()
-    return task.load_model(str(tiny_checkpoints["bert"]), ["a", "b"], task.load_processor(str(tiny_checkpoints["bert"])))
+    return task.load_model(
+        str(tiny_checkpoints["bert"]), ["a", "b"], task.load_processor(str(tiny_checkpoints["bert"]))
+    )
 
 
 def _config(**values):
     from finetune.config import TrainConfig
 
-    return TrainConfig.from_dict({"model_name_or_path": "m", "train_file": "t", "output_dir": "o",
-                                  "learning_rate": 1e-3, "head_learning_rate": 5e-3, "weight_decay": 0.1, **values})
+    return TrainConfig.from_dict(
+        {
+            "model_name_or_path": "m",
+            "train_file": "t",
+            "output_dir": "o",
+            "learning_rate": 1e-3,
+            "head_learning_rate": 5e-3,
+            "weight_decay": 0.1,
+            **values,
+        }
+    )
 
 
 def _learning_rates(tiny_checkpoints, **values) -> dict[str, tuple[float, float]]:
@@ -232,8 +291,10 @@ def _load(family, tiny_checkpoints):
 def test_all_linear_is_discovered_from_the_model(tiny_checkpoints):
     from finetune.lora import resolve_targets
 
-    found = {family: resolve_targets(_load(family, tiny_checkpoints), ["all-linear"], ["classifier", "score"])
-             for family in ("gpt2", "bert", "vit", "resnet")}
+    found = {
+        family: resolve_targets(_load(family, tiny_checkpoints), ["all-linear"], ["classifier", "score"])
+        for family in ("gpt2", "bert", "vit", "resnet")
+    }
     assert len(found["gpt2"]) == 8 and not [n for n in found["gpt2"] if "lm_head" in n]
     assert sum(n.endswith("intermediate.dense") for n in found["bert"]) == 2 and "bert.pooler.dense" in found["bert"]
     assert sum(n.endswith("mlp.fc1") for n in found["vit"]) == 2 and "classifier" not in found["vit"]
@@ -282,8 +343,10 @@ def test_four_bit_bases_refuse_conv_nets_and_base_changing_starts_and_keep_their
     assert all(p.dtype == torch.float32 for p in wrapped.parameters())
     quantization = four_bit_loading()["quantization_config"]
     assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
-    assert quantization.bnb_4bit_use_double_quant and quantization.bnb_4bit_compute_dtype in (torch.bfloat16,
-                                                                                              torch.float16)
+    assert quantization.bnb_4bit_use_double_quant and quantization.bnb_4bit_compute_dtype in (
+        torch.bfloat16,
+        torch.float16,
+    )
 
 
 def test_qlora_and_lora_only_variants_are_refused_for_full_fine_tuning():

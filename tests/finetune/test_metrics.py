@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from finetune.metrics import (BUNDLED_METRICS, CLASSIFICATION_SCORES, METRICS_DIR, causal_lm_metrics,
-                                classification_metrics, load_metric)
+from finetune.metrics import (
+    BUNDLED_METRICS,
+    CLASSIFICATION_SCORES,
+    METRICS_DIR,
+    causal_lm_metrics,
+    classification_metrics,
+    load_metric,
+)
 from tests.conftest import OFFLINE_ENV, REPO
 
 # name: (predictions, references, num_labels)
@@ -79,8 +85,9 @@ def test_perplexity_is_exp_of_mean_token_loss():
     # Mean loss (ln 2 + ln 4) / 2 = 1.5 ln 2, so perplexity = 2 ** 1.5 = sqrt(8).
     losses = np.array([math.log(2), math.log(4)])
     result = causal_lm_metrics(losses, np.array([5, 7]), np.array([5, 6]))
-    assert result == pytest.approx({"eval_loss": 1.5 * math.log(2), "perplexity": math.sqrt(8),
-                                    "next_token_accuracy": 0.5}, rel=1e-12)
+    assert result == pytest.approx(
+        {"eval_loss": 1.5 * math.log(2), "perplexity": math.sqrt(8), "next_token_accuracy": 0.5}, rel=1e-12
+    )
     assert load_metric("perplexity").compute(losses=[1000.0])["perplexity"] == math.inf
 
 
@@ -90,8 +97,8 @@ def test_incremental_batches_give_the_same_scores():
     perplexity = load_metric("perplexity")
     losses = np.linspace(0.1, 3.0, len(predictions))
     for start in range(0, len(predictions), 3):
-        combined.add_batch(predictions=predictions[start:start + 3], references=references[start:start + 3])
-        perplexity.add_batch(losses=losses[start:start + 3])
+        combined.add_batch(predictions=predictions[start : start + 3], references=references[start : start + 3])
+        perplexity.add_batch(losses=losses[start : start + 3])
     whole = classification_metrics(predictions, references)
     assert combined.compute() == pytest.approx({name: whole[name] for name in CLASSIFICATION_SCORES})
     assert perplexity.compute()["perplexity"] == pytest.approx(math.exp(losses.mean()))
@@ -103,8 +110,11 @@ def test_bad_inputs_raise_clear_errors():
         with pytest.raises(ValueError, match="no examples to score"):
             call()
         checked += 1
-    for call in (lambda: classification_metrics([0, 1], [0]), lambda: causal_lm_metrics([0.5], [1, 2], [1, 2]),
-                 lambda: classification_metrics([[0, 1]], [[0, 1]])):
+    for call in (
+        lambda: classification_metrics([0, 1], [0]),
+        lambda: causal_lm_metrics([0.5], [1, 2], [1, 2]),
+        lambda: classification_metrics([[0, 1]], [[0, 1]]),
+    ):
         with pytest.raises(ValueError, match="1-D inputs of equal length"):
             call()
         checked += 1
@@ -113,7 +123,8 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_every_bundled_script_loads_by_directory():
     assert sorted(path.name for path in METRICS_DIR.iterdir() if (path / f"{path.name}.py").is_file()) == list(
-        BUNDLED_METRICS)
+        BUNDLED_METRICS
+    )
     checked = 0
     for name in BUNDLED_METRICS:
         assert isinstance(evaluate.load(str(METRICS_DIR / name), keep_in_memory=True), evaluate.Metric)
@@ -124,8 +135,11 @@ def test_every_bundled_script_loads_by_directory():
 def test_unknown_metric_offline_fails_without_trying_the_hub(monkeypatch):
     monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)
     monkeypatch.setattr(evaluate, "load", lambda *args, **kwargs: pytest.fail("evaluate.load called while offline"))
-    with pytest.raises(ValueError, match=r"Unknown metric 'bleu': the bundled metrics are accuracy, confusion_matrix, "
-                                         r"f1, perplexity, precision, recall, and offline mode is on"):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown metric 'bleu': the bundled metrics are accuracy, confusion_matrix, "
+        r"f1, perplexity, precision, recall, and offline mode is on",
+    ):
         load_metric("bleu")
 
 
@@ -160,15 +174,27 @@ except ValueError as err:
     error = str(err)
 print(json.dumps({"loaded": len(loaded), "scores": scores, "network": network_while_scoring, "error": error}))
 """
-ONLINE_ENV = {k: v for k, v in OFFLINE_ENV.items()
-              if k not in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
+ONLINE_ENV = {
+    k: v
+    for k, v in OFFLINE_ENV.items()
+    if k not in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+}
 
 
-@pytest.mark.parametrize("env, unknown_error", [(OFFLINE_ENV, "offline mode is on"), (ONLINE_ENV, "not reachable")],
-                         ids=["offline-switches", "no-switches"])
+@pytest.mark.parametrize(
+    "env, unknown_error",
+    [(OFFLINE_ENV, "offline mode is on"), (ONLINE_ENV, "not reachable")],
+    ids=["offline-switches", "no-switches"],
+)
 def test_bundled_metrics_load_without_network(env, unknown_error, tmp_path):
-    proc = subprocess.run([sys.executable, "-c", NO_NETWORK_SCRIPT], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env={**env, "HF_MODULES_CACHE": str(tmp_path / "modules")})
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_NETWORK_SCRIPT],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "HF_MODULES_CACHE": str(tmp_path / "modules")},
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["loaded"] == len(BUNDLED_METRICS) == 6

@@ -15,21 +15,51 @@ from tests.conftest import OFFLINE_ENV, REPO, read_json, run_cli, write_lm_text,
 # Measured on CPU (process peak RSS, 2 cores): 0.91-0.92 for the tiny GPT-2/BERT/ViT/ResNet checkpoints and for
 # MiniLM (22M parameters) at batch 8 and 64; the real run is a little higher (whole-set evaluations, saving).
 PEAK_FACTOR = 1.25
-REPORT_FIELDS = {"device", "memory_measure", "peak_memory_mb", "memory_capacity_mb", "fits", "advice", "batch_size",
-                 "measured_steps", "seconds_per_step", "total_steps", "evaluations", "eval_batches",
-                 "seconds_per_eval_batch", "setup_seconds", "estimated_seconds"}
+REPORT_FIELDS = {
+    "device",
+    "memory_measure",
+    "peak_memory_mb",
+    "memory_capacity_mb",
+    "fits",
+    "advice",
+    "batch_size",
+    "measured_steps",
+    "seconds_per_step",
+    "total_steps",
+    "evaluations",
+    "eval_batches",
+    "seconds_per_eval_batch",
+    "setup_seconds",
+    "estimated_seconds",
+}
 
 
 def run_preflight(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "finetune.preflight", *args], cwd=REPO, env=OFFLINE_ENV,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "finetune.preflight", *args],
+        cwd=REPO,
+        env=OFFLINE_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
 def bert_args(tiny_checkpoints, tmp_path_factory) -> list[str]:
     data = write_sentiment_csv(tmp_path_factory.mktemp("data") / "reviews.csv")
-    return ["--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data), "--max_steps", "12",
-            "--eval_steps", "5", "--mixed_precision", "no"]
+    return [
+        "--model_name_or_path",
+        str(tiny_checkpoints["bert"]),
+        "--train_file",
+        str(data),
+        "--max_steps",
+        "12",
+        "--eval_steps",
+        "5",
+        "--mixed_precision",
+        "no",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +90,7 @@ def test_json_report_fields(checked_and_trained):
     assert report["measured_steps"] == 3 and report["batch_size"] == 8
     # 12 steps evaluated every 5: the base model, steps 5 and 10, and the last step.
     assert report["evaluations"] == 4 and report["eval_batches"] == 2
-    expected = (report["setup_seconds"] + 12 * report["seconds_per_step"]
-                + 4 * 2 * report["seconds_per_eval_batch"])
+    expected = report["setup_seconds"] + 12 * report["seconds_per_step"] + 4 * 2 * report["seconds_per_eval_batch"]
     assert report["estimated_seconds"] == pytest.approx(expected)
     assert report["seconds_per_step"] > 0 and report["seconds_per_eval_batch"] > 0
 
@@ -69,19 +98,42 @@ def test_json_report_fields(checked_and_trained):
 def test_terminal_report_and_nothing_written(tiny_checkpoints, tmp_path):
     data = write_lm_text(tmp_path / "lm.txt")
     out = tmp_path / "never-written"
-    result = run_preflight("--model_name_or_path", str(tiny_checkpoints["gpt2"]), "--train_file", str(data),
-                           "--output_dir", str(out), "--max_steps", "7", "--steps", "2")
+    result = run_preflight(
+        "--model_name_or_path",
+        str(tiny_checkpoints["gpt2"]),
+        "--train_file",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "7",
+        "--steps",
+        "2",
+    )
     assert result.returncode == preflight.FITS, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
-    assert [line.split(":")[0] for line in lines] == ["Device", "Peak memory", "Step time", "Run length",
-                                                       "Estimated time"], lines
+    assert [line.split(":")[0] for line in lines] == [
+        "Device",
+        "Peak memory",
+        "Step time",
+        "Run length",
+        "Estimated time",
+    ], lines
     assert "mean of 2 after 1 warm-up" in lines[2] and "7 optimizer steps" in lines[3]
     assert not out.exists(), "the check writes no run directory"
 
 
 def test_bad_input_exits_2_with_a_clear_message(tiny_checkpoints, tmp_path):
-    bad_config = run_preflight("--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", "x.csv",
-                               "--per_device_train_batch_size", "0", "--steps", "none")
+    bad_config = run_preflight(
+        "--model_name_or_path",
+        str(tiny_checkpoints["bert"]),
+        "--train_file",
+        "x.csv",
+        "--per_device_train_batch_size",
+        "0",
+        "--steps",
+        "none",
+    )
     assert bad_config.returncode == preflight.BAD_INPUT
     assert bad_config.stderr.startswith("error: Invalid configuration:")
     assert "--steps: 'none' is not a whole number >= 1" in bad_config.stderr
@@ -94,8 +146,13 @@ def test_bad_input_exits_2_with_a_clear_message(tiny_checkpoints, tmp_path):
 
 
 def test_fits_and_advice_decisions():
-    cfg = TrainConfig(model_name_or_path="gpt2", train_file="x.txt", output_dir="/tmp/unused",
-                      per_device_train_batch_size=8, gradient_accumulation_steps=2)
+    cfg = TrainConfig(
+        model_name_or_path="gpt2",
+        train_file="x.txt",
+        output_dir="/tmp/unused",
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=2,
+    )
     assert preflight.fits(900, 1000) and not preflight.fits(901, 1000)
     advice = preflight.advice(cfg, over_by=2.0, cuda=True, derived={"block_size": 512}, can_checkpoint=True)
     assert advice == [
@@ -103,12 +160,19 @@ def test_fits_and_advice_decisions():
         "gradient_checkpointing: true (recomputes activations in the backward pass: much less memory, about 30% "
         "slower steps)",
         "load_in_4bit: true (QLoRA: the frozen base weights in 4 bits, about a quarter of their memory)",
-        "block_size: 256 (now 512; activations grow with the length)"]
+        "block_size: 256 (now 512; activations grow with the length)",
+    ]
     # CPU, batch 1, checkpointing already on: nothing left to shrink but the model or the device.
-    cpu = TrainConfig(model_name_or_path="gpt2", train_file="x.txt", output_dir="/tmp/unused",
-                      per_device_train_batch_size=1, gradient_checkpointing=True)
+    cpu = TrainConfig(
+        model_name_or_path="gpt2",
+        train_file="x.txt",
+        output_dir="/tmp/unused",
+        per_device_train_batch_size=1,
+        gradient_checkpointing=True,
+    )
     assert preflight.advice(cpu, 1.5, cuda=False, derived={}, can_checkpoint=True) == [
-        "the model alone does not fit this device: pick a smaller checkpoint or a larger device"]
+        "the model alone does not fit this device: pick a smaller checkpoint or a larger device"
+    ]
     assert preflight.evaluation_count(max_steps=12, eval_steps=5) == 4
     assert preflight.evaluation_count(max_steps=10, eval_steps=5) == 3
     assert preflight.readable_duration(3725) == "1 h 2 min" and preflight.readable_duration(59) == "59 s"

@@ -11,8 +11,20 @@ from webapp.services.runs import _eta
 
 # A learning rate far below float32 resolution leaves the eval loss exactly as it was: the first evaluation
 # sets the best, the next two do not improve it, so patience 2 stops the run at step 3 of 20.
-EARLY_STOP_ARGS = ["--max_steps", "20", "--eval_steps", "1", "--logging_steps", "1", "--save_steps", "2",
-                   "--early_stopping_patience", "2", "--learning_rate", "1e-30"]
+EARLY_STOP_ARGS = [
+    "--max_steps",
+    "20",
+    "--eval_steps",
+    "1",
+    "--logging_steps",
+    "1",
+    "--save_steps",
+    "2",
+    "--early_stopping_patience",
+    "2",
+    "--learning_rate",
+    "1e-30",
+]
 
 
 @pytest.fixture(scope="module")

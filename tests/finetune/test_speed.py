@@ -50,15 +50,22 @@ def test_length_grouped_order_is_fixed_by_seed_and_epoch():
     assert list(sampler) == first  # same epoch, same order (a resumed run redraws it)
     sampler.set_epoch(1)
     assert list(sampler) != first
-    batches = [first[i:i + 8] for i in range(0, 400, 8)]
+    batches = [first[i : i + 8] for i in range(0, 400, 8)]
     spread = sum(max(lengths[j] for j in b) - min(lengths[j] for j in b) for b in batches) / len(batches)
     assert spread < 10  # lengths run 1-97: grouped batches hold similar ones
     assert speed.longest_first([3, 9, 1, 9]) == [1, 3, 0, 2]
 
 
 def test_peak_table_picks_the_specific_gpu_name_first():
-    names = {"NVIDIA H100 80GB HBM3": 989.4, "NVIDIA H100 PCIe": 756.0, "NVIDIA H200": 989.4,
-             "NVIDIA A100-SXM4-80GB": 312.0, "NVIDIA L40S": 362.1, "NVIDIA L4": 121.0, "Some New GPU": None}
+    names = {
+        "NVIDIA H100 80GB HBM3": 989.4,
+        "NVIDIA H100 PCIe": 756.0,
+        "NVIDIA H200": 989.4,
+        "NVIDIA A100-SXM4-80GB": 312.0,
+        "NVIDIA L40S": 362.1,
+        "NVIDIA L4": 121.0,
+        "Some New GPU": None,
+    }
     for name, peak in names.items():
         assert throughput.peak_tflops(name) == peak, name
     assert len(names) == 7
@@ -102,14 +109,28 @@ def test_checkpoints_hold_trained_weights_only_and_resume(tiny_checkpoints, tmp_
     a checkpoint lacking a trained weight is refused by name."""
     data = write_sentiment_csv(tmp_path / "reviews.csv")
     out = tmp_path / "run"
-    common = ("--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data), "--output_dir",
-              str(out), "--save_steps", "4", "--eval_steps", "4", "--logging_steps", "4")
+    common = (
+        "--model_name_or_path",
+        str(tiny_checkpoints["bert"]),
+        "--train_file",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--save_steps",
+        "4",
+        "--eval_steps",
+        "4",
+        "--logging_steps",
+        "4",
+    )
     assert run_cli(*common, "--max_steps", "4").returncode == 0
     checkpoint = out / "checkpoints" / "step_4"
     with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as f:
         saved = list(f.keys())
-    assert saved and all("lora_" in k or "classifier" in k or "pooler" in k or "position_ids" in k
-                         or "token_type_ids" in k for k in saved), saved
+    assert saved and all(
+        "lora_" in k or "classifier" in k or "pooler" in k or "position_ids" in k or "token_type_ids" in k
+        for k in saved
+    ), saved
     base_bytes = sum(p.stat().st_size for p in Path(tiny_checkpoints["bert"]).glob("*.safetensors"))
     assert (checkpoint / "model.safetensors").stat().st_size < base_bytes / 2
     resumed = run_cli(*common, "--max_steps", "8", "--resume_from_checkpoint", "true")
@@ -132,11 +153,23 @@ def test_model_width_reads_each_family_config(tiny_checkpoints):
 
 def test_default_run_of_a_tiny_model_stays_fp32_and_logs_throughput(tiny_checkpoints, tmp_path):
     checked = 0
-    for family, data in (("bert", write_sentiment_csv(tmp_path / "r.csv")),
-                         ("vit", write_image_folder(tmp_path / "images", per_class=8))):
+    for family, data in (
+        ("bert", write_sentiment_csv(tmp_path / "r.csv")),
+        ("vit", write_image_folder(tmp_path / "images", per_class=8)),
+    ):
         out = tmp_path / family
-        result = run_cli("--model_name_or_path", str(tiny_checkpoints[family]), "--train_file", str(data),
-                         "--output_dir", str(out), "--max_steps", "4", "--logging_steps", "2")
+        result = run_cli(
+            "--model_name_or_path",
+            str(tiny_checkpoints[family]),
+            "--train_file",
+            str(data),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "4",
+            "--logging_steps",
+            "2",
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         metrics = read_json(out / "metrics.json")
         assert metrics["mixed_precision"] == "no"  # auto: these models are too narrow (64) for bf16 to pay on a CPU
@@ -151,13 +184,33 @@ def test_default_run_of_a_tiny_model_stays_fp32_and_logs_throughput(tiny_checkpo
 def test_gradient_checkpointing_trains_and_resnet_is_refused(tiny_checkpoints, tmp_path):
     data = write_sentiment_csv(tmp_path / "reviews.csv")
     out = tmp_path / "bert"
-    result = run_cli("--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data),
-                     "--output_dir", str(out), "--max_steps", "2", "--gradient_checkpointing", "true")
+    result = run_cli(
+        "--model_name_or_path",
+        str(tiny_checkpoints["bert"]),
+        "--train_file",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--gradient_checkpointing",
+        "true",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "gradient_checkpointing" in (out / "config.yaml").read_text()
     images = write_image_folder(tmp_path / "images", per_class=8)
-    refused = run_cli("--model_name_or_path", str(tiny_checkpoints["resnet"]), "--train_file", str(images),
-                      "--output_dir", str(tmp_path / "resnet"), "--max_steps", "2", "--gradient_checkpointing", "true")
+    refused = run_cli(
+        "--model_name_or_path",
+        str(tiny_checkpoints["resnet"]),
+        "--train_file",
+        str(images),
+        "--output_dir",
+        str(tmp_path / "resnet"),
+        "--max_steps",
+        "2",
+        "--gradient_checkpointing",
+        "true",
+    )
     assert refused.returncode == 2
     assert "gradient_checkpointing: ResNetForImageClassification does not support it" in refused.stderr
     assert json.loads((tmp_path / "resnet" / "status.json").read_text())["state"] == "failed"

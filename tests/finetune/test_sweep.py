@@ -25,14 +25,31 @@ def _yaml(path: Path, **settings) -> Path:
 def lm_config(tiny_checkpoints, tmp_path_factory) -> Path:
     """Tiny GPT-2 runs of 4 steps (a few seconds each): perplexity, the primary metric, differs between points."""
     root = tmp_path_factory.mktemp("sweep")
-    return _yaml(root / "run.yaml", model_name_or_path=str(tiny_checkpoints["gpt2"]), output_dir=str(root / "out"),
-                 train_file=str(write_lm_text(root / "lm.txt")), max_steps=4, eval_steps=2, logging_steps=2,
-                 max_eval_samples=40, mixed_precision="no", save_steps=100)
+    return _yaml(
+        root / "run.yaml",
+        model_name_or_path=str(tiny_checkpoints["gpt2"]),
+        output_dir=str(root / "out"),
+        train_file=str(write_lm_text(root / "lm.txt")),
+        max_steps=4,
+        eval_steps=2,
+        logging_steps=2,
+        max_eval_samples=40,
+        mixed_precision="no",
+        save_steps=100,
+    )
 
 
 def test_a_2x2_grid_runs_4_runs_as_one_experiment_and_picks_the_best(lm_config):
-    result = run_cli("--config", str(lm_config), "--grid", "learning_rate=1e-4,3e-3", "lora_r=4,8",
-                     "--experiment", "lr-rank", launcher=SWEEP)
+    result = run_cli(
+        "--config",
+        str(lm_config),
+        "--grid",
+        "learning_rate=1e-4,3e-3",
+        "lora_r=4,8",
+        "--experiment",
+        "lr-rank",
+        launcher=SWEEP,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = lm_config.parent / "out" / "lr-rank"
     names = [f"lr-rank-0{i}" for i in range(1, 5)]
@@ -74,8 +91,12 @@ BAD_INPUT = [  # (extra arguments, what the error must name)
 
 def test_bad_grid_keys_and_values_are_refused_before_anything_is_written(tiny_checkpoints, tmp_path):
     out = tmp_path / "out"
-    config = _yaml(tmp_path / "run.yaml", model_name_or_path=str(tiny_checkpoints["gpt2"]), output_dir=str(out),
-                   train_file=str(write_lm_text(tmp_path / "lm.txt")))
+    config = _yaml(
+        tmp_path / "run.yaml",
+        model_name_or_path=str(tiny_checkpoints["gpt2"]),
+        output_dir=str(out),
+        train_file=str(write_lm_text(tmp_path / "lm.txt")),
+    )
     checked = 0
     for arguments, expected in BAD_INPUT:
         result = run_cli("--config", str(config), *arguments, launcher=SWEEP, timeout=120)
@@ -146,9 +167,13 @@ def test_the_pruning_rule_with_numbers():
 
 
 def test_eval_losses_and_best_run():
-    events = [{"event": "eval", "step": 0, "eval_loss": 2.0}, {"event": "train", "step": 5, "loss": 1.0},
-              {"event": "eval", "step": 10, "eval_loss": 1.5}, {"event": "eval", "step": 10, "eval_loss": 1.4},
-              {"event": "eval", "step": 20}]
+    events = [
+        {"event": "eval", "step": 0, "eval_loss": 2.0},
+        {"event": "train", "step": 5, "loss": 1.0},
+        {"event": "eval", "step": 10, "eval_loss": 1.5},
+        {"event": "eval", "step": 10, "eval_loss": 1.4},
+        {"event": "eval", "step": 20},
+    ]
     assert eval_losses(events) == [(0, 2.0), (10, 1.4)], "the last record of a step counts; no loss, no point"
     scores = {"a": 0.8, "b": None, "c": 0.9, "d": 0.9}
     assert best_run(scores, "accuracy") == "c", "higher is better; the first of a tie"
@@ -158,11 +183,28 @@ def test_eval_losses_and_best_run():
 def test_prune_stops_a_clearly_worse_run_and_records_it(tiny_checkpoints, tmp_path):
     # A classification head trained at learning rate 1.0 scores an eval loss of about 9 at its first evaluation,
     # against 0.69 for the first run: far past the margin. 300 steps: still training when pruned.
-    config = _yaml(tmp_path / "run.yaml", model_name_or_path=str(tiny_checkpoints["bert"]), output_dir=str(tmp_path),
-                   train_file=str(write_sentiment_csv(tmp_path / "reviews.csv")), max_steps=300, eval_steps=4,
-                   logging_steps=4, learning_rate=2e-3, mixed_precision="no", save_steps=1000)
-    result = run_cli("--config", str(config), "--grid", "head_learning_rate=1e-2,1.0", "--experiment", "heads",
-                     "--prune", launcher=SWEEP)
+    config = _yaml(
+        tmp_path / "run.yaml",
+        model_name_or_path=str(tiny_checkpoints["bert"]),
+        output_dir=str(tmp_path),
+        train_file=str(write_sentiment_csv(tmp_path / "reviews.csv")),
+        max_steps=300,
+        eval_steps=4,
+        logging_steps=4,
+        learning_rate=2e-3,
+        mixed_precision="no",
+        save_steps=1000,
+    )
+    result = run_cli(
+        "--config",
+        str(config),
+        "--grid",
+        "head_learning_rate=1e-2,1.0",
+        "--experiment",
+        "heads",
+        "--prune",
+        launcher=SWEEP,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     record = read_json(tmp_path / "heads" / "experiment.json")
     assert record["pruned"] == ["heads-02"] and record["best"] == "heads-01"

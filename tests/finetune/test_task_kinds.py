@@ -24,8 +24,10 @@ ALLOWED_TASK_NAMES: dict[str, tuple[int, str]] = {}
 
 def test_the_table_imports_without_torch_transformers_or_datasets():
     heavy = ("torch", "transformers", "datasets")
-    check = (f"import sys, finetune.task_kinds; loaded = [m for m in {heavy!r} if m in sys.modules]; "
-             "assert not loaded, loaded; print(len(finetune.task_kinds.TASKS))")
+    check = (
+        f"import sys, finetune.task_kinds; loaded = [m for m in {heavy!r} if m in sys.modules]; "
+        "assert not loaded, loaded; print(len(finetune.task_kinds.TASKS))"
+    )
     result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(len(TASKS)) == "3"

@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageClassification,
-                          AutoModelForSequenceClassification, AutoTokenizer)
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 from tests.conftest import OFFLINE_ENV, REPO
 
@@ -18,8 +24,15 @@ FAMILIES = ("gpt2", "bert", "vit", "resnet")
 
 
 def _make(out_dir: Path, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "finetune.tiny_checkpoints", str(out_dir), *args], cwd=REPO,
-                            env=OFFLINE_ENV, capture_output=True, text=True, check=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "finetune.tiny_checkpoints", str(out_dir), *args],
+        cwd=REPO,
+        env=OFFLINE_ENV,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     return result.stdout
 
 
@@ -89,8 +102,12 @@ def test_every_family_loads_offline_and_runs_a_forward_pass(checkpoints):
 def test_checkpoints_have_the_hub_architectures(checkpoints):
     architectures = {family: AutoConfig.from_pretrained(checkpoints / family).architectures for family in FAMILIES}
     # ViT without a head, like google/vit-base-patch16-224-in21k; ResNet with one to replace, like resnet-50.
-    assert architectures == {"gpt2": ["GPT2LMHeadModel"], "bert": ["BertForMaskedLM"], "vit": ["ViTModel"],
-                             "resnet": ["ResNetForImageClassification"]}
+    assert architectures == {
+        "gpt2": ["GPT2LMHeadModel"],
+        "bert": ["BertForMaskedLM"],
+        "vit": ["ViTModel"],
+        "resnet": ["ResNetForImageClassification"],
+    }
     resnet = AutoConfig.from_pretrained(checkpoints / "resnet")
     assert resnet.num_labels == 10 and resnet.id2label[0] == "class_0"
 
@@ -111,8 +128,9 @@ def test_bert_tokenizer_knows_its_words_and_pads(checkpoints):
 
 def test_rerun_keeps_existing_checkpoints_and_force_rewrites_the_same_files(checkpoints):
     before = {path: path.read_bytes() for path in (checkpoints / "bert").iterdir()}
-    assert _make(checkpoints).splitlines() == [f"kept {checkpoints / f} (already there; --force rewrites it)"
-                                               for f in FAMILIES]
+    assert _make(checkpoints).splitlines() == [
+        f"kept {checkpoints / f} (already there; --force rewrites it)" for f in FAMILIES
+    ]
     assert _make(checkpoints, "--families", "bert", "--force").splitlines() == [f"wrote {checkpoints / 'bert'}"]
     # Seeded weights and a deterministic tokenizer: a rewrite is byte for byte the same.
     assert {path: path.read_bytes() for path in (checkpoints / "bert").iterdir()} == before

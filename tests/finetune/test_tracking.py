@@ -17,8 +17,17 @@ def test_tensorboard_event_files_hold_the_runs_curves(tiny_checkpoints, data, tm
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    result = run_cli("--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data),
-                     "--output_dir", str(run), "--report_to", "tensorboard", *STEPS)
+    result = run_cli(
+        "--model_name_or_path",
+        str(tiny_checkpoints["bert"]),
+        "--train_file",
+        str(data),
+        "--output_dir",
+        str(run),
+        "--report_to",
+        "tensorboard",
+        *STEPS,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     event_files = list((run / "tracking").rglob("events.out.tfevents.*"))
     assert event_files, "no TensorBoard event file under RUN/tracking"
@@ -41,8 +50,17 @@ def test_a_tracker_that_is_not_installed_is_refused_with_what_to_install(tiny_ch
     if is_mlflow_available():
         pytest.skip("mlflow is installed here")
     run = tmp_path / "run"
-    result = run_cli("--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data),
-                     "--output_dir", str(run), "--report_to", "mlflow", *STEPS)
+    result = run_cli(
+        "--model_name_or_path",
+        str(tiny_checkpoints["bert"]),
+        "--train_file",
+        str(data),
+        "--output_dir",
+        str(run),
+        "--report_to",
+        "mlflow",
+        *STEPS,
+    )
     assert result.returncode == 2
     assert "report_to: mlflow is not installed" in result.stderr and "pip install mlflow-skinny" in result.stderr
     assert read_json(run / "status.json")["state"] == "failed"

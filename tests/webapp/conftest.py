@@ -21,16 +21,28 @@ import pytest
 from tests.conftest import OFFLINE_ENV, REPO, run_cli
 
 APP = str(REPO / "webapp" / "app.py")
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_EVALUATE_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """The app's demo checkpoints and samples (what webapp.services.demo makes on first use), made once."""
     directory = tmp_path_factory.mktemp("demo")
-    subprocess.run([sys.executable, "-m", "webapp.services.demo", str(directory)], cwd=REPO,
-                   env={**os.environ, **OFFLINE}, check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "webapp.services.demo", str(directory)],
+        cwd=REPO,
+        env={**os.environ, **OFFLINE},
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert (directory / "ready").is_file()
     return directory
 
@@ -45,16 +57,43 @@ def trained_runs(demo_dir, tiny_checkpoints, tmp_path_factory) -> dict[str, Path
     root = tmp_path_factory.mktemp("trained-runs")
     ckpt, samples = demo_dir / "checkpoints", demo_dir / "samples"
     text_lm = ["--learning_rate", "2e-3"]
-    bert = ["--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(samples / "reviews.csv"),
-            "--task", "text-classification", "--num_train_epochs", "2", "--head_learning_rate", "1e-2"]
+    bert = [
+        "--model_name_or_path",
+        str(tiny_checkpoints["bert"]),
+        "--train_file",
+        str(samples / "reviews.csv"),
+        "--task",
+        "text-classification",
+        "--num_train_epochs",
+        "2",
+        "--head_learning_rate",
+        "1e-2",
+    ]
     specs = {
-        "gpt2-tiny": ["--model_name_or_path", str(ckpt / "gpt2"), "--train_file", str(samples / "stories.txt"),
-                      "--task", "causal-lm", "--num_train_epochs", "1", *text_lm],
+        "gpt2-tiny": [
+            "--model_name_or_path",
+            str(ckpt / "gpt2"),
+            "--train_file",
+            str(samples / "stories.txt"),
+            "--task",
+            "causal-lm",
+            "--num_train_epochs",
+            "1",
+            *text_lm,
+        ],
         "bert-lr2e-3": [*bert, "--learning_rate", "2e-3"],
         "bert-lr5e-3": [*bert, "--learning_rate", "5e-3"],
         # No --task: the trainer infers it from the checkpoint (as the CLI's --help says it may).
-        "vit-tiny": ["--model_name_or_path", str(ckpt / "vit"), "--train_file", str(samples / "digits"),
-                     "--max_steps", "10", "--max_eval_samples", "200"],
+        "vit-tiny": [
+            "--model_name_or_path",
+            str(ckpt / "vit"),
+            "--train_file",
+            str(samples / "digits"),
+            "--max_steps",
+            "10",
+            "--max_eval_samples",
+            "200",
+        ],
     }
 
     def train(name: str) -> subprocess.CompletedProcess:

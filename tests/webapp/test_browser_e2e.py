@@ -33,10 +33,20 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a de
 expect = sync_api.expect
 
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium: scripts/setup.sh --dev "
-                                                               "(apt-get install chromium chromium-driver)")
-BROWSER_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.is_file(),
+    reason="needs Debian's chromium: scripts/setup.sh --dev (apt-get install chromium chromium-driver)",
+)
+BROWSER_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEWPORT = {"width": 1400, "height": 1000}
 SCREENSHOTS = REPO / "docs" / "screenshots"
 TRAIN_TIMEOUT_S = 180
@@ -74,13 +84,36 @@ def app(tmp_path):
     # A short LORA_LAB_HOME: its paths show in the screenshots (the command, the runs' model column).
     home = Path(tempfile.mkdtemp(prefix="lora-lab-e2e-")).resolve()
     port = free_port()
-    env = {**os.environ, "LORA_LAB_HOME": str(home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_EVALUATE_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "LORA_LAB_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_EVALUATE_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     log = (tmp_path / "streamlit.log").open("wb")
-    proc = subprocess.Popen([str(STREAMLIT), "run", "webapp/app.py", "--server.headless", "true", "--server.port",
-                             str(port), "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(STREAMLIT),
+            "run",
+            "webapp/app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+            "--client.toolbarMode",
+            "viewer",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

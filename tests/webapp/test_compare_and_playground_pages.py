@@ -12,8 +12,8 @@ from PIL import Image
 from tests.webapp.apptest import assert_ok, button, open_app
 from tests.webapp.conftest import copy_run
 
-
 # ---- Compare ----------------------------------------------------------------------------------------
+
 
 def test_compare_two_bert_runs(no_runner, trained_runs):
     names = ["bert-lr2e-3", "bert-lr5e-3"]
@@ -45,6 +45,7 @@ def test_compare_two_bert_runs(no_runner, trained_runs):
 
 
 # ---- Playground -------------------------------------------------------------------------------------
+
 
 def test_playground_generate_classify_text_and_image(no_runner, trained_runs):
     for name in ("gpt2-tiny", "bert-lr2e-3", "vit-tiny"):

@@ -19,8 +19,12 @@ from webapp.services import catalog, demo
 
 # Per family: the metric, the worst fine-tuned value accepted, and the least gain over the base model
 # (accuracy: added points; perplexity: how many times lower). Measured: see catalog.DEMO_OVERRIDES.
-MARGINS = {"bert": ("accuracy", 0.9, 0.3), "vit": ("accuracy", 0.85, 0.6), "resnet": ("accuracy", 0.85, 0.6),
-           "gpt2": ("perplexity", 20.0, 10.0)}
+MARGINS = {
+    "bert": ("accuracy", 0.9, 0.3),
+    "vit": ("accuracy", 0.85, 0.6),
+    "resnet": ("accuracy", 0.85, 0.6),
+    "gpt2": ("perplexity", 20.0, 10.0),
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +34,13 @@ def preset_runs(demo_dir, tmp_path_factory) -> dict[str, Path]:
 
     def train(key: str) -> Path:
         family, run = catalog.FAMILIES[key], root / key
-        settings = {**family.defaults(), **catalog.DEMO_OVERRIDES.get(key, {}),
-                    "model_name_or_path": str(demo.checkpoint_path(demo_dir, key)),
-                    "train_file": str(demo.sample_path(demo_dir, family.task)), "output_dir": str(run)}
+        settings = {
+            **family.defaults(),
+            **catalog.DEMO_OVERRIDES.get(key, {}),
+            "model_name_or_path": str(demo.checkpoint_path(demo_dir, key)),
+            "train_file": str(demo.sample_path(demo_dir, family.task)),
+            "output_dir": str(run),
+        }
         config = root / f"{key}.yaml"
         config.write_text(yaml.safe_dump(settings))
         result = run_cli("--config", str(config), env={**OFFLINE_ENV, **OFFLINE})
@@ -91,8 +99,14 @@ def test_making_the_demo_again_keeps_it(demo_dir):
     weights = demo.checkpoint_path(demo_dir, "bert") / "model.safetensors"
     before = weights.stat().st_mtime_ns
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "webapp.services.demo", str(demo_dir)], cwd=REPO, check=True,
-                   env={**OFFLINE_ENV, **OFFLINE}, capture_output=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "webapp.services.demo", str(demo_dir)],
+        cwd=REPO,
+        check=True,
+        env={**OFFLINE_ENV, **OFFLINE},
+        capture_output=True,
+        timeout=60,
+    )
     assert time.monotonic() - started < 30, "the ready marker skips the work"
     assert weights.stat().st_mtime_ns == before
 
@@ -101,8 +115,14 @@ def test_an_older_demo_is_rebuilt(tmp_path):
     directory = tmp_path / "demo"
     (directory / "samples" / "colours" / "red").mkdir(parents=True)
     (directory / demo.READY).write_text("ok\n")  # what every demo before version 2 wrote
-    subprocess.run([sys.executable, "-m", "webapp.services.demo", str(directory)], cwd=REPO, check=True,
-                   env={**OFFLINE_ENV, **OFFLINE}, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "webapp.services.demo", str(directory)],
+        cwd=REPO,
+        check=True,
+        env={**OFFLINE_ENV, **OFFLINE},
+        capture_output=True,
+        timeout=300,
+    )
     assert demo.is_ready(directory) and not (directory / "samples" / "colours").exists()
     assert sorted(p.name for p in (directory / "samples").iterdir()) == ["digits", "reviews.csv", "stories.txt"]
     assert (demo.checkpoint_path(directory, "bert") / "vocab.txt").is_file(), "MiniLM's, not the tiny BERT's"
@@ -113,6 +133,7 @@ def test_auto_precision_picks_bf16_for_real_minilm_only(preset_runs):
     the tiny demo models (width 32-64), where bf16 loses."""
     from finetune.speed import cpu_has_native_bf16
 
-    used = {family: json.loads((run / "metrics.json").read_text())["mixed_precision"]
-            for family, run in preset_runs.items()}
+    used = {
+        family: json.loads((run / "metrics.json").read_text())["mixed_precision"] for family, run in preset_runs.items()
+    }
     assert used == {"gpt2": "no", "bert": "bf16" if cpu_has_native_bf16() else "no", "vit": "no", "resnet": "no"}

@@ -18,8 +18,14 @@ from finetune.rundir import RunDirectory
 from tests.webapp.test_jobs import FAKE_TRAINER, FakeTrainers, wait_for
 from webapp.services import devices, identity, jobs, launch, runs, settings, uploads, workspace
 
-LIMIT_VARS = ("LORA_LAB_USERS", "LORA_LAB_OPERATORS", "LORA_LAB_MAX_QUEUED_RUNS", "LORA_LAB_MAX_RUNNING_RUNS",
-              "LORA_LAB_MAX_UPLOAD_MB", "LORA_LAB_MAX_STORAGE_MB")
+LIMIT_VARS = (
+    "LORA_LAB_USERS",
+    "LORA_LAB_OPERATORS",
+    "LORA_LAB_MAX_QUEUED_RUNS",
+    "LORA_LAB_MAX_RUNNING_RUNS",
+    "LORA_LAB_MAX_UPLOAD_MB",
+    "LORA_LAB_MAX_STORAGE_MB",
+)
 VALUES = {"model_name_or_path": "gpt2", "train_file": "t.txt", "learning_rate": "2e-4", "lora_r": 8}
 MiB = 2**20
 
@@ -92,6 +98,7 @@ def files_under(root: Path) -> list[Path]:
 
 # ---- 1. round-robin order ---------------------------------------------------------------------------
 
+
 def test_runs_start_round_robin_across_users_first_in_first_out_within_each(shared, trainers):
     alice, bob, carol = user("alice"), user("bob"), user("carol")
     queued = [queue(trainers, alice, f"alice{i}") for i in (1, 2, 3)]
@@ -119,6 +126,7 @@ def test_runs_start_round_robin_across_users_first_in_first_out_within_each(shar
 
 
 # ---- 2. runs of one user training at once ----------------------------------------------------------
+
 
 def test_one_user_trains_at_most_max_running_runs_while_another_user_takes_the_free_gpu(shared, trainers):
     alice, bob = user("alice"), user("bob")
@@ -158,6 +166,7 @@ def test_the_local_user_is_not_limited_to_max_running_runs(no_runner, trainers, 
 
 
 # ---- 3. limits, with messages that say what is wrong and what to do ---------------------------------
+
 
 def test_max_queued_runs_refuses_the_next_launch_or_resume_with_a_clear_message(shared, trained_runs, monkeypatch):
     monkeypatch.setenv("LORA_LAB_MAX_QUEUED_RUNS", "2")
@@ -217,8 +226,9 @@ def test_max_storage_mb_refuses_uploads_and_launches_past_the_users_disk(shared,
     assert message.startswith("storage: your runs and uploads take 2 MiB of your 3 MiB"), message
     assert "delete runs you no longer need" in message
     assert files_under(workspace.uploads_dir(alice.key)) == stored, "the refused upload is not stored"
-    assert uploads.save_upload(bob, "second.txt", b"b" * (int(1.5 * MiB) - 1) + b"\n", "causal-lm").is_file(), \
+    assert uploads.save_upload(bob, "second.txt", b"b" * (int(1.5 * MiB) - 1) + b"\n", "causal-lm").is_file(), (
         "another user's disk is their own"
+    )
 
     stopped = stopped_run(alice, trained_runs["bert-lr2e-3"], "stopped")
     # Checkpoints hold the trained weights only (a few KiB here): a long log makes the run ~2 MiB, 4 MiB of 3.
@@ -234,13 +244,16 @@ def test_max_storage_mb_refuses_uploads_and_launches_past_the_users_disk(shared,
     messages.append(str(err.value))
     assert RunDirectory(stopped).read_status()["state"] == "cancelled"
     for message in messages:
-        assert re.match(r"storage: your runs and uploads take [3-5](\.\d)? MiB of your 3 MiB; delete runs", message), message
+        assert re.match(r"storage: your runs and uploads take [3-5](\.\d)? MiB of your 3 MiB; delete runs", message), (
+            message
+        )
     runs.delete(alice, "stopped")  # what the message says to do: then a launch fits again
     assert plan_and_launch(alice, "fits").read_status()["state"] == "queued"
     assert len(messages) == 2
 
 
 # ---- 4. the local user has no limits ----------------------------------------------------------------
+
 
 def test_the_local_user_is_exempt_from_queue_upload_and_storage_limits(no_runner, trained_runs, monkeypatch):
     for name in LIMIT_VARS:
@@ -260,8 +273,10 @@ def test_the_local_user_is_exempt_from_queue_upload_and_storage_limits(no_runner
     monkeypatch.setenv("LORA_LAB_USERS", "huggingface")
     alice = user("alice")
     refused = 0
-    for attempt in (lambda: uploads.save_upload(alice, "big.txt", b"z" * (3 * MiB - 1) + b"\n", "causal-lm"),
-                    lambda: [plan_and_launch(alice, f"run{i}") for i in range(2)]):
+    for attempt in (
+        lambda: uploads.save_upload(alice, "big.txt", b"z" * (3 * MiB - 1) + b"\n", "causal-lm"),
+        lambda: [plan_and_launch(alice, f"run{i}") for i in range(2)],
+    ):
         with pytest.raises(UserError):
             attempt()
         refused += 1

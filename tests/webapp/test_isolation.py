@@ -23,11 +23,25 @@ from tests.webapp.apptest import assert_ok, button, labels, state_of
 from tests.webapp.conftest import APP
 from webapp.services import catalog, identity, runs, settings, uploads, workspace
 
-ENV_VARS = ("LORA_LAB_USERS", "LORA_LAB_OPERATORS", "LORA_LAB_MAX_QUEUED_RUNS", "LORA_LAB_MAX_RUNNING_RUNS",
-            "LORA_LAB_MAX_UPLOAD_MB", "LORA_LAB_MAX_STORAGE_MB", "LORA_LAB_ALLOW_PUSH", "HF_TOKEN")
+ENV_VARS = (
+    "LORA_LAB_USERS",
+    "LORA_LAB_OPERATORS",
+    "LORA_LAB_MAX_QUEUED_RUNS",
+    "LORA_LAB_MAX_RUNNING_RUNS",
+    "LORA_LAB_MAX_UPLOAD_MB",
+    "LORA_LAB_MAX_STORAGE_MB",
+    "LORA_LAB_ALLOW_PUSH",
+    "HF_TOKEN",
+)
 CSV = b"review,sentiment\nthe movie was great,positive\nthe movie was awful,negative\n" * 20
-ACTIONS = {"locate": runs.locate, "summary": runs.summary, "cancel": runs.cancel, "resume": runs.resume,
-           "delete": runs.delete, "adapter_zip": runs.adapter_zip}
+ACTIONS = {
+    "locate": runs.locate,
+    "summary": runs.summary,
+    "cancel": runs.cancel,
+    "resume": runs.resume,
+    "delete": runs.delete,
+    "adapter_zip": runs.adapter_zip,
+}
 
 
 @pytest.fixture
@@ -46,7 +60,8 @@ def shared(no_runner, clean_env) -> Path:
 
 
 def hf_user(name: str, subject: str | None = None) -> identity.User:
-    """The user the pages build for a Hugging Face sign-in as ``name`` (``hf_login(name)``: OIDC subject "id-<name>")."""
+    """The user the pages build for a Hugging Face sign-in as ``name`` (``hf_login(name)``: OIDC subject
+    "id-<name>")."""
     return identity.signed_in_user(name, settings.load().operators, f"hf_{name}_secret", subject or f"id-{name}")
 
 
@@ -77,13 +92,47 @@ def crafted_refs(victim: identity.User, name: str) -> list:
     """References another user might type or forge to reach ``victim``'s run ``name``."""
     key, root = victim.key, workspace.runs_dir(victim.key)
     return [
-        name, f"{key}/{name}", f"/{name}", f"./{name}", f"{name}/", f"{name}/.", f"{key}/{name}/", f"{key}//{name}",
-        f"{key}/./{name}", f"{key}/../{key}/{name}", f"../users/{key}/runs/{name}", f"../../users/{key}/runs/{name}",
-        f"users/{key}/runs/{name}", f"runs/../../users/{key}/runs/{name}", str(root / name), str(root), f"{root}/",
-        f"..\\users\\{key}\\runs\\{name}", f"%2e%2e/users/{key}/runs/{name}", f"~/{name}", f"{key.upper()}/{name}",
-        f"{key} /{name}", f" {key}/{name}", f"{identity.LOCAL_KEY}/{name}", f"{identity.LOCAL_KEY}/../users/{key}/runs/{name}",
-        "..", ".", "", "/", "//", None, "*", f"{name[:3]}*", f"{key}/*", "\0", f"{name}\0", f"{key}/{name}\0",
-        f"{key}\0/{name}", f"\0/{name}", "a" * 300, f"{key}/{'a' * 300}",
+        name,
+        f"{key}/{name}",
+        f"/{name}",
+        f"./{name}",
+        f"{name}/",
+        f"{name}/.",
+        f"{key}/{name}/",
+        f"{key}//{name}",
+        f"{key}/./{name}",
+        f"{key}/../{key}/{name}",
+        f"../users/{key}/runs/{name}",
+        f"../../users/{key}/runs/{name}",
+        f"users/{key}/runs/{name}",
+        f"runs/../../users/{key}/runs/{name}",
+        str(root / name),
+        str(root),
+        f"{root}/",
+        f"..\\users\\{key}\\runs\\{name}",
+        f"%2e%2e/users/{key}/runs/{name}",
+        f"~/{name}",
+        f"{key.upper()}/{name}",
+        f"{key} /{name}",
+        f" {key}/{name}",
+        f"{identity.LOCAL_KEY}/{name}",
+        f"{identity.LOCAL_KEY}/../users/{key}/runs/{name}",
+        "..",
+        ".",
+        "",
+        "/",
+        "//",
+        None,
+        "*",
+        f"{name[:3]}*",
+        f"{key}/*",
+        "\0",
+        f"{name}\0",
+        f"{key}/{name}\0",
+        f"{key}\0/{name}",
+        f"\0/{name}",
+        "a" * 300,
+        f"{key}/{'a' * 300}",
     ]
 
 
@@ -95,13 +144,17 @@ def refused(action, user: identity.User, ref) -> str:
 
 # ---- 1. services: runs, uploads, operators, visitors -------------------------------------------------
 
+
 def test_services_keep_each_users_runs_and_uploads_apart(shared, trained_runs):
     home, bert = shared, trained_runs["bert-lr2e-3"]
     alice, bob, carol = hf_user("alice"), hf_user("bob"), hf_user("carol")
     assert (alice.is_operator, bob.is_operator, carol.is_operator) == (False, False, True)
     assert len({alice.key, bob.key, carol.key}) == 3 and all(identity.KEY.fullmatch(u.key) for u in (alice, bob, carol))
-    mine = {"alice-done": give(alice, bert, "alice-done"), "alice-waiting": give(alice, bert, "alice-waiting", "queued"),
-            "alice-stopped": give(alice, bert, "alice-stopped", "cancelled")}
+    mine = {
+        "alice-done": give(alice, bert, "alice-done"),
+        "alice-waiting": give(alice, bert, "alice-waiting", "queued"),
+        "alice-stopped": give(alice, bert, "alice-stopped", "cancelled"),
+    }
     bobs = {"bob-done": give(bob, bert, "bob-done"), "same": give(bob, bert, "same")}
     local_run = give(identity.local_user(), bert, "local-done")
     assert local_run.parent == home / "runs" and mine["alice-done"].parent == home / "users" / alice.key / "runs"
@@ -198,8 +251,22 @@ def test_visitors_get_their_own_folders_and_malformed_keys_are_refused(shared, t
             checked += 1
     assert checked == 18 and (workspace.runs_dir(second.key) / "theirs").is_dir()
 
-    malformed = ["", None, "short", "a" * 21, "a" * 65, "../../../etc/passwd", "a" * 21 + "/", "a" * 21 + ".",
-                 "a b" * 8, "ä" * 22, "a" * 22 + "\0", "\0" * 22, "a" * 11 + "/" + "a" * 11, "%2e%2e" * 4]
+    malformed = [
+        "",
+        None,
+        "short",
+        "a" * 21,
+        "a" * 65,
+        "../../../etc/passwd",
+        "a" * 21 + "/",
+        "a" * 21 + ".",
+        "a b" * 8,
+        "ä" * 22,
+        "a" * 22 + "\0",
+        "\0" * 22,
+        "a" * 11 + "/" + "a" * 11,
+        "%2e%2e" * 4,
+    ]
     for token in malformed:
         message = refused(lambda _, t: identity.visitor_user(t), None, token)
         assert "visitor: the key in the address is malformed" in message
@@ -218,7 +285,9 @@ def test_names_keys_and_visitor_tokens_with_a_trailing_newline_are_refused(share
         "check_key(alice's key + '\\n')": lambda: identity.check_key(alice.key + "\n"),
         "visitor_user('a' * 22 + '\\n')": lambda: identity.visitor_user("a" * 22 + "\n"),
         "check_new_name(alice, 'evil\\n')": lambda: runs.check_new_name(alice, "evil\n"),
-        "locate(carol, alice's key + '\\n/x')": lambda: runs.locate(carol, f"{alice.key}\n/x"),  # an operator's reference
+        "locate(carol, alice's key + '\\n/x')": lambda: runs.locate(
+            carol, f"{alice.key}\n/x"
+        ),  # an operator's reference
     }
     accepted = []
     for label, attempt in attempts.items():
@@ -234,6 +303,7 @@ def test_names_keys_and_visitor_tokens_with_a_trailing_newline_are_refused(share
 
 # ---- 2. pages: one AppTest session per browser ------------------------------------------------------
 
+
 def session(page: str, user: dict | None = None, visitor: str | None = None) -> AppTest:
     """A browser session on ``page`` (relative to webapp/), signed in as ``user`` or with ``?visitor=``."""
     at = AppTest.from_file(APP, default_timeout=180)
@@ -248,8 +318,13 @@ def session(page: str, user: dict | None = None, visitor: str | None = None) -> 
 
 def hf_login(name: str) -> dict:
     """What ``st.user`` holds after "Sign in with Hugging Face" (expose_tokens = ["access"])."""
-    return {"is_logged_in": True, "preferred_username": name, "name": name.title(), "sub": f"id-{name}",
-            "tokens": {"access": f"hf_{name}_secret"}}
+    return {
+        "is_logged_in": True,
+        "preferred_username": name,
+        "name": name.title(),
+        "sub": f"id-{name}",
+        "tokens": {"access": f"hf_{name}_secret"},
+    }
 
 
 def table_of(at: AppTest):
@@ -260,8 +335,11 @@ def test_runs_page_sessions_see_and_act_on_their_own_runs_only(shared, trained_r
     bert = trained_runs["bert-lr2e-3"]
     alice, bob = hf_user("alice"), hf_user("bob")
     users = {alice.name: alice, bob.name: bob}
-    made = {(u, n): give(users[u], bert, n, state) for u in users
-            for n, state in (("same", None), ("waiting", "queued"), ("stopped", "cancelled"), (f"{u}-only", None))}
+    made = {
+        (u, n): give(users[u], bert, n, state)
+        for u in users
+        for n, state in (("same", None), ("waiting", "queued"), ("stopped", "cancelled"), (f"{u}-only", None))
+    }
 
     at_alice, at_bob = session("pages/runs.py", hf_login("alice")), session("pages/runs.py", hf_login("bob"))
     for at, name in ((at_alice, "alice"), (at_bob, "bob")):
@@ -300,7 +378,9 @@ def test_runs_page_sessions_see_and_act_on_their_own_runs_only(shared, trained_r
     refs = {f"{alice.key}/{n}" for n in ("waiting", "stopped", "alice-only")}
     refs |= {f"{bob.key}/{n}" for n in ("same", "waiting", "stopped", "bob-only")}
     assert set(table.index) == refs
-    assert {ref: table.loc[ref, "owner"] for ref in refs} == {ref: "alice" if ref.startswith(alice.key) else "bob" for ref in refs}
+    assert {ref: table.loc[ref, "owner"] for ref in refs} == {
+        ref: "alice" if ref.startswith(alice.key) else "bob" for ref in refs
+    }
     at_carol.selectbox(key="runs_selected").set_value(f"{bob.key}/waiting").run()
     button(at_carol, "Cancel run").click().run()
     assert_ok(at_carol)
@@ -315,8 +395,10 @@ def test_compare_and_playground_list_only_the_sessions_own_runs(shared, trained_
     give(bob, trained_runs["bert-lr5e-3"], "b-bert")
     give(bob, trained_runs["bert-lr2e-3"], "b-stopped", "cancelled")
     checked = 0
-    for who, own, finished in (("alice", {"a-bert", "a-gpt2"}, {"a-bert", "a-gpt2"}),
-                               ("bob", {"b-bert", "b-stopped"}, {"b-bert"})):
+    for who, own, finished in (
+        ("alice", {"a-bert", "a-gpt2"}, {"a-bert", "a-gpt2"}),
+        ("bob", {"b-bert", "b-stopped"}, {"b-bert"}),
+    ):
         compare = session("pages/compare.py", hf_login(who))
         assert set(compare.multiselect(key="compare_runs").options) == own
         assert set(compare.multiselect(key="compare_runs").value) <= own
@@ -325,7 +407,11 @@ def test_compare_and_playground_list_only_the_sessions_own_runs(shared, trained_
         checked += 2
     carol = session("pages/compare.py", hf_login("carol"))
     assert set(carol.multiselect(key="compare_runs").options) == {
-        f"{alice.key}/a-bert", f"{alice.key}/a-gpt2", f"{bob.key}/b-bert", f"{bob.key}/b-stopped"}
+        f"{alice.key}/a-bert",
+        f"{alice.key}/a-gpt2",
+        f"{bob.key}/b-bert",
+        f"{bob.key}/b-stopped",
+    }
     assert checked + 1 == 5
 
 
@@ -375,10 +461,13 @@ def test_anonymous_mode_gives_each_address_its_own_workspace(shared, trained_run
         assert [i.value for i in forged.info] == ["No runs yet."], bad
         new_tokens.add(new_token)
     assert len({token, other_token, *new_tokens}) == 7
-    assert sorted(p.name for p in (home / "users").iterdir()) == sorted([me.key, identity.visitor_user(other_token).key])
+    assert sorted(p.name for p in (home / "users").iterdir()) == sorted(
+        [me.key, identity.visitor_user(other_token).key]
+    )
 
 
 # ---- 3. local mode ------------------------------------------------------------------------------------
+
 
 def test_local_mode_is_one_user_owning_the_workspace(no_runner, trained_runs, clean_env):
     home = no_runner
@@ -398,6 +487,7 @@ def test_local_mode_is_one_user_owning_the_workspace(no_runner, trained_runs, cl
 
 
 # ---- 4. pushing to the Hub -----------------------------------------------------------------------------
+
 
 def test_push_uses_the_signed_in_users_own_token_and_never_the_servers_on_a_shared_app(shared, trained_runs, clean_env):
     clean_env.setenv("HF_TOKEN", "hf_server_secret")
@@ -419,8 +509,11 @@ def test_push_uses_the_signed_in_users_own_token_and_never_the_servers_on_a_shar
     at = session("pages/runs.py", hf_login("alice"))
     assert button(at, "Push to Hub").disabled
     assert any("your Hugging Face sign-in" in c.value for c in at.caption)
-    shown = [str(e.value) for kind in (at.markdown, at.caption, at.code, at.info, at.error, at.warning, at.success,
-                                       at.text_input) for e in kind]
+    shown = [
+        str(e.value)
+        for kind in (at.markdown, at.caption, at.code, at.info, at.error, at.warning, at.success, at.text_input)
+        for e in kind
+    ]
     assert len(shown) >= 3 and not any("hf_alice_secret" in v or "hf_server_secret" in v for v in shown)
     clean_env.setenv("LORA_LAB_USERS", "anonymous")
     token = identity.new_visitor_token()
@@ -432,17 +525,34 @@ def test_push_uses_the_signed_in_users_own_token_and_never_the_servers_on_a_shar
 
 # ---- 5. typed checkpoints on a shared app ------------------------------------------------------------
 
+
 def test_a_shared_app_refuses_local_checkpoint_paths(shared, trained_runs, demo_dir, monkeypatch):
     alice = hf_user("alice")
     victim = give(alice, trained_runs["bert-lr2e-3"], "alice-done")
     adapter = victim / "adapter"
     checkpoint = victim / "checkpoints" / "step_82"
     demo_bert = demo_dir / "checkpoints" / "bert"
-    assert catalog.inspect_checkpoint(str(demo_bert)).model_type == "bert", "a local folder is fine on one's own machine"
+    assert catalog.inspect_checkpoint(str(demo_bert)).model_type == "bert", (
+        "a local folder is fine on one's own machine"
+    )
     monkeypatch.chdir(shared)
     relative = f"users/{alice.key}/runs/alice-done"
-    typed = [str(victim), str(adapter), str(checkpoint), str(demo_bert), f"{victim}/", relative, f"./{relative}",
-             f"../lab/{relative}", "~", "~/anything", "/etc", ".", "..", " " + str(victim) + " "]
+    typed = [
+        str(victim),
+        str(adapter),
+        str(checkpoint),
+        str(demo_bert),
+        f"{victim}/",
+        relative,
+        f"./{relative}",
+        f"../lab/{relative}",
+        "~",
+        "~/anything",
+        "/etc",
+        ".",
+        "..",
+        " " + str(victim) + " ",
+    ]
     for name in typed:
         with pytest.raises(UserError, match="is a local path; on this shared app enter a hub id"):
             catalog.inspect_checkpoint(name, allow_local=False)

@@ -65,8 +65,9 @@ def home(no_runner) -> Path:
     return no_runner
 
 
-def queue_fake(home: Path, trainers: FakeTrainers, name: str, gpus: int = 0, script: str = FAKE_TRAINER,
-               resume: bool = False) -> RunDirectory:
+def queue_fake(
+    home: Path, trainers: FakeTrainers, name: str, gpus: int = 0, script: str = FAKE_TRAINER, resume: bool = False
+) -> RunDirectory:
     run = RunDirectory(home / "runs" / name)
     trainers.scripts[name] = script
     jobs.enqueue(run, jobs.Job("cpu", 1, gpus, resume))
@@ -197,8 +198,10 @@ def test_ensure_runner_starts_one_background_runner_that_outlives_its_caller(tmp
 
 def _runs_runner(proc: Path, home: Path) -> bool:
     try:
-        return b"webapp.services.jobs" in (proc / "cmdline").read_bytes() and \
-            f"LORA_LAB_HOME={home}".encode() in (proc / "environ").read_bytes()
+        return (
+            b"webapp.services.jobs" in (proc / "cmdline").read_bytes()
+            and f"LORA_LAB_HOME={home}".encode() in (proc / "environ").read_bytes()
+        )
     except OSError:
         return False
 

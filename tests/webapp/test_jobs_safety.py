@@ -14,8 +14,16 @@ from pathlib import Path
 import pytest
 
 from finetune.rundir import RunDirectory, process_start, read_json, write_json_atomic
-from tests.webapp.test_jobs import (FAKE_TRAINER, FakeTrainers, local_runs, queue_fake, queued_runs, runner_for, state,
-                                    wait_for)
+from tests.webapp.test_jobs import (
+    FAKE_TRAINER,
+    FakeTrainers,
+    local_runs,
+    queue_fake,
+    queued_runs,
+    runner_for,
+    state,
+    wait_for,
+)
 from webapp.services import jobs, settings, workspace
 
 
@@ -113,10 +121,19 @@ def test_a_tampered_job_json_fails_its_run_and_starts_nothing(home, popen_calls)
 
 
 def expected_command(run: RunDirectory, preset: str = "cpu", processes: int = 1) -> list[str]:
-    return [str(Path(sys.executable).with_name("accelerate")), "launch",
-            "--config_file", str(workspace.REPO / "configs" / "accelerate" / f"{preset}.yaml"),
-            "--num_processes", str(processes), str(workspace.REPO / "finetune" / "train.py"),
-            "--config", str(run.config_path), "--output_dir", str(run.path)]
+    return [
+        str(Path(sys.executable).with_name("accelerate")),
+        "launch",
+        "--config_file",
+        str(workspace.REPO / "configs" / "accelerate" / f"{preset}.yaml"),
+        "--num_processes",
+        str(processes),
+        str(workspace.REPO / "finetune" / "train.py"),
+        "--config",
+        str(run.config_path),
+        "--output_dir",
+        str(run.path),
+    ]
 
 
 def test_the_command_is_built_from_checked_names_and_always_writes_into_the_run_folder(home, popen_calls):
@@ -128,8 +145,9 @@ def test_the_command_is_built_from_checked_names_and_always_writes_into_the_run_
     job = json.loads(run.job_path.read_text())
     job["command"] = ["/bin/sh", "-c", f"touch {home}/PWNED"]  # ignored: job.json names, never commands
     run.job_path.write_text(json.dumps(job))
-    run.config_path.write_text(f"model_name_or_path: {home}/no-such-model\ntrain_file: {home}/none.txt\n"
-                               f"output_dir: {elsewhere}\n")
+    run.config_path.write_text(
+        f"model_name_or_path: {home}/no-such-model\ntrain_file: {home}/none.txt\noutput_dir: {elsewhere}\n"
+    )
     assert jobs.Job.read(run) == jobs.Job("cpu", 1, 0)
     command = jobs.launch_command(run, jobs.Job.read(run))
     assert command == expected_command(run)
@@ -149,6 +167,7 @@ def test_the_command_is_built_from_checked_names_and_always_writes_into_the_run_
 
 
 # --- b. c. frozen and silent trainers -----------------------------------------------------------------------
+
 
 def test_a_stopped_trainer_is_killed_after_the_cancel_grace_and_the_queue_moves_on(home, trainers):
     runner = runner_for(home, trainers, gpu_ids=[], cancel_grace_seconds=1)
@@ -182,7 +201,9 @@ time.sleep(120)  # hung: reports nothing more
 """
 
 # Reports progress every 0.3 s, so runs longer than the stall limit without being killed.
-HEARTBEAT_TRAINER = FAKE_TRAINER.replace("    time.sleep(0.05)", "    time.sleep(0.3); run.update_status(beat=time.time())")
+HEARTBEAT_TRAINER = FAKE_TRAINER.replace(
+    "    time.sleep(0.05)", "    time.sleep(0.3); run.update_status(beat=time.time())"
+)
 
 
 def test_a_silent_trainer_is_failed_as_stalled_while_a_slow_but_live_one_is_left_alone(home, trainers):
@@ -224,6 +245,7 @@ def test_a_run_past_its_time_limit_is_stopped_though_it_keeps_reporting(home, tr
 
 # --- d. a pid reused by an unrelated process --------------------------------------------------------------
 
+
 def test_a_reused_pid_is_neither_trusted_nor_signalled(home):
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # dies of any signal
     try:
@@ -235,15 +257,17 @@ def test_a_reused_pid_is_neither_trusted_nor_signalled(home):
         unstamped.update_status(state="running", pid=bystander.pid)  # no start time: never alive
         relaunched = RunDirectory(home / "runs" / "relaunched")  # a launcher pid reused
         relaunched.update_status(state="queued", queued_at=time.time())
-        write_json_atomic(relaunched.launch_path,
-                          {"pid": bystander.pid, "started": other_start, "gpu_ids": [], "launched_at": 0})
+        write_json_atomic(
+            relaunched.launch_path, {"pid": bystander.pid, "started": other_start, "gpu_ids": [], "launched_at": 0}
+        )
         assert not any(jobs.is_active(r) for r in (reused, unstamped, relaunched))
         for run in (reused, unstamped, relaunched):
             jobs.cancel(run)
         assert not any(r.cancel_path.exists() for r in (reused, unstamped, relaunched))
         # Limits that would kill any live run at once: still nothing may touch the bystander.
-        runner = jobs.Runner(local_runs(home), gpu_ids=[], limits=settings.Settings(cancel_grace_seconds=0.01,
-                                                                                   stall_seconds=0.01))
+        runner = jobs.Runner(
+            local_runs(home), gpu_ids=[], limits=settings.Settings(cancel_grace_seconds=0.01, stall_seconds=0.01)
+        )
         for _ in range(3):
             runner.tick()
             time.sleep(0.1)
@@ -266,7 +290,8 @@ RANK = """
 import json, os, signal, subprocess, sys, time
 from finetune.rundir import RunDirectory, process_start
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-grandchild = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+grandchild = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                               "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                                "time.sleep(120)"], start_new_session=True)
 if sys.argv[2] == "trainer":
     RunDirectory(sys.argv[1]).update_status(state="running", pid=os.getpid(), pid_started=process_start(os.getpid()))
@@ -277,7 +302,8 @@ os.replace(tmp, os.path.join(sys.argv[1], "pids.json"))
 time.sleep(120)
 """
 
-LAUNCHER = """
+LAUNCHER = (
+    """
 import os, signal, subprocess, sys, time
 from finetune.rundir import RunDirectory, process_start
 mode, rank = sys.argv[2], [sys.executable, "-c", %r, sys.argv[1]]
@@ -289,11 +315,14 @@ if mode == "launcher-waits":  # the launcher reports; its rank is just a descend
 elif mode == "launcher-dies":  # the rank is the trainer; the launcher dies at SIGTERM, leaving it behind
     subprocess.Popen(rank + ["trainer"], start_new_session=True)
 else:  # "trainer-detached": the trainer is started through a process that exits: no longer below the launcher
-    subprocess.run([sys.executable, "-c", "import subprocess, sys; subprocess.Popen(sys.argv[1:], start_new_session=True)"]
+    subprocess.run([sys.executable, "-c",
+                    "import subprocess, sys; subprocess.Popen(sys.argv[1:], start_new_session=True)"]
                    + rank + ["trainer"])
 while True:
     time.sleep(1)
-""" % RANK
+"""
+    % RANK
+)
 
 
 @pytest.mark.parametrize("mode", ["launcher-waits", "launcher-dies", "trainer-detached"])
@@ -323,12 +352,16 @@ def test_cancel_kills_ranks_in_sessions_of_their_own_that_ignore_sigterm(home, t
 
 # --- garbled bookkeeping files ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("request_text", ["", '{"at": "yesterday"}', "[1, 2"])
 def test_an_empty_or_garbled_cancel_request_still_escalates_and_garbled_times_do_not_stop_the_queue(
-        home, trainers, request_text):
+    home, trainers, request_text
+):
     """An earlier version wrote cancel.requested empty: it counts from the file's time instead of never."""
     runner = runner_for(home, trainers, gpu_ids=[], cancel_grace_seconds=1)
-    stuck = queue_fake(home, trainers, "stuck", script="import signal; signal.signal(15, signal.SIG_IGN)" + FAKE_TRAINER)
+    stuck = queue_fake(
+        home, trainers, "stuck", script="import signal; signal.signal(15, signal.SIG_IGN)" + FAKE_TRAINER
+    )
     garbled = queue_fake(home, trainers, "garbled")
     tick_until(runner, lambda: state(stuck) == "running")
     garbled.update_status(queued_at="tomorrow")  # counts as 0 instead of raising in every tick

@@ -13,8 +13,8 @@ import pytest
 from datasets import Dataset
 
 from finetune.advice import warnings_for
-from finetune.config import TrainConfig
 from finetune.columns import Columns, guess_columns
+from finetune.config import TrainConfig
 from finetune.errors import UserError
 from tests.conftest import REPO, write_image_folder
 from tests.webapp.apptest import assert_ok, errors, labels, open_app, upload_image_zip
@@ -42,6 +42,7 @@ def _column_box(at, role: str):
 
 # ---- 5. columns that cannot be guessed ----------------------------------------------------------------
 
+
 def test_unguessable_label_offers_column_pickers_and_continues(no_runner):
     # An id column differs in every row: no class label, so it is not guessed (before: silently used as 30 classes).
     data = _csv([{"review": f"the film was fine number {i}", "id": i} for i in range(30)])
@@ -61,8 +62,12 @@ def test_unguessable_label_offers_column_pickers_and_continues(no_runner):
 
 def test_single_column_file_says_plainly_that_no_label_exists(no_runner):
     at = _upload(open_app(), "only-reviews.csv", _csv([{"review": f"nice film {i}"} for i in range(30)]))
-    assert errors(at) == [("train_file: this file has only one column, review; text classification needs a text "
-                           "column and a label column (class names or integer ids)")]
+    assert errors(at) == [
+        (
+            "train_file: this file has only one column, review; text classification needs a text "
+            "column and a label column (class names or integer ids)"
+        )
+    ]
     assert not [s for s in at.selectbox if s.key and s.key.startswith(("text_column:", "label_column:"))]
     assert "Launch run" not in labels(at)
 
@@ -83,6 +88,7 @@ def test_guess_messages_name_only_possible_label_columns():
 
 
 # ---- 7. a hub id typed while the Hub is unreachable --------------------------------------------------
+
 
 def test_offline_hub_id_fails_at_once_with_what_to_do(no_runner, monkeypatch, tmp_path):
     import huggingface_hub
@@ -110,14 +116,17 @@ def test_offline_hub_id_fails_at_once_with_what_to_do(no_runner, monkeypatch, tm
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: str(config))
     at.text_input(key="custom_model").set_value("someone/cached-bert").run()
     assert errors(at) == [] and "Checkpoint `someone/cached-bert` · bert · task text-classification" in [
-        c.value for c in at.caption]
+        c.value for c in at.caption
+    ]
 
 
 # ---- 12. settings far outside what works -------------------------------------------------------------
 
+
 def _cfg(**values) -> TrainConfig:
-    return TrainConfig.from_dict({"model_name_or_path": "m", "train_file": "t", "output_dir": "o",
-                                  "task": "text-classification", **values})
+    return TrainConfig.from_dict(
+        {"model_name_or_path": "m", "train_file": "t", "output_dir": "o", "task": "text-classification", **values}
+    )
 
 
 def test_warnings_for_learning_rates_and_lora_scale():
@@ -167,6 +176,7 @@ def test_page_shows_warnings_under_fields_and_keeps_launch(no_runner, demo_dir):
 
 # ---- 13. image preview, setup.sh progress -----------------------------------------------------------
 
+
 def test_image_preview_shows_thumbnails_and_class_counts(no_runner, tmp_path):
     root = write_image_folder(tmp_path / "images", per_class=4)
     at = upload_image_zip(open_app(), root)
@@ -181,14 +191,23 @@ def test_setup_sh_prints_progress_and_keeps_pip_quiet(tmp_path):
     shutil.copy(REPO / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
     fake = tmp_path / ".venv" / "bin" / "python"  # records its arguments instead of installing
     fake.parent.mkdir(parents=True)
-    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'calls.txt'}\n")
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls.txt"}\n')
     fake.chmod(0o755)
-    result = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True,
-                            timeout=60, env={"PATH": "/usr/bin:/bin", "TORCH_SPEC": "torch==9.9"}, check=False)
+    result = subprocess.run(
+        ["bash", str(tmp_path / "scripts" / "setup.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "TORCH_SPEC": "torch==9.9"},
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0::2][:3] == ["Upgrading pip ...", "Installing torch (torch==9.9) ...",
-                               "Installing LoRA Lab and dependencies ..."], lines
+    assert lines[0::2][:3] == [
+        "Upgrading pip ...",
+        "Installing torch (torch==9.9) ...",
+        "Installing LoRA Lab and dependencies ...",
+    ], lines
     assert all(line.startswith("  done in ") and line.endswith(" s") for line in lines[1:6:2]), lines
     assert lines[-1].startswith("LoRA Lab installed in .venv in ")
     calls = Path(tmp_path / "calls.txt").read_text().splitlines()

@@ -18,11 +18,11 @@ from streamlit.testing.v1 import AppTest
 from finetune.errors import UserError
 from finetune.rundir import RunDirectory
 from tests.conftest import REPO, write_image_folder, write_sentiment_csv
-from tests.webapp.conftest import APP, OFFLINE
 from tests.webapp.apptest import CPU_PREFIX, assert_ok, button, errors, labels, open_app, state_of, upload_image_zip
-
+from tests.webapp.conftest import APP, OFFLINE
 
 # ---- New run ----------------------------------------------------------------------------------------
+
 
 def test_new_run_launch_queues_the_run_and_the_runner_finishes_it(lab):
     at = open_app()
@@ -51,10 +51,20 @@ def test_new_run_launch_queues_the_run_and_the_runner_finishes_it(lab):
 
     # config.yaml holds the form's values (and the demo checkpoint, sample data and guessed column).
     config = yaml.safe_load((run / "config.yaml").read_text())
-    expected = {"model_name_or_path": str(lab / "demo" / "checkpoints" / "gpt2"), "task": "causal-lm",
-                "train_file": str(lab / "demo" / "samples" / "stories.txt"), "output_dir": str(run),
-                "text_column": "text", "num_train_epochs": 1.0, "max_steps": 4, "lora_r": 4, "seed": 7,
-                "learning_rate": 0.003, "finetune_method": "lora", "per_device_train_batch_size": 8}
+    expected = {
+        "model_name_or_path": str(lab / "demo" / "checkpoints" / "gpt2"),
+        "task": "causal-lm",
+        "train_file": str(lab / "demo" / "samples" / "stories.txt"),
+        "output_dir": str(run),
+        "text_column": "text",
+        "num_train_epochs": 1.0,
+        "max_steps": 4,
+        "lora_r": 4,
+        "seed": 7,
+        "learning_rate": 0.003,
+        "finetune_method": "lora",
+        "per_device_train_batch_size": 8,
+    }
     assert {k: config.get(k) for k in expected} == expected, f"{len(expected)} fields of config.yaml checked"
     job = json.loads((run / "job.json").read_text())
     assert job == {"preset": "cpu", "num_processes": 1, "gpus": 0, "resume": False}
@@ -215,6 +225,7 @@ def test_new_run_custom_checkpoint(no_runner, demo_dir, tmp_path):
 
 # ---- page load --------------------------------------------------------------------------------------
 
+
 def test_page_load_imports_neither_torch_nor_transformers(lab):
     script = textwrap.dedent(f"""
         import sys, time
@@ -228,8 +239,14 @@ def test_page_load_imports_neither_torch_nor_transformers(lab):
         print(f"LOAD {{took:.2f}} s; heavy modules: {{heavy}}")
         assert "torch" not in sys.modules and "transformers" not in sys.modules, heavy
     """)
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, **OFFLINE},
-                            capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env={**os.environ, **OFFLINE},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("LOAD"))
     print(line)
@@ -240,8 +257,16 @@ def test_new_run_form_keeps_its_values_across_page_switches(no_runner):
     at = open_app()
     at.radio(key="family").set_value("bert").run()
     at.number_input(key="cfg_lora_r").set_value(8).run()
-    expected = {key: at.session_state[key] for key in ("cfg_per_device_train_batch_size", "cfg_num_train_epochs",
-                                                        "cfg_seed", "cfg_max_grad_norm", "run_name")}
+    expected = {
+        key: at.session_state[key]
+        for key in (
+            "cfg_per_device_train_batch_size",
+            "cfg_num_train_epochs",
+            "cfg_seed",
+            "cfg_max_grad_norm",
+            "run_name",
+        )
+    }
     at.switch_page("pages/runs.py").run()
     at.switch_page("pages/new_run.py").run()
     assert_ok(at)

@@ -24,12 +24,27 @@ def test_check_measures_the_demo_run_and_shows_the_report(no_runner):
 
 
 def test_a_run_that_does_not_fit_shows_the_advice(no_runner, monkeypatch):
-    advice = ["per_device_train_batch_size: 2 with gradient_accumulation_steps: 4 (keeps the effective batch of 8)",
-              "gradient_checkpointing: true (recomputes activations in the backward pass)"]
-    report = Report(device="cuda:0", memory_measure="CUDA max_memory_allocated", peak_memory_mb=90_000,
-                    memory_capacity_mb=81_559, fits=False, advice=advice, batch_size=8, measured_steps=3,
-                    seconds_per_step=0.25, total_steps=1000, evaluations=11, eval_batches=10,
-                    seconds_per_eval_batch=0.1, setup_seconds=20.0, estimated_seconds=281.0)
+    advice = [
+        "per_device_train_batch_size: 2 with gradient_accumulation_steps: 4 (keeps the effective batch of 8)",
+        "gradient_checkpointing: true (recomputes activations in the backward pass)",
+    ]
+    report = Report(
+        device="cuda:0",
+        memory_measure="CUDA max_memory_allocated",
+        peak_memory_mb=90_000,
+        memory_capacity_mb=81_559,
+        fits=False,
+        advice=advice,
+        batch_size=8,
+        measured_steps=3,
+        seconds_per_step=0.25,
+        total_steps=1000,
+        evaluations=11,
+        eval_batches=10,
+        seconds_per_eval_batch=0.1,
+        setup_seconds=20.0,
+        estimated_seconds=281.0,
+    )
     # The subprocess is replaced on the test's side only: a GPU that is too small cannot be had on a test machine.
     monkeypatch.setattr(preflight, "check", lambda cfg, shared: report)
     at = open_app()

@@ -13,8 +13,8 @@ from finetune.rundir import RunDirectory
 from tests.webapp.apptest import assert_ok, button, errors, labels, open_app, state_of
 from tests.webapp.conftest import copy_run
 
-
 # ---- Runs -------------------------------------------------------------------------------------------
+
 
 def _queue(home: Path, name: str, source: Path, state: str, **status) -> Path:
     """A run as the app leaves it: config.yaml, job.json (preset and counts) and status.json."""
@@ -119,6 +119,7 @@ def test_runs_page_empty(no_runner):
 
 
 # ---- runs trained from the command line into the runs folder -------------------------------------
+
 
 def test_runs_made_by_the_cli_without_task_show_their_task(no_runner, trained_runs):
     copy_run(trained_runs["vit-tiny"], no_runner, "vit-tiny")

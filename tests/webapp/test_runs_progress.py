@@ -27,6 +27,7 @@ def _train(step: int, at: float) -> dict:
 
 # ---- ETA ------------------------------------------------------------------------------------------
 
+
 def test_eta_leaves_out_the_base_evaluation_before_the_loop():
     # 100 s of base-model evaluation, then 1 s per step: at step 10 of 100, 90 s are left (not 990 s).
     status = {"total_steps": 100, "started_at": 0.0, "loop_started_at": 100.0, "loop_start_step": 0}
@@ -55,6 +56,7 @@ def test_eta_says_nothing_until_two_steps_into_the_segment():
 
 # ---- early stopping -------------------------------------------------------------------------------
 
+
 def _stopped_early(home: Path, source: Path) -> Path:
     """A finished run that early stopping ended at step 400 of 680, its last train event at step 390."""
     path = copy_run(source, home, "early")
@@ -81,6 +83,7 @@ def test_a_run_stopped_early_reads_finished_at_its_step_not_stalled(no_runner, t
 
 
 # ---- which run the page opens on ------------------------------------------------------------------
+
 
 def _with_state(home: Path, source: Path, name: str, state: str, created: float) -> Path:
     path = copy_run(source, home, name)
@@ -109,14 +112,17 @@ def test_the_page_opens_on_the_last_selected_run_else_a_running_one(no_runner, t
 
 
 def test_default_selection_falls_back_to_the_newest():
-    summaries = [runs.RunSummary("b", Path("b"), "local", "b", "queued", None, None, 0, None, None, None, 2.0),
-                 runs.RunSummary("a", Path("a"), "local", "a", "finished", None, None, 0, None, None, None, 1.0)]
+    summaries = [
+        runs.RunSummary("b", Path("b"), "local", "b", "queued", None, None, 0, None, None, None, 2.0),
+        runs.RunSummary("a", Path("a"), "local", "a", "finished", None, None, 0, None, None, None, 1.0),
+    ]
     assert runs.default_selection(summaries, None) == 0
     assert runs.default_selection(summaries, "a") == 1
     assert runs.default_selection(summaries, "deleted") == 0
 
 
 # ---- charts ---------------------------------------------------------------------------------------
+
 
 def test_loss_chart_draws_points_on_whole_steps_with_a_fitted_y_axis(no_runner, trained_runs):
     path = copy_run(trained_runs["bert-lr2e-3"], no_runner, "fresh")
@@ -132,6 +138,7 @@ def test_loss_chart_draws_points_on_whole_steps_with_a_fitted_y_axis(no_runner, 
 
 
 # ---- the job runner: caption, status and stop ----------------------------------------------------
+
 
 def test_the_page_says_how_to_see_and_stop_the_runner(no_runner, trained_runs):
     copy_run(trained_runs["bert-lr2e-3"], no_runner, "done")
@@ -152,8 +159,14 @@ def trainer(lab):
 
 
 def _jobs_cli(home: Path, command: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "webapp.services.jobs", command], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "LORA_LAB_HOME": str(home)})
+    return subprocess.run(
+        [sys.executable, "-m", "webapp.services.jobs", command],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LORA_LAB_HOME": str(home)},
+    )
 
 
 def test_status_lists_the_runner_the_queue_and_the_running_runs(no_runner, trainer):

@@ -37,8 +37,12 @@ def test_progress_and_eta_come_from_status_json_alone(run):
 def test_a_run_without_step_in_status_reads_its_events(run):
     now = time.time()
     run.update_status(state="running", total_steps=100, loop_started_at=now - 10, loop_start_step=0)
-    _events(run, {"event": "eval", "step": 0, "time": now - 11, "eval_loss": 1.0},
-            {"event": "train", "step": 5, "time": now - 5}, {"event": "train", "step": 10, "time": now})
+    _events(
+        run,
+        {"event": "eval", "step": 0, "time": now - 11, "eval_loss": 1.0},
+        {"event": "train", "step": 5, "time": now - 5},
+        {"event": "train", "step": 10, "time": now},
+    )
     summary = runs.summarize(run.path)
     assert summary.step == 10 and summary.eta_seconds == pytest.approx(90, abs=2)
     _events(run, {"event": "train", "step": 12, "time": now}, {"event": "train", "step": 30, "time": now})
@@ -47,29 +51,49 @@ def test_a_run_without_step_in_status_reads_its_events(run):
 
 def test_detail_curves_and_final_metrics(run):
     run.update_status(state="finished", total_steps=20)
-    _events(run, {"event": "eval", "step": 0, "time": 1.0, "eval_loss": 1.0, "accuracy": 0.5, "f1": 0.4},
-            {"event": "train", "step": 10, "time": 2.0, "loss": 0.9, "tokens_per_second": 1234.4},
-            {"event": "train", "step": 10, "time": 3.0, "loss": 0.8},  # a resumed run logs step 10 again
-            {"event": "eval", "step": 20, "time": 4.0, "eval_loss": 0.5, "accuracy": 0.9, "f1": 0.8,
-             "confusion_matrix": [[1, 0], [0, 1]]})
-    run.write_metrics({"base": {"accuracy": 0.5, "eval_loss": 1.0}, "finetuned": {"accuracy": 0.9, "eval_loss": 0.5,
-                       "confusion_matrix": [[1, 0], [0, 1]]}, "train_tokens_per_second": 1500.0})
+    _events(
+        run,
+        {"event": "eval", "step": 0, "time": 1.0, "eval_loss": 1.0, "accuracy": 0.5, "f1": 0.4},
+        {"event": "train", "step": 10, "time": 2.0, "loss": 0.9, "tokens_per_second": 1234.4},
+        {"event": "train", "step": 10, "time": 3.0, "loss": 0.8},  # a resumed run logs step 10 again
+        {
+            "event": "eval",
+            "step": 20,
+            "time": 4.0,
+            "eval_loss": 0.5,
+            "accuracy": 0.9,
+            "f1": 0.8,
+            "confusion_matrix": [[1, 0], [0, 1]],
+        },
+    )
+    run.write_metrics(
+        {
+            "base": {"accuracy": 0.5, "eval_loss": 1.0},
+            "finetuned": {"accuracy": 0.9, "eval_loss": 0.5, "confusion_matrix": [[1, 0], [0, 1]]},
+            "train_tokens_per_second": 1500.0,
+        }
+    )
     detail = run_detail.detail(runs.summarize(run.path))
-    assert detail.losses == [{"step": 10, "metric": "train loss", "value": 0.8},
-                             {"step": 0, "metric": "eval loss", "value": 1.0},
-                             {"step": 20, "metric": "eval loss", "value": 0.5}]
+    assert detail.losses == [
+        {"step": 10, "metric": "train loss", "value": 0.8},
+        {"step": 0, "metric": "eval loss", "value": 1.0},
+        {"step": 20, "metric": "eval loss", "value": 0.5},
+    ]
     scores = {(p["metric"], p["step"]) for p in detail.scores}
     assert scores == {("accuracy", 0), ("accuracy", 20), ("f1", 0), ("f1", 20)}
-    assert detail.final == {"base model": {"accuracy": 0.5, "eval_loss": 1.0},
-                            "fine-tuned": {"accuracy": 0.9, "eval_loss": 0.5}}
+    assert detail.final == {
+        "base model": {"accuracy": 0.5, "eval_loss": 1.0},
+        "fine-tuned": {"accuracy": 0.9, "eval_loss": 0.5},
+    }
     assert detail.throughput.text == "1,500 tokens/s" and detail.log == ""
 
 
 def test_causal_lm_draws_perplexity_alone(run):
     run.config_path.write_text("task: causal-lm\n")
     run.update_status(state="running")
-    _events(run, {"event": "eval", "step": 0, "time": 1.0, "eval_loss": 3.0, "perplexity": 20.0,
-                  "next_token_accuracy": 0.2})
+    _events(
+        run, {"event": "eval", "step": 0, "time": 1.0, "eval_loss": 3.0, "perplexity": 20.0, "next_token_accuracy": 0.2}
+    )
     detail = run_detail.detail(runs.summarize(run.path))
     assert detail.scores == [{"step": 0, "metric": "perplexity", "value": 20.0}] and detail.final == {}
 

@@ -17,26 +17,51 @@ from tests.webapp.apptest import assert_ok, open_app
 from webapp.services import runs
 
 SCORES = {"base": {"accuracy": 0.5, "eval_loss": 0.7}, "finetuned": {"accuracy": 0.9, "eval_loss": 0.3}}
-OLD_METRICS = {**SCORES, "train_runtime_seconds": 12.0, "train_samples_per_second": 80.0, "peak_memory_mb": 900.0,
-               "device": "cpu"}
+OLD_METRICS = {
+    **SCORES,
+    "train_runtime_seconds": 12.0,
+    "train_samples_per_second": 80.0,
+    "peak_memory_mb": 900.0,
+    "device": "cpu",
+}
 
 
 def _train(step: int, **figures) -> dict:
-    return {"event": "train", "step": step, "time": 1000.0 + step, "loss": 0.5, "learning_rate": 1e-3,
-            "samples_per_second": 8.0, **figures}
+    return {
+        "event": "train",
+        "step": step,
+        "time": 1000.0 + step,
+        "loss": 0.5,
+        "learning_rate": 1e-3,
+        "samples_per_second": 8.0,
+        **figures,
+    }
 
 
 # name: (state, task, train events' figures (oldest first), metrics.json or None)
 RUNS = {
     "text": ("running", "causal-lm", [{"tokens_per_second": 1000.0}, {"tokens_per_second": 1234.4}], None),
     "image": ("running", "image-classification", [{"images_per_second": 45.06}], None),
-    "cuda": ("running", "text-classification",
-             [{"tokens_per_second": 20500.0, "tflops": 12.34, "mfu": 0.384}], None),
-    "cuda-done": ("finished", "text-classification", [{"tokens_per_second": 30000.0, "tflops": 20.0, "mfu": 0.5}],
-                  {**OLD_METRICS, "train_tokens_per_second": 18000.0, "train_tflops": 11.0, "mfu": 0.352,
-                   "gpu_name": "NVIDIA H100 80GB HBM3", "device": "cuda:0"}),
-    "image-done": ("finished", "image-classification", [{"images_per_second": 50.0}],
-                   {**OLD_METRICS, "train_images_per_second": 1480.2}),
+    "cuda": ("running", "text-classification", [{"tokens_per_second": 20500.0, "tflops": 12.34, "mfu": 0.384}], None),
+    "cuda-done": (
+        "finished",
+        "text-classification",
+        [{"tokens_per_second": 30000.0, "tflops": 20.0, "mfu": 0.5}],
+        {
+            **OLD_METRICS,
+            "train_tokens_per_second": 18000.0,
+            "train_tflops": 11.0,
+            "mfu": 0.352,
+            "gpu_name": "NVIDIA H100 80GB HBM3",
+            "device": "cuda:0",
+        },
+    ),
+    "image-done": (
+        "finished",
+        "image-classification",
+        [{"images_per_second": 50.0}],
+        {**OLD_METRICS, "train_images_per_second": 1480.2},
+    ),
     "old": ("finished", "text-classification", [{}, {}], OLD_METRICS),
     "old-running": ("running", "causal-lm", [{}], None),
     "queued": ("queued", "causal-lm", [], None),
@@ -55,8 +80,9 @@ def write_run(home: Path, name: str, created: float) -> Path:
     state, task, figures, metrics = RUNS[name]
     path = home / "runs" / name
     path.mkdir(parents=True)
-    (path / "config.yaml").write_text(yaml.safe_dump({"task": task, "model_name_or_path": "tiny",
-                                                      "learning_rate": 1e-3, "output_dir": str(path)}))
+    (path / "config.yaml").write_text(
+        yaml.safe_dump({"task": task, "model_name_or_path": "tiny", "learning_rate": 1e-3, "output_dir": str(path)})
+    )
     (path / "status.json").write_text(json.dumps({"state": state, "queued_at": created, "total_steps": 100}))
     events = [{"event": "eval", "step": 0, "time": 1000.0, "eval_loss": 0.7}]
     events += [_train(10 * (i + 1), **f) for i, f in enumerate(figures)]
@@ -85,10 +111,10 @@ def _throughput(path: Path):
 
 # ---- the service ----------------------------------------------------------------------------------
 
+
 def test_throughput_of_text_image_cuda_and_old_runs(home):
     found = {name: _throughput(path) for name, path in write_runs(home).items()}
-    shown = {name: f"Throughput: {t.text} ({t.basis})"
-             for name, t in found.items() if t is not None}
+    shown = {name: f"Throughput: {t.text} ({t.basis})" for name, t in found.items() if t is not None}
     assert shown == SHOWN
     assert len(shown) == 5 and [n for n, t in found.items() if t is None] == ["old", "old-running", "queued"]
 
@@ -99,7 +125,11 @@ def test_throughput_keeps_the_raw_figures(home):
     assert (text.tokens_per_second, text.images_per_second, text.tflops, text.mfu) == (1234.4, None, None, None)
     assert (cuda.tflops, cuda.mfu, cuda.gpu_name, cuda.whole_run) == (12.34, 0.384, None, False)
     assert (done.tokens_per_second, done.mfu, done.gpu_name, done.whole_run) == (
-        18000.0, 0.352, "NVIDIA H100 80GB HBM3", True), "metrics.json, not the last train event"
+        18000.0,
+        0.352,
+        "NVIDIA H100 80GB HBM3",
+        True,
+    ), "metrics.json, not the last train event"
 
 
 def test_a_finished_run_without_figures_in_metrics_falls_back_to_its_latest_train_event():
@@ -118,6 +148,7 @@ def test_figures_that_are_no_numbers_are_left_out():
 
 
 # ---- the pages ------------------------------------------------------------------------------------
+
 
 def _throughput_captions(at) -> list[str]:
     return [c.value for c in at.caption if c.value.startswith("Throughput:")]
@@ -152,8 +183,12 @@ THROUGHPUT = {"tokens_per_s", "images_per_s", "tflops", "mfu"}
 def test_compare_shows_throughput_columns_only_where_a_compared_run_has_them(no_runner):
     write_runs(no_runner)
     at = open_app("pages/compare.py")
-    cases = {("cuda-done", "old"): {"tokens_per_s", "tflops", "mfu"}, ("image-done", "old"): {"images_per_s"},
-             ("cuda-done", "image-done"): THROUGHPUT, ("old",): set()}
+    cases = {
+        ("cuda-done", "old"): {"tokens_per_s", "tflops", "mfu"},
+        ("image-done", "old"): {"images_per_s"},
+        ("cuda-done", "image-done"): THROUGHPUT,
+        ("old",): set(),
+    }
     for chosen, expected in cases.items():
         at.multiselect(key="compare_runs").set_value(list(chosen)).run()
         assert_ok(at)
@@ -165,6 +200,14 @@ def test_compare_shows_throughput_columns_only_where_a_compared_run_has_them(no_
     assert (everything["old"]["samples_per_s"], len(cases)) == ("80", 4)
     at.multiselect(key="compare_runs").set_value(["cuda-done", "image-done", "old"]).run()
     everything = _markdown_tables(at)[1]
-    cells = [everything[run][column] for run, column in (("cuda-done", "mfu"), ("cuda-done", "tokens_per_s"),
-             ("image-done", "images_per_s"), ("image-done", "mfu"), ("old", "tflops"))]
+    cells = [
+        everything[run][column]
+        for run, column in (
+            ("cuda-done", "mfu"),
+            ("cuda-done", "tokens_per_s"),
+            ("image-done", "images_per_s"),
+            ("image-done", "mfu"),
+            ("old", "tflops"),
+        )
+    ]
     assert cells == ["35%", "18,000", "1,480", "", ""]

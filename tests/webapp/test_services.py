@@ -27,8 +27,12 @@ def home(no_runner) -> Path:
 
 def test_inspect_checkpoint_reads_kind_and_task_and_refuses_others(tiny_checkpoints, tmp_path):
     tasks = {family: catalog.inspect_checkpoint(str(path)).task for family, path in tiny_checkpoints.items()}
-    assert tasks == {"gpt2": "causal-lm", "bert": "text-classification", "vit": "image-classification",
-                     "resnet": "image-classification"}
+    assert tasks == {
+        "gpt2": "causal-lm",
+        "bert": "text-classification",
+        "vit": "image-classification",
+        "resnet": "image-classification",
+    }
     llama = tmp_path / "llama"
     llama.mkdir()
     (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -96,8 +100,18 @@ def test_launch_plan_validates_every_field_and_gives_the_exact_command(home):
     assert job == {"preset": "cpu", "num_processes": 1, "gpus": 0, "resume": False}, "names and counts, no command"
     repo = devices.workspace.REPO
     assert jobs.launch_command(run, jobs.Job.read(run)) == [
-        str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(repo / "configs/accelerate/cpu.yaml"),
-        "--num_processes", "1", str(repo / "finetune/train.py"), "--config", str(run.config_path), "--output_dir", str(run.path)]
+        str(Path(sys.executable).with_name("accelerate")),
+        "launch",
+        "--config_file",
+        str(repo / "configs/accelerate/cpu.yaml"),
+        "--num_processes",
+        "1",
+        str(repo / "finetune/train.py"),
+        "--config",
+        str(run.config_path),
+        "--output_dir",
+        str(run.path),
+    ]
     with pytest.raises(UserError, match="exists already"):
         launch.plan(LOCAL, "first", {**values, "learning_rate": "2e-4", "lora_r": 8}, setup)
 
@@ -107,7 +121,13 @@ def test_device_setups_follow_the_gpus_found():
     gpus = [devices.Gpu(i, "H100", 81559) for i in range(4)]
     options = devices.setups(gpus)
     assert [(s.preset, s.num_processes) for s in options] == [
-        ("single_gpu", 1), ("multi_gpu", 2), ("multi_gpu", 3), ("multi_gpu", 4), ("fsdp", 4), ("deepspeed_zero2", 4)]
+        ("single_gpu", 1),
+        ("multi_gpu", 2),
+        ("multi_gpu", 3),
+        ("multi_gpu", 4),
+        ("fsdp", 4),
+        ("deepspeed_zero2", 4),
+    ]
     presets = {s.preset for s in options} | {"cpu"}
     assert all((devices.workspace.ACCELERATE_PRESETS / f"{p}.yaml").is_file() for p in presets)
 
@@ -117,7 +137,9 @@ def _finished_run(root: Path, name: str) -> RunDirectory:
     (run.adapter_dir / "sub").mkdir(parents=True)
     (run.adapter_dir / "adapter_config.json").write_text("{}")
     (run.adapter_dir / "sub" / "x.txt").write_text("x")
-    run.config_path.write_text("task: text-classification\nmodel_name_or_path: /srv/models/bert\ntrain_file: /srv/r.csv\n")
+    run.config_path.write_text(
+        "task: text-classification\nmodel_name_or_path: /srv/models/bert\ntrain_file: /srv/r.csv\n"
+    )
     run.update_status(state="finished", started_at=time.time() - 10, total_steps=10)
     for step in (5, 10):
         run.append_event({"event": "train", "step": step, "loss": 1.0 / step})
@@ -129,8 +151,13 @@ def test_runs_are_summarised_managed_and_exported(home):
     done = _finished_run(root, "done")
     running = RunDirectory(root / "running")
     # 10 steps in the 20 s since the loop started: 2 s per step, 30 steps (60 s) left.
-    running.update_status(state="running", started_at=time.time() - 25, total_steps=40,
-                          loop_started_at=time.time() - 20, loop_start_step=0)
+    running.update_status(
+        state="running",
+        started_at=time.time() - 25,
+        total_steps=40,
+        loop_started_at=time.time() - 20,
+        loop_start_step=0,
+    )
     running.append_event({"event": "train", "step": 10, "loss": 0.5, "time": time.time()})
     summaries = {s.name: s for s in runs.list_runs(LOCAL)}
     assert summaries["done"].progress == 1.0 and summaries["done"].task == "text-classification"
@@ -154,7 +181,9 @@ def test_resume_requeues_a_cancelled_run_from_its_checkpoint(home):
     jobs.Job("cpu", 1, 0).write(run)
     (run.checkpoints_dir / "step_5").mkdir(parents=True)
     (run.checkpoints_dir / "step_5" / "trainer_state.json").write_text("{}")
-    with pytest.raises(UserError, match="with no checkpoint"):  # a save cut short (no completion marker) is no checkpoint
+    with pytest.raises(
+        UserError, match="with no checkpoint"
+    ):  # a save cut short (no completion marker) is no checkpoint
         runs.resume(LOCAL, "stopped")
     (run.checkpoints_dir / "step_5" / "checkpoint_complete.json").write_text('{"complete": true}')
     runs.resume(LOCAL, "stopped")
@@ -163,7 +192,6 @@ def test_resume_requeues_a_cancelled_run_from_its_checkpoint(home):
     assert job == jobs.Job("cpu", 1, 0, resume=True)
     assert jobs.launch_command(run, job)[-4:] == ["--output_dir", str(run.path), "--resume_from_checkpoint", "true"]
     assert runs.queue_positions(LOCAL) == {"stopped": 1}
-
 
 
 def test_the_adapter_zip_carries_the_model_card_and_no_server_path(home, trained_runs):

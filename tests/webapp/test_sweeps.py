@@ -84,14 +84,29 @@ def _finished(home: Path, name: str, accuracy: float, lr: float, experiment="exp
     """A run as a sweep leaves it: config.yaml with experiment_name, status.json and (finished) metrics.json."""
     run = RunDirectory(home / "runs" / name)
     run.path.mkdir(parents=True)
-    run.config_path.write_text(yaml.safe_dump({"task": "text-classification", "model_name_or_path": "bert",
-                                               "train_file": "r.csv", "output_dir": str(run.path), "lora_r": 8,
-                                               "learning_rate": lr, "experiment_name": experiment}))
+    run.config_path.write_text(
+        yaml.safe_dump(
+            {
+                "task": "text-classification",
+                "model_name_or_path": "bert",
+                "train_file": "r.csv",
+                "output_dir": str(run.path),
+                "lora_r": 8,
+                "learning_rate": lr,
+                "experiment_name": experiment,
+            }
+        )
+    )
     run.update_status(state=state, started_at=time.time(), total_steps=10, step=10)
     if state == "finished":
-        write_json_atomic(run.metrics_path, {"task": "text-classification",
-                                             "base": {"accuracy": 0.5, "eval_loss": 0.7},
-                                             "finetuned": {"accuracy": accuracy, "eval_loss": 1 - accuracy}})
+        write_json_atomic(
+            run.metrics_path,
+            {
+                "task": "text-classification",
+                "base": {"accuracy": 0.5, "eval_loss": 0.7},
+                "finetuned": {"accuracy": accuracy, "eval_loss": 1 - accuracy},
+            },
+        )
     return run.path
 
 

@@ -19,17 +19,23 @@ picked = st.selectbox("Experiment", [EVERY, *experiments], key="compare_experime
 if picked in experiments:
     # A widget of its own per experiment: it opens on the experiment's runs, and the user may still add or drop some.
     task, default = experiments[picked]
-chosen = st.multiselect("Runs", [s.ref for s in summaries], default=default,
-                        key="compare_runs" if picked == EVERY else f"compare_runs:{picked}")
+chosen = st.multiselect(
+    "Runs",
+    [s.ref for s in summaries],
+    default=default,
+    key="compare_runs" if picked == EVERY else f"compare_runs:{picked}",
+)
 if not chosen:
     st.stop()
 by_ref = {s.ref: s for s in summaries}
 result = comparison.compare([by_ref[ref] for ref in chosen], task)
 
 st.subheader("Base model vs fine-tuned")
-st.caption("Each run scores its untuned base model on the same evaluation split before training. "
-           f"**Bold**: best fine-tuned value per metric. ★: best {result.primary}"
-           + (f" ({result.best})." if result.best else " (no finished run)."))
+st.caption(
+    "Each run scores its untuned base model on the same evaluation split before training. "
+    f"**Bold**: best fine-tuned value per metric. ★: best {result.primary}"
+    + (f" ({result.best})." if result.best else " (no finished run).")
+)
 st.markdown(result.headline)
 with st.expander("Every metric, and the cost and throughput of each run"):
     st.markdown(result.everything)

@@ -12,8 +12,7 @@ from finetune.errors import ConfigError, UserError
 from finetune.preflight import readable_duration
 from finetune.task_kinds import task_kind
 from webapp import widgets
-from webapp.services import catalog, devices, identity, launch, preflight, uploads
-from webapp.services import sweeps
+from webapp.services import catalog, devices, identity, launch, preflight, sweeps, uploads
 
 HELP = field_help()
 CUSTOM = "custom"
@@ -24,12 +23,23 @@ shared = user.key != identity.LOCAL_KEY  # a shared app: no local paths typed in
 
 # ---- 1. model ------------------------------------------------------------------------------------
 st.subheader("1 · Model")
-family_key = st.radio("Model family", [*catalog.FAMILIES, CUSTOM], horizontal=True, key="family", persist_state="session",
-                      format_func=lambda k: catalog.FAMILIES[k].label if k != CUSTOM else "Other hub id or path")
+family_key = st.radio(
+    "Model family",
+    [*catalog.FAMILIES, CUSTOM],
+    horizontal=True,
+    key="family",
+    persist_state="session",
+    format_func=lambda k: catalog.FAMILIES[k].label if k != CUSTOM else "Other hub id or path",
+)
 try:
     if family_key == CUSTOM:
-        typed = st.text_input("Hub id or local path", key="custom_model", help=HELP["model_name_or_path"],
-                              placeholder="e.g. distilgpt2, bert-base-cased or /models/my-vit", persist_state="session")
+        typed = st.text_input(
+            "Hub id or local path",
+            key="custom_model",
+            help=HELP["model_name_or_path"],
+            placeholder="e.g. distilgpt2, bert-base-cased or /models/my-vit",
+            persist_state="session",
+        )
         if not typed:
             st.stop()
         checkpoint = widgets.typed_checkpoint(typed, allow_local=not shared)
@@ -43,16 +53,19 @@ except UserError as err:
 family = catalog.FAMILIES[checkpoint.model_type]
 task = checkpoint.task
 if checkpoint.demo:
-    st.info(f"**Demo checkpoint.** The Hub is not reachable, so this preset uses "
-            f"{catalog.DEMO_DESCRIPTIONS[family.key]}. Training the sample data takes under a minute on 2 CPU cores; "
-            f"with network access the preset is `{family.hub_id}`.")
+    st.info(
+        f"**Demo checkpoint.** The Hub is not reachable, so this preset uses "
+        f"{catalog.DEMO_DESCRIPTIONS[family.key]}. Training the sample data takes under a minute on 2 CPU cores; "
+        f"with network access the preset is `{family.hub_id}`."
+    )
 else:
     st.caption(f"Checkpoint `{checkpoint.name_or_path}` · {checkpoint.model_type} · task {task}")
 
 # ---- 2. data -------------------------------------------------------------------------------------
 st.subheader("2 · Data")
-source = st.radio("Training data", ["Sample data", "Upload a file"], horizontal=True, key="data_source",
-                  persist_state="session")
+source = st.radio(
+    "Training data", ["Sample data", "Upload a file"], horizontal=True, key="data_source", persist_state="session"
+)
 if source == "Upload a file":
     kind = task_kind(task)
     uploaded = st.file_uploader(f"Upload {kind.expected_upload}", type=list(kind.uploads), key="upload")
@@ -77,7 +90,11 @@ if None in columns.values():
     st.warning(f"{problem}. Pick the column above to continue.")
     st.stop()
 try:
-    report = guessed if guessed and columns == widgets.roles(guessed) else widgets.inspect_data(str(data_path), task, **columns)
+    report = (
+        guessed
+        if guessed and columns == widgets.roles(guessed)
+        else widgets.inspect_data(str(data_path), task, **columns)
+    )
 except UserError as err:
     st.error(str(err))
     st.stop()
@@ -88,12 +105,18 @@ st.subheader("3 · Settings")
 defaults = {**family.defaults(), **(catalog.DEMO_OVERRIDES.get(family.key, {}) if checkpoint.demo else {})}
 if st.session_state.get("defaults_for") != (checkpoint.name_or_path, task):
     # A new checkpoint brings its family's defaults and a fresh run name.
-    st.session_state.update(defaults_for=(checkpoint.name_or_path, task), run_name=f"{family.key}-{time.strftime('%m%d-%H%M%S')}")
+    st.session_state.update(
+        defaults_for=(checkpoint.name_or_path, task), run_name=f"{family.key}-{time.strftime('%m%d-%H%M%S')}"
+    )
     widgets.reset_settings(defaults)
 if st.session_state.pop("renew_name", False):  # the last name was just used by a launch
     st.session_state.run_name = f"{family.key}-{time.strftime('%m%d-%H%M%S')}"
-name = st.text_input("Run name", key="run_name", help="Folder name of the run; letters, digits, '.', '_' and '-'.",
-                     persist_state="session")
+name = st.text_input(
+    "Run name",
+    key="run_name",
+    help="Folder name of the run; letters, digits, '.', '_' and '-'.",
+    persist_state="session",
+)
 errors = widgets.ErrorSlots()
 errors.slot("run name")
 values = widgets.settings_form(task, errors)
@@ -107,8 +130,11 @@ if gpus:
 else:
     st.caption("No GPU found: runs train on the CPU, one at a time.")
 options = devices.setups(gpus)
-setup = options[st.selectbox("Run on", range(len(options)), format_func=lambda i: options[i].label, key="setup",
-                                     persist_state="session")]
+setup = options[
+    st.selectbox(
+        "Run on", range(len(options)), format_func=lambda i: options[i].label, key="setup", persist_state="session"
+    )
+]
 
 # ---- validate, show the command, launch ----------------------------------------------------------
 try:
@@ -118,22 +144,34 @@ except ConfigError as err:
     st.error(f"Fix {len(err.problems)} setting(s) marked above before launching.")
     st.stop()
 # Far-off settings are noted under their fields; Launch stays. The time estimate fits real-size checkpoints only.
-warned = warnings_for(cfg, report.num_examples, None if checkpoint.demo else checkpoint.model_type,
-                      setup.num_processes if setup.uses_gpus else 0, widgets.cpu_cores())
+warned = warnings_for(
+    cfg,
+    report.num_examples,
+    None if checkpoint.demo else checkpoint.model_type,
+    setup.num_processes if setup.uses_gpus else 0,
+    widgets.cpu_cores(),
+)
 errors.warn(warned)
 if warned:
-    st.caption(f"⚠️ {len(warned)} setting(s) look far off ({', '.join(warned)}): see the notes under them. "
-               "You can still launch.")
-st.markdown("The exact command the runner starts. Launching writes the run's settings to the `config.yaml` it "
-            "names; to train headless instead, save the settings below there and run the command from the project folder.")
+    st.caption(
+        f"⚠️ {len(warned)} setting(s) look far off ({', '.join(warned)}): see the notes under them. "
+        "You can still launch."
+    )
+st.markdown(
+    "The exact command the runner starts. Launching writes the run's settings to the `config.yaml` it "
+    "names; to train headless instead, save the settings below there and run the command from the project folder."
+)
 st.code(shlex.join(command), language="bash")
 with st.expander("config.yaml"):
     st.code(yaml.safe_dump(cfg.to_dict(), sort_keys=False), language="yaml")
 launch_col, check_col = st.columns([1, 5])
 # Check runs finetune.preflight in a subprocess (this page never imports torch): a few real steps, nothing saved.
-if check_col.button("Check", help="Load the model on the chosen device (GPU 0, else the CPU), train a few steps on the "
-                    "longest batches of the data, and show the peak memory, the time per step and the whole run's "
-                    "estimated time. Nothing is saved; a big model on a CPU takes minutes."):
+if check_col.button(
+    "Check",
+    help="Load the model on the chosen device (GPU 0, else the CPU), train a few steps on the "
+    "longest batches of the data, and show the peak memory, the time per step and the whole run's "
+    "estimated time. Nothing is saved; a big model on a CPU takes minutes.",
+):
     try:
         with st.spinner("Checking: loading the model and training a few steps on the longest batches…"):
             checked = preflight.check(cfg, shared)
@@ -141,20 +179,32 @@ if check_col.button("Check", help="Load the model on the chosen device (GPU 0, e
         st.error(str(err))
     else:
         memory_col, step_col, run_col = st.columns(3)
-        memory_col.metric("Peak memory", f"{checked.peak_memory_mb:,.0f} MiB", help=f"{checked.memory_measure}; "
-                          f"{checked.memory_capacity_mb:,.0f} MiB on {checked.device} (per device: one GPU of DDP)")
-        step_col.metric("Time per step", "—" if checked.seconds_per_step is None else
-                        f"{checked.seconds_per_step:.2f} s", help="Per optimizer step, on the longest batches")
-        run_col.metric("Estimated run time", "—" if checked.estimated_seconds is None else
-                       readable_duration(checked.estimated_seconds),
-                       help=f"{checked.total_steps:,} steps and {checked.evaluations} evaluation(s), set-up included")
+        memory_col.metric(
+            "Peak memory",
+            f"{checked.peak_memory_mb:,.0f} MiB",
+            help=f"{checked.memory_measure}; "
+            f"{checked.memory_capacity_mb:,.0f} MiB on {checked.device} (per device: one GPU of DDP)",
+        )
+        step_col.metric(
+            "Time per step",
+            "—" if checked.seconds_per_step is None else f"{checked.seconds_per_step:.2f} s",
+            help="Per optimizer step, on the longest batches",
+        )
+        run_col.metric(
+            "Estimated run time",
+            "—" if checked.estimated_seconds is None else readable_duration(checked.estimated_seconds),
+            help=f"{checked.total_steps:,} steps and {checked.evaluations} evaluation(s), set-up included",
+        )
         if checked.fits:
-            st.success(f"Fits: {checked.peak_memory_mb:,.0f} of {checked.memory_capacity_mb:,.0f} MiB on "
-                       f"{checked.device}.")
+            st.success(
+                f"Fits: {checked.peak_memory_mb:,.0f} of {checked.memory_capacity_mb:,.0f} MiB on {checked.device}."
+            )
         else:
-            st.warning(f"Does not fit {checked.device} ({checked.peak_memory_mb:,.0f} of "
-                       f"{checked.memory_capacity_mb:,.0f} MiB). Change one or more of:\n\n"
-                       + "\n".join(f"- {item}" for item in checked.advice))
+            st.warning(
+                f"Does not fit {checked.device} ({checked.peak_memory_mb:,.0f} of "
+                f"{checked.memory_capacity_mb:,.0f} MiB). Change one or more of:\n\n"
+                + "\n".join(f"- {item}" for item in checked.advice)
+            )
 if launch_col.button("Launch run", type="primary"):
     try:
         run = launch.launch(user, cfg, setup)
@@ -162,20 +212,38 @@ if launch_col.button("Launch run", type="primary"):
         st.error(str(err))
         st.stop()
     st.session_state.update(selected_run=run.path.name, renew_name=True)
-    st.success(f"Run **{run.path.name}** is queued; it starts as soon as a {'GPU' if setup.uses_gpus else 'CPU slot'} is free.")
+    st.success(
+        f"Run **{run.path.name}** is queued; it starts as soon as a {'GPU' if setup.uses_gpus else 'CPU slot'} is free."
+    )
     st.page_link("pages/runs.py", label="Watch it on the Runs page", icon="📈")
 
 # ---- sweep: one queued run per point of a grid, grouped as one experiment (docs/sweeps.md) ----------
 with st.expander("Sweep: one run per point of a grid"):
-    st.caption("Every run takes the settings above, with the values below in turn (all combinations, or a random "
-               "draw of them); the runs are named EXPERIMENT-01, -02 … and the Runs page marks the best ★.")
-    grid_text = st.text_area("Grid", key="sweep_grid", placeholder="learning_rate=1e-4,3e-4\nlora_r=8,16",
-                             help="One setting per line: name=value1,value2 (the names of the settings above).")
+    st.caption(
+        "Every run takes the settings above, with the values below in turn (all combinations, or a random "
+        "draw of them); the runs are named EXPERIMENT-01, -02 … and the Runs page marks the best ★."
+    )
+    grid_text = st.text_area(
+        "Grid",
+        key="sweep_grid",
+        placeholder="learning_rate=1e-4,3e-4\nlora_r=8,16",
+        help="One setting per line: name=value1,value2 (the names of the settings above).",
+    )
     name_col, random_col = st.columns(2)
-    experiment = name_col.text_input("Experiment name", key="sweep_name", placeholder="lr-vs-rank",
-                                     help="1-60 letters, digits, '.', '_' or '-'; names the experiment's runs.")
-    random_count = random_col.number_input("Random points", min_value=0, max_value=99, value=0, key="sweep_random",
-                                           help="0: every combination; N: N distinct combinations drawn at random.")
+    experiment = name_col.text_input(
+        "Experiment name",
+        key="sweep_name",
+        placeholder="lr-vs-rank",
+        help="1-60 letters, digits, '.', '_' or '-'; names the experiment's runs.",
+    )
+    random_count = random_col.number_input(
+        "Random points",
+        min_value=0,
+        max_value=99,
+        value=0,
+        key="sweep_random",
+        help="0: every combination; N: N distinct combinations drawn at random.",
+    )
     if st.button("Start sweep", disabled=not (grid_text.strip() and experiment)):
         try:
             planned = sweeps.plan(user, experiment, grid_text, int(random_count), 0, values)

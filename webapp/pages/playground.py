@@ -16,7 +16,9 @@ if not finished:
     st.page_link("pages/runs.py", label="See the runs", icon="📈")
     st.stop()
 names = {s.ref: s for s in finished}
-name = st.selectbox("Run", list(names), format_func=lambda n: f"{n} · {names[n].task} · {names[n].model_label}", key="play_run")
+name = st.selectbox(
+    "Run", list(names), format_func=lambda n: f"{n} · {names[n].task} · {names[n].model_label}", key="play_run"
+)
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the base model and the adapter…")
@@ -32,8 +34,10 @@ except UserError as err:
     st.error(str(err))
     st.stop()
 except OSError as err:  # the adapter deleted meanwhile, or a base model neither cached nor reachable
-    st.error(f"run: cannot load {name} ({type(err).__name__}: {err}); its adapter and its base model "
-             f"{summary.model_label} must both be available")
+    st.error(
+        f"run: cannot load {name} ({type(err).__name__}: {err}); its adapter and its base model "
+        f"{summary.model_label} must both be available"
+    )
     st.stop()
 
 
@@ -69,8 +73,10 @@ else:  # "classify-image"
             image = Image.open(upload)
             image.load()
         except (UnidentifiedImageError, OSError) as err:
-            st.error(f"image: {upload.name} cannot be read as an image ({type(err).__name__}); "
-                     "expected a .png, .jpg, .bmp, .gif or .webp file")
+            st.error(
+                f"image: {upload.name} cannot be read as an image ({type(err).__name__}); "
+                "expected a .png, .jpg, .bmp, .gif or .webp file"
+            )
             st.stop()
         left, right = st.columns([1, 2])
         left.image(image, caption=upload.name, width=200)

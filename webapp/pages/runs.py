@@ -12,8 +12,15 @@ from webapp.services import run_detail, runs, sweeps
 
 POINT = ["step", "metric", "value"]  # the columns of a curve's points (webapp/services/run_detail.py)
 REFRESH_SECONDS = 2  # the trainer flushes events per line; this is how stale the page may be
-STATE_ICONS = {"queued": "⏳", "starting": "🟡", "running": "🔵", "stopping": "🟠", "finished": "✅", "failed": "❌",
-               "cancelled": "⏹️"}
+STATE_ICONS = {
+    "queued": "⏳",
+    "starting": "🟡",
+    "running": "🔵",
+    "stopping": "🟠",
+    "finished": "✅",
+    "failed": "❌",
+    "cancelled": "⏹️",
+}
 
 st.title("Runs")
 user = widgets.current_user()
@@ -32,18 +39,26 @@ def _steps(summary: runs.RunSummary) -> str:
 def _chart(data: pd.DataFrame, y_title: str) -> alt.Chart:
     """Lines with their points (a curve of one point still shows), whole-number steps, and a y-axis fitted to
     the values rather than starting at 0 (a loss falling from 6.98 to 6.81 would look flat)."""
-    return alt.Chart(data).mark_line(point=True).encode(
-        x=alt.X("step:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1)),
-        y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False)),
-        color=alt.Color("metric:N", title=None), tooltip=["metric", "step", "value"])
+    return (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("step:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1)),
+            y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False)),
+            color=alt.Color("metric:N", title=None),
+            tooltip=["metric", "step", "value"],
+        )
+    )
 
 
 def _runner_caption(runner: runs.RunnerState) -> None:
     """For whoever runs the machine: the job runner's state, its log, and how to stop it."""
     state = f"running (pid {runner.pid})" if runner.pid else "running" if runner.alive else "not running"
-    st.caption(f"Job runner: {state}; log `{runner.log}`. It exits by itself after "
-               f"{runner.idle_exit_minutes} idle minutes; stop it sooner with "
-               "`python -m webapp.services.jobs stop` (runs in progress keep training).")
+    st.caption(
+        f"Job runner: {state}; log `{runner.log}`. It exits by itself after "
+        f"{runner.idle_exit_minutes} idle minutes; stop it sooner with "
+        "`python -m webapp.services.jobs stop` (runs in progress keep training)."
+    )
 
 
 def _experiment_table(experiment: sweeps.ExperimentSummary) -> None:
@@ -64,17 +79,30 @@ def overview() -> None:
         st.info("No runs yet.")
         st.page_link("pages/new_run.py", label="Start one on the New run page", icon="🚀")
         return
-    table = pd.DataFrame([{
-        "run": s.ref, "state": f"{STATE_ICONS.get(s.state, '')} {s.state}"
-        + (f" (#{positions[s.ref]} in queue)" if s.ref in positions else ""),
-        "progress": s.progress,
-        "step": f"{s.step}/{s.total_steps or '?'}" + (" (stopped early)" if s.stopped_early else ""),
-        "ETA": _eta(s.eta_seconds) if s.state == "running" else "",
-        "task": s.task, "model": s.model_label, **({"owner": owners.get(s.owner, s.owner)} if owners else {}),
-        **({"experiment": s.experiment or ""} if grouped else {})}
-        for s in summaries])
-    st.dataframe(table, hide_index=True, column_config={
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")})
+    table = pd.DataFrame(
+        [
+            {
+                "run": s.ref,
+                "state": f"{STATE_ICONS.get(s.state, '')} {s.state}"
+                + (f" (#{positions[s.ref]} in queue)" if s.ref in positions else ""),
+                "progress": s.progress,
+                "step": f"{s.step}/{s.total_steps or '?'}" + (" (stopped early)" if s.stopped_early else ""),
+                "ETA": _eta(s.eta_seconds) if s.state == "running" else "",
+                "task": s.task,
+                "model": s.model_label,
+                **({"owner": owners.get(s.owner, s.owner)} if owners else {}),
+                **({"experiment": s.experiment or ""} if grouped else {}),
+            }
+            for s in summaries
+        ]
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")
+        },
+    )
     for experiment in grouped:
         _experiment_table(experiment)
     runner = runs.runner_state() if positions or user.is_operator else None
@@ -91,8 +119,14 @@ if not summaries:
 default = runs.default_selection(summaries, st.session_state.get("selected_run"))
 # The user's own choice (not the default) is remembered outside the widget, whose state ends with the page.
 run_labels = {s.ref: s.label for s in summaries}
-name = st.selectbox("Run", list(run_labels), index=default, key="runs_selected", format_func=run_labels.get,
-                    on_change=lambda: st.session_state.update(selected_run=st.session_state["runs_selected"]))
+name = st.selectbox(
+    "Run",
+    list(run_labels),
+    index=default,
+    key="runs_selected",
+    format_func=run_labels.get,
+    on_change=lambda: st.session_state.update(selected_run=st.session_state["runs_selected"]),
+)
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
@@ -157,25 +191,36 @@ if summary.state in ("cancelled", "failed") and next(cells).button("Resume"):
 if not summary.active and next(cells).button("Delete…"):
     confirm_delete(name)
 if summary.state == "finished":
-    next(cells).download_button("Download adapter (.zip)", lambda: runs.adapter_zip(user, name),
-                                file_name=f"{summary.name}-adapter.zip", mime="application/zip")
-    next(cells).download_button("Download merged model (.zip)", lambda: runs.merged_zip(user, name),
-                                file_name=f"{summary.name}-merged.zip", mime="application/zip",
-                                help="The adapter folded into the base weights: loads with plain from_pretrained, "
-                                     "no PEFT needed")
+    next(cells).download_button(
+        "Download adapter (.zip)",
+        lambda: runs.adapter_zip(user, name),
+        file_name=f"{summary.name}-adapter.zip",
+        mime="application/zip",
+    )
+    next(cells).download_button(
+        "Download merged model (.zip)",
+        lambda: runs.merged_zip(user, name),
+        file_name=f"{summary.name}-merged.zip",
+        mime="application/zip",
+        help="The adapter folded into the base weights: loads with plain from_pretrained, no PEFT needed",
+    )
 if summary.state == "finished":
     with st.expander("Push the adapter to the Hugging Face Hub"):
         mode, token = runs.push_token(user)
         if mode == "off":
             # Every visitor of a shared app would push with the operator's token: never without the user's own.
-            st.caption("Pushing needs your own Hugging Face token: on a shared app sign in with Hugging Face (the "
-                       "operator sets LORA_LAB_USERS=huggingface and the write-repos scope); on your own machine set "
-                       "HF_TOKEN and LORA_LAB_ALLOW_PUSH=1. From a terminal: "
-                       "`HF_TOKEN=... python -m finetune.hub RUN_DIR --repo_id you/name`.")
+            st.caption(
+                "Pushing needs your own Hugging Face token: on a shared app sign in with Hugging Face (the "
+                "operator sets LORA_LAB_USERS=huggingface and the write-repos scope); on your own machine set "
+                "HF_TOKEN and LORA_LAB_ALLOW_PUSH=1. From a terminal: "
+                "`HF_TOKEN=... python -m finetune.hub RUN_DIR --repo_id you/name`."
+            )
         else:
-            st.caption("Uploads the adapter with a generated model card (base model, data, metrics, config), with "
-                       f"{'your Hugging Face sign-in' if mode == 'user' else 'the token in HF_TOKEN'}; the token is never "
-                       "stored or shown.")
+            st.caption(
+                "Uploads the adapter with a generated model card (base model, data, metrics, config), with "
+                f"{'your Hugging Face sign-in' if mode == 'user' else 'the token in HF_TOKEN'}; the token is never "
+                "stored or shown."
+            )
             repo_id = st.text_input("Repository", placeholder="your-name/my-adapter", key=f"repo:{name}")
             private = st.checkbox("Private repository", value=True, key=f"private:{name}")
             update = st.checkbox("Update the repository if it exists", value=False, key=f"update:{name}")

@@ -26,8 +26,10 @@ def auth_section(env: Mapping[str, str], cookie_secret: str) -> str:
     """The secrets.toml text; ValueError naming the missing variables when OAuth is not enabled."""
     missing = [name for name in REQUIRED if not env.get(name)]
     if missing:
-        raise ValueError(f"{', '.join(missing)} not set: add `hf_oauth: true` (and `hf_oauth_scopes: [write-repos]` to "
-                         "let users push with their own token) to the Space's README front matter")
+        raise ValueError(
+            f"{', '.join(missing)} not set: add `hf_oauth: true` (and `hf_oauth_scopes: [write-repos]` to "
+            "let users push with their own token) to the Space's README front matter"
+        )
     host = env["SPACE_HOST"].split(",")[0].strip()
     scopes = env.get("OAUTH_SCOPES") or "openid profile"
     values = {
@@ -37,8 +39,13 @@ def auth_section(env: Mapping[str, str], cookie_secret: str) -> str:
         "client_secret": env["OAUTH_CLIENT_SECRET"],
         "server_metadata_url": env["OPENID_PROVIDER_URL"].rstrip("/") + "/.well-known/openid-configuration",
     }
-    lines = [MARKER, "[auth]", *(f"{key} = {_toml_string(value)}" for key, value in values.items()),
-             'expose_tokens = ["access"]', f"client_kwargs = {{ scope = {_toml_string(scopes)} }}"]
+    lines = [
+        MARKER,
+        "[auth]",
+        *(f"{key} = {_toml_string(value)}" for key, value in values.items()),
+        'expose_tokens = ["access"]',
+        f"client_kwargs = {{ scope = {_toml_string(scopes)} }}",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -45,13 +45,13 @@ FAMILIES = {
 # What each offline demo checkpoint is (webapp.services.demo makes them), for the New run page.
 DEMO_DESCRIPTIONS = {
     "gpt2": "a tiny random-init GPT-2 (2 layers, width 64, 251K parameters) made on this machine, learning "
-            "template English sentences; before fine-tuning it writes random tokens",
+    "template English sentences; before fine-tuning it writes random tokens",
     "bert": "real pretrained all-MiniLM-L6-v2 weights (BERT architecture, 6 layers, 22.7M parameters, "
-            "bert-base-uncased vocabulary) shipped with the app, learning the sentiment of film reviews",
+    "bert-base-uncased vocabulary) shipped with the app, learning the sentiment of film reviews",
     "vit": "a tiny random-init ViT (2 layers, width 64, 85K parameters) made on this machine, learning "
-           "scikit-learn's handwritten digits (real 8x8 scans, upscaled to 32x32)",
+    "scikit-learn's handwritten digits (real 8x8 scans, upscaled to 32x32)",
     "resnet": "a tiny random-init ResNet (2 stages of 16 and 32 channels, 22K parameters) made on this machine, "
-              "learning scikit-learn's handwritten digits (real 8x8 scans, upscaled to 32x32)",
+    "learning scikit-learn's handwritten digits (real 8x8 scans, upscaled to 32x32)",
 }
 # Settings under which each demo checkpoint learns its sample data within a minute on 2 CPU cores. MiniLM is
 # pre-trained: LoRA's usual step sizes work and 3 epochs suffice. The others are random-init: larger steps and
@@ -61,13 +61,25 @@ DEMO_DESCRIPTIONS = {
 # BERT 25 s, accuracy 0.53 -> 0.94; GPT-2 10 s, perplexity 1051 -> 8.7; ViT 22 s, accuracy 0.11 -> 0.95;
 # ResNet 17 s, accuracy 0.10 -> 0.99.
 DEMO_OVERRIDES = {
-    "gpt2": {"learning_rate": 1e-2, "num_train_epochs": 10,
-             "lora_target_modules": ["c_attn", "c_proj", "c_fc", "lm_head", "wte"]},
+    "gpt2": {
+        "learning_rate": 1e-2,
+        "num_train_epochs": 10,
+        "lora_target_modules": ["c_attn", "c_proj", "c_fc", "lm_head", "wte"],
+    },
     "bert": {"learning_rate": 1e-3, "head_learning_rate": 5e-3, "num_train_epochs": 3},
-    "vit": {"learning_rate": 5e-3, "head_learning_rate": 1e-2, "num_train_epochs": 10,
-            "per_device_train_batch_size": 16, "lora_dropout": 0.0},
-    "resnet": {"learning_rate": 5e-3, "head_learning_rate": 1e-2, "num_train_epochs": 5,
-               "per_device_train_batch_size": 16},
+    "vit": {
+        "learning_rate": 5e-3,
+        "head_learning_rate": 1e-2,
+        "num_train_epochs": 10,
+        "per_device_train_batch_size": 16,
+        "lora_dropout": 0.0,
+    },
+    "resnet": {
+        "learning_rate": 5e-3,
+        "head_learning_rate": 1e-2,
+        "num_train_epochs": 5,
+        "per_device_train_batch_size": 16,
+    },
 }
 
 
@@ -117,13 +129,17 @@ def inspect_checkpoint(name_or_path: str, allow_local: bool = True) -> Checkpoin
     if not name:
         raise UserError("model_name_or_path: required; enter a hub id (e.g. gpt2) or a local folder")
     if not allow_local and (name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()):
-        raise UserError(f"model_name_or_path: {name!r} is a local path; on this shared app enter a hub id "
-                        "(e.g. gpt2 or bert-base-uncased)")
+        raise UserError(
+            f"model_name_or_path: {name!r} is a local path; on this shared app enter a hub id "
+            "(e.g. gpt2 or bert-base-uncased)"
+        )
     config = _read_config(name)
     model_type = config.get("model_type")
     if model_type not in DEFAULT_TASK:
-        raise UserError(f"model_name_or_path: {name!r} is a {model_type!r} checkpoint; "
-                        f"supported kinds are {', '.join(DEFAULT_TASK)}")
+        raise UserError(
+            f"model_name_or_path: {name!r} is a {model_type!r} checkpoint; "
+            f"supported kinds are {', '.join(DEFAULT_TASK)}"
+        )
     path = Path(name).expanduser()
     return Checkpoint(str(path.resolve()) if path.is_dir() else name, model_type, DEFAULT_TASK[model_type])
 
@@ -137,10 +153,11 @@ def _read_config(name: str) -> dict:
 
         return json.loads(Path(hf_hub_download(name, "config.json")).read_text())
     except Exception as err:  # missing file, bad JSON, unknown repo, no network: all the same to the user
-        raise UserError(f"model_name_or_path: cannot read {name!r}; expected a hub id reachable from this machine "
-                        f"or a local folder with config.json ({type(err).__name__})") from err
+        raise UserError(
+            f"model_name_or_path: cannot read {name!r}; expected a hub id reachable from this machine "
+            f"or a local folder with config.json ({type(err).__name__})"
+        ) from err
 
 
 def sample_data(task: str) -> Path:
     return demo.sample_path(demo.ensure_demo(workspace.demo_dir()), task)
-

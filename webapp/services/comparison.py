@@ -51,22 +51,37 @@ def compare(chosen: list[RunSummary], task: Optional[str]) -> Comparison:
     primary = primary_metric(task, "eval_loss")
     # The headline: base / fine-tuned / delta of the task's main metric and eval loss first (what a reader compares),
     # then the settings that differ; everything else is in the full table.
-    headline = ["state"] + [f"{kind}_{metric}" for metric in dict.fromkeys((primary, "eval_loss"))
-                            for kind in ("base", "finetuned", "delta") if f"{kind}_{metric}" in table.columns]
-    headline += [c for c in table.columns if c not in headline and not c.startswith(("base_", "finetuned_", "delta_"))
-                 and c not in COST]  # cost and throughput columns would push the row past 1280 px
-    headers = {f"{kind}_{metric}": f"{SHORT.get(metric, metric)} {label}" for metric in (primary, "eval_loss")
-               for kind, label in (("base", "base"), ("finetuned", "tuned"), ("delta", "Δ"))}
+    headline = ["state"] + [
+        f"{kind}_{metric}"
+        for metric in dict.fromkeys((primary, "eval_loss"))
+        for kind in ("base", "finetuned", "delta")
+        if f"{kind}_{metric}" in table.columns
+    ]
+    headline += [
+        c
+        for c in table.columns
+        if c not in headline and not c.startswith(("base_", "finetuned_", "delta_")) and c not in COST
+    ]  # cost and throughput columns would push the row past 1280 px
+    headers = {
+        f"{kind}_{metric}": f"{SHORT.get(metric, metric)} {label}"
+        for metric in (primary, "eval_loss")
+        for kind, label in (("base", "base"), ("finetuned", "tuned"), ("delta", "Δ"))
+    }
     best = best_by(selected, primary)
     shown = table[headline].copy()
     shown.insert(0, "★", ["★" if name == best else "" for name in table.index])  # the best by the primary metric
     long = curves(selected)
     matrices = [(run.name, run.path, run.metrics.get("finetuned", {}).get("confusion_matrix")) for run in selected]
-    return Comparison(primary=primary, headline=format_table(shown, "markdown", headers),
-                      everything=format_table(table, "markdown"), csv=table.to_csv(), evals=long[long.event == "eval"],
-                      train_loss=long[(long.event == "train") & (long.metric == "loss")],
-                      matrices=[(name, _labels(path, matrix), matrix) for name, path, matrix in matrices if matrix],
-                      best=best)
+    return Comparison(
+        primary=primary,
+        headline=format_table(shown, "markdown", headers),
+        everything=format_table(table, "markdown"),
+        csv=table.to_csv(),
+        evals=long[long.event == "eval"],
+        train_loss=long[(long.event == "train") & (long.metric == "loss")],
+        matrices=[(name, _labels(path, matrix), matrix) for name, path, matrix in matrices if matrix],
+        best=best,
+    )
 
 
 def _labels(run_path: Path, matrix: list[list[int]]) -> list:

@@ -24,37 +24,120 @@ READY = "ready"  # marker file: everything below was written completely; it hold
 VERSION = "2"
 # The BERT checkpoint's files in the package: a plain BertModel with its fast tokenizer (bert-base-uncased's
 # vocabulary); the sentence-transformers files beside them (pooling, modules.json) are not needed.
-MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                "special_tokens_map.json", "vocab.txt", "README.md")
+MINILM_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "README.md",
+)
 DIGIT_SIZE = 32  # pixels, both sides: the tiny image checkpoints' input size (the 8x8 scans are upscaled)
 
 # Review parts; the empty openers leave one review in five without one.
-_OPENERS = ("", "", "Watched this last night.", "Saw it with my family over the weekend.",
-            "I went in with low expectations.", "I had high hopes for this one.", "Caught it on a long flight.",
-            "My friends talked me into this.", "Finally got round to watching it.", "Second time seeing it.")
-_ASPECTS = ("the plot", "the acting", "the soundtrack", "the dialogue", "the pacing", "the camera work",
-            "the ending", "the lead actress", "the villain", "the score", "the script", "the humour",
-            "the editing", "the direction", "the first half", "the final act", "the twist", "the story")
-_PRAISE = ("was superb", "kept me hooked", "is genuinely moving", "had me laughing out loud", "is beautifully done",
-           "felt fresh and original", "is a joy to watch", "never drags", "was spot on", "is clever and warm",
-           "blew me away", "was wonderful", "is gripping from start to finish", "works brilliantly",
-           "was not bad at all", "deserves every award", "is touching without being sappy", "was excellent")
-_CRITICISM = ("was painfully slow", "fell completely flat", "made no sense", "was a chore to sit through",
-              "felt cheap and rushed", "is instantly forgettable", "dragged on forever", "was awful",
-              "is clumsy and predictable", "was a total mess", "bored me to tears", "is wooden and lifeless",
-              "was not worth the hype", "never comes together", "was cringe-worthy", "is lazy and dull",
-              "ruined the whole thing", "was terrible")
-_VERDICTS = {True: ("Highly recommended.", "I would happily watch it again.", "One of the best films this year.",
-                    "Go and see it.", "9/10.", "A real treat.", "Worth every penny.", "Loved it."),
-             False: ("Skip it.", "I want my money back.", "Two hours I will never get back.", "Avoid.", "3/10.",
-                     "What a waste of time.", "Not recommended.", "Hated it.")}
+_OPENERS = (
+    "",
+    "",
+    "Watched this last night.",
+    "Saw it with my family over the weekend.",
+    "I went in with low expectations.",
+    "I had high hopes for this one.",
+    "Caught it on a long flight.",
+    "My friends talked me into this.",
+    "Finally got round to watching it.",
+    "Second time seeing it.",
+)
+_ASPECTS = (
+    "the plot",
+    "the acting",
+    "the soundtrack",
+    "the dialogue",
+    "the pacing",
+    "the camera work",
+    "the ending",
+    "the lead actress",
+    "the villain",
+    "the score",
+    "the script",
+    "the humour",
+    "the editing",
+    "the direction",
+    "the first half",
+    "the final act",
+    "the twist",
+    "the story",
+)
+_PRAISE = (
+    "was superb",
+    "kept me hooked",
+    "is genuinely moving",
+    "had me laughing out loud",
+    "is beautifully done",
+    "felt fresh and original",
+    "is a joy to watch",
+    "never drags",
+    "was spot on",
+    "is clever and warm",
+    "blew me away",
+    "was wonderful",
+    "is gripping from start to finish",
+    "works brilliantly",
+    "was not bad at all",
+    "deserves every award",
+    "is touching without being sappy",
+    "was excellent",
+)
+_CRITICISM = (
+    "was painfully slow",
+    "fell completely flat",
+    "made no sense",
+    "was a chore to sit through",
+    "felt cheap and rushed",
+    "is instantly forgettable",
+    "dragged on forever",
+    "was awful",
+    "is clumsy and predictable",
+    "was a total mess",
+    "bored me to tears",
+    "is wooden and lifeless",
+    "was not worth the hype",
+    "never comes together",
+    "was cringe-worthy",
+    "is lazy and dull",
+    "ruined the whole thing",
+    "was terrible",
+)
+_VERDICTS = {
+    True: (
+        "Highly recommended.",
+        "I would happily watch it again.",
+        "One of the best films this year.",
+        "Go and see it.",
+        "9/10.",
+        "A real treat.",
+        "Worth every penny.",
+        "Loved it.",
+    ),
+    False: (
+        "Skip it.",
+        "I want my money back.",
+        "Two hours I will never get back.",
+        "Avoid.",
+        "3/10.",
+        "What a waste of time.",
+        "Not recommended.",
+        "Hated it.",
+    ),
+}
 
 
 def ensure_demo(directory: Path) -> Path:
     """Write the demo files under ``directory`` unless they are there already (blocks ~10 s the first time)."""
     if not is_ready(directory):
-        subprocess.run([sys.executable, "-m", "webapp.services.demo", str(directory)], check=True,
-                       capture_output=True, text=True)
+        subprocess.run(
+            [sys.executable, "-m", "webapp.services.demo", str(directory)], check=True, capture_output=True, text=True
+        )
     return directory
 
 

@@ -36,21 +36,41 @@ class Setup:
 LAUNCHABLE_PRESETS = ("cpu", "single_gpu", "multi_gpu", "fsdp", "deepspeed_zero2")
 
 
-def launch_command(accelerate: str, preset: str, num_processes: int, run_config: Path, short: bool = False) -> list[str]:
+def launch_command(
+    accelerate: str, preset: str, num_processes: int, run_config: Path, short: bool = False
+) -> list[str]:
     """`accelerate launch` of the trainer on ``run_config`` with one of the project's presets."""
     if preset not in LAUNCHABLE_PRESETS:
         raise ValueError(f"unknown launch preset {preset!r}; expected one of {', '.join(LAUNCHABLE_PRESETS)}")
-    paths = [workspace.ACCELERATE_PRESETS / f"{preset}.yaml", workspace.REPO / "finetune" / "train.py", Path(run_config)]
+    paths = [
+        workspace.ACCELERATE_PRESETS / f"{preset}.yaml",
+        workspace.REPO / "finetune" / "train.py",
+        Path(run_config),
+    ]
     preset_file, script, config = (_short(p) for p in paths) if short else (str(p) for p in paths)
-    return [accelerate, "launch", "--config_file", preset_file, "--num_processes", str(num_processes), script,
-            "--config", config]
+    return [
+        accelerate,
+        "launch",
+        "--config_file",
+        preset_file,
+        "--num_processes",
+        str(num_processes),
+        script,
+        "--config",
+        config,
+    ]
 
 
 def detect_gpus() -> list[Gpu]:
     """NVIDIA GPUs visible to this machine; empty when there are none (or no driver)."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     gpus = []
@@ -68,8 +88,10 @@ def setups(gpus: list[Gpu]) -> list[Setup]:
     for count in range(2, len(gpus) + 1):
         options.append(Setup(f"{count} GPUs · DDP", "multi_gpu", count, True))
     if len(gpus) > 1:
-        options += [Setup(f"{len(gpus)} GPUs · FSDP", "fsdp", len(gpus), True),
-                    Setup(f"{len(gpus)} GPUs · DeepSpeed ZeRO-2", "deepspeed_zero2", len(gpus), True)]
+        options += [
+            Setup(f"{len(gpus)} GPUs · FSDP", "fsdp", len(gpus), True),
+            Setup(f"{len(gpus)} GPUs · DeepSpeed ZeRO-2", "deepspeed_zero2", len(gpus), True),
+        ]
     return options
 
 

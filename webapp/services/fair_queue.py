@@ -35,12 +35,15 @@ def last_launches(runs_dirs: dict[str, Path]) -> dict[str, float]:
     return found
 
 
-def round_robin(by_owner: dict[str, list[RunDirectory]], last_launch: dict[str, float]) -> list[tuple[str, RunDirectory]]:
+def round_robin(
+    by_owner: dict[str, list[RunDirectory]], last_launch: dict[str, float]
+) -> list[tuple[str, RunDirectory]]:
     """Interleave the users' queues one run at a time: first the user served longest ago (never served first,
     then whoever queued earliest), so one user's many runs never hold back another's first.
 
     Read from the run folders only, so the runner and the Runs page's queue positions agree.
     """
+
     def turn(owner: str) -> tuple[float, float]:
         return last_launch.get(owner, 0.0), as_number(by_owner[owner][0].read_status().get("queued_at"))
 

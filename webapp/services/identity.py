@@ -34,8 +34,9 @@ def local_user() -> User:
     return User("local", LOCAL_KEY, "local", is_operator=True)
 
 
-def signed_in_user(username: str, operators: tuple[str, ...], hub_token: Optional[str] = None,
-                   subject: Optional[str] = None) -> User:
+def signed_in_user(
+    username: str, operators: tuple[str, ...], hub_token: Optional[str] = None, subject: Optional[str] = None
+) -> User:
     """A user signed in with Hugging Face: ``preferred_username`` and the OIDC ``sub`` from the login.
 
     The folder is keyed by ``sub``, which never changes: a user name can be given up and taken by someone else.

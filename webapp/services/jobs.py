@@ -157,9 +157,13 @@ class Runner:
     ``command_for`` turns a run and its checked Job into the command to start (the trainer's, by default).
     """
 
-    def __init__(self, runs_dirs: Callable[[], dict[str, Path]], gpu_ids: list[int],
-                 command_for: Callable[[RunDirectory, Job], list[str]] = launch_command,
-                 limits: Optional[settings.Settings] = None):
+    def __init__(
+        self,
+        runs_dirs: Callable[[], dict[str, Path]],
+        gpu_ids: list[int],
+        command_for: Callable[[RunDirectory, Job], list[str]] = launch_command,
+        limits: Optional[settings.Settings] = None,
+    ):
         self.runs_dirs, self.gpu_ids, self.command_for = runs_dirs, gpu_ids, command_for
         self.limits = limits or settings.load()
         self.children: dict[Path, subprocess.Popen] = {}
@@ -181,7 +185,11 @@ class Runner:
                 _fail(run, f"could not launch: {err}; start it again from the New run page")
                 continue
             if job.gpus > len(self.gpu_ids):
-                _fail(run, f"needs {job.gpus} GPU(s) but this machine has {len(self.gpu_ids)}; queue it again on a setup that fits")
+                _fail(
+                    run,
+                    f"needs {job.gpus} GPU(s) but this machine has {len(self.gpu_ids)}; "
+                    "queue it again on a setup that fits",
+                )
                 continue
             if slots.running.get(owner, 0) >= self.limits.max_running_runs and owner != LOCAL_KEY:
                 continue  # this user trains as many runs at once as allowed; the next user's turn
@@ -208,8 +216,15 @@ class Runner:
             try:
                 command = self.command_for(run, job)
                 with run.launch_log_path.open("ab") as log:
-                    child = subprocess.Popen(command, cwd=workspace.REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
+                    child = subprocess.Popen(
+                        command,
+                        cwd=workspace.REPO,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
             except (OSError, ValueError) as err:  # a bad job must not stop the queue
                 _fail(run, f"could not launch: {type(err).__name__}: {err}")
                 return False
@@ -263,7 +278,10 @@ class Runner:
         """A run left "running" by a trainer that is gone (killed, machine restarted) is marked failed."""
         status = run.read_status()
         if status.get("state") == "running" and not launched(run) and not run.trainer_alive():
-            _fail(run, f"the trainer (pid {status.get('pid')}) ended without reporting; resume it from its last checkpoint")
+            _fail(
+                run,
+                f"the trainer (pid {status.get('pid')}) ended without reporting; resume it from its last checkpoint",
+            )
 
 
 def runs_in(root: Path) -> list[RunDirectory]:
@@ -312,8 +330,15 @@ def ensure_runner() -> None:
         return
     env = {**os.environ, "LORA_LAB_HOME": str(workspace.home())}  # the runner starts elsewhere (in REPO)
     with (workspace.home() / RUNNER_LOG).open("ab") as log:
-        subprocess.Popen([sys.executable, "-m", "webapp.services.jobs"], cwd=workspace.REPO, env=env, stdout=log,
-                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "webapp.services.jobs"],
+            cwd=workspace.REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def runner_pid() -> Optional[int]:
@@ -329,9 +354,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     from webapp.services import runner_control  # the status/stop commands; the runner itself needs neither
 
     parser = argparse.ArgumentParser(prog="python -m webapp.services.jobs", description="LoRA Lab's job runner.")
-    parser.add_argument("command", nargs="?", default="serve", choices=("serve", "status", "stop"),
-                        help="serve the queue (the default, as the app starts it); report on the runner; or stop "
-                             "it (runs in progress keep training)")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=("serve", "status", "stop"),
+        help="serve the queue (the default, as the app starts it); report on the runner; or stop "
+        "it (runs in progress keep training)",
+    )
     command = parser.parse_args(argv).command
     if command == "status":
         print(runner_control.status_report())

@@ -38,8 +38,9 @@ def classify_text(trained: TrainedModel, text: str) -> list[tuple[str, float]]:
     """(label, probability) for every class, most likely first."""
     import torch
 
-    inputs = trained.processor(text, truncation=True, max_length=trained.info.get("max_seq_length") or 512,
-                               return_tensors="pt")
+    inputs = trained.processor(
+        text, truncation=True, max_length=trained.info.get("max_seq_length") or 512, return_tensors="pt"
+    )
     with torch.no_grad():
         return _ranked(trained, trained.model(**inputs).logits)
 
@@ -53,21 +54,26 @@ def classify_image(trained: TrainedModel, image) -> list[tuple[str, float]]:
         return _ranked(trained, trained.model(**inputs).logits)
 
 
-def generate(trained: TrainedModel, prompt: str, max_new_tokens: int = 40, temperature: float = 0.8,
-             seed: int = 0) -> dict[str, str]:
+def generate(
+    trained: TrainedModel, prompt: str, max_new_tokens: int = 40, temperature: float = 0.8, seed: int = 0
+) -> dict[str, str]:
     """Continuations of ``prompt`` by the base model and the fine-tuned one, sampled with the same seed."""
     import torch
 
     tokenizer = trained.processor
     inputs = tokenizer(prompt or tokenizer.eos_token, return_tensors="pt")
-    settings = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.eos_token_id,
-                "do_sample": temperature > 0, **({"temperature": temperature} if temperature > 0 else {})}
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": tokenizer.eos_token_id,
+        "do_sample": temperature > 0,
+        **({"temperature": temperature} if temperature > 0 else {}),
+    }
 
     def sample(model) -> str:
         torch.manual_seed(seed)
         with torch.no_grad():
             output = model.generate(**inputs, **settings)
-        return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
     with trained.lock:
         results = {"finetuned": sample(trained.model)}

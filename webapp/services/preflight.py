@@ -35,11 +35,19 @@ def check(cfg: TrainConfig, shared: bool, timeout_s: float = TIMEOUT_S) -> Repor
         config = Path(folder) / "preflight.yaml"
         cfg.to_yaml(config)
         try:
-            done = subprocess.run([sys.executable, "-m", "finetune.preflight", "--config", str(config), "--json"],
-                                  cwd=workspace.REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+            done = subprocess.run(
+                [sys.executable, "-m", "finetune.preflight", "--config", str(config), "--json"],
+                cwd=workspace.REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
         except subprocess.TimeoutExpired:
-            raise UserError(f"check: no answer within {timeout_s:.0f} s; the run itself will be slow on this "
-                            "device: try a smaller model, shorter texts or a GPU") from None
+            raise UserError(
+                f"check: no answer within {timeout_s:.0f} s; the run itself will be slow on this "
+                "device: try a smaller model, shorter texts or a GPU"
+            ) from None
     if done.returncode in (FITS, DOES_NOT_FIT):
         # The report is the last line of stdout: libraries may print notes before it.
         return Report(**json.loads(done.stdout.strip().splitlines()[-1]))
@@ -49,11 +57,13 @@ def check(cfg: TrainConfig, shared: bool, timeout_s: float = TIMEOUT_S) -> Repor
 def _failure(returncode: int, stderr: str) -> str:
     """What went wrong, in the check's own words where it gave them (its `error: ...` lines)."""
     if returncode == KILLED:
-        return ("check: the process was killed, most likely out of memory: the run would not fit on this machine; "
-                "lower per_device_train_batch_size or the sequence length, or pick a smaller model")
+        return (
+            "check: the process was killed, most likely out of memory: the run would not fit on this machine; "
+            "lower per_device_train_batch_size or the sequence length, or pick a smaller model"
+        )
     lines = stderr.strip().splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
     if returncode == BAD_INPUT and starts:
-        return "\n".join(lines[starts[-1]:])[len("error: "):]
+        return "\n".join(lines[starts[-1] :])[len("error: ") :]
     last = lines[-1] if lines else "no output"
     return f"check: the preflight failed (exit status {returncode}): {last}"

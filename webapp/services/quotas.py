@@ -23,8 +23,10 @@ def check_can_queue(owner: str, limits: settings.Settings) -> None:
     runs = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
     active = [p for p in runs if RunDirectory(p).read_status().get("state") in ("queued", "running")]
     if len(active) >= limits.max_queued_runs:
-        raise UserError(f"queue: you have {len(active)} runs queued or training; at most {limits.max_queued_runs} per "
-                        "user. Wait for one to finish, or cancel one on the Runs page")
+        raise UserError(
+            f"queue: you have {len(active)} runs queued or training; at most {limits.max_queued_runs} per "
+            "user. Wait for one to finish, or cancel one on the Runs page"
+        )
     check_storage(owner, limits, adding=0)
 
 
@@ -41,8 +43,10 @@ def check_storage(owner: str, limits: settings.Settings, adding: int) -> None:
     used = disk_usage(workspace.user_root(owner))
     if used + adding > limits.max_storage_mb * 2**20:
         adds = f" and this upload would add {_mib(adding, up=True)}" if adding else ""
-        raise UserError(f"storage: your runs and uploads take {_mib(used)} of your {limits.max_storage_mb} MiB{adds}; "
-                        "delete runs you no longer need on the Runs page")
+        raise UserError(
+            f"storage: your runs and uploads take {_mib(used)} of your {limits.max_storage_mb} MiB{adds}; "
+            "delete runs you no longer need on the Runs page"
+        )
 
 
 def _mib(size: int, up: bool = False) -> str:

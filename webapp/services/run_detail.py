@@ -32,10 +32,14 @@ def detail(summary: RunSummary) -> RunDetail:
     events, metrics = run.read_events(), run.read_metrics()
     # One scale per chart: perplexity (1..vocab size) would flatten next-token accuracy (0..1).
     shown = TASKS[summary.task].curve_metrics if summary.task in TASKS else ()
-    return RunDetail(throughput=throughput(summary.state, events, metrics),
-                     losses=[p for (event, key), name in LOSSES.items() for p in _series(events, event, key, name)],
-                     scores=[p for key in shown for p in _series(events, "eval", key, key)],
-                     final=_final(metrics), log=jobs.log_tail(run), tracking=_tracking(run))
+    return RunDetail(
+        throughput=throughput(summary.state, events, metrics),
+        losses=[p for (event, key), name in LOSSES.items() for p in _series(events, event, key, name)],
+        scores=[p for key in shown for p in _series(events, "eval", key, key)],
+        final=_final(metrics),
+        log=jobs.log_tail(run),
+        tracking=_tracking(run),
+    )
 
 
 def _tracking(run: RunDirectory) -> Optional[str]:
@@ -44,8 +48,10 @@ def _tracking(run: RunDirectory) -> Optional[str]:
     if report_to == "tensorboard":
         return f"TensorBoard logs in `{run.tracking_dir}`: `tensorboard --logdir {run.tracking_dir}`"
     if report_to == "mlflow":
-        return ("MLflow: the tracking server in MLFLOW_TRACKING_URI, else the local store in "
-                f"`{run.tracking_dir}` (`mlflow ui --backend-store-uri {run.tracking_dir.as_uri()}`)")
+        return (
+            "MLflow: the tracking server in MLFLOW_TRACKING_URI, else the local store in "
+            f"`{run.tracking_dir}` (`mlflow ui --backend-store-uri {run.tracking_dir.as_uri()}`)"
+        )
     return None
 
 

@@ -11,7 +11,7 @@ import time
 from finetune.rundir import RunDirectory, process_start
 from webapp.services import workspace
 from webapp.services.identity import LOCAL_KEY
-from webapp.services.jobs import RUNNER_LOG, runs_in, is_active, launched, queued, runner_alive, runner_pid
+from webapp.services.jobs import RUNNER_LOG, is_active, launched, queued, runner_alive, runner_pid, runs_in
 
 
 def status_report() -> str:
@@ -20,10 +20,19 @@ def status_report() -> str:
     state = f"running (pid {pid})" if pid else "running (pid not recorded)" if runner_alive() else "not running"
     roots = workspace.all_runs_dirs()
     waiting = [_label(owner, run) for owner, run in queued(roots)]
-    active = [f"{_label(owner, run)} (pid {launched(run).get('pid') or run.read_status().get('pid')})"
-              for owner, root in roots.items() for run in runs_in(root) if is_active(run)]
-    return "\n".join([f"Job runner: {state}; lock {home / 'runner.lock'}, log {home / RUNNER_LOG}",
-                      f"Queued: {', '.join(waiting) or 'none'}", f"Running: {', '.join(active) or 'none'}"])
+    active = [
+        f"{_label(owner, run)} (pid {launched(run).get('pid') or run.read_status().get('pid')})"
+        for owner, root in roots.items()
+        for run in runs_in(root)
+        if is_active(run)
+    ]
+    return "\n".join(
+        [
+            f"Job runner: {state}; lock {home / 'runner.lock'}, log {home / RUNNER_LOG}",
+            f"Queued: {', '.join(waiting) or 'none'}",
+            f"Running: {', '.join(active) or 'none'}",
+        ]
+    )
 
 
 def _label(owner: str, run: RunDirectory) -> str:
@@ -46,5 +55,7 @@ def stop_runner(wait_seconds: float = 15.0) -> tuple[bool, str]:
         time.sleep(0.1)
     if process_start(pid) is not None:
         return False, f"The job runner (pid {pid}) is still running after {wait_seconds:g} s; see {RUNNER_LOG}."
-    return True, (f"Stopped the job runner (pid {pid}). Runs in progress keep training; queued runs wait for the "
-                  "next runner (the app starts one at its next page load, as does `python -m webapp.services.jobs`).")
+    return True, (
+        f"Stopped the job runner (pid {pid}). Runs in progress keep training; queued runs wait for the "
+        "next runner (the app starts one at its next page load, as does `python -m webapp.services.jobs`)."
+    )

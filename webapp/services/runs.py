@@ -82,11 +82,22 @@ def summarize(path: Path, viewer: Optional[User] = None) -> RunSummary:
     stopped_at = status.get("stopped_early_at_step") if state == "finished" else None
     step = stopped_at or max((e.get("step") or 0 for e in logged), default=0)
     ref = _ref(owner, path.name, viewer)
-    return RunSummary(name=path.name, path=path, owner=owner, ref=ref, state=state, task=config.get("task"),
-                      model=config.get("model_name_or_path"), step=step, total_steps=status.get("total_steps"),
-                      eta_seconds=_eta(status, logged) if state == "running" else None, error=status.get("error"),
-                      created_at=status.get("queued_at") or status.get("started_at") or _mtime(path),
-                      stopped_early=bool(stopped_at), experiment=_experiment(config))
+    return RunSummary(
+        name=path.name,
+        path=path,
+        owner=owner,
+        ref=ref,
+        state=state,
+        task=config.get("task"),
+        model=config.get("model_name_or_path"),
+        step=step,
+        total_steps=status.get("total_steps"),
+        eta_seconds=_eta(status, logged) if state == "running" else None,
+        error=status.get("error"),
+        created_at=status.get("queued_at") or status.get("started_at") or _mtime(path),
+        stopped_early=bool(stopped_at),
+        experiment=_experiment(config),
+    )
 
 
 def _experiment(config: dict) -> Optional[str]:
@@ -112,8 +123,9 @@ def _logged_steps(run: RunDirectory, status: dict) -> list[dict]:
 def _train_events(events_path: Path, mtime_ns: int, size: int) -> tuple[dict, ...]:
     """The train events of ``events_path`` as it was at (mtime_ns, size): the key that makes a changed file new."""
     events = RunDirectory(events_path.parent).read_events()
-    return tuple({"event": "train", "step": e.get("step"), "time": e.get("time")}
-                 for e in events if e.get("event") == "train")
+    return tuple(
+        {"event": "train", "step": e.get("step"), "time": e.get("time")} for e in events if e.get("event") == "train"
+    )
 
 
 def _mtime(path: Path) -> float:
@@ -134,8 +146,15 @@ def _eta(status: dict, events: list[dict], now: Optional[float] = None) -> Optio
     if not (isinstance(total, int) and isinstance(since, (int, float)) and isinstance(first, int)):
         return None
     # Events of this segment only: a resumed run appends to the events of the one before.
-    logged = [(e["step"], e["time"]) for e in events if e.get("event") == "train" and isinstance(e.get("step"), int)
-              and isinstance(e.get("time"), (int, float)) and e["time"] >= since and e["step"] > first]
+    logged = [
+        (e["step"], e["time"])
+        for e in events
+        if e.get("event") == "train"
+        and isinstance(e.get("step"), int)
+        and isinstance(e.get("time"), (int, float))
+        and e["time"] >= since
+        and e["step"] > first
+    ]
     if not logged:
         return None
     step, at = max(logged)
@@ -164,8 +183,15 @@ class Throughput:
     @property
     def text(self) -> str:
         """E.g. "1,234 tokens/s · 12.3 TFLOP/s · MFU 38% on NVIDIA H100"."""
-        parts = [f"{rate(value)} {unit}/s" for value, unit in ((self.tokens_per_second, "tokens"),
-                 (self.images_per_second, "images"), (self.tflops, "TFLOP")) if value is not None]
+        parts = [
+            f"{rate(value)} {unit}/s"
+            for value, unit in (
+                (self.tokens_per_second, "tokens"),
+                (self.images_per_second, "images"),
+                (self.tflops, "TFLOP"),
+            )
+            if value is not None
+        ]
         if self.mfu is not None:
             parts.append(f"MFU {percent(self.mfu)}")
         return " · ".join(parts) + (f" on {self.gpu_name}" if self.gpu_name and parts else "")
@@ -214,13 +240,19 @@ def default_selection(summaries: list[RunSummary], last: Optional[str]) -> int:
 def list_runs(user: User) -> list[RunSummary]:
     """The user's runs (every user's for an operator), newest first."""
     dirs = workspace.all_runs_dirs() if user.is_operator else {user.key: workspace.runs_dir(user.key)}
-    found = [summarize(p, user) for root in dirs.values() if root.is_dir()
-             for p in root.iterdir() if p.is_dir() and RunDirectory(p).is_run()]
+    found = [
+        summarize(p, user)
+        for root in dirs.values()
+        if root.is_dir()
+        for p in root.iterdir()
+        if p.is_dir() and RunDirectory(p).is_run()
+    ]
     return sorted(found, key=lambda s: s.created_at, reverse=True)
 
 
 def locate(user: User, ref: str) -> Path:
-    """The folder of the run ``ref`` names ("name", or "owner/name" for an operator); UserError unless ``user`` may see it."""
+    """The folder of the run ``ref`` names ("name", or "owner/name" for an operator); UserError unless ``user``
+    may see it."""
     owner, _, name = (ref or "").rpartition("/")
     owner = identity.check_key(owner) if owner else user.key
     if owner != user.key and not user.is_operator:
@@ -248,8 +280,11 @@ def owner_names() -> dict[str, str]:
 def queue_positions(user: User) -> dict[str, int]:
     """Place in the queue (1 = next, round-robin across users) of each waiting run the user can see, by ref."""
     order = jobs.queued(workspace.all_runs_dirs())
-    return {_ref(owner, run.path.name, user): i for i, (owner, run) in enumerate(order, start=1)
-            if owner == user.key or user.is_operator}
+    return {
+        _ref(owner, run.path.name, user): i
+        for i, (owner, run) in enumerate(order, start=1)
+        if owner == user.key or user.is_operator
+    }
 
 
 def _ref(owner: str, name: str, viewer: Optional[User]) -> str:
@@ -288,8 +323,10 @@ def resume(user: User, ref: str) -> None:
     if jobs.launched(run):
         raise UserError(f"resume: {path.name} is still stopping; try again in a moment")
     if state not in ("cancelled", "failed") or run.latest_checkpoint() is None:
-        raise UserError(f"resume: {path.name} is {state} with {'a' if run.latest_checkpoint() else 'no'} checkpoint; "
-                        "only a cancelled or failed run with a checkpoint can resume")
+        raise UserError(
+            f"resume: {path.name} is {state} with {'a' if run.latest_checkpoint() else 'no'} checkpoint; "
+            "only a cancelled or failed run with a checkpoint can resume"
+        )
     try:
         job = jobs.Job.read(run)
     except ValueError:  # trained from the command line into the runs folder: this machine's default setup
@@ -346,8 +383,9 @@ def push(user: User, ref: str, repo_id: str, private: bool, token: Optional[str]
     """Upload the run's adapter with its model card to the Hub repository ``repo_id``; returns its URL."""
     from finetune import hub  # huggingface_hub: only when the user pushes
 
-    return hub.push_to_hub(locate(user, ref), repo_id.strip(), private=private, token=token,
-                           update_existing=update_existing)
+    return hub.push_to_hub(
+        locate(user, ref), repo_id.strip(), private=private, token=token, update_existing=update_existing
+    )
 
 
 @dataclass(frozen=True)
@@ -361,5 +399,9 @@ class RunnerState:
 
 
 def runner_state() -> RunnerState:
-    return RunnerState(alive=jobs.runner_alive(), pid=jobs.runner_pid(), log=workspace.home() / jobs.RUNNER_LOG,
-                       idle_exit_minutes=jobs.IDLE_EXIT_SECONDS // 60)
+    return RunnerState(
+        alive=jobs.runner_alive(),
+        pid=jobs.runner_pid(),
+        log=workspace.home() / jobs.RUNNER_LOG,
+        idle_exit_minutes=jobs.IDLE_EXIT_SECONDS // 60,
+    )

@@ -1,18 +1,18 @@
 """Operator settings of the web app, read from the environment (a Space's variables) with safe defaults.
 
-    LORA_LAB_USERS                  who uses the app: local (one user, the default), huggingface (sign-in with
-                                    Hugging Face on a Space with hf_oauth: true) or anonymous (one workspace
-                                    per browser address)
-    LORA_LAB_OPERATORS              comma-separated Hugging Face user names who see and manage every run
-    LORA_LAB_MAX_QUEUED_RUNS        runs one user may have waiting in the queue (4)
-    LORA_LAB_MAX_RUNNING_RUNS       runs of one user that train at the same time (1)
-    LORA_LAB_MAX_UPLOAD_MB          largest upload, MiB (1024)
-    LORA_LAB_MAX_STORAGE_MB         disk one user's runs and uploads may fill, MiB (20480)
-    LORA_LAB_CANCEL_GRACE_SECONDS   after Cancel's SIGTERM, seconds before the run's processes are killed (60)
-    LORA_LAB_STALL_SECONDS          a running run that reports nothing for this long is failed as stalled (1800)
-    LORA_LAB_MAX_RUN_SECONDS        a run still training after this long is stopped, freeing its slot (86400)
-    LORA_LAB_MAX_UNPACKED_MB        largest total size an uploaded .zip may unpack to, MiB (2048)
-    LORA_LAB_MAX_COMPRESSION_RATIO  largest unpacked/packed ratio of a member of an uploaded .zip (100)
+LORA_LAB_USERS                  who uses the app: local (one user, the default), huggingface (sign-in with
+                                Hugging Face on a Space with hf_oauth: true) or anonymous (one workspace
+                                per browser address)
+LORA_LAB_OPERATORS              comma-separated Hugging Face user names who see and manage every run
+LORA_LAB_MAX_QUEUED_RUNS        runs one user may have waiting in the queue (4)
+LORA_LAB_MAX_RUNNING_RUNS       runs of one user that train at the same time (1)
+LORA_LAB_MAX_UPLOAD_MB          largest upload, MiB (1024)
+LORA_LAB_MAX_STORAGE_MB         disk one user's runs and uploads may fill, MiB (20480)
+LORA_LAB_CANCEL_GRACE_SECONDS   after Cancel's SIGTERM, seconds before the run's processes are killed (60)
+LORA_LAB_STALL_SECONDS          a running run that reports nothing for this long is failed as stalled (1800)
+LORA_LAB_MAX_RUN_SECONDS        a run still training after this long is stopped, freeing its slot (86400)
+LORA_LAB_MAX_UNPACKED_MB        largest total size an uploaded .zip may unpack to, MiB (2048)
+LORA_LAB_MAX_COMPRESSION_RATIO  largest unpacked/packed ratio of a member of an uploaded .zip (100)
 """
 
 import dataclasses

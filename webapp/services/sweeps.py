@@ -34,8 +34,9 @@ class SweepPlan:
     configs: list[TrainConfig]
 
 
-def plan(user: User, experiment: str, grid_text: str, random_count: int, seed: int,
-         values: dict[str, Any]) -> SweepPlan:
+def plan(
+    user: User, experiment: str, grid_text: str, random_count: int, seed: int, values: dict[str, Any]
+) -> SweepPlan:
     """The configs of a sweep over ``grid_text`` (one key=v1,v2 per line; ``random_count`` > 0: that many points
     drawn with ``seed``) on the New run form's ``values``. ConfigError or UserError says what is wrong."""
     problem = name_problem(experiment)
@@ -64,11 +65,16 @@ def _check_room(user: User, count: int) -> None:
         return
     limit = settings.load().max_queued_runs
     root = workspace.runs_dir(user.key)
-    active = [p for p in root.iterdir() if RunDirectory(p).read_status().get("state") in ("queued", "running")] \
-        if root.is_dir() else []
+    active = (
+        [p for p in root.iterdir() if RunDirectory(p).read_status().get("state") in ("queued", "running")]
+        if root.is_dir()
+        else []
+    )
     if len(active) + count > limit:
-        raise UserError(f"queue: this sweep queues {count} runs and you have {len(active)} queued or training; at "
-                        f"most {limit} per user. Draw fewer points (random count) or wait for runs to finish")
+        raise UserError(
+            f"queue: this sweep queues {count} runs and you have {len(active)} queued or training; at "
+            f"most {limit} per user. Draw fewer points (random count) or wait for runs to finish"
+        )
 
 
 @dataclass
@@ -93,8 +99,16 @@ class ExperimentSummary:
 
     def rows(self) -> list[dict]:
         """One row per run: ★ for the best, run, state, the primary metric, the varied settings."""
-        return [{"best": "★" if s.ref == self.best else "", "run": s.ref, "state": s.state,
-                 self.metric: self.values[s.ref], **self.varied[s.ref]} for s in self.runs]
+        return [
+            {
+                "best": "★" if s.ref == self.best else "",
+                "run": s.ref,
+                "state": s.state,
+                self.metric: self.values[s.ref],
+                **self.varied[s.ref],
+            }
+            for s in self.runs
+        ]
 
 
 def experiments(summaries: list[RunSummary]) -> list[ExperimentSummary]:
@@ -110,8 +124,10 @@ def experiments(summaries: list[RunSummary]) -> list[ExperimentSummary]:
 def _summarize(name: str, members: list[RunSummary]) -> ExperimentSummary:
     task = next((s.task for s in members if s.task), None)
     metric = TASKS[task].primary_metric if task in TASKS else "eval_loss"
-    values = {s.ref: primary_value(RunDirectory(s.path).read_metrics(), metric) if s.state == "finished" else None
-              for s in members}
+    values = {
+        s.ref: primary_value(RunDirectory(s.path).read_metrics(), metric) if s.state == "finished" else None
+        for s in members
+    }
     configs = {s.ref: RunDirectory(s.path).read_config() for s in members}
     keys = dict.fromkeys(key for config in configs.values() for key in config if key not in NOT_VARIED)
     differing = [key for key in keys if len({repr(config.get(key)) for config in configs.values()}) > 1]

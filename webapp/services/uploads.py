@@ -72,8 +72,13 @@ SAMPLE_ROWS = 5_000
 THUMBNAIL_PIXELS = 144  # longest side of a preview thumbnail (shown at 72 px, sharp on high-DPI screens)
 
 
-def inspect_data(path: Path, task: str, text_column: Optional[str] = None, label_column: Optional[str] = None,
-                 image_column: Optional[str] = None) -> DataReport:
+def inspect_data(
+    path: Path,
+    task: str,
+    text_column: Optional[str] = None,
+    label_column: Optional[str] = None,
+    image_column: Optional[str] = None,
+) -> DataReport:
     """Load ``path`` as the trainer will, resolving (or checking) the columns; UserError on any problem.
 
     A text file over SAMPLE_ABOVE_BYTES is judged by its first SAMPLE_ROWS rows (``sampled``); folders are read whole.
@@ -89,18 +94,27 @@ def inspect_data(path: Path, task: str, text_column: Optional[str] = None, label
     raw = load_table(path, "train_file", unpacking, max_rows=SAMPLE_ROWS if head else None)
     splits, columns, labels = prepare_splits({"train_file": raw}, {"train_file": str(path)}, task, given, 10.0, 42)
     first = raw.select(range(min(10, len(raw))))
-    report = DataReport(path=path, num_examples=len(raw), column_names=raw.column_names,
-                        text_column=columns.text, label_column=columns.label, image_column=columns.image,
-                        labels=labels, label_counts=_label_counts(splits, columns.label, labels),
-                        preview=first.remove_columns([c for c in [columns.image] if c]).to_pandas(),
-                        sampled=head and len(raw) == SAMPLE_ROWS, file_bytes=size)
+    report = DataReport(
+        path=path,
+        num_examples=len(raw),
+        column_names=raw.column_names,
+        text_column=columns.text,
+        label_column=columns.label,
+        image_column=columns.image,
+        labels=labels,
+        label_counts=_label_counts(splits, columns.label, labels),
+        preview=first.remove_columns([c for c in [columns.image] if c]).to_pandas(),
+        sampled=head and len(raw) == SAMPLE_ROWS,
+        file_bytes=size,
+    )
     names = getattr(raw.features.get(columns.label), "names", None)
     if names:  # imagefolder labels arrive as class ids
         report.preview[columns.label] = report.preview[columns.label].map(lambda i: names[i])
     if columns.image:
         train = splits["train"]
-        report.thumbnails = [(_thumbnail(train[i][columns.image]), labels[train[i][columns.label]])
-                             for i in range(min(8, len(train)))]
+        report.thumbnails = [
+            (_thumbnail(train[i][columns.image]), labels[train[i][columns.label]]) for i in range(min(8, len(train)))
+        ]
     return report
 
 

@@ -1,10 +1,8 @@
 """Accuracy metric: a local copy of the hub's, so scoring needs no network."""
 
 import datasets
-from sklearn.metrics import accuracy_score
-
 import evaluate
-
+from sklearn.metrics import accuracy_score
 
 _DESCRIPTION = """
 Accuracy is the proportion of correct predictions among all predictions:
@@ -16,7 +14,8 @@ _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list` of `int`): Predicted labels.
     references (`list` of `int`): Ground truth labels.
-    normalize (`bool`): If `False`, return the number of correct predictions instead of their fraction. Defaults to `True`.
+    normalize (`bool`): If `False`, return the number of correct predictions instead of their fraction.
+        Defaults to `True`.
     sample_weight (`list` of `float`): Sample weights. Defaults to `None`.
 
 Returns:
@@ -53,4 +52,6 @@ class Accuracy(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, normalize=True, sample_weight=None):
-        return {"accuracy": float(accuracy_score(references, predictions, normalize=normalize, sample_weight=sample_weight))}
+        return {
+            "accuracy": float(accuracy_score(references, predictions, normalize=normalize, sample_weight=sample_weight))
+        }

@@ -1,10 +1,8 @@
 """Confusion matrix metric: a local copy of the hub's that returns plain lists, so results serialise to JSON."""
 
 import datasets
-from sklearn.metrics import confusion_matrix
-
 import evaluate
-
+from sklearn.metrics import confusion_matrix
 
 _DESCRIPTION = """
 The confusion matrix counts, for every true class (row) and predicted class (column), how many examples
@@ -19,7 +17,8 @@ Args:
     labels (`list` of `int`): The rows and columns, in order. Labels absent from the data give rows and columns of
         zeros; labels not listed are left out. Defaults to the sorted labels present in `predictions` and `references`.
     sample_weight (`list` of `float`): Sample weights. Defaults to `None`.
-    normalize (`str`): `'true'`, `'pred'` or `'all'` to divide by row, column or grand totals. Defaults to `None` (counts).
+    normalize (`str`): `'true'`, `'pred'` or `'all'` to divide by row, column or grand totals.
+        Defaults to `None` (counts).
 
 Returns:
     confusion_matrix (`list` of `list`): `confusion_matrix[i][j]` is the number of examples of class `labels[i]`
@@ -56,5 +55,7 @@ class ConfusionMatrix(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, labels=None, sample_weight=None, normalize=None):
-        matrix = confusion_matrix(references, predictions, labels=labels, sample_weight=sample_weight, normalize=normalize)
+        matrix = confusion_matrix(
+            references, predictions, labels=labels, sample_weight=sample_weight, normalize=normalize
+        )
         return {"confusion_matrix": matrix.tolist()}

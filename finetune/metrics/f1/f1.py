@@ -1,11 +1,9 @@
 """F1 metric: a local copy of the hub's, macro-averaged by default, so scoring needs no network."""
 
 import datasets
+import evaluate
 import numpy as np
 from sklearn.metrics import f1_score
-
-import evaluate
-
 
 _DESCRIPTION = """
 The F1 score is the harmonic mean of precision and recall:

@@ -7,10 +7,8 @@ log-likelihoods the trainer has already computed, so it costs nothing extra and 
 import math
 
 import datasets
-import numpy as np
-
 import evaluate
-
+import numpy as np
 
 _DESCRIPTION = """
 Perplexity is the exponential of the mean negative log-likelihood per token:

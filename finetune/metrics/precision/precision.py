@@ -1,11 +1,9 @@
 """Precision metric: a local copy of the hub's, macro-averaged by default, so scoring needs no network."""
 
 import datasets
+import evaluate
 import numpy as np
 from sklearn.metrics import precision_score
-
-import evaluate
-
 
 _DESCRIPTION = """
 Precision is the fraction of the examples predicted as a class that belong to it:

@@ -1,11 +1,9 @@
 """Recall metric: a local copy of the hub's, macro-averaged by default, so scoring needs no network."""
 
 import datasets
+import evaluate
 import numpy as np
 from sklearn.metrics import recall_score
-
-import evaluate
-
 
 _DESCRIPTION = """
 Recall is the fraction of the examples of a class that are predicted as it:

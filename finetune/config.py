@@ -9,7 +9,6 @@ coerces them to the annotated types and reports every problem at once, before an
 import dataclasses
 import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from finetune.coercion import coerce, read_yaml
 from finetune.errors import ConfigError
 from finetune.rundir import write_text_atomic
 from finetune.task_kinds import DEFAULT_TASK, TASKS
@@ -53,6 +53,24 @@ UPPER_BOUNDS = {
     "save_steps": 10_000_000,
     "logging_steps": 10_000_000,
 }
+
+
+# Counts and sizes that must be at least 1 when given.
+POSITIVE_INTEGERS = (
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "logging_steps",
+    "lora_r",
+    "eval_steps",
+    "save_steps",
+    "save_total_limit",
+    "max_seq_length",
+    "block_size",
+    "early_stopping_patience",
+    "max_eval_samples",
+    "max_unpacked_mb",
+)
 
 
 def _help(text: str, **kwargs) -> Any:
@@ -227,22 +245,7 @@ class TrainConfig:
         for name in ("model_name_or_path", "train_file", "output_dir"):
             if not str(getattr(self, name) or "").strip():
                 p.append(f"{name}: required, got nothing")
-        positive = (
-            "per_device_train_batch_size",
-            "per_device_eval_batch_size",
-            "gradient_accumulation_steps",
-            "logging_steps",
-            "lora_r",
-            "eval_steps",
-            "save_steps",
-            "save_total_limit",
-            "max_seq_length",
-            "block_size",
-            "early_stopping_patience",
-            "max_eval_samples",
-            "max_unpacked_mb",
-        )
-        for name in positive:
+        for name in POSITIVE_INTEGERS:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 p.append(f"{name}: must be a positive integer, got {value}")
@@ -350,75 +353,6 @@ def _value_problems(cls: type, values: dict[str, Any]) -> list[str]:
     return []
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([f"--config: file {path} does not exist; expected a YAML file of run settings"])
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError([f"--config: {path} is not valid YAML ({err})"]) from err
-    if not isinstance(values, dict):
-        raise ConfigError([f"--config: {path} must hold a mapping of setting: value, got {type(values).__name__}"])
-    return values
-
-
 def field_help() -> dict[str, str]:
     """Help text of every field, by name."""
     return {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
-
-
-def coerce(raw: Any, annotation: Any) -> Any:
-    """Convert ``raw`` to ``annotation`` (str, int, float, bool, Literal, list[str], Optional/Union of those)."""
-    origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("none", "null", "")):
-            if type(None) in options:
-                return None
-        errors = []
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return coerce(raw, option)
-            except ValueError as err:
-                errors.append(str(err))
-        raise ValueError(" or ".join(errors))
-    if origin is Literal:
-        choices = typing.get_args(annotation)
-        if raw not in choices:
-            raise ValueError(f"expected one of {', '.join(map(str, choices))}, got {raw!r}")
-        return raw
-    if origin is list:
-        items = raw.split(",") if isinstance(raw, str) else raw
-        if not isinstance(items, (list, tuple)):
-            raise ValueError(f"expected a list of names, got {raw!r}")
-        return [str(item).strip() for item in items if str(item).strip()]
-    return _coerce_scalar(raw, annotation)
-
-
-def _coerce_scalar(raw: Any, annotation: type) -> Any:
-    if annotation is bool:
-        if isinstance(raw, bool):
-            return raw
-        if str(raw).lower() in ("true", "yes", "1", "false", "no", "0"):
-            return str(raw).lower() in ("true", "yes", "1")
-        raise ValueError(f"expected true or false, got {raw!r}")
-    if annotation is int:
-        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-            raise ValueError(f"expected an integer, got {raw!r}")
-        try:
-            return int(float(raw)) if isinstance(raw, str) and "e" in raw.lower() else int(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"expected an integer, got {raw!r}") from None
-    if annotation is float:
-        if isinstance(raw, bool):
-            raise ValueError(f"expected a number, got {raw!r}")
-        try:
-            return float(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"expected a number, got {raw!r}") from None
-    if annotation is str:
-        if isinstance(raw, (dict, list)):
-            raise ValueError(f"expected text, got {raw!r}")
-        return str(raw)
-    raise TypeError(f"unsupported annotation {annotation}")

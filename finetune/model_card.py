@@ -58,33 +58,14 @@ def portable_base(name: Optional[str]) -> Optional[str]:
 
 def model_card(run_dir: str | Path, merged: bool) -> Any:
     """A filled huggingface_hub ModelCard for the run's adapter (``merged=False``) or merged model."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
 
     run = RunDirectory(run_dir)
     config, metrics, info = run.read_config(), run.read_metrics(), run.read_adapter_info()
     task = metrics.get("task") or config.get("task") or info.get("task")
-    kind = TASKS.get(task)
     base = portable_base(config.get("model_name_or_path") or info.get("base_model"))
     tuned = {k: v for k, v in (metrics.get("finetuned") or {}).items() if isinstance(v, (int, float))}
-    data_name = Path(str(config.get("train_file", "data"))).name
-    results = [
-        EvalResult(
-            task_type=kind.pipeline_tag if kind else "other",
-            dataset_type="custom",
-            dataset_name=data_name,
-            metric_type=name,
-            metric_value=value,
-        )
-        for name, value in tuned.items()
-    ]
-    card_data = ModelCardData(
-        base_model=base,
-        library_name="transformers" if merged else "peft",
-        pipeline_tag=kind.pipeline_tag if kind else None,
-        model_name=run.path.name,
-        tags=["lora", "lora-lab", *([task] if task else [])],
-        eval_results=results or None,
-    )
+    card_data = _card_data(run.path.name, task, base, tuned, Path(str(config.get("train_file", "data"))).name, merged)
     base_metrics = metrics.get("base") or {}
     return ModelCard.from_template(
         card_data,
@@ -96,6 +77,31 @@ def model_card(run_dir: str | Path, merged: bool) -> Any:
         selection=_selection(metrics),
         usage=_usage(task, base, merged, len(info.get("labels") or [])),
         settings=yaml.safe_dump(_settings(config, base), sort_keys=False).strip(),
+    )
+
+
+def _card_data(name: str, task: Optional[str], base: Optional[str], tuned: dict, data_name: str, merged: bool):
+    """The card's metadata: base model, library, pipeline tag, tags and the fine-tuned scores as eval results."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    kind = TASKS.get(task)
+    results = [
+        EvalResult(
+            task_type=kind.pipeline_tag if kind else "other",
+            dataset_type="custom",
+            dataset_name=data_name,
+            metric_type=metric,
+            metric_value=value,
+        )
+        for metric, value in tuned.items()
+    ]
+    return ModelCardData(
+        base_model=base,
+        library_name="transformers" if merged else "peft",
+        pipeline_tag=kind.pipeline_tag if kind else None,
+        model_name=name,
+        tags=["lora", "lora-lab", *([task] if task else [])],
+        eval_results=results or None,
     )
 
 

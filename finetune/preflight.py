@@ -171,12 +171,9 @@ def _report(
     capacity = torch.cuda.get_device_properties(device).total_memory / 2**20 if device.type == "cuda" else ram
     ran = seconds_per_step is not None  # else the GPU ran out of memory: the peak is where it stopped
     fitting = ran and fits(peak, capacity)
-    model = recipe.accelerator.unwrap_model(recipe.model)
     evaluations = evaluation_count(plan.max_steps, plan.eval_steps)
-    estimate = (
-        setup_seconds + plan.max_steps * seconds_per_step + evaluations * len(recipe.eval_dl) * seconds_per_eval
-        if ran
-        else None
+    estimate = _estimate(
+        setup_seconds, plan.max_steps, seconds_per_step, evaluations * len(recipe.eval_dl), seconds_per_eval
     )
     return Report(
         device=str(device),
@@ -184,15 +181,7 @@ def _report(
         memory_capacity_mb=capacity,
         fits=fitting,
         memory_measure="CUDA max_memory_allocated" if device.type == "cuda" else "process peak RSS, ru_maxrss",
-        advice=[]
-        if fitting
-        else advice(
-            cfg,
-            peak / capacity,
-            device.type == "cuda",
-            recipe.derived,
-            getattr(model, "supports_gradient_checkpointing", False),
-        ),
+        advice=[] if fitting else _advice_for(recipe, peak / capacity),
         batch_size=cfg.per_device_train_batch_size,
         measured_steps=steps,
         seconds_per_step=seconds_per_step,
@@ -202,6 +191,26 @@ def _report(
         seconds_per_eval_batch=seconds_per_eval,
         setup_seconds=setup_seconds,
         estimated_seconds=estimate,
+    )
+
+
+def _estimate(
+    setup: float, steps: int, per_step: Optional[float], eval_batches: int, per_eval_batch: Optional[float]
+) -> Optional[float]:
+    """Seconds for the whole run: set-up, every optimizer step and every evaluation (None when nothing ran)."""
+    if per_step is None:
+        return None  # the GPU ran out of memory: no step was timed
+    return setup + steps * per_step + eval_batches * per_eval_batch
+
+
+def _advice_for(recipe, used_fraction: float) -> list[str]:
+    model = recipe.accelerator.unwrap_model(recipe.model)
+    return advice(
+        recipe.cfg,
+        used_fraction,
+        recipe.accelerator.device.type == "cuda",
+        recipe.derived,
+        getattr(model, "supports_gradient_checkpointing", False),
     )
 
 

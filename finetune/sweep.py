@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from finetune.config import TrainConfig, field_help, read_yaml
+from finetune.coercion import read_yaml
+from finetune.config import TrainConfig, field_help
 from finetune.errors import ConfigError, UserError
 from finetune.experiment import MAX_POINTS, Experiment, best_run, name_problem, primary_value, run_name
 from finetune.rundir import RunDirectory, output_dir_problem

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from finetune.config import TrainConfig, field_help, read_yaml
+from finetune.coercion import read_yaml
+from finetune.config import TrainConfig, field_help
 from finetune.errors import ConfigError, UserError
 from finetune.rundir import RunDirectory, output_dir_problem, process_start
 
@@ -102,22 +103,13 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
 
 def set_up(cfg: TrainConfig, run: RunDirectory) -> Recipe:
     """Accelerator, data, model, optimizer and schedule, prepared for this run's processes."""
-    import datasets
-    import transformers
     from accelerate.utils import set_seed
 
-    from finetune import lora, speed, training
+    from finetune import speed, training
     from finetune.batches import dataloaders
-    from finetune.processes import build_accelerator
-    from finetune.tasks import get_task, load_model_config
+    from finetune.tasks import get_task
 
-    # Progress bars are noise in train.log and the web app's log tail; events.jsonl carries progress.
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    if cfg.load_in_4bit:
-        lora.check_four_bit_possible(speed.uses_cuda())
-    width = speed.model_width(load_model_config(cfg.model_name_or_path))
-    accelerator = build_accelerator(cfg, width, trackers=[training.RunDirectoryTracker(run)])
+    accelerator = _accelerator(cfg, run)
     set_seed(cfg.seed)
     task = get_task(cfg.task)
     if accelerator.is_main_process:
@@ -145,6 +137,24 @@ def set_up(cfg: TrainConfig, run: RunDirectory) -> Recipe:
         eval_dl,
         plan,
     )
+
+
+def _accelerator(cfg: TrainConfig, run: RunDirectory):
+    """The run's Accelerator (finetune/processes.py), quiet progress bars, and QLoRA refused where it cannot run."""
+    import datasets
+    import transformers
+
+    from finetune import lora, speed, training
+    from finetune.processes import build_accelerator
+    from finetune.tasks import load_model_config
+
+    # Progress bars are noise in train.log and the web app's log tail; events.jsonl carries progress.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    if cfg.load_in_4bit:
+        lora.check_four_bit_possible(speed.uses_cuda())
+    width = speed.model_width(load_model_config(cfg.model_name_or_path))
+    return build_accelerator(cfg, width, trackers=[training.RunDirectoryTracker(run)])
 
 
 def _scheduler(cfg: TrainConfig, optimizer, plan, accelerator):
@@ -267,7 +277,16 @@ def _finish(recipe: Recipe, state, meter, best, result: Optional[dict]) -> None:
     if result is None:  # resumed from a checkpoint taken after the last evaluation
         result = recipe.evaluate(state.step)
     result = best.restore(recipe.model, state) or result
-    _save_artifacts(recipe)
+    training.save_artifacts(
+        recipe.accelerator,
+        recipe.model,
+        recipe.processor,
+        recipe.run,
+        recipe.cfg,
+        recipe.task.name,
+        recipe.labels,
+        recipe.derived,
+    )
     if recipe.accelerator.is_main_process:
         summary = training.final_metrics(state, recipe.plan, result, recipe.model, recipe.accelerator)
         recipe.run.write_metrics(
@@ -301,42 +320,6 @@ def _load_data_and_model(cfg: TrainConfig, accelerator, task):
             total,
         )
     return model, processor, data, labels, derived, new_heads
-
-
-def _save_artifacts(recipe: Recipe) -> None:
-    """The adapter (or full model) with its processor and label maps: everything inference needs."""
-    from finetune import lora
-
-    accelerator, cfg, labels = recipe.accelerator, recipe.cfg, recipe.labels
-    unwrapped = accelerator.unwrap_model(recipe.model)
-    if cfg.finetune_method == "lora" and cfg.init_lora_weights in lora.BASE_CHANGING_INITS:
-        # Never sharded (training.keep_initial_adapter): the main process holds every weight.
-        if accelerator.is_main_process:
-            lora.save_as_original_base_adapter(unwrapped, recipe.run.adapter_dir, recipe.run.initial_adapter_dir)
-    else:
-        # Whole tensors even where FSDP or DeepSpeed shard them (the unwrapped model's own state_dict would hold
-        # per-process shards of the weights FSDP's root unit owns, such as a classification head); every process
-        # calls it.
-        state_dict = accelerator.get_state_dict(recipe.model)
-        unwrapped.save_pretrained(
-            recipe.run.adapter_dir,
-            state_dict=state_dict,
-            is_main_process=accelerator.is_main_process,
-            save_function=accelerator.save,
-        )
-    if accelerator.is_main_process:
-        recipe.processor.save_pretrained(recipe.run.adapter_dir)
-        recipe.run.write_adapter_info(
-            {
-                "task": recipe.task.name,
-                "base_model": cfg.model_name_or_path,
-                "finetune_method": cfg.finetune_method,
-                "labels": labels,
-                "id2label": dict(enumerate(labels)) if labels else None,
-                "label2id": {name: i for i, name in enumerate(labels)} if labels else None,
-                **recipe.derived,
-            }
-        )
 
 
 def _setup_logging(run: Optional[RunDirectory], is_main: bool) -> None:
@@ -376,18 +359,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     _setup_logging(run, is_main)
     if is_main:
-        # A resumed run starts a new segment: the last one's loop start and early stop no longer apply.
-        run.update_status(
-            state="running",
-            error=None,
-            started_at=time.time(),
-            ended_at=None,
-            pid=os.getpid(),
-            pid_started=process_start(os.getpid()),
-            loop_started_at=None,
-            loop_start_step=None,
-            stopped_early_at_step=None,
-        )
+        _mark_running(run)
     try:
         final_state = train(with_task(cfg, run, is_main), run)
     except UserError as err:
@@ -399,6 +371,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         run.update_status(state=final_state, ended_at=time.time())
         logger.info("Run %s: %s", final_state, run.path)
     return 0
+
+
+def _mark_running(run: RunDirectory) -> None:
+    """status.json of a starting segment: this process, and no loop start or early stop of an earlier segment."""
+    import os
+
+    run.update_status(
+        state="running",
+        error=None,
+        started_at=time.time(),
+        ended_at=None,
+        pid=os.getpid(),
+        pid_started=process_start(os.getpid()),
+        loop_started_at=None,
+        loop_start_step=None,
+        stopped_early_at_step=None,
+    )
 
 
 def with_task(cfg: TrainConfig, run: RunDirectory, is_main: bool) -> TrainConfig:

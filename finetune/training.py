@@ -22,7 +22,13 @@ from torch import nn
 from finetune import speed
 from finetune.config import TrainConfig
 from finetune.errors import UserError
-from finetune.lora import BASE_CHANGING_INITS, apply_lora, batchnorm_modules, save_initial_adapter
+from finetune.lora import (
+    BASE_CHANGING_INITS,
+    apply_lora,
+    batchnorm_modules,
+    save_as_original_base_adapter,
+    save_initial_adapter,
+)
 from finetune.rundir import CHECKPOINT_COMPLETE, TRAINER_STATE, RunDirectory, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -351,3 +357,45 @@ class RunDirectoryTracker(GeneralTracker):
 
     def log(self, values: dict, step: Optional[int] = None, event: str = "train", **kwargs) -> None:
         self.run.append_event({"event": event, "step": step, "time": time.time(), **values})
+
+
+def save_artifacts(
+    accelerator: Accelerator,
+    model: nn.Module,
+    processor,
+    run: RunDirectory,
+    cfg: TrainConfig,
+    task: str,
+    labels: Optional[list[str]],
+    derived: dict,
+) -> None:
+    """The adapter (or full model) with its processor and label maps: everything inference needs."""
+    unwrapped = accelerator.unwrap_model(model)
+    if cfg.finetune_method == "lora" and cfg.init_lora_weights in BASE_CHANGING_INITS:
+        # Never sharded (training.keep_initial_adapter): the main process holds every weight.
+        if accelerator.is_main_process:
+            save_as_original_base_adapter(unwrapped, run.adapter_dir, run.initial_adapter_dir)
+    else:
+        # Whole tensors even where FSDP or DeepSpeed shard them (the unwrapped model's own state_dict would hold
+        # per-process shards of the weights FSDP's root unit owns, such as a classification head); every process
+        # calls it.
+        state_dict = accelerator.get_state_dict(model)
+        unwrapped.save_pretrained(
+            run.adapter_dir,
+            state_dict=state_dict,
+            is_main_process=accelerator.is_main_process,
+            save_function=accelerator.save,
+        )
+    if accelerator.is_main_process:
+        processor.save_pretrained(run.adapter_dir)
+        run.write_adapter_info(
+            {
+                "task": task,
+                "base_model": cfg.model_name_or_path,
+                "finetune_method": cfg.finetune_method,
+                "labels": labels,
+                "id2label": dict(enumerate(labels)) if labels else None,
+                "label2id": {name: i for i, name in enumerate(labels)} if labels else None,
+                **derived,
+            }
+        )

@@ -107,6 +107,12 @@ def inspect_data(
         sampled=head and len(raw) == SAMPLE_ROWS,
         file_bytes=size,
     )
+    _add_pictures(report, raw, splits, columns, labels)
+    return report
+
+
+def _add_pictures(report: DataReport, raw, splits, columns, labels: Optional[list[str]]) -> None:
+    """Class names in the preview where the loader gave class ids, and thumbnails of the first training images."""
     names = getattr(raw.features.get(columns.label), "names", None)
     if names:  # imagefolder labels arrive as class ids
         report.preview[columns.label] = report.preview[columns.label].map(lambda i: names[i])
@@ -115,7 +121,6 @@ def inspect_data(
         report.thumbnails = [
             (_thumbnail(train[i][columns.image]), labels[train[i][columns.label]]) for i in range(min(8, len(train)))
         ]
-    return report
 
 
 def _thumbnail(image: Any) -> Any:

@@ -377,17 +377,10 @@ def _mark_running(run: RunDirectory) -> None:
     """status.json of a starting segment: this process, and no loop start or early stop of an earlier segment."""
     import os
 
-    run.update_status(
-        state="running",
-        error=None,
-        started_at=time.time(),
-        ended_at=None,
-        pid=os.getpid(),
-        pid_started=process_start(os.getpid()),
-        loop_started_at=None,
-        loop_start_step=None,
-        stopped_early_at_step=None,
-    )
+    pid = os.getpid()
+    # A resumed run starts a new segment: the last one's end, error, loop start and early stop no longer apply.
+    cleared = dict.fromkeys(("error", "ended_at", "loop_started_at", "loop_start_step", "stopped_early_at_step"))
+    run.update_status(state="running", started_at=time.time(), pid=pid, pid_started=process_start(pid), **cleared)
 
 
 def with_task(cfg: TrainConfig, run: RunDirectory, is_main: bool) -> TrainConfig:

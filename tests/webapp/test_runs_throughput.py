@@ -14,7 +14,7 @@ import yaml
 
 from evaluation.compare import load_run
 from tests.webapp.apptest import assert_ok, open_app
-from webapp.services import runs
+from webapp.services import run_detail, runs
 
 SCORES = {"base": {"accuracy": 0.5, "eval_loss": 0.7}, "finetuned": {"accuracy": 0.9, "eval_loss": 0.3}}
 OLD_METRICS = {
@@ -106,7 +106,7 @@ def home(tmp_path, monkeypatch) -> Path:
 def _throughput(path: Path):
     """What the Runs page's live panel computes, from what it reads already."""
     run = load_run(path)
-    return runs.throughput(runs.summarize(path).state, run.events, run.metrics)
+    return run_detail.throughput(runs.summarize(path).state, run.events, run.metrics)
 
 
 # ---- the service ----------------------------------------------------------------------------------
@@ -134,17 +134,17 @@ def test_throughput_keeps_the_raw_figures(home):
 
 def test_a_finished_run_without_figures_in_metrics_falls_back_to_its_latest_train_event():
     events = [_train(10, tokens_per_second=900.0), {"event": "eval", "step": 10, "eval_loss": 0.5}]
-    found = runs.throughput("finished", events, OLD_METRICS)
+    found = run_detail.throughput("finished", events, OLD_METRICS)
     assert (found.text, found.whole_run) == ("900 tokens/s", False)
-    assert runs.throughput("cancelled", events, {}).text == "900 tokens/s"
+    assert run_detail.throughput("cancelled", events, {}).text == "900 tokens/s"
 
 
 def test_figures_that_are_no_numbers_are_left_out():
     event = _train(10, tokens_per_second=float("nan"), tflops=True, mfu="0.4", images_per_second=-1.0)
-    assert runs.throughput("running", [event], {}) is None
-    assert runs.throughput("running", [_train(10, mfu=0.042)], {}).text == "MFU 4.2%"
-    assert runs.throughput("running", [_train(10, mfu=0.004, tflops=0.5)], {}).text == "0.5 TFLOP/s · MFU 0.4%"
-    assert runs.throughput("finished", [], {"gpu_name": "NVIDIA H100"}) is None, "a GPU name alone says nothing"
+    assert run_detail.throughput("running", [event], {}) is None
+    assert run_detail.throughput("running", [_train(10, mfu=0.042)], {}).text == "MFU 4.2%"
+    assert run_detail.throughput("running", [_train(10, mfu=0.004, tflops=0.5)], {}).text == "0.5 TFLOP/s · MFU 0.4%"
+    assert run_detail.throughput("finished", [], {"gpu_name": "NVIDIA H100"}) is None, "a GPU name alone says nothing"
 
 
 # ---- the pages ------------------------------------------------------------------------------------

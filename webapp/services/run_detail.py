@@ -4,16 +4,81 @@ Plain Python (no streamlit, no pandas): curves are lists of points, one {"step",
 that the page lays out as charts.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
-from finetune.rundir import RunDirectory
+from evaluation.figures import percent, rate
+from finetune.rundir import THROUGHPUT_METRICS, RunDirectory
 from finetune.task_kinds import TASKS
 from webapp.services import jobs
-from webapp.services.runs import RunSummary, Throughput, throughput
+from webapp.services.runs import RunSummary
 
 # The loss curves: (event, key in the event) -> the series' name on the chart.
 LOSSES = {("train", "loss"): "train loss", ("eval", "eval_loss"): "eval loss"}
+
+
+@dataclass
+class Throughput:
+    """How fast a run trains: figures of its latest train event, or of metrics.json once it has finished.
+
+    Raw numbers (None where the trainer wrote none: older runs, CPU runs have no TFLOP/s or MFU) and their
+    wording for the Runs page in ``text``.
+    """
+
+    tokens_per_second: Optional[float] = None  # text tasks: non-padding tokens
+    images_per_second: Optional[float] = None  # image tasks
+    tflops: Optional[float] = None  # achieved TFLOP/s per GPU (CUDA only)
+    mfu: Optional[float] = None  # model FLOPs utilisation, 0..1 (CUDA only)
+    gpu_name: Optional[str] = None  # metrics.json only
+    whole_run: bool = False  # averages over the finished run, not the pace at the latest logged step
+
+    @property
+    def text(self) -> str:
+        """E.g. "1,234 tokens/s · 12.3 TFLOP/s · MFU 38% on NVIDIA H100"."""
+        parts = [
+            f"{rate(value)} {unit}/s"
+            for value, unit in (
+                (self.tokens_per_second, "tokens"),
+                (self.images_per_second, "images"),
+                (self.tflops, "TFLOP"),
+            )
+            if value is not None
+        ]
+        if self.mfu is not None:
+            parts.append(f"MFU {percent(self.mfu)}")
+        return " · ".join(parts) + (f" on {self.gpu_name}" if self.gpu_name and parts else "")
+
+    @property
+    def basis(self) -> str:
+        """What the figures average over: a live run's trainer reports its pace as of the latest logged step."""
+        return "whole-run average" if self.whole_run else "latest logged step"
+
+
+def throughput(state: str, events: list[dict], metrics: dict) -> Optional[Throughput]:
+    """The run's throughput from what the Runs page has read already (no file read here); None when the
+    trainer wrote no figures (a run from before they were logged, or one not yet past its first logged step).
+
+    A finished run's metrics.json averages the whole run; otherwise the latest train event is the current pace.
+    """
+    if state == "finished":
+        found = _figures(metrics or {}, THROUGHPUT_METRICS)
+        if found:
+            name = (metrics or {}).get("gpu_name")
+            return Throughput(**found, gpu_name=name if isinstance(name, str) else None, whole_run=True)
+    latest = next((e for e in reversed(events) if e.get("event") == "train"), {})
+    found = _figures(latest, {field: field for field in THROUGHPUT_METRICS})  # named alike in a train event
+    return Throughput(**found) if found else None
+
+
+def _figures(record: dict, keys: dict[str, str]) -> dict[str, float]:
+    """The figures ``record`` holds as finite non-negative numbers (a bool or a NaN is no figure)."""
+    found = {}
+    for field, key in keys.items():
+        value = record.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+            found[field] = float(value)
+    return found
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import pytest
+
 from finetune.preflight import Report
 from tests.webapp.apptest import assert_ok, button, labels, open_app
 from webapp.services import preflight
@@ -65,3 +67,20 @@ def test_check_failures_read_as_the_checks_own_message():
     assert crashed == "check: the preflight failed (exit status 1): RuntimeError: boom"
     fields = {f.name for f in dataclasses.fields(Report)}
     assert len(fields) == 15, "the report the page reads"
+
+
+def test_a_check_takes_a_free_gpu_and_runs_one_at_a_time(lab):
+    """A check never lands on a GPU a run is training on, and a second check waits for none: it is refused."""
+    from finetune.errors import UserError
+
+    assert preflight.free_gpu([], set()) is None, "no GPU: the CPU"
+    assert preflight.free_gpu([0, 1], {0}) == 1
+    with pytest.raises(UserError, match="every GPU of this machine is training a run"):
+        preflight.free_gpu([0, 1], {0, 1})
+    assert preflight.busy_gpus() == set(), "no run is active in a new workspace"
+    with preflight._one_at_a_time():
+        with pytest.raises(UserError, match="another check is running"):
+            with preflight._one_at_a_time():
+                pass
+    with preflight._one_at_a_time():  # released once the first finished
+        pass

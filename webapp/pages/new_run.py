@@ -168,7 +168,7 @@ launch_col, check_col = st.columns([1, 5])
 # Check runs finetune.preflight in a subprocess (this page never imports torch): a few real steps, nothing saved.
 if check_col.button(
     "Check",
-    help="Load the model on the chosen device (GPU 0, else the CPU), train a few steps on the "
+    help="Load the model on a GPU no run is training on (else the CPU), train a few steps on the "
     "longest batches of the data, and show the peak memory, the time per step and the whole run's "
     "estimated time. Nothing is saved; a big model on a CPU takes minutes.",
 ):

@@ -4,17 +4,23 @@ The check loads the model and trains a few steps; in its own process the page it
 memory it measures is that process's alone (a trainer's process, like the run's).
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from finetune.config import TrainConfig
 from finetune.errors import UserError
 from finetune.preflight import BAD_INPUT, DOES_NOT_FIT, FITS, Report
-from webapp.services import workspace
+from webapp.services import devices, jobs, workspace
+
+# One check at a time on this machine: each loads a model and trains, and a shared app must not be made to run many.
+LOCK_FILE = "preflight.lock"
 
 # Loading a large checkpoint on a CPU and training 4 steps takes minutes; past this the page stops waiting (s).
 TIMEOUT_S = 600
@@ -22,7 +28,7 @@ KILLED = -9  # returncode of a process ended by SIGKILL: on Linux, the kernel's 
 
 
 def check(cfg: TrainConfig, shared: bool, timeout_s: float = TIMEOUT_S) -> Report:
-    """The preflight report of ``cfg`` on this machine's first visible device (GPU 0, else the CPU).
+    """The preflight report of ``cfg`` on a GPU no run is training on (else the CPU), one check at a time.
 
     Raises UserError with the check's own message for bad settings or data, a timeout or a crash. On a shared app
     the operator's Hub token is withheld, as for the runs themselves (webapp/services/jobs.py).
@@ -31,6 +37,14 @@ def check(cfg: TrainConfig, shared: bool, timeout_s: float = TIMEOUT_S) -> Repor
     if shared:
         env = {k: v for k, v in env.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
         env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
+    gpu = free_gpu([g.index for g in devices.detect_gpus()], busy_gpus())
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    with _one_at_a_time():
+        return _run_check(cfg, env, timeout_s)
+
+
+def _run_check(cfg: TrainConfig, env: dict, timeout_s: float) -> Report:
     with tempfile.TemporaryDirectory(prefix="lora-lab-check-") as folder:
         config = Path(folder) / "preflight.yaml"
         cfg.to_yaml(config)
@@ -52,6 +66,43 @@ def check(cfg: TrainConfig, shared: bool, timeout_s: float = TIMEOUT_S) -> Repor
         # The report is the last line of stdout: libraries may print notes before it.
         return Report(**json.loads(done.stdout.strip().splitlines()[-1]))
     raise UserError(_failure(done.returncode, done.stderr))
+
+
+def busy_gpus() -> set[int]:
+    """GPUs that runs of any user are training on now (launch.json of each active run)."""
+    busy = set()
+    for root in workspace.all_runs_dirs().values():
+        for run in jobs.runs_in(root):
+            if jobs.is_active(run):
+                busy.update(jobs.launched(run).get("gpu_ids", []))
+    return busy
+
+
+def free_gpu(gpus: list[int], busy: set[int]) -> Optional[int]:
+    """The GPU a check may use (None on a machine without GPUs); UserError when every GPU trains a run, since a
+    check beside a run could take the memory the run needs."""
+    if not gpus:
+        return None
+    free = [gpu for gpu in gpus if gpu not in busy]
+    if not free:
+        raise UserError(
+            "check: every GPU of this machine is training a run now, and a check beside it could take "
+            "the memory it needs; check again when a GPU is free"
+        )
+    return free[0]
+
+
+@contextlib.contextmanager
+def _one_at_a_time():
+    with (workspace.home() / LOCK_FILE).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                "check: another check is running on this machine (one at a time: each loads a model "
+                "and trains); try again when it has finished"
+            ) from None
+        yield
 
 
 def _failure(returncode: int, stderr: str) -> str:

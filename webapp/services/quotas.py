@@ -14,15 +14,21 @@ from webapp.services import settings, workspace
 from webapp.services.identity import LOCAL_KEY, User
 
 
-def check_can_queue(owner: str, limits: settings.Settings) -> None:
-    """UserError when the user ``owner`` (a folder key) already has as many runs queued or training as allowed,
-    or is out of disk. An operator resuming someone's run is checked against that run's owner."""
+def check_can_queue(owner: str, limits: settings.Settings, adding: int = 1) -> None:
+    """UserError when ``adding`` more runs would take the user ``owner`` (a folder key) past the runs one user may
+    have queued or training, or when they are out of disk. A sweep is queued whole or not at all. An operator
+    resuming someone's run is checked against that run's owner."""
     if owner == LOCAL_KEY:
         return
     root = workspace.runs_dir(owner)
     runs = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
     active = [p for p in runs if RunDirectory(p).read_status().get("state") in ("queued", "running")]
-    if len(active) >= limits.max_queued_runs:
+    if len(active) + adding > limits.max_queued_runs:
+        if adding > 1:
+            raise UserError(
+                f"queue: this sweep queues {adding} runs and you have {len(active)} queued or training; at most "
+                f"{limits.max_queued_runs} per user. Draw fewer points (random count) or wait for runs to finish"
+            )
         raise UserError(
             f"queue: you have {len(active)} runs queued or training; at most {limits.max_queued_runs} per "
             "user. Wait for one to finish, or cancel one on the Runs page"

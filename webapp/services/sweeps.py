@@ -15,9 +15,9 @@ from finetune.errors import ConfigError, UserError
 from finetune.experiment import best_run, name_problem, primary_value, run_name
 from finetune.rundir import RunDirectory
 from finetune.task_kinds import LOWER_IS_BETTER, TASKS
-from webapp.services import launch, runs, settings, workspace
+from webapp.services import launch, quotas, runs, settings
 from webapp.services.devices import Setup
-from webapp.services.identity import LOCAL_KEY, User
+from webapp.services.identity import User
 from webapp.services.runs import RunSummary
 
 # Settings that differ between any two runs and say nothing about the point.
@@ -54,27 +54,8 @@ def plan(
 
 def queue(user: User, planned: SweepPlan, setup: Setup) -> list[RunDirectory]:
     """Queue every run of ``planned`` on ``setup``, after checking the user may queue them all."""
-    _check_room(user, len(planned.configs))
+    quotas.check_can_queue(user.key, settings.load(), adding=len(planned.configs))
     return [launch.launch(user, cfg, setup) for cfg in planned.configs]
-
-
-def _check_room(user: User, count: int) -> None:
-    """UserError when ``count`` more runs would take ``user`` past the runs one user may have queued or training
-    (settings.max_queued_runs; the local user has no limit), so a sweep is queued whole or not at all."""
-    if user.key == LOCAL_KEY:
-        return
-    limit = settings.load().max_queued_runs
-    root = workspace.runs_dir(user.key)
-    active = (
-        [p for p in root.iterdir() if RunDirectory(p).read_status().get("state") in ("queued", "running")]
-        if root.is_dir()
-        else []
-    )
-    if len(active) + count > limit:
-        raise UserError(
-            f"queue: this sweep queues {count} runs and you have {len(active)} queued or training; at "
-            f"most {limit} per user. Draw fewer points (random count) or wait for runs to finish"
-        )
 
 
 @dataclass

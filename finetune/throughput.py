@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from finetune.rundir import THROUGHPUT_METRICS
+
 # Dense (no sparsity) bf16/fp16 tensor-core peak per GPU in TFLOP/s, from NVIDIA's data sheets. Matched in order
 # against torch.cuda.get_device_name: the more specific names first.
 PEAK_TFLOPS = (
@@ -117,19 +119,10 @@ def meter_for(cfg, accelerator, model, train_data, task, collate) -> Meter:
     return Meter(accelerator, per_token, peak_tflops(torch.cuda.get_device_name(accelerator.device)))
 
 
-# metrics.json's names for the loop's figures.
-FINAL_NAMES = {
-    "tokens_per_second": "train_tokens_per_second",
-    "images_per_second": "train_images_per_second",
-    "tflops": "train_tflops",
-    "mfu": "mfu",
-}
-
-
 def final_figures(meter: Meter, kind: str) -> dict:
     """The loop's throughput over this segment of the run, under metrics.json's names (every process calls it:
     tokens are summed across processes)."""
-    out = {FINAL_NAMES[key]: value for key, value in meter.figures(kind).items() if key in FINAL_NAMES}
+    out = {THROUGHPUT_METRICS[key]: value for key, value in meter.figures(kind).items() if key in THROUGHPUT_METRICS}
     if meter.accelerator.device.type == "cuda":
         out["gpu_name"] = torch.cuda.get_device_name(meter.accelerator.device)
     return out

@@ -216,15 +216,7 @@ class Runner:
             try:
                 command = self.command_for(run, job)
                 with run.launch_log_path.open("ab") as log:
-                    child = subprocess.Popen(
-                        command,
-                        cwd=workspace.REPO,
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                        start_new_session=True,
-                    )
+                    child = _detached(command, env, log)
             except (OSError, ValueError) as err:  # a bad job must not stop the queue
                 _fail(run, f"could not launch: {type(err).__name__}: {err}")
                 return False
@@ -284,6 +276,19 @@ class Runner:
             )
 
 
+def _detached(command: list[str], env: dict, log) -> subprocess.Popen:
+    """``command`` in its own session (a signal to the app's process group never reaches it), output to ``log``."""
+    return subprocess.Popen(
+        command,
+        cwd=workspace.REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def runs_in(root: Path) -> list[RunDirectory]:
     return [RunDirectory(p) for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
 
@@ -330,15 +335,7 @@ def ensure_runner() -> None:
         return
     env = {**os.environ, "LORA_LAB_HOME": str(workspace.home())}  # the runner starts elsewhere (in REPO)
     with (workspace.home() / RUNNER_LOG).open("ab") as log:
-        subprocess.Popen(
-            [sys.executable, "-m", "webapp.services.jobs"],
-            cwd=workspace.REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        _detached([sys.executable, "-m", "webapp.services.jobs"], env, log)
 
 
 def runner_pid() -> Optional[int]:

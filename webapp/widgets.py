@@ -62,6 +62,7 @@ ADVANCED = [
     ("group_by_length", "bool"),
     ("gradient_checkpointing", "bool"),
     ("torch_compile", "bool"),
+    ("report_to", "choice"),
 ]
 # Rows read to offer columns when a guess failed: the text guess reads the first 200 rows too.
 HEAD_ROWS = 200

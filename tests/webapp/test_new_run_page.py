@@ -274,3 +274,31 @@ def test_new_run_form_keeps_its_values_across_page_switches(no_runner):
     kept = {key: at.session_state[key] for key in expected}
     assert kept == expected and min(kept["cfg_per_device_train_batch_size"], float(kept["cfg_num_train_epochs"])) > 0
     assert errors(at) == [] and "Launch run" in labels(at)
+
+
+def test_lora_variants_and_tracking_reach_the_runs_settings(no_runner):
+    """DoRA, rsLoRA, an initialisation, LoRA+, all-linear targets and TensorBoard, set in the form, are what the
+    run's config.yaml holds; a bad LoRA+ ratio is reported at its field."""
+    at = open_app()
+    at.text_input(key="run_name").set_value("variants")
+    at.checkbox(key="cfg_use_dora").check()
+    at.checkbox(key="cfg_use_rslora").check()
+    at.selectbox(key="cfg_init_lora_weights").select("gaussian")
+    at.text_input(key="cfg_lora_target_modules").set_value("all-linear")
+    at.selectbox(key="cfg_report_to").select("tensorboard")
+    at.text_input(key="cfg_loraplus_lr_ratio").set_value("0.5").run()
+    assert_ok(at)
+    assert errors(at)[0] == "must be between 1 and 1000 (usually 16), got 0.5", "shown at the loraplus_lr_ratio field"
+    at.text_input(key="cfg_loraplus_lr_ratio").set_value("16").run()
+    assert errors(at) == [], errors(at)
+    shown = yaml.safe_load(at.code[1].value)
+    expected = {
+        "use_dora": True,
+        "use_rslora": True,
+        "init_lora_weights": "gaussian",
+        "loraplus_lr_ratio": 16.0,
+        "lora_target_modules": ["all-linear"],
+        "report_to": "tensorboard",
+        "load_in_4bit": False,
+    }
+    assert {k: shown[k] for k in expected} == expected, f"{len(expected)} settings checked"

@@ -27,9 +27,10 @@ WORKDIR /home/user/app
 RUN python -m venv /opt/venv \
     && pip install --no-cache-dir $TORCH_SPEC
 
-# Dependencies from pyproject.toml alone (a layer that survives source edits), torch held at the version above.
+# Dependencies from pyproject.toml alone (a layer that survives source edits), torch held at the version above;
+# with the qlora extra (bitsandbytes), since a Space's GPU can train load_in_4bit runs.
 COPY --chown=user:user pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['qlora']))" > /tmp/requirements.txt \
     && python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > /tmp/constraints.txt \
     && pip install --no-cache-dir --requirement /tmp/requirements.txt --constraint /tmp/constraints.txt \
     && rm /tmp/requirements.txt /tmp/constraints.txt

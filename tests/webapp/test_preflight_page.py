@@ -48,7 +48,7 @@ def test_a_run_that_does_not_fit_shows_the_advice(no_runner, monkeypatch):
         estimated_seconds=281.0,
     )
     # The subprocess is replaced on the test's side only: a GPU that is too small cannot be had on a test machine.
-    monkeypatch.setattr(preflight, "check", lambda cfg, shared: report)
+    monkeypatch.setattr(preflight, "check", lambda cfg, shared, use_gpu: report)
     at = open_app()
     button(at, "Check").click().run()
     assert_ok(at)

@@ -168,13 +168,13 @@ launch_col, check_col = st.columns([1, 5])
 # Check runs finetune.preflight in a subprocess (this page never imports torch): a few real steps, nothing saved.
 if check_col.button(
     "Check",
-    help="Load the model on a GPU no run is training on (else the CPU), train a few steps on the "
-    "longest batches of the data, and show the peak memory, the time per step and the whole run's "
+    help="Load the model on the device chosen above (a GPU no run is training on, or the CPU), train a few steps "
+    "on the longest batches of the data, and show the peak memory, the time per step and the whole run's "
     "estimated time. Nothing is saved; a big model on a CPU takes minutes.",
 ):
     try:
         with st.spinner("Checking: loading the model and training a few steps on the longest batches…"):
-            checked = preflight.check(cfg, shared)
+            checked = preflight.check(cfg, shared, use_gpu=setup.uses_gpus)
     except UserError as err:
         st.error(str(err))
     else:

@@ -27,8 +27,9 @@ TIMEOUT_S = 600
 KILLED = -9  # returncode of a process ended by SIGKILL: on Linux, the kernel's out-of-memory killer
 
 
-def check(cfg: TrainConfig, shared: bool, timeout_s: float = TIMEOUT_S) -> Report:
-    """The preflight report of ``cfg`` on a GPU no run is training on (else the CPU), one check at a time.
+def check(cfg: TrainConfig, shared: bool, use_gpu: bool = True, timeout_s: float = TIMEOUT_S) -> Report:
+    """The preflight report of ``cfg`` on the device the run was set to (``use_gpu``: a GPU no run is training on;
+    else the CPU), one check at a time.
 
     Raises UserError with the check's own message for bad settings or data, a timeout or a crash. On a shared app
     the operator's Hub token is withheld, as for the runs themselves (webapp/services/jobs.py).
@@ -37,9 +38,9 @@ def check(cfg: TrainConfig, shared: bool, timeout_s: float = TIMEOUT_S) -> Repor
     if shared:
         env = {k: v for k, v in env.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
         env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
-    gpu = free_gpu([g.index for g in devices.detect_gpus()], busy_gpus())
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    gpu = free_gpu([g.index for g in devices.detect_gpus()], busy_gpus()) if use_gpu else None
+    # A run set to the CPU is checked on the CPU, even on a machine with GPUs.
+    env["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
     with _one_at_a_time():
         return _run_check(cfg, env, timeout_s)
 

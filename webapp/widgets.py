@@ -5,7 +5,6 @@ Playground with st.cache_resource, where sharing one model between sessions is s
 """
 
 import dataclasses
-import os
 import typing
 from pathlib import Path
 from typing import Optional
@@ -217,11 +216,6 @@ def unguessed_roles(path: str, task: str, failed: str) -> tuple[list[str], dict[
 @st.cache_data(ttl=60, show_spinner=False)
 def detect_gpus() -> list[devices.Gpu]:
     return devices.detect_gpus()
-
-
-def cpu_cores() -> int:
-    """Cores this process may use: a container's CPU set, not the host's count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def roles(report: uploads.DataReport) -> dict[str, Optional[str]]:

@@ -6,7 +6,6 @@ import time
 import streamlit as st
 import yaml
 
-from finetune.advice import warnings_for
 from finetune.config import field_help
 from finetune.errors import ConfigError, UserError
 from finetune.preflight import readable_duration
@@ -144,13 +143,7 @@ except ConfigError as err:
     st.error(f"Fix {len(err.problems)} setting(s) marked above before launching.")
     st.stop()
 # Far-off settings are noted under their fields; Launch stays. The time estimate fits real-size checkpoints only.
-warned = warnings_for(
-    cfg,
-    report.num_examples,
-    None if checkpoint.demo else checkpoint.model_type,
-    setup.num_processes if setup.uses_gpus else 0,
-    widgets.cpu_cores(),
-)
+warned = launch.warnings(cfg, report.num_examples, None if checkpoint.demo else checkpoint.model_type, setup)
 errors.warn(warned)
 if warned:
     st.caption(

@@ -1,8 +1,10 @@
 """Turning the New run form into a validated config, a run directory and a queued launch."""
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from finetune.advice import warnings_for
 from finetune.config import TrainConfig
 from finetune.errors import ConfigError, UserError
 from finetune.rundir import RunDirectory
@@ -28,6 +30,18 @@ def problems_by_field(err: ConfigError) -> dict[str, list[str]]:
         name, _, message = problem.partition(":")
         grouped.setdefault(name.strip(), []).append(message.strip() or problem)
     return grouped
+
+
+def warnings(cfg: TrainConfig, num_examples: int, model_type: Optional[str], setup: Setup) -> dict[str, str]:
+    """Settings of a valid ``cfg`` far outside what trains well, as {field: note} (finetune.advice); the time
+    estimate is for ``model_type`` (None: no estimate) on ``setup``'s GPUs, or this machine's cores."""
+    gpus = setup.num_processes if setup.uses_gpus else 0
+    return warnings_for(cfg, num_examples, model_type, gpus, cpu_cores())
+
+
+def cpu_cores() -> int:
+    """Cores this process may use: a container's CPU set, not the host's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def plan(user: User, name: str, values: dict[str, Any], setup: Setup) -> tuple[TrainConfig, list[str]]:

@@ -78,6 +78,7 @@ def _staging(destination: Path):
         raise
     if destination.exists():
         destination.rmdir()  # checked empty before the export started
+    folder.chmod(0o755)  # mkdtemp's folder is private (0700); an export is an ordinary folder
     folder.rename(destination)
 
 

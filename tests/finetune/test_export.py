@@ -84,6 +84,7 @@ def test_merged_model_predicts_as_base_plus_adapter(finished, family, tmp_path):
     assert torch.allclose(expected, got, atol=1e-4), (expected - got).abs().max()
     names = {p.name for p in (tmp_path / "merged").iterdir()}
     assert {"config.json", "model.safetensors", "README.md"} <= names
+    assert (tmp_path / "merged").stat().st_mode & 0o777 == 0o755, "an ordinary folder, not a private temporary one"
 
 
 def test_adapter_export_reloads_and_carries_a_filled_model_card(finished, tmp_path):

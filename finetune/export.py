@@ -8,7 +8,6 @@ empty folder: an export never overwrites anything.
 """
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from finetune.errors import UserError
-from finetune.rundir import RunDirectory
+from finetune.rundir import RunDirectory, read_json, write_json_atomic
 
 
 def check_destination(out: str | Path) -> Path:
@@ -57,11 +56,13 @@ def export_adapter(run_dir: str | Path, out: str | Path) -> Path:
     destination = check_destination(out)
     with _staging(destination) as folder:
         shutil.copytree(run.adapter_dir, folder, dirs_exist_ok=True)
-        for name, key in (("adapter_config.json", "base_model_name_or_path"), ("lora_lab.json", "base_model")):
-            path = folder / name
-            if path.is_file():
-                info = json.loads(path.read_text())
-                path.write_text(json.dumps({**info, key: portable_base(info.get(key))}, indent=2))
+        peft_config = run.adapter_dir / "adapter_config.json"  # PEFT's own file
+        for source, info, key in (
+            (peft_config, read_json(peft_config), "base_model_name_or_path"),
+            (run.adapter_info_path, run.read_adapter_info(), "base_model"),
+        ):
+            if info:
+                write_json_atomic(folder / source.name, {**info, key: portable_base(info.get(key))})
         model_card(run.path, merged=False).save(folder / "README.md")
     return destination
 

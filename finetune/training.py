@@ -1,6 +1,5 @@
 """Components of the training recipe (finetune/train.py), each small enough to test on its own."""
 
-import json
 import logging
 import math
 import resource
@@ -29,7 +28,7 @@ from finetune.lora import (
     save_as_original_base_adapter,
     save_initial_adapter,
 )
-from finetune.rundir import CHECKPOINT_COMPLETE, TRAINER_STATE, RunDirectory, write_json_atomic
+from finetune.rundir import CHECKPOINT_COMPLETE, TRAINER_STATE, RunDirectory, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +290,12 @@ def load_checkpoint(accelerator: Accelerator, path: Path, model: nn.Module) -> T
     (speed.keep_trainable_weights), so they load non-strictly once checked to hold every one of them."""
     speed.check_checkpoint_weights(model, path)
     accelerator.load_state(str(path), strict=False)
-    values = json.loads((path / TRAINER_STATE).read_text())
+    values = read_json(path / TRAINER_STATE)
+    if values is None:
+        raise UserError(
+            f"resume_from_checkpoint: {path / TRAINER_STATE} is missing or not valid JSON; resume from "
+            "another checkpoint of the run"
+        )
     values["best_eval_loss"] = float(values["best_eval_loss"])
     return TrainerState(**values)
 

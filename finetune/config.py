@@ -22,7 +22,7 @@ from finetune.rundir import write_text_atomic
 from finetune.task_kinds import DEFAULT_TASK, TASKS
 
 # Experiment names become folder names and labels: a safe, short subset.
-EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,59}")  # + "-NN": run names stay within 64
 SchedulerName = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 
 # Learning rates when none is given. LoRA adapters start at zero and need a larger step than
@@ -71,6 +71,16 @@ POSITIVE_INTEGERS = (
     "max_eval_samples",
     "max_unpacked_mb",
 )
+
+
+def experiment_name_problem(name: Any) -> Optional[str]:
+    """Why ``name`` cannot name an experiment (None when it can): it becomes folder and run names."""
+    if isinstance(name, str) and EXPERIMENT_NAME.fullmatch(name):
+        return None
+    return (
+        f"{name!r} is not a valid experiment name; expected 1-60 letters, digits, '-', '_' or '.', starting with a "
+        "letter or digit"
+    )
 
 
 def _help(text: str, **kwargs) -> Any:
@@ -286,11 +296,8 @@ class TrainConfig:
                 f"init_lora_weights: {self.init_lora_weights} rewrites the base weights; it works without"
                 " use_dora and load_in_4bit only (or use default/gaussian)"
             )
-        if self.experiment_name is not None and not EXPERIMENT_NAME.fullmatch(self.experiment_name):
-            p.append(
-                f"experiment_name: {self.experiment_name!r} is not a valid name; expected 1-64 letters, digits,"
-                " '-', '_' or '.', starting with a letter or digit"
-            )
+        if self.experiment_name is not None and experiment_name_problem(self.experiment_name):
+            p.append(f"experiment_name: {experiment_name_problem(self.experiment_name)}")
         return p
 
     def epochs_for(self, steps_per_epoch: int) -> float:

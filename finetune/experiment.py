@@ -16,24 +16,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from finetune.config import EXPERIMENT_NAME
+from finetune.config import experiment_name_problem
 from finetune.rundir import RunDirectory, read_json, write_json_atomic
 from finetune.task_kinds import LOWER_IS_BETTER
 
 EXPERIMENT_FILE = "experiment.json"
 MAX_POINTS = 99  # run names end in a two-digit number
-# Run names must stay valid run names of the web app (at most 64 characters): the name plus "-NN".
-MAX_NAME_LENGTH = 60
-
-
-def name_problem(name: Any) -> Optional[str]:
-    """Why ``name`` cannot name an experiment (None when it can)."""
-    if not isinstance(name, str) or not EXPERIMENT_NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
-        return (
-            f"{name!r} is not a valid experiment name; expected 1-{MAX_NAME_LENGTH} letters, digits, '-', '_' "
-            "or '.', starting with a letter or digit"
-        )
-    return None
 
 
 def run_name(experiment: str, index: int) -> str:
@@ -45,7 +33,7 @@ class Experiment:
     """Paths and the reader/writer of one experiment folder."""
 
     def __init__(self, root: str | Path, name: str):
-        problem = name_problem(name)
+        problem = experiment_name_problem(name)
         if problem:
             raise ValueError(problem)
         self.name = name

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from finetune.coercion import read_yaml
-from finetune.config import TrainConfig, field_help
+from finetune.config import TrainConfig, experiment_name_problem, field_help
 from finetune.errors import ConfigError, UserError
-from finetune.experiment import MAX_POINTS, Experiment, best_run, name_problem, primary_value, run_name
+from finetune.experiment import MAX_POINTS, Experiment, best_run, primary_value, run_name
 from finetune.rundir import RunDirectory, output_dir_problem
 from finetune.task_kinds import LOWER_IS_BETTER, TASKS
 
@@ -142,8 +142,8 @@ def plan(
     base = read_yaml(config)
     base_cfg = TrainConfig.from_dict(base)  # the YAML alone must be a valid run: its output_dir holds the experiment
     name = experiment or base_cfg.experiment_name or time.strftime("sweep-%Y%m%d-%H%M%S")
-    if name_problem(name):
-        raise ConfigError([f"experiment: {name_problem(name)}"])
+    if experiment_name_problem(name):
+        raise ConfigError([f"experiment: {experiment_name_problem(name)}"])
     grid = parse_grid(grid_items)
     points = grid_points(grid, random_count, seed)
     folder = Experiment(Path(base_cfg.output_dir).expanduser().resolve(), name)

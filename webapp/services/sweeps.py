@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from finetune import sweep
-from finetune.config import TrainConfig
+from finetune.config import TrainConfig, experiment_name_problem
 from finetune.errors import ConfigError, UserError
-from finetune.experiment import best_run, name_problem, primary_value, run_name
+from finetune.experiment import best_run, primary_value, run_name
 from finetune.rundir import RunDirectory
 from finetune.task_kinds import LOWER_IS_BETTER, TASKS
 from webapp.services import launch, quotas, runs, settings
@@ -39,7 +39,7 @@ def plan(
 ) -> SweepPlan:
     """The configs of a sweep over ``grid_text`` (one key=v1,v2 per line; ``random_count`` > 0: that many points
     drawn with ``seed``) on the New run form's ``values``. ConfigError or UserError says what is wrong."""
-    problem = name_problem(experiment)
+    problem = experiment_name_problem(experiment)
     if problem:
         raise ConfigError([f"experiment: {problem}"])
     grid = sweep.parse_grid_text(grid_text)

@@ -18,7 +18,7 @@ from evaluation.figures import percent, rate
 from finetune.errors import UserError
 from finetune.experiment import best_run, primary_value
 from finetune.rundir import THROUGHPUT_METRICS, RunDirectory
-from finetune.task_kinds import LOWER_IS_BETTER, TASKS
+from finetune.task_kinds import LOWER_IS_BETTER, primary_metric
 
 # Settings that always differ between runs and say nothing about how they were trained.
 NOT_SETTINGS = ("output_dir", "resume_from_checkpoint")
@@ -70,11 +70,6 @@ def load_run(path: str | Path) -> Run:
 
 def load_runs(paths: list[str | Path]) -> list[Run]:
     return [load_run(p) for p in paths]
-
-
-def primary_metric(task: Optional[str], default: str) -> str:
-    """The metric that ranks runs of ``task`` (``default`` for a task this version does not know)."""
-    return TASKS[task].primary_metric if task in TASKS else default
 
 
 def config_diff(runs: list[Run]) -> pd.DataFrame:

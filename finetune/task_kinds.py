@@ -8,7 +8,7 @@ Adding a task kind is one `TaskKind` entry below plus its module in finetune/tas
 """
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,11 @@ def task_kind(name: str) -> TaskKind:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
     return TASKS[name]
+
+
+def primary_metric(task: Optional[str], default: str = "eval_loss") -> str:
+    """The metric that ranks runs of ``task`` (``default`` for a task this version does not know)."""
+    return TASKS[task].primary_metric if task in TASKS else default
 
 
 def tasks_for(model_type: str) -> list[str]:

@@ -8,6 +8,7 @@ import yaml
 
 from finetune.config import field_help
 from finetune.errors import ConfigError, UserError
+from finetune.experiment import MAX_POINTS
 from finetune.preflight import readable_duration
 from finetune.task_kinds import task_kind
 from webapp import widgets
@@ -232,7 +233,7 @@ with st.expander("Sweep: one run per point of a grid"):
     random_count = random_col.number_input(
         "Random points",
         min_value=0,
-        max_value=99,
+        max_value=MAX_POINTS,
         value=0,
         key="sweep_random",
         help="0: every combination; N: N distinct combinations drawn at random.",

@@ -9,8 +9,9 @@ from typing import Optional
 
 import pandas as pd
 
-from evaluation.compare import COST, best_by, compare_runs, curves, format_table, load_runs, primary_metric
+from evaluation.compare import COST, best_by, compare_runs, curves, format_table, load_runs
 from finetune.rundir import RunDirectory
+from finetune.task_kinds import primary_metric
 from webapp.services import sweeps
 from webapp.services.runs import RunSummary
 
@@ -48,7 +49,7 @@ def compare(chosen: list[RunSummary], task: Optional[str]) -> Comparison:
     """The runs ``chosen`` side by side, headlined by ``task``'s main metric."""
     selected = load_runs([s.path for s in chosen])
     table = compare_runs(selected)
-    primary = primary_metric(task, "eval_loss")
+    primary = primary_metric(task)
     # The headline: base / fine-tuned / delta of the task's main metric and eval loss first (what a reader compares),
     # then the settings that differ; everything else is in the full table.
     headline = ["state"] + [

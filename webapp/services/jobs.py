@@ -38,6 +38,7 @@ IDLE_EXIT_SECONDS = 900  # a runner with nothing to do exits; the app starts a n
 GPU_CHECK_SECONDS = 60
 LOG_TAIL_BYTES = 64 * 1024  # enough for the last 40 lines of any log
 MAX_PROCESSES = 64
+CHECK_FILE = "preflight.json"  # {"gpu": ..., "pid": ..., "started": ...}: the GPU a Check trains on, in LORA_LAB_HOME
 RUNNER_FILE = "runner.json"  # {"pid": ..., "started": ...}: the runner holding runner.lock, in LORA_LAB_HOME
 RUNNER_LOG = "runner.log"  # the runner's output, in LORA_LAB_HOME
 # Set by SIGTERM: the runner ends the tick it is in, then exits. Killed mid-launch it could leave a trainer
@@ -176,7 +177,9 @@ class Runner:
         for run in runs:
             self._stop_if_overdue(run)
             self._settle_if_orphaned(run)
-        slots = fair_queue.Slots(self.gpu_ids, {r.path: (runs[r], launched(r).get("gpu_ids", [])) for r in busy})
+        # A GPU a preflight check is training on is not free either (the check could take a run's memory).
+        free_of_checks = [gpu for gpu in self.gpu_ids if gpu != gpu_in_check()]
+        slots = fair_queue.Slots(free_of_checks, {r.path: (runs[r], launched(r).get("gpu_ids", [])) for r in busy})
         waiting = queued(roots)
         for owner, run in waiting:
             try:
@@ -202,11 +205,7 @@ class Runner:
 
     def _launch(self, run: RunDirectory, job: Job, gpu_ids: list[int]) -> bool:
         """Start the run's command on ``gpu_ids``; False when it could not start (the run is then settled)."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.limits.users != "local":
-            # On a shared app the operator's token must not fetch private or gated models for any user.
-            env = {k: v for k, v in env.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-            env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
+        env = {**child_env(shared=self.limits.users != "local"), "PYTHONUNBUFFERED": "1"}
         if gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
         with run_lock(run):
@@ -287,6 +286,36 @@ def _detached(command: list[str], env: dict, log) -> subprocess.Popen:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def child_env(shared: bool) -> dict:
+    """The environment of a trainer or check the app starts. On a shared app the operator's token must not fetch
+    private or gated models for any user."""
+    env = {**os.environ}
+    if shared:
+        env = {k: v for k, v in env.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+        env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
+    return env
+
+
+@contextlib.contextmanager
+def gpu_held_for_check(gpu: Optional[int]):
+    """While a preflight check trains on ``gpu``, the runner starts no run there (CHECK_FILE, with this process)."""
+    path = workspace.home() / CHECK_FILE
+    if gpu is not None:
+        write_json_atomic(path, {"gpu": gpu, "pid": os.getpid(), "started": process_start(os.getpid())})
+    try:
+        yield
+    finally:
+        if gpu is not None:
+            path.unlink(missing_ok=True)
+
+
+def gpu_in_check() -> Optional[int]:
+    """The GPU a live preflight check holds (a record left by a process that died holds nothing)."""
+    record = read_json(workspace.home() / CHECK_FILE) or {}
+    gpu = record.get("gpu")
+    return gpu if isinstance(gpu, int) and pid_alive(record.get("pid"), record.get("started")) else None
 
 
 def runs_in(root: Path) -> list[RunDirectory]:

@@ -7,7 +7,6 @@ memory it measures is that process's alone (a trainer's process, like the run's)
 import contextlib
 import fcntl
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -34,14 +33,11 @@ def check(cfg: TrainConfig, shared: bool, use_gpu: bool = True, timeout_s: float
     Raises UserError with the check's own message for bad settings or data, a timeout or a crash. On a shared app
     the operator's Hub token is withheld, as for the runs themselves (webapp/services/jobs.py).
     """
-    env = {**os.environ}
-    if shared:
-        env = {k: v for k, v in env.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-        env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
+    env = jobs.child_env(shared)
     gpu = free_gpu([g.index for g in devices.detect_gpus()], busy_gpus()) if use_gpu else None
     # A run set to the CPU is checked on the CPU, even on a machine with GPUs.
     env["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
-    with _one_at_a_time():
+    with _one_at_a_time(), jobs.gpu_held_for_check(gpu):
         return _run_check(cfg, env, timeout_s)
 
 

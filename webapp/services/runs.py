@@ -1,5 +1,5 @@
-"""Reading and managing runs for the pages: summaries with progress, ETA and throughput, the details of one run
-(curves, final metrics, log); resume, delete, export, push. Plain Python: no streamlit, no pandas."""
+"""Reading and managing runs for the pages: summaries with progress and ETA; resume, delete, export, push (one
+run's details: run_detail.py). Plain Python: no streamlit, no pandas."""
 
 import dataclasses
 import functools
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from finetune.config import EXPERIMENT_NAME
+from finetune.config import experiment_name_problem
 from finetune.errors import UserError
 from finetune.rundir import RunDirectory, read_json
 from webapp.services import devices, identity, jobs, quotas, settings, workspace
@@ -101,7 +101,7 @@ def summarize(path: Path, viewer: Optional[User] = None) -> RunSummary:
 def _experiment(config: dict) -> Optional[str]:
     """config.yaml's experiment_name when it is a valid name (the file may have been edited by hand)."""
     name = config.get("experiment_name")
-    return name if isinstance(name, str) and EXPERIMENT_NAME.fullmatch(name) else None
+    return None if experiment_name_problem(name) else name
 
 
 def _logged_steps(run: RunDirectory, status: dict) -> list[dict]:

@@ -6,7 +6,9 @@ named <experiment>-NN in their runs folder, with experiment_name in its config.y
 runs by its task's primary metric (finetune.experiment.best_run). Plain Python: no streamlit.
 """
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from finetune import sweep
@@ -14,7 +16,7 @@ from finetune.config import TrainConfig, experiment_name_problem
 from finetune.errors import ConfigError, UserError
 from finetune.experiment import best_run, primary_value, run_name
 from finetune.rundir import RunDirectory
-from finetune.task_kinds import LOWER_IS_BETTER, TASKS
+from finetune.task_kinds import LOWER_IS_BETTER, primary_metric
 from webapp.services import launch, quotas, runs, settings
 from webapp.services.devices import Setup
 from webapp.services.identity import User
@@ -104,16 +106,34 @@ def experiments(summaries: list[RunSummary]) -> list[ExperimentSummary]:
 
 def _summarize(name: str, members: list[RunSummary]) -> ExperimentSummary:
     task = next((s.task for s in members if s.task), None)
-    metric = TASKS[task].primary_metric if task in TASKS else "eval_loss"
-    values = {
-        s.ref: primary_value(RunDirectory(s.path).read_metrics(), metric) if s.state == "finished" else None
-        for s in members
-    }
-    configs = {s.ref: RunDirectory(s.path).read_config() for s in members}
+    metric = primary_metric(task)
+    read = {s.ref: _metrics_and_config(RunDirectory(s.path)) for s in members}
+    values = {s.ref: primary_value(read[s.ref][0], metric) if s.state == "finished" else None for s in members}
+    configs = {s.ref: read[s.ref][1] for s in members}
     keys = dict.fromkeys(key for config in configs.values() for key in config if key not in NOT_VARIED)
     differing = [key for key in keys if len({repr(config.get(key)) for config in configs.values()}) > 1]
     varied = {ref: {key: _cell(config.get(key)) for key in differing} for ref, config in configs.items()}
     return ExperimentSummary(name, task, metric, members, values, best_run(values, metric), varied)
+
+
+def _metrics_and_config(run: RunDirectory) -> tuple[dict, dict]:
+    """metrics.json and config.yaml of ``run``, read again only when either file changed: the Runs page summarises
+    every experiment every 2 s."""
+    return _read_files(str(run.path), _stamp(run.metrics_path), _stamp(run.config_path))
+
+
+def _stamp(path: Path) -> Optional[tuple[int, int]]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=1024)
+def _read_files(path: str, metrics_stamp, config_stamp) -> tuple[dict, dict]:
+    run = RunDirectory(path)
+    return run.read_metrics(), run.read_config()
 
 
 def _cell(value: Any) -> Any:

@@ -27,13 +27,15 @@ WORKDIR /home/user/app
 RUN python -m venv /opt/venv \
     && pip install --no-cache-dir $TORCH_SPEC
 
-# Dependencies from pyproject.toml alone (a layer that survives source edits), torch held at the version above;
-# with the qlora extra (bitsandbytes), since a Space's GPU can train load_in_4bit runs.
-COPY --chown=user:user pyproject.toml ./
+# Dependencies from pyproject.toml alone (a layer that survives source edits), at the tested versions of
+# constraints.txt (scripts/lock.sh), torch held at the version above; with the qlora extra (bitsandbytes), since a
+# Space's GPU can train load_in_4bit runs.
+COPY --chown=user:user pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['qlora']))" > /tmp/requirements.txt \
-    && python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > /tmp/constraints.txt \
-    && pip install --no-cache-dir --requirement /tmp/requirements.txt --constraint /tmp/constraints.txt \
-    && rm /tmp/requirements.txt /tmp/constraints.txt
+    && python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > /tmp/torch.txt \
+    && pip install --no-cache-dir --requirement /tmp/requirements.txt --constraint constraints.txt \
+        --constraint /tmp/torch.txt \
+    && rm /tmp/requirements.txt /tmp/torch.txt
 
 # The app runs from its source tree (it launches `accelerate launch finetune/train.py` and reads configs/),
 # so the project is installed editable, in place.

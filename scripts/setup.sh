@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Create .venv and install LoRA Lab into it. Usage: scripts/setup.sh [--dev]
-#   --dev  also installs the test tools, and Debian's chromium + chromium-driver when /usr/bin/chromium
-#          is missing: the browser test (tests/webapp/test_browser_e2e.py) drives that browser, as
-#          Playwright's own download is not used. apt-get needs root or sudo; without either it says so.
+# Create .venv and install LoRA Lab into it. Usage: scripts/setup.sh [--dev] [--latest]
+#   --dev     also installs the test tools, and Debian's chromium + chromium-driver when /usr/bin/chromium
+#             is missing: the browser test (tests/webapp/test_browser_e2e.py) drives that browser, as
+#             Playwright's own download is not used. apt-get needs root or sudo; without either it says so.
+#   --latest  installs the newest releases instead of the tested versions in constraints.txt, to try drift on
+#             purpose (scripts/lock.sh adopts them).
 # torch goes in first and pinned: an unpinned torch would pull several GB of CUDA wheels on a CPU
 # machine. Set TORCH_SPEC (e.g. "torch==2.13.0" or "torch --index-url ...") to choose another build.
 set -euo pipefail
@@ -10,7 +12,14 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 dev=false
-[ "${1:-}" = "--dev" ] && dev=true
+constraints=(--constraint constraints.txt)
+for arg in "$@"; do
+    case $arg in
+        --dev) dev=true ;;
+        --latest) constraints=() ;;
+        *) echo "scripts/setup.sh: unknown option $arg (expected --dev and/or --latest)" >&2; exit 2 ;;
+    esac
+done
 extras=""
 $dev && extras="[dev]"
 
@@ -28,7 +37,9 @@ step() {  # step MESSAGE COMMAND...: run COMMAND after printing "MESSAGE ...", t
 step "Upgrading pip" .venv/bin/python -m pip install --quiet --upgrade pip
 # shellcheck disable=SC2086  # TORCH_SPEC may hold several words
 step "Installing torch ($TORCH_SPEC)" .venv/bin/python -m pip install --quiet $TORCH_SPEC
-step "Installing LoRA Lab and dependencies${extras:+ (with test tools)}" .venv/bin/python -m pip install --quiet -e ".${extras}"
+versions=${constraints[*]:+"the tested versions in constraints.txt"}
+step "Installing LoRA Lab and dependencies${extras:+ (with test tools)}, ${versions:-the newest releases}" \
+    .venv/bin/python -m pip install --quiet "${constraints[@]}" -e ".${extras}"
 
 if $dev && [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" -eq 0 ]; then

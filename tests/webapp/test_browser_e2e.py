@@ -49,7 +49,10 @@ BROWSER_ARGS = [
 ]
 VIEWPORT = {"width": 1400, "height": 1000}
 SCREENSHOTS = REPO / "docs" / "screenshots"
-TRAIN_TIMEOUT_S = 180
+# Training is waited on by progress, not by a wall clock: a busy 2-core machine may train at a quarter speed.
+# The run fails the test only when its progress label stands still this long (model loading and the base
+# evaluation change nothing for a while), or when it ends failed or cancelled.
+STALL_S = 300
 DEMO_BERT = catalog.DEMO_OVERRIDES["bert"]
 STREAMLIT = Path(sys.executable).with_name("streamlit")
 
@@ -274,14 +277,16 @@ def test_browser_end_to_end(app, page, tmp_path):
     # ---- Runs: wait for "finished", with curves and the base vs fine-tuned table ----------------------------
     nav(page, "Runs")
     progress = page.get_by_test_id("stProgress")
-    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    seen, changed_at = None, time.monotonic()
     while True:
         label = progress.inner_text() if progress.count() else ""
         if "finished" in label:
             break
-        if "failed" in label or "cancelled" in label or time.monotonic() > deadline:
+        if label != seen:
+            seen, changed_at = label, time.monotonic()
+        if "failed" in label or "cancelled" in label or time.monotonic() - changed_at > STALL_S:
             logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(home.rglob("*.log")))
-            pytest.fail(f"run {run_name} did not finish within {TRAIN_TIMEOUT_S} s (progress: {label!r})\n{logs}")
+            pytest.fail(f"run {run_name} made no progress for {STALL_S} s or ended (progress: {label!r})\n{logs}")
         page.wait_for_timeout(1000)
     lap(f"training (queued -> finished): {label.strip()}")
     # The page's buttons (Cancel / Download) are drawn outside the refreshing fragment, so they show the state of

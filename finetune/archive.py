@@ -27,7 +27,6 @@ CHUNK_BYTES = 1 << 20
 # Members this small may compress well beyond the ratio cap (a blank text file, a flat PNG) without
 # threatening the disk; the ratio is only enforced above it.
 RATIO_EXEMPT_BYTES = 1 << 20
-MAX_MEMBERS = 200_000  # a million tiny files would exhaust inodes long before the byte cap
 
 
 @dataclass(frozen=True)
@@ -37,6 +36,8 @@ class Limits:
     max_unpacked_bytes: int = 2 * 2**30
     # Photos barely compress (JPEG/PNG about 1-1.2x) and text about 3-10x; bombs reach 1000x and more.
     max_compression_ratio: float = 100.0
+    # A million tiny files would exhaust inodes long before the byte cap, and the loader lists every one.
+    max_members: int = 200_000
 
 
 def content_digest(path: Path) -> str:
@@ -87,8 +88,15 @@ def _check_entry_count(path: Path, limits: Limits, role: str) -> None:
     locator = tail.rfind(b"PK\x06\x06", 0, end)  # ZIP64 end record: 8-byte counts
     if entries == 0xFFFF and locator >= 0 and locator + 40 <= len(tail):
         entries = struct.unpack("<Q", tail[locator + 32 : locator + 40])[0]
-    if entries > MAX_MEMBERS:
-        raise UserError(f"{role}: {path.name} holds {entries:,} entries; at most {MAX_MEMBERS:,} are accepted")
+    if entries > limits.max_members:
+        raise _too_many(path.name, entries, limits, role)
+
+
+def _too_many(name: str, entries: int, limits: Limits, role: str) -> UserError:
+    return UserError(
+        f"{role}: {name} holds {entries:,} files and folders; at most {limits.max_members:,} are accepted "
+        "(fewer, larger examples, or split the data)"
+    )
 
 
 def _checked_members(
@@ -96,8 +104,8 @@ def _checked_members(
 ) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
     """Every member with its safe relative path; UserError for the first unsafe one or a too-large total."""
     infos = archive.infolist()
-    if len(infos) > MAX_MEMBERS:
-        raise UserError(f"{role}: {name} holds {len(infos):,} entries; at most {MAX_MEMBERS:,} are accepted")
+    if len(infos) > limits.max_members:
+        raise _too_many(name, len(infos), limits, role)
     checked, total = [], 0
     for info in infos:
         relative = _safe_relative(info.filename)

@@ -4,8 +4,11 @@ The roles a task needs come from its TaskKind.columns; every guess is logged, an
 raises a UserError naming the columns to pick from.
 """
 
+import csv
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import pyarrow.compute as pc
@@ -19,6 +22,9 @@ logger = logging.getLogger(__name__)
 TEXT_COLUMN_NAMES = ("text", "sentence", "content", "review", "document", "body", "prompt")
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "category", "target", "sentiment", "intent")
 IMAGE_COLUMN_NAMES = ("image", "img", "image_path", "path", "file", "filename", "filepath")
+# Real tables have tens of columns; a 10,000-column CSV kept the loader busy for minutes.
+MAX_COLUMNS = 1000
+HEADER_BYTES = 4 * 2**20  # how much of a file's first line is read to count its columns
 # What each role's column must hold, for messages that say what to pick.
 EXPECTED_COLUMN = {
     "text": "a column of texts",
@@ -155,3 +161,24 @@ def label_kind(feature: Value) -> str:
 def distinct(table: Dataset, column: str) -> list:
     # pyarrow's unique on the (index-mapped) column: Dataset.unique would rewrite a filtered table first.
     return pc.unique(table.with_format("arrow")[column]).to_pylist()
+
+
+def check_column_count(path: Path, builder: str, role: str) -> None:
+    """Refuse a .csv or .jsonl file whose first row has more than MAX_COLUMNS columns, before any loader reads it."""
+    if builder not in ("csv", "json"):
+        return
+    with path.open("r", encoding="utf-8", errors="replace", newline="") as f:
+        first = f.readline(HEADER_BYTES)
+    if builder == "csv":
+        count = len(next(csv.reader([first]), []))
+    else:
+        try:
+            row = json.loads(first)
+        except ValueError:
+            return  # a .json array, or a broken line: the loader says what is wrong
+        count = len(row) if isinstance(row, dict) else 0
+    if count > MAX_COLUMNS:
+        raise UserError(
+            f"{role}: {path.name} has {count:,} columns; at most {MAX_COLUMNS:,} are read. Keep the text, label or "
+            "image columns the run needs"
+        )

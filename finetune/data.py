@@ -19,7 +19,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dat
 from datasets.table import InMemoryTable
 
 from finetune.archive import Limits, content_digest, unpack_zip
-from finetune.columns import Columns, distinct, guess_columns, label_kind
+from finetune.columns import Columns, check_column_count, distinct, guess_columns, label_kind
 from finetune.errors import UserError
 from finetune.images import check_images
 
@@ -47,7 +47,7 @@ class Unpacking:
     @classmethod
     def from_config(cls, cfg) -> "Unpacking":
         root = Path(cfg.data_cache_dir).expanduser() if cfg.data_cache_dir else default_unpack_root()
-        return cls(root, Limits(cfg.max_unpacked_mb * 2**20, cfg.max_compression_ratio))
+        return cls(root, Limits(cfg.max_unpacked_mb * 2**20, cfg.max_compression_ratio, cfg.max_archive_members))
 
 
 def default_unpack_root() -> Path:
@@ -74,6 +74,7 @@ def load_table(path: str | Path, role: str, unpacking: Unpacking, max_rows: Opti
         raise UserError(
             f"{role}: {path.name} has an unsupported extension; expected one of .txt .csv .json .jsonl .zip or a folder"
         )
+    check_column_count(path, builder, role)
     _check_utf8(path, role)
     _check_json_size(path, role)
     try:

@@ -220,3 +220,14 @@ def test_image_start_command_serves_the_app(tmp_path):
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=5)
     assert process.returncode in (0, -signal.SIGTERM), f"exit {process.returncode}:\n{log_path.read_text()[-3000:]}"
+
+
+def test_usage_statistics_are_off_wherever_the_app_starts():
+    """Streamlit reads .streamlit/config.toml from the folder it starts in: the project folder for the README's
+    command, scripts/start-space.sh and the image (its WORKDIR holds the project)."""
+    probe = "from streamlit import config; print(config.get_option('browser.gatherUsageStats'))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}
+    here = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True)
+    elsewhere = subprocess.run([sys.executable, "-c", probe], cwd="/", env=env, capture_output=True, text=True)
+    assert (here.stdout.strip(), elsewhere.stdout.strip()) == ("False", "True"), here.stderr + elsewhere.stderr
+    assert ".streamlit" not in (REPO / ".dockerignore").read_text().split(), "the image must get the config file"

@@ -15,7 +15,8 @@ import streamlit as st
 from finetune.config import TrainConfig, field_help
 from finetune.errors import UserError
 from finetune.task_kinds import task_kind
-from webapp.services import catalog, devices, identity, settings, uploads
+from webapp import notices
+from webapp.services import catalog, devices, identity, settings, uploads, visitors
 
 HELP = field_help()
 HINTS = typing.get_type_hints(TrainConfig)
@@ -114,7 +115,12 @@ def current_user() -> identity.User:
     elif mode == "huggingface":
         user = _signed_in_user()
     else:
-        user = identity.visitor_user(_visitor_token())
+        try:
+            user = visitors.visitor_for(_visitor_token())
+        except UserError as err:
+            notices.error(str(err))
+            st.button("Open a new workspace", on_click=_forget_visitor_token)
+            st.stop()
     return user
 
 
@@ -123,10 +129,13 @@ def account(user: identity.User) -> None:
     if user.kind == "local":
         return
     if user.kind == "visitor":
-        st.sidebar.caption(
-            f"You are **{user.name}**. Your runs are tied to this page's address: bookmark it to "
-            "come back; anyone with the address sees your runs."
+        st.sidebar.warning(
+            f"You are **{user.name}**, without an account. This page's address is the key to your runs: bookmark it "
+            "to come back. Anyone who gets the address (a shared link, a screenshot, browser history) can see, "
+            "cancel, delete and download your runs. If it got out, replace the key: the old address then opens "
+            "nothing."
         )
+        st.sidebar.button("Replace the address key", on_click=_replace_visitor_key, args=(user,))
         return
     st.sidebar.caption(
         f"Signed in as **{user.name}**" + (" · operator: you see every user's runs" if user.is_operator else "")
@@ -144,6 +153,17 @@ def _visitor_token() -> str:
     if st.query_params.get("visitor") != token:
         st.query_params["visitor"] = token
     return token
+
+
+def _replace_visitor_key(user: identity.User) -> None:
+    new = visitors.replace_key(user, st.session_state["visitor_token"])
+    st.session_state["visitor_token"] = new
+    st.query_params["visitor"] = new
+
+
+def _forget_visitor_token() -> None:
+    st.session_state.pop("visitor_token", None)
+    st.query_params.pop("visitor", None)
 
 
 def _signed_in_user() -> identity.User:
@@ -284,13 +304,13 @@ class ErrorSlots:
         for name, messages in problems.items():
             target = self.slots.get(name)
             text = "; ".join(messages) if target is not None else f"{name}: {'; '.join(messages)}"
-            (target or st).error(text)
+            notices.error(text, target or st)
 
     def warn(self, warnings: dict[str, str]) -> None:
         """Non-blocking notes under their fields (only for a valid form, so no error holds the slot)."""
         for name, message in warnings.items():
             target = self.slots.get(name)
-            (target or st).warning(message if target is not None else f"{name}: {message}")
+            notices.warning(message if target is not None else f"{name}: {message}", target or st)
 
 
 def reset_settings(defaults: dict) -> None:

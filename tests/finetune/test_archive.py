@@ -130,3 +130,22 @@ def test_upload_named_dot_dot_zip_stays_in_its_own_folder(tmp_path, monkeypatch)
     assert sorted(p.name for p in workspace.uploads_dir().iterdir()) == [folder.parent.name], (
         "the refused one left nothing"
     )
+
+
+def test_an_archive_with_more_members_than_allowed_is_refused_from_its_end_record(tmp_path):
+    many = _zip(tmp_path / "many.zip", {f"cats/{i}.png": b"" for i in range(60)})
+    with pytest.raises(UserError) as err:
+        unpack_zip(many, tmp_path / "out", Limits(max_members=50), "train_file")
+    assert "many.zip holds 60 files and folders; at most 50 are accepted" in str(err.value)
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["many.zip"]
+    assert unpack_zip(many, tmp_path / "out", Limits(max_members=60), "train_file").is_dir()
+
+
+def test_the_run_settings_bound_the_member_count(tmp_path):
+    from finetune.config import TrainConfig
+
+    cfg = TrainConfig(model_name_or_path="m", train_file="t", output_dir="o", max_archive_members=50)
+    assert Unpacking.from_config(cfg).limits.max_members == 50
+    many = _zip(tmp_path / "many.zip", {f"cats/{i}.png": _png() for i in range(60)})
+    with pytest.raises(UserError, match="at most 50 are accepted"):
+        load_table(many, "train_file", Unpacking.from_config(cfg))

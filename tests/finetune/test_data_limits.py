@@ -256,3 +256,16 @@ def test_the_trainer_learns_scores_1_to_5_as_five_classes(tiny_checkpoints, tmp_
     assert result.returncode == 0, result.stderr[-2000:]
     info = read_json(run / "adapter" / "lora_lab.json")
     assert info["id2label"] == {"0": "1", "1": "2", "2": "3", "3": "4", "4": "5"}
+
+
+def test_a_table_with_more_columns_than_any_real_one_is_refused_before_loading(tmp_path):
+    from finetune.columns import MAX_COLUMNS
+
+    header = ("text", "label", *(f"c{i}" for i in range(MAX_COLUMNS - 1)))
+    wide = _csv(tmp_path / "wide.csv", [("a", "x", *["0"] * (MAX_COLUMNS - 1))] * 20, header=header)
+    message = _fails(wide)
+    assert f"wide.csv has {MAX_COLUMNS + 1:,} columns; at most {MAX_COLUMNS:,} are read" in message
+    wide_lines = _jsonl(tmp_path / "wide.jsonl", [dict(zip(header, ("a", "x", *[0] * (MAX_COLUMNS - 1))))] * 20)
+    assert f"has {MAX_COLUMNS + 1:,} columns" in _fails(wide_lines)
+    narrow = _csv(tmp_path / "narrow.csv", [(f"text {i}", "ab"[i % 2]) for i in range(40)])
+    assert len(_load(narrow)[0]["train"]) == 36  # the cap leaves ordinary tables alone

@@ -1,5 +1,6 @@
 """Small helpers for AppTest-driven page tests."""
 
+import re
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -32,8 +33,18 @@ def labels(at: AppTest) -> list[str]:
     return [b.label for b in at.button]
 
 
-def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
+def shown(markdown: str) -> str:
+    """The text a message element shows: the pages escape Markdown in messages (webapp/notices.py)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("  \n", "\n")
+
+
+def errors(at) -> list[str]:
+    """The text of each error message on the page (``at`` an AppTest or one of its blocks, e.g. at.sidebar)."""
+    return [shown(e.value) for e in at.error]
+
+
+def warnings(at) -> list[str]:
+    return [shown(w.value) for w in at.warning]
 
 
 def state_of(run: Path) -> str:

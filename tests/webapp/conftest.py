@@ -17,10 +17,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import OFFLINE_ENV, REPO, run_cli
 
 APP = str(REPO / "webapp" / "app.py")
+# The operator's settings the shared-app tests set themselves (``clean_env`` clears them first).
+ENV_VARS = (
+    "LORA_LAB_USERS",
+    "LORA_LAB_OPERATORS",
+    "LORA_LAB_MAX_QUEUED_RUNS",
+    "LORA_LAB_MAX_RUNNING_RUNS",
+    "LORA_LAB_MAX_UPLOAD_MB",
+    "LORA_LAB_MAX_STORAGE_MB",
+    "LORA_LAB_ALLOW_PUSH",
+    "LORA_LAB_MAX_ANONYMOUS_RUNS",
+    "HF_TOKEN",
+)
+
 OFFLINE = {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
@@ -173,8 +187,31 @@ def no_runner(lab) -> Path:
         fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def name_a_hub_model(run: Path) -> Path:
+    """``run``'s config.yaml naming a hub id for its base model instead of a checkpoint made for the tests: what a
+    shared app accepts when the run resumes (nothing trains where this is used)."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "model_name_or_path": "bert-base-uncased"}))
+    return run
+
+
 def copy_run(source: Path, home: Path, name: str) -> Path:
     """A copy of a session run in this workspace's runs folder."""
     target = home / "runs" / name
     shutil.copytree(source, target, symlinks=True)
     return target
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def shared(no_runner, clean_env) -> Path:
+    """A workspace in "huggingface" mode with carol as the operator (the runner lock held: nothing trains)."""
+    clean_env.setenv("LORA_LAB_USERS", "huggingface")
+    clean_env.setenv("LORA_LAB_OPERATORS", "carol")
+    return no_runner

@@ -9,7 +9,7 @@ import json
 
 from PIL import Image
 
-from tests.webapp.apptest import assert_ok, button, open_app
+from tests.webapp.apptest import assert_ok, button, errors, open_app
 from tests.webapp.conftest import copy_run
 
 # ---- Compare ----------------------------------------------------------------------------------------
@@ -82,5 +82,5 @@ def test_playground_generate_classify_text_and_image(no_runner, trained_runs):
     assert len(at.metric) == 1 and at.metric[0].value in [str(d) for d in range(10)], [m.value for m in at.metric]
 
     at.file_uploader(key="image").set_value(("fake.png", b"not an image", "image/png")).run()
-    assert len(at.error) == 1 and "fake.png cannot be read as an image" in at.error[0].value
+    assert len(at.error) == 1 and "fake.png cannot be read as an image" in errors(at)[0]
     assert len(at.metric) == 0

@@ -15,8 +15,9 @@ import pytest
 
 from finetune.errors import UserError
 from finetune.rundir import RunDirectory
+from tests.webapp.conftest import name_a_hub_model
 from tests.webapp.test_jobs import FAKE_TRAINER, FakeTrainers, wait_for
-from webapp.services import devices, identity, jobs, launch, runs, settings, uploads, workspace
+from webapp.services import catalog, devices, identity, jobs, launch, registry, runs, settings, uploads, workspace
 
 LIMIT_VARS = (
     "LORA_LAB_USERS",
@@ -51,6 +52,8 @@ def user(name: str) -> identity.User:
 def queue(trainers: FakeTrainers, owner: identity.User, name: str, gpus: int = 0) -> RunDirectory:
     """Queue a run of ``owner`` as launch.launch does, trained by the fake trainer."""
     run = RunDirectory(workspace.runs_dir(owner.key) / name)
+    run.path.mkdir(parents=True)
+    registry.seal(owner.key, run.path)
     trainers.scripts[name] = FAKE_TRAINER
     jobs.enqueue(run, jobs.Job("single_gpu" if gpus else "cpu", 1, gpus))
     time.sleep(0.01)  # distinct queued_at stamps
@@ -79,7 +82,8 @@ def launched_runs(all_runs: list[RunDirectory]) -> list[RunDirectory]:
 def plan_and_launch(owner: identity.User, name: str) -> RunDirectory:
     """What the New run page does on "Launch run" (CPU setup)."""
     setup = devices.setups([])[0]
-    cfg, _ = launch.plan(owner, name, VALUES, setup)
+    # The demo's sample text: on a shared app a run trains on an upload of its user's or the sample data.
+    cfg, _ = launch.plan(owner, name, {**VALUES, "train_file": str(catalog.sample_data("causal-lm"))}, setup)
     return launch.launch(owner, cfg, setup)
 
 
@@ -87,6 +91,8 @@ def stopped_run(owner: identity.User, source: Path, name: str) -> Path:
     """A cancelled run with checkpoints in ``owner``'s folder, as Resume finds it."""
     path = workspace.runs_dir(owner.key) / name
     shutil.copytree(source, path, symlinks=True)
+    registry.seal(owner.key, path)
+    name_a_hub_model(path)
     (path / "job.json").write_text(json.dumps({"preset": "cpu", "num_processes": 1, "gpus": 0, "resume": False}))
     RunDirectory(path).status_path.write_text(json.dumps({"state": "cancelled"}))
     return path
@@ -106,7 +112,7 @@ def test_runs_start_round_robin_across_users_first_in_first_out_within_each(shar
     expected = ["alice1", "bob1", "carol1", "alice2", "alice3"]
 
     # What the Runs page shows as "#n in queue", before anything starts.
-    view = [run.path.name for _, run in jobs.queued(workspace.all_runs_dirs())]
+    view = [run.path.name for _, run in jobs.queued(registry.all_runs(shared=True))]
     positions = {**runs.queue_positions(alice), **runs.queue_positions(bob), **runs.queue_positions(carol)}
 
     runner = runner_for(trainers, gpu_ids=[])

@@ -20,19 +20,9 @@ from streamlit.testing.v1 import AppTest
 from finetune.errors import UserError
 from finetune.rundir import RunDirectory
 from tests.webapp.apptest import assert_ok, button, labels, state_of
-from tests.webapp.conftest import APP
-from webapp.services import catalog, identity, runs, settings, uploads, workspace
+from tests.webapp.conftest import APP, name_a_hub_model
+from webapp.services import catalog, identity, registry, runs, settings, uploads, workspace
 
-ENV_VARS = (
-    "LORA_LAB_USERS",
-    "LORA_LAB_OPERATORS",
-    "LORA_LAB_MAX_QUEUED_RUNS",
-    "LORA_LAB_MAX_RUNNING_RUNS",
-    "LORA_LAB_MAX_UPLOAD_MB",
-    "LORA_LAB_MAX_STORAGE_MB",
-    "LORA_LAB_ALLOW_PUSH",
-    "HF_TOKEN",
-)
 CSV = b"review,sentiment\nthe movie was great,positive\nthe movie was awful,negative\n" * 20
 ACTIONS = {
     "locate": runs.locate,
@@ -42,21 +32,6 @@ ACTIONS = {
     "delete": runs.delete,
     "adapter_zip": runs.adapter_zip,
 }
-
-
-@pytest.fixture
-def clean_env(monkeypatch):
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
-
-
-@pytest.fixture
-def shared(no_runner, clean_env) -> Path:
-    """A workspace in "huggingface" mode with carol as the operator (the runner lock held: nothing trains)."""
-    clean_env.setenv("LORA_LAB_USERS", "huggingface")
-    clean_env.setenv("LORA_LAB_OPERATORS", "carol")
-    return no_runner
 
 
 def hf_user(name: str, subject: str | None = None) -> identity.User:
@@ -70,6 +45,8 @@ def give(user: identity.User, source: Path, name: str, state: str | None = None)
     workspace.register(user.key, user.name)
     target = workspace.runs_dir(user.key) / name
     shutil.copytree(source, target, symlinks=True)
+    registry.seal(user.key, target)
+    name_a_hub_model(target)
     if state:
         (target / "job.json").write_text(json.dumps({"preset": "cpu", "num_processes": 1, "gpus": 0, "resume": False}))
         RunDirectory(target).status_path.write_text(json.dumps({"state": state, "queued_at": time.time()}))

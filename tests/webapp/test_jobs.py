@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from finetune.rundir import RunDirectory, pid_alive, process_start, read_json
-from webapp.services import jobs, settings
+from webapp.services import jobs, registry, settings
 
 # Stands in for `accelerate launch ...`: reports running like the trainer (pid with its start time),
 # waits, then ends as told.
@@ -52,7 +52,7 @@ def local_runs(home: Path):
 
 
 def queued_runs(home: Path) -> list[RunDirectory]:
-    return [run for _, run in jobs.queued({"local": home / "runs"})]
+    return [run for _, run in jobs.queued(registry.runs_by_owner({"local": home / "runs"}, shared=False))]
 
 
 def runner_for(home: Path, trainers: FakeTrainers, gpu_ids: list[int], **limits) -> jobs.Runner:

@@ -17,7 +17,7 @@ from finetune.columns import Columns, guess_columns
 from finetune.config import TrainConfig
 from finetune.errors import UserError
 from tests.conftest import REPO, write_image_folder
-from tests.webapp.apptest import assert_ok, errors, labels, open_app, upload_image_zip
+from tests.webapp.apptest import assert_ok, errors, labels, open_app, upload_image_zip, warnings
 
 
 def _csv(rows: list[dict]) -> bytes:
@@ -48,7 +48,7 @@ def test_unguessable_label_offers_column_pickers_and_continues(no_runner):
     data = _csv([{"review": f"the film was fine number {i}", "id": i} for i in range(30)])
     at = _upload(open_app(), "ids.csv", data)
     assert errors(at) == [] and "Launch run" not in labels(at)
-    [warning] = [w.value for w in at.warning]
+    [warning] = warnings(at)
     assert warning.startswith("label_column: could not guess") and "class names or integer ids" in warning
     assert "['id']" in warning and "'review'" not in warning, "only columns that could be labels are offered"
     text_box, label_box = _column_box(at, "text_column"), _column_box(at, "label_column")
@@ -168,9 +168,9 @@ def test_page_shows_warnings_under_fields_and_keeps_launch(no_runner, demo_dir):
     at.text_input(key="cfg_num_train_epochs").set_value("5000").run()
     assert_ok(at)
     assert errors(at) == [] and "Launch run" in labels(at)
-    warnings = [w.value for w in at.warning]
-    assert len(warnings) == 2 and warnings[0].startswith("training may take about"), warnings
-    assert warnings[1].startswith("0.5 is far above what works for LoRA"), warnings
+    notes = warnings(at)
+    assert len(notes) == 2 and notes[0].startswith("training may take about"), notes
+    assert notes[1].startswith("0.5 is far above what works for LoRA"), notes
     assert any("2 setting(s) look far off" in c.value for c in at.caption)
 
 
@@ -206,9 +206,20 @@ def test_setup_sh_prints_progress_and_keeps_pip_quiet(tmp_path):
     assert lines[0::2][:3] == [
         "Upgrading pip ...",
         "Installing torch (torch==9.9) ...",
-        "Installing LoRA Lab and dependencies ...",
+        "Installing LoRA Lab and dependencies, the tested versions in constraints.txt ...",
     ], lines
     assert all(line.startswith("  done in ") and line.endswith(" s") for line in lines[1:6:2]), lines
     assert lines[-1].startswith("LoRA Lab installed in .venv in ")
     calls = Path(tmp_path / "calls.txt").read_text().splitlines()
     assert len(calls) == 3 and all("--quiet" in call for call in calls), calls
+    assert "--constraint constraints.txt -e ." in calls[2], "the project installs at the locked versions"
+    latest = subprocess.run(
+        ["bash", str(tmp_path / "scripts" / "setup.sh"), "--latest"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "TORCH_SPEC": "torch==9.9"},
+        check=False,
+    )
+    assert "the newest releases ..." in latest.stdout, latest.stdout + latest.stderr
+    assert "--constraint" not in Path(tmp_path / "calls.txt").read_text().splitlines()[-1]

@@ -122,7 +122,7 @@ def test_new_run_upload_csv_preview_and_bad_files(no_runner, tmp_path):
     single = write_sentiment_csv(tmp_path / "single.csv", rows=20, labels=("positive",)).read_bytes()
     at.file_uploader(key="upload").set_value(("single.csv", single, "text/csv")).run()
     assert_ok(at)
-    assert len(at.error) == 1 and "single class" in at.error[0].value, errors(at)
+    assert len(at.error) == 1 and "single class" in errors(at)[0], errors(at)
     assert "Launch run" not in labels(at) and len(at.dataframe) == 0
 
     at.file_uploader(key="upload").set_value(("empty.csv", b"", "text/csv")).run()
@@ -179,14 +179,14 @@ def test_new_run_form_validation_blocks_launch(no_runner):
     at.text_input(key="cfg_learning_rate").set_value("1e-3")
     at.number_input(key="cfg_lora_r").set_value(8)
     at.text_input(key="run_name").set_value("bad name!").run()
-    assert len(at.error) == 2 and "letters, digits" in at.error[0].value, errors(at)
+    assert len(at.error) == 2 and "letters, digits" in errors(at)[0], errors(at)
     assert "Launch run" not in labels(at)
     at.text_input(key="cfg_learning_rate").set_value("abc").run()
     assert len(at.error) == 3, "a bad name does not hide the bad settings: " + str(errors(at))
     at.text_input(key="cfg_learning_rate").set_value("1e-3").run()
 
     at.text_input(key="run_name").set_value("taken").run()
-    assert len(at.error) == 2 and "'taken' exists already" in at.error[0].value, errors(at)
+    assert len(at.error) == 2 and "'taken' exists already" in errors(at)[0], errors(at)
     assert "Launch run" not in labels(at)
 
     at.text_input(key="run_name").set_value("fresh").run()
@@ -212,14 +212,14 @@ def test_new_run_custom_checkpoint(no_runner, demo_dir, tmp_path):
 
     at.text_input(key="custom_model").set_value(str(tmp_path / "no" / "such" / "model")).run()
     assert_ok(at)
-    assert len(at.error) == 1 and at.error[0].value.startswith("model_name_or_path: cannot read"), errors(at)
+    assert len(at.error) == 1 and errors(at)[0].startswith("model_name_or_path: cannot read"), errors(at)
     assert "Launch run" not in labels(at)
 
     llama = tmp_path / "llama"
     llama.mkdir()
     (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
     at.text_input(key="custom_model").set_value(str(llama)).run()
-    assert len(at.error) == 1 and "model_name_or_path" in at.error[0].value and "'llama'" in at.error[0].value
+    assert len(at.error) == 1 and "model_name_or_path" in errors(at)[0] and "'llama'" in errors(at)[0]
     assert "Launch run" not in labels(at)
 
 

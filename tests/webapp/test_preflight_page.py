@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from finetune.preflight import Report
-from tests.webapp.apptest import assert_ok, button, labels, open_app
+from tests.webapp.apptest import assert_ok, button, labels, open_app, warnings
 from webapp.services import jobs, preflight
 
 
@@ -53,7 +53,7 @@ def test_a_run_that_does_not_fit_shows_the_advice(no_runner, monkeypatch):
     button(at, "Check").click().run()
     assert_ok(at)
     assert len(at.warning) == 1 and len(at.success) == 0
-    warning = at.warning[0].value
+    warning = warnings(at)[0]
     assert warning.startswith("Does not fit cuda:0 (90,000 of 81,559 MiB)"), warning
     assert all(f"- {item}" in warning for item in advice), f"{len(advice)} pieces of advice expected"
     assert {m.label: m.value for m in at.metric}["Estimated run time"] == "4 min 41 s"

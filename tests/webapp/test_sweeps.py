@@ -12,7 +12,7 @@ import yaml
 from finetune.errors import ConfigError, UserError
 from finetune.rundir import RunDirectory, write_json_atomic
 from tests.webapp.apptest import assert_ok, button, errors, open_app
-from webapp.services import comparison, devices, identity, jobs, runs, sweeps, workspace
+from webapp.services import catalog, comparison, devices, identity, jobs, runs, sweeps, workspace
 from webapp.services.identity import local_user
 
 LOCAL = local_user()
@@ -72,12 +72,13 @@ def test_a_sweep_respects_the_users_queue_limit(no_runner, monkeypatch):
     monkeypatch.setenv("LORA_LAB_USERS", "huggingface")
     monkeypatch.setenv("LORA_LAB_MAX_QUEUED_RUNS", "3")
     alice, setup = identity.signed_in_user("alice", ()), devices.setups([])[0]
+    values = {**VALUES, "train_file": str(catalog.sample_data("causal-lm"))}  # what a shared app offers
     with pytest.raises(UserError, match="this sweep queues 4 runs and you have 0 queued or training; at most 3"):
-        sweeps.queue(alice, sweeps.plan(alice, "big", GRID, 0, 0, VALUES), setup)
+        sweeps.queue(alice, sweeps.plan(alice, "big", GRID, 0, 0, values), setup)
     assert not workspace.runs_dir(alice.key).exists() or not any(workspace.runs_dir(alice.key).iterdir())
-    assert len(sweeps.queue(alice, sweeps.plan(alice, "small", GRID, 2, 0, VALUES), setup)) == 2
+    assert len(sweeps.queue(alice, sweeps.plan(alice, "small", GRID, 2, 0, values), setup)) == 2
     with pytest.raises(UserError, match="you have 2 queued or training; at most 3"):
-        sweeps.queue(alice, sweeps.plan(alice, "more", GRID, 2, 0, VALUES), setup)
+        sweeps.queue(alice, sweeps.plan(alice, "more", GRID, 2, 0, values), setup)
 
 
 def _finished(home: Path, name: str, accuracy: float, lr: float, experiment="exp", state="finished") -> Path:

@@ -11,7 +11,7 @@ from finetune.errors import ConfigError, UserError
 from finetune.experiment import MAX_POINTS
 from finetune.preflight import readable_duration
 from finetune.task_kinds import task_kind
-from webapp import widgets
+from webapp import notices, widgets
 from webapp.services import catalog, devices, identity, launch, preflight, sweeps, uploads
 
 HELP = field_help()
@@ -48,7 +48,7 @@ try:
         with st.spinner("Preparing the demo checkpoints and sample data (first start only, about 15 s)…"):
             checkpoint = widgets.preset_checkpoint(family_key, widgets.hub_online())
 except UserError as err:
-    st.error(str(err))
+    notices.error(str(err))
     st.stop()
 family = catalog.FAMILIES[checkpoint.model_type]
 task = checkpoint.task
@@ -74,7 +74,7 @@ if source == "Upload a file":
     try:
         data_path = uploads.save_upload(user, uploaded.name, uploaded.getvalue(), task)
     except UserError as err:
-        st.error(str(err))
+        notices.error(str(err))
         st.stop()
 else:
     data_path = widgets.sample_data(task)
@@ -83,11 +83,11 @@ else:
 guessed, problem = widgets.guess_data(str(data_path), task)
 failed = widgets.failed_role(problem, task) if problem else None
 if problem and (failed is None or data_path.is_dir()):  # no choice of columns fixes it
-    st.error(problem)
+    notices.error(problem)
     st.stop()
 columns = widgets.column_mapping(guessed, data_path, task, failed)
 if None in columns.values():
-    st.warning(f"{problem}. Pick the column above to continue.")
+    notices.warning(f"{problem}. Pick the column above to continue.")
     st.stop()
 try:
     report = (
@@ -96,7 +96,7 @@ try:
         else widgets.inspect_data(str(data_path), task, **columns)
     )
 except UserError as err:
-    st.error(str(err))
+    notices.error(str(err))
     st.stop()
 widgets.data_preview(report)
 
@@ -170,7 +170,7 @@ if check_col.button(
         with st.spinner("Checking: loading the model and training a few steps on the longest batches…"):
             checked = preflight.check(cfg, shared, use_gpu=setup.uses_gpus)
     except UserError as err:
-        st.error(str(err))
+        notices.error(str(err))
     else:
         memory_col, step_col, run_col = st.columns(3)
         memory_col.metric(
@@ -203,7 +203,7 @@ if launch_col.button("Launch run", type="primary"):
     try:
         run = launch.launch(user, cfg, setup)
     except UserError as err:
-        st.error(str(err))
+        notices.error(str(err))
         st.stop()
     st.session_state.update(selected_run=run.path.name, renew_name=True)
     st.success(
@@ -243,9 +243,9 @@ with st.expander("Sweep: one run per point of a grid"):
             planned = sweeps.plan(user, experiment, grid_text, int(random_count), 0, values)
             queued = sweeps.queue(user, planned, setup)
         except ConfigError as err:
-            st.error("Fix the sweep:\n\n" + "\n".join(f"- {problem}" for problem in err.problems))
+            notices.error("Fix the sweep:\n" + "\n".join(f"· {problem}" for problem in err.problems))
         except UserError as err:
-            st.error(str(err))
+            notices.error(str(err))
         else:
             st.success(f"Experiment **{experiment}**: {len(queued)} runs queued ({', '.join(planned.names)}).")
             st.page_link("pages/runs.py", label="Watch them on the Runs page", icon="📈")

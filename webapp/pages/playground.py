@@ -6,7 +6,7 @@ from PIL import Image, UnidentifiedImageError
 
 from finetune.errors import UserError
 from finetune.task_kinds import task_kind
-from webapp import widgets
+from webapp import notices, widgets
 from webapp.services import playground, runs
 
 st.title("Playground")
@@ -31,10 +31,10 @@ try:
     summary = names[name]
     trained = load(str(summary.path), (summary.path / "adapter").stat().st_mtime)  # a re-run reloads
 except UserError as err:
-    st.error(str(err))
+    notices.error(str(err))
     st.stop()
 except OSError as err:  # the adapter deleted meanwhile, or a base model neither cached nor reachable
-    st.error(
+    notices.error(
         f"run: cannot load {name} ({type(err).__name__}: {err}); its adapter and its base model "
         f"{summary.model_label} must both be available"
     )
@@ -73,7 +73,7 @@ else:  # "classify-image"
             image = Image.open(upload)
             image.load()
         except (UnidentifiedImageError, OSError) as err:
-            st.error(
+            notices.error(
                 f"image: {upload.name} cannot be read as an image ({type(err).__name__}); "
                 "expected a .png, .jpg, .bmp, .gif or .webp file"
             )

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from finetune.errors import UserError
-from webapp import widgets
+from webapp import notices, widgets
 from webapp.services import run_detail, runs, sweeps
 
 POINT = ["step", "metric", "value"]  # the columns of a curve's points (webapp/services/run_detail.py)
@@ -147,7 +147,7 @@ def live(name: str) -> None:
     if detail.throughput:
         st.caption(f"Throughput: {detail.throughput.text} ({detail.throughput.basis})")
     if summary.error:
-        st.error(summary.error)
+        notices.error(summary.error)
     if detail.losses or detail.scores:
         left, right = st.columns(2)
         # Long format (one row per point): eval points, sparser than train points, still draw as a line.
@@ -175,7 +175,7 @@ def confirm_delete(ref: str) -> None:
             st.session_state.pop("selected_run", None)
             st.rerun()
         except UserError as err:
-            st.error(str(err))
+            notices.error(str(err))
 
 
 cells = iter(st.columns(4))  # the buttons that apply, side by side from the left
@@ -187,7 +187,7 @@ if summary.state in ("cancelled", "failed") and next(cells).button("Resume"):
         runs.resume(user, name)
         st.rerun()
     except UserError as err:
-        st.error(str(err))
+        notices.error(str(err))
 if not summary.active and next(cells).button("Delete…"):
     confirm_delete(name)
 if summary.state == "finished":
@@ -230,4 +230,4 @@ if summary.state == "finished":
                         url = runs.push(user, name, repo_id, private=private, token=token, update_existing=update)
                     st.success(f"Pushed to {url}")
                 except UserError as err:
-                    st.error(str(err))
+                    notices.error(str(err))

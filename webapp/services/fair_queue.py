@@ -15,22 +15,20 @@ def as_number(value) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
-def waiting(runs_dirs: dict[str, Path], is_launched) -> dict[str, list[RunDirectory]]:
+def waiting(runs_by_owner: dict[str, list[RunDirectory]], is_launched) -> dict[str, list[RunDirectory]]:
     """Each user's queued, not yet launched runs, oldest first, by user key."""
     found = {}
-    for owner, root in runs_dirs.items():
-        runs = [RunDirectory(p) for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    for owner, runs in runs_by_owner.items():
         runs = [r for r in runs if r.read_status().get("state") == "queued" and not is_launched(r)]
         if runs:
             found[owner] = sorted(runs, key=lambda r: as_number(r.read_status().get("queued_at")))
     return found
 
 
-def last_launches(runs_dirs: dict[str, Path]) -> dict[str, float]:
+def last_launches(runs_by_owner: dict[str, list[RunDirectory]]) -> dict[str, float]:
     """When each user's most recent run was launched (status.json ``launched_at``, written by the runner)."""
     found = {}
-    for owner, root in runs_dirs.items():
-        runs = [RunDirectory(p) for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    for owner, runs in runs_by_owner.items():
         found[owner] = max((as_number(r.read_status().get("launched_at")) for r in runs), default=0.0)
     return found
 

@@ -14,7 +14,8 @@ from typing import Optional
 from finetune.errors import UserError
 
 LOCAL_KEY = "local"
-KEY = re.compile(r"^(local|u-[0-9a-f]{16})$")
+# u-: signed in; v-: an anonymous visitor (whose runs share the app-wide anonymous limits).
+KEY = re.compile(r"^(local|[uv]-[0-9a-f]{16})$")
 VISITOR_TOKEN = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 
 
@@ -51,7 +52,7 @@ def visitor_user(token: str) -> User:
     """An anonymous visitor, identified by the random key in their address (``?visitor=...``)."""
     if not VISITOR_TOKEN.fullmatch(token or ""):
         raise UserError("visitor: the key in the address is malformed; open the app without it to get a new one")
-    key = _key("visitor:" + token)
+    key = _key("visitor:" + token, prefix="v-")
     return User(f"visitor {key[2:8]}", key, "visitor")
 
 
@@ -59,8 +60,13 @@ def new_visitor_token() -> str:
     return secrets.token_urlsafe(24)  # 192 bits: a key nobody can guess
 
 
-def _key(identity: str) -> str:
-    return "u-" + hashlib.sha256(identity.encode()).hexdigest()[:16]
+def _key(identity: str, prefix: str = "u-") -> str:
+    return prefix + hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def is_visitor_key(key: str) -> bool:
+    """Whether the folder key ``key`` is an anonymous visitor's."""
+    return key.startswith("v-")
 
 
 def check_key(key: str) -> str:

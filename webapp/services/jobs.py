@@ -26,10 +26,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from finetune.errors import ConfigError
 from finetune.rundir import RunDirectory, pid_alive, process_start, read_json, write_json_atomic
-from webapp.services import devices, fair_queue, settings, workspace
+from webapp.services import devices, fair_queue, gate, registry, settings, workspace
 from webapp.services.fair_queue import as_number
-from webapp.services.identity import LOCAL_KEY
+from webapp.services.identity import LOCAL_KEY, is_visitor_key
 
 # The runner's files in each run folder (job.json, launch.json, launch.log, cancel.requested, killed.json) are
 # RunDirectory's: paths, readers and writers in finetune/rundir.py, described in docs/run-directory.md.
@@ -115,9 +116,9 @@ def enqueue(run: RunDirectory, job: Job) -> None:
     ensure_runner()
 
 
-def queued(runs_dirs: dict[str, Path]) -> list[tuple[str, RunDirectory]]:
+def queued(runs_by_owner: dict[str, list[RunDirectory]]) -> list[tuple[str, RunDirectory]]:
     """Runs waiting for the runner, by user key, in the order they would start (round-robin across users)."""
-    return fair_queue.round_robin(fair_queue.waiting(runs_dirs, launched), fair_queue.last_launches(runs_dirs))
+    return fair_queue.round_robin(fair_queue.waiting(runs_by_owner, launched), fair_queue.last_launches(runs_by_owner))
 
 
 def cancel(run: RunDirectory) -> None:
@@ -171,16 +172,16 @@ class Runner:
 
     def tick(self) -> bool:
         """Returns whether anything is running or waiting."""
-        roots = self.runs_dirs()
-        runs = {run: owner for owner, root in roots.items() for run in runs_in(root)}
+        by_owner = registry.runs_by_owner(self.runs_dirs(), self.limits.shared)
+        runs = {run: owner for owner, owned in by_owner.items() for run in owned}
         busy = [r for r in runs if launched(r) and not self._reap_if_done(r)]
-        for run in runs:
-            self._stop_if_overdue(run)
+        for run, owner in runs.items():
+            self._stop_if_overdue(run, self._max_run_seconds(owner))
             self._settle_if_orphaned(run)
         # A GPU a preflight check is training on is not free either (the check could take a run's memory).
         free_of_checks = [gpu for gpu in self.gpu_ids if gpu != gpu_in_check()]
         slots = fair_queue.Slots(free_of_checks, {r.path: (runs[r], launched(r).get("gpu_ids", [])) for r in busy})
-        waiting = queued(roots)
+        waiting = queued(by_owner)
         for owner, run in waiting:
             try:
                 job = Job.read(run)
@@ -199,18 +200,37 @@ class Runner:
             ids = slots.take(job.gpus)
             if ids is None:
                 break  # first come, first served (in round-robin order): later runs wait behind this one
-            if self._launch(run, job, ids):
+            if self._launch(run, job, ids, owner):
                 slots.started(owner, ids)
         return bool(busy or waiting)
 
-    def _launch(self, run: RunDirectory, job: Job, gpu_ids: list[int]) -> bool:
+    def _max_run_seconds(self, owner: str) -> float:
+        """How long one run of ``owner``'s may train: anonymous visitors share a shorter limit."""
+        if is_visitor_key(owner):
+            return min(self.limits.max_run_seconds, self.limits.anonymous_max_run_seconds)
+        return self.limits.max_run_seconds
+
+    def _admitted(self, run: RunDirectory, owner: str) -> bool:
+        """Whether the run's config.yaml passes the app's gate now, as the trainer will read it (webapp/services/
+        gate.py): the last route every run takes, a hand-edited queue entry included. A refused run is failed."""
+        if not self.limits.shared:
+            return True
+        try:
+            cfg = gate.admit_run_config(owner, run.path, run.read_config(), self.limits)
+        except ConfigError as err:
+            _fail(run, f"refused by this app's rules: {'; '.join(err.problems)}")
+            return False
+        cfg.to_yaml(run.config_path)  # with the app's own fields (where it unpacks archives) filled in
+        return True
+
+    def _launch(self, run: RunDirectory, job: Job, gpu_ids: list[int], owner: str) -> bool:
         """Start the run's command on ``gpu_ids``; False when it could not start (the run is then settled)."""
         env = {**child_env(shared=self.limits.users != "local"), "PYTHONUNBUFFERED": "1"}
         if gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
         with run_lock(run):
-            if run.read_status().get("state") != "queued":
-                return False  # cancelled a moment ago
+            if run.read_status().get("state") != "queued" or not self._admitted(run, owner):
+                return False  # cancelled a moment ago, or refused
             run.update_status(launched_at=time.time())  # the fair queue's memory of whom it served last
             try:
                 command = self.command_for(run, job)
@@ -242,8 +262,9 @@ class Runner:
         run.launch_path.unlink(missing_ok=True)
         return True
 
-    def _stop_if_overdue(self, run: RunDirectory) -> None:
-        """SIGKILL a run still alive long after Cancel, silent for longer than the stall limit, or over its time."""
+    def _stop_if_overdue(self, run: RunDirectory, max_seconds: float) -> None:
+        """SIGKILL a run still alive long after Cancel, silent for longer than the stall limit, or over
+        ``max_seconds`` of training."""
         if not is_active(run) or run.killed_path.is_file():
             return
         cancelled, now = run.cancel_requested_at(), time.time()
@@ -251,8 +272,8 @@ class Runner:
             reason = f"did not stop within {self.limits.cancel_grace_seconds:g} s of Cancel"
         elif now - last_progress(run) > self.limits.stall_seconds:
             reason = f"stalled: it reported no progress for {self.limits.stall_seconds:g} s"
-        elif launched(run) and now - as_number(launched(run).get("launched_at")) > self.limits.max_run_seconds:
-            reason = f"ran longer than the {self.limits.max_run_seconds:g} s one run may take on this app"
+        elif launched(run) and now - as_number(launched(run).get("launched_at")) > max_seconds:
+            reason = f"ran longer than the {max_seconds:g} s one run may take on this app"
         else:
             return
         run.record_killed(reason)
@@ -316,10 +337,6 @@ def gpu_in_check() -> Optional[int]:
     record = read_json(workspace.home() / CHECK_FILE) or {}
     gpu = record.get("gpu")
     return gpu if isinstance(gpu, int) and pid_alive(record.get("pid"), record.get("started")) else None
-
-
-def runs_in(root: Path) -> list[RunDirectory]:
-    return [RunDirectory(p) for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
 
 
 def descendants(pid: int) -> list[int]:
@@ -407,7 +424,7 @@ def serve() -> int:
         write_json_atomic(workspace.home() / RUNNER_FILE, {"pid": os.getpid(), "started": process_start(os.getpid())})
         _serve(runner)
         fcntl.flock(lock, fcntl.LOCK_UN)
-        if not queued(workspace.all_runs_dirs()):  # else a run was queued as this runner went idle: serve it too
+        if not queued(registry.all_runs(runner.limits.shared)):  # else a run was queued as this runner went idle
             return 0
     return 0  # another runner has the lock
 

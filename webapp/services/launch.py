@@ -8,7 +8,7 @@ from finetune.advice import warnings_for
 from finetune.config import TrainConfig
 from finetune.errors import ConfigError, UserError
 from finetune.rundir import RunDirectory
-from webapp.services import jobs, quotas, runs, settings, workspace
+from webapp.services import gate, jobs, quotas, registry, runs, settings, workspace
 from webapp.services.devices import Setup
 from webapp.services.identity import User
 
@@ -54,7 +54,7 @@ def plan(user: User, name: str, values: dict[str, Any], setup: Setup) -> tuple[T
     else:
         name_problem = None
     try:
-        cfg = build_config(values, run_dir)
+        cfg = gate.admit(user.key, build_config(values, run_dir), settings.load())
     except ConfigError as err:
         raise ConfigError(([name_problem] if name_problem else []) + err.problems) from None
     if name_problem:
@@ -65,14 +65,18 @@ def plan(user: User, name: str, values: dict[str, Any], setup: Setup) -> tuple[T
 def launch(user: User, cfg: TrainConfig, setup: Setup) -> RunDirectory:
     """Write the run's config.yaml and queue it on ``setup``; the runner starts it when a slot is free.
 
-    ``cfg.output_dir`` must be the new run folder of ``user``'s that plan() chose.
+    ``cfg.output_dir`` must be the new run folder of ``user``'s that plan() chose. The config passes the app's gate
+    (webapp/services/gate.py) here, whatever built it; ConfigError says what it refused.
     """
-    quotas.check_can_queue(user.key, settings.load())
+    limits = settings.load()
+    cfg = gate.admit(user.key, cfg, limits)
+    quotas.check_can_queue(user.key, limits)
     run = RunDirectory(runs.check_new_name(user, Path(cfg.output_dir).name))
     if Path(cfg.output_dir) != run.path:
         raise UserError(f"run: {cfg.output_dir} is not a folder of yours; plan the run again")
     workspace.register(user.key, user.name)
     run.path.mkdir(parents=True, exist_ok=False)
+    registry.seal(user.key, run.path)
     cfg.to_yaml(run.config_path)
     jobs.enqueue(run, jobs.Job(setup.preset, setup.num_processes, setup.num_processes if setup.uses_gpus else 0))
     return run

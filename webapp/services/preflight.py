@@ -16,7 +16,7 @@ from typing import Optional
 from finetune.config import TrainConfig
 from finetune.errors import UserError
 from finetune.preflight import BAD_INPUT, DOES_NOT_FIT, FITS, Report
-from webapp.services import devices, jobs, workspace
+from webapp.services import devices, jobs, registry, settings, workspace
 
 # One check at a time on this machine: each loads a model and trains, and a shared app must not be made to run many.
 LOCK_FILE = "preflight.lock"
@@ -68,8 +68,8 @@ def _run_check(cfg: TrainConfig, env: dict, timeout_s: float) -> Report:
 def busy_gpus() -> set[int]:
     """GPUs that runs of any user are training on now (launch.json of each active run)."""
     busy = set()
-    for root in workspace.all_runs_dirs().values():
-        for run in jobs.runs_in(root):
+    for runs in registry.all_runs(settings.load().shared).values():
+        for run in runs:
             if jobs.is_active(run):
                 busy.update(jobs.launched(run).get("gpu_ids", []))
     return busy

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from finetune.errors import UserError
 from finetune.rundir import RunDirectory
-from webapp.services import settings, workspace
-from webapp.services.identity import LOCAL_KEY, User
+from webapp.services import registry, settings, workspace
+from webapp.services.identity import LOCAL_KEY, User, is_visitor_key
+
+ACTIVE = ("queued", "running")
 
 
 def check_can_queue(owner: str, limits: settings.Settings, adding: int = 1) -> None:
@@ -20,9 +22,7 @@ def check_can_queue(owner: str, limits: settings.Settings, adding: int = 1) -> N
     resuming someone's run is checked against that run's owner."""
     if owner == LOCAL_KEY:
         return
-    root = workspace.runs_dir(owner)
-    runs = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
-    active = [p for p in runs if RunDirectory(p).read_status().get("state") in ("queued", "running")]
+    active = _active(registry.runs_in(owner, workspace.runs_dir(owner), limits.shared))
     if len(active) + adding > limits.max_queued_runs:
         if adding > 1:
             raise UserError(
@@ -33,7 +33,24 @@ def check_can_queue(owner: str, limits: settings.Settings, adding: int = 1) -> N
             f"queue: you have {len(active)} runs queued or training; at most {limits.max_queued_runs} per "
             "user. Wait for one to finish, or cancel one on the Runs page"
         )
+    if is_visitor_key(owner):
+        _check_anonymous_total(limits, adding)
     check_storage(owner, limits, adding=0)
+
+
+def _active(runs: list[RunDirectory]) -> list[RunDirectory]:
+    return [run for run in runs if run.read_status().get("state") in ACTIVE]
+
+
+def _check_anonymous_total(limits: settings.Settings, adding: int) -> None:
+    """Anonymous visitors share one allowance: a fresh address is a fresh key, so per-key limits alone multiply."""
+    runs = registry.all_runs(limits.shared)
+    total = sum(len(_active(owned)) for owner, owned in runs.items() if is_visitor_key(owner))
+    if total + adding > limits.max_anonymous_runs:
+        raise UserError(
+            f"queue: visitors without an account have {total} runs queued or training on this app, and at most "
+            f"{limits.max_anonymous_runs} may be at once; try again when one finishes"
+        )
 
 
 def check_upload(user: User, limits: settings.Settings, size: int) -> None:

@@ -9,21 +9,21 @@ import signal
 import time
 
 from finetune.rundir import RunDirectory, process_start
-from webapp.services import workspace
+from webapp.services import registry, settings, workspace
 from webapp.services.identity import LOCAL_KEY
-from webapp.services.jobs import RUNNER_LOG, is_active, launched, queued, runner_alive, runner_pid, runs_in
+from webapp.services.jobs import RUNNER_LOG, is_active, launched, queued, runner_alive, runner_pid
 
 
 def status_report() -> str:
     """What ``python -m webapp.services.jobs status`` prints: the runner, the queue and the runs in progress."""
     pid, home = runner_pid(), workspace.home()
     state = f"running (pid {pid})" if pid else "running (pid not recorded)" if runner_alive() else "not running"
-    roots = workspace.all_runs_dirs()
-    waiting = [_label(owner, run) for owner, run in queued(roots)]
+    by_owner = registry.all_runs(settings.load().shared)
+    waiting = [_label(owner, run) for owner, run in queued(by_owner)]
     active = [
         f"{_label(owner, run)} (pid {launched(run).get('pid') or run.read_status().get('pid')})"
-        for owner, root in roots.items()
-        for run in runs_in(root)
+        for owner, runs in by_owner.items()
+        for run in runs
         if is_active(run)
     ]
     return "\n".join(

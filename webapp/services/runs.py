@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Optional
 
 from finetune.config import experiment_name_problem
-from finetune.errors import UserError
+from finetune.errors import ConfigError, UserError
 from finetune.rundir import RunDirectory, read_json
-from webapp.services import devices, identity, jobs, quotas, settings, workspace
+from webapp.services import devices, gate, identity, jobs, quotas, registry, settings, workspace
 from webapp.services.identity import User
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -175,13 +175,8 @@ def default_selection(summaries: list[RunSummary], last: Optional[str]) -> int:
 def list_runs(user: User) -> list[RunSummary]:
     """The user's runs (every user's for an operator), newest first."""
     dirs = workspace.all_runs_dirs() if user.is_operator else {user.key: workspace.runs_dir(user.key)}
-    found = [
-        summarize(p, user)
-        for root in dirs.values()
-        if root.is_dir()
-        for p in root.iterdir()
-        if p.is_dir() and RunDirectory(p).is_run()
-    ]
+    shared = settings.load().shared
+    found = [summarize(run.path, user) for owner, root in dirs.items() for run in registry.runs_in(owner, root, shared)]
     return sorted(found, key=lambda s: s.created_at, reverse=True)
 
 
@@ -195,7 +190,7 @@ def locate(user: User, ref: str) -> Path:
     if not RUN_NAME.fullmatch(name):
         raise UserError(f"run: {ref!r} is not a run name")
     path = workspace.runs_dir(owner) / name
-    if not RunDirectory(path).is_run():
+    if not registry.is_run(owner, path, settings.load().shared):
         raise UserError(f"run: there is no run called {name!r}")
     return path
 
@@ -214,7 +209,7 @@ def owner_names() -> dict[str, str]:
 
 def queue_positions(user: User) -> dict[str, int]:
     """Place in the queue (1 = next, round-robin across users) of each waiting run the user can see, by ref."""
-    order = jobs.queued(workspace.all_runs_dirs())
+    order = jobs.queued(registry.all_runs(settings.load().shared))
     return {
         _ref(owner, run.path.name, user): i
         for i, (owner, run) in enumerate(order, start=1)
@@ -267,7 +262,13 @@ def resume(user: User, ref: str) -> None:
     except ValueError:  # trained from the command line into the runs folder: this machine's default setup
         setup = devices.setups(devices.detect_gpus())[0]
         job = jobs.Job(setup.preset, setup.num_processes, setup.num_processes if setup.uses_gpus else 0)
-    quotas.check_can_queue(owner_of(path), settings.load())
+    limits = settings.load()
+    try:  # the app's rules may have changed since the run was queued, or its config.yaml been edited
+        gate.admit_run_config(owner_of(path), path, run.read_config(), limits)
+    except ConfigError as err:
+        problems = "; ".join(err.problems)
+        raise UserError(f"resume: this app no longer accepts {path.name}'s settings: {problems}") from None
+    quotas.check_can_queue(owner_of(path), limits)
     jobs.enqueue(run, dataclasses.replace(job, resume=True))
 
 

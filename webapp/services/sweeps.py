@@ -17,7 +17,7 @@ from finetune.errors import ConfigError, UserError
 from finetune.experiment import best_run, primary_value, run_name
 from finetune.rundir import RunDirectory
 from finetune.task_kinds import LOWER_IS_BETTER, primary_metric
-from webapp.services import launch, quotas, runs, settings
+from webapp.services import gate, launch, quotas, runs, settings
 from webapp.services.devices import Setup
 from webapp.services.identity import User
 from webapp.services.runs import RunSummary
@@ -51,13 +51,17 @@ def plan(
         run_dirs = [runs.check_new_name(user, name) for name in names]
     except UserError as err:
         raise UserError(f"experiment: {experiment!r} is taken ({err}); choose another experiment name") from None
-    return SweepPlan(experiment, names, points, sweep.configs_for(launch.filled(values), points, experiment, run_dirs))
+    configs = sweep.configs_for(launch.filled(values), points, experiment, run_dirs)
+    return SweepPlan(experiment, names, points, [gate.admit(user.key, cfg, settings.load()) for cfg in configs])
 
 
 def queue(user: User, planned: SweepPlan, setup: Setup) -> list[RunDirectory]:
-    """Queue every run of ``planned`` on ``setup``, after checking the user may queue them all."""
-    quotas.check_can_queue(user.key, settings.load(), adding=len(planned.configs))
-    return [launch.launch(user, cfg, setup) for cfg in planned.configs]
+    """Queue every run of ``planned`` on ``setup``, after checking the user may queue them all: every point passes
+    the app's gate before the first is queued."""
+    limits = settings.load()
+    configs = [gate.admit(user.key, cfg, limits) for cfg in planned.configs]
+    quotas.check_can_queue(user.key, limits, adding=len(configs))
+    return [launch.launch(user, cfg, setup) for cfg in configs]
 
 
 @dataclass

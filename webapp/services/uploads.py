@@ -5,6 +5,7 @@ and its messages (file, column, what was expected) reach the page unchanged.
 """
 
 import hashlib
+import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Any, Optional
 
 from finetune.archive import unpack_zip
 from finetune.errors import UserError
-from finetune.rundir import write_bytes_atomic
+from finetune.rundir import read_json, write_bytes_atomic, write_json_atomic
 from finetune.task_kinds import task_kind
 from webapp.services import quotas, settings, workspace
 from webapp.services.identity import User
@@ -41,7 +42,8 @@ def save_upload(user: User, filename: str, data: bytes, task: str) -> Path:
     """Store an upload in ``user``'s folder; returns the path the trainer reads (a .zip comes back unpacked).
 
     Everything lives in uploads/<content hash>/ under names chosen here (``upload.<ext>``, ``unpacked/``);
-    the user's file name only picks the extension. The same content is stored and unpacked once.
+    the user's file name picks the extension and is kept in NAME_FILE for messages (``shown``). The same content
+    is stored and unpacked once.
     """
     suffix, kind = Path(filename).suffix.lower().lstrip("."), task_kind(task)
     if suffix not in kind.uploads:
@@ -56,6 +58,7 @@ def save_upload(user: User, filename: str, data: bytes, task: str) -> Path:
         workspace.register(user.key, user.name)
         folder.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, data)
+    write_json_atomic(folder / NAME_FILE, {"name": Path(filename).name})
     if suffix == "zip":
         try:
             return unpack_zip(path, folder / "unpacked", limits.archive_limits, "upload")
@@ -63,6 +66,25 @@ def save_upload(user: User, filename: str, data: bytes, task: str) -> Path:
             shutil.rmtree(folder, ignore_errors=True)  # a refused archive leaves nothing behind
             raise
     return path
+
+
+NAME_FILE = "name.json"  # {"name": the file name the user gave}, in each upload's folder
+# An upload's stored file or unpacked folder, and what follows it (a member's path), in a message.
+UPLOAD_PATH = re.compile(r"(?P<folder>/\S*?/uploads/[0-9a-f]{16})/(upload\.[a-z]+|unpacked)(?P<rest>[^\s'\",;:)]*)")
+
+
+def shown(text: str, shared: bool) -> str:
+    """``text`` (a message) as its reader should see it: each upload named by the name its user gave, and on a shared
+    app no path of this server (LORA_LAB_HOME's folders are named from inside it)."""
+
+    def named(match: re.Match) -> str:
+        record = read_json(Path(match["folder"]) / NAME_FILE) or {}
+        return str(record.get("name") or "your upload") + match["rest"]
+
+    text = UPLOAD_PATH.sub(named, text)
+    if shared:
+        text = text.replace(str(workspace.home()) + "/", "").replace(str(workspace.REPO) + "/", "")
+    return text
 
 
 # A text file larger than this (bytes) is previewed from its first SAMPLE_ROWS rows: reading a 300 MB

@@ -39,15 +39,23 @@ MAX_JSON_ARRAY_BYTES = 20 * 2**20
 
 @dataclass(frozen=True)
 class Unpacking:
-    """Where .zip archives are unpacked (one folder per archive content) and how large they may grow."""
+    """Where .zip archives are unpacked (one folder per archive content) and how large they may grow; where the
+    tables read are cached (None: datasets' own cache, HF_DATASETS_CACHE)."""
 
     root: Path = field(default_factory=lambda: default_unpack_root())
     limits: Limits = Limits()
+    tables: Optional[Path] = None
 
     @classmethod
     def from_config(cls, cfg) -> "Unpacking":
+        """With data_cache_dir set (a shared app sets it to the run's owner's folder), the tables are cached there too,
+        so every cache a user's data makes is theirs: in their folder and their disk quota."""
         root = Path(cfg.data_cache_dir).expanduser() if cfg.data_cache_dir else default_unpack_root()
-        return cls(root, Limits(cfg.max_unpacked_mb * 2**20, cfg.max_compression_ratio, cfg.max_archive_members))
+        limits = Limits(cfg.max_unpacked_mb * 2**20, cfg.max_compression_ratio, cfg.max_archive_members)
+        return cls(root, limits, root / TABLES_CACHE if cfg.data_cache_dir else None)
+
+
+TABLES_CACHE = "tables"  # in data_cache_dir: datasets' Arrow copies of the data files
 
 
 def default_unpack_root() -> Path:
@@ -67,8 +75,9 @@ def load_table(path: str | Path, role: str, unpacking: Unpacking, max_rows: Opti
         raise UserError(f"{role}: {path} is empty; expected at least one example")
     if path.suffix.lower() == ".zip":
         path = unpack_zip(path, unpacking.root / content_digest(path), unpacking.limits, role)
+    cache = str(unpacking.tables) if unpacking.tables else None
     if path.is_dir():
-        return _load_image_folder(path, role)
+        return _load_image_folder(path, role, cache)
     builder = TEXT_FORMATS.get(path.suffix.lower())
     if builder is None:
         raise UserError(
@@ -78,7 +87,7 @@ def load_table(path: str | Path, role: str, unpacking: Unpacking, max_rows: Opti
     _check_utf8(path, role)
     _check_json_size(path, role)
     try:
-        table = _read_head(builder, path, max_rows) if max_rows else _read_all(builder, path)
+        table = _read_head(builder, path, max_rows) if max_rows else _read_all(builder, path, cache)
     except Exception as err:  # datasets raises many types for malformed files
         raise _read_error(builder, path, role, err) from err
     if len(table) == 0:
@@ -86,8 +95,8 @@ def load_table(path: str | Path, role: str, unpacking: Unpacking, max_rows: Opti
     return table
 
 
-def _read_all(builder: str, path: Path) -> Dataset:
-    return load_dataset(builder, data_files={"data": str(path)}, split="data")
+def _read_all(builder: str, path: Path, cache: Optional[str]) -> Dataset:
+    return load_dataset(builder, data_files={"data": str(path)}, split="data", cache_dir=cache)
 
 
 def _read_head(builder: str, path: Path, rows: int) -> Dataset:
@@ -157,12 +166,12 @@ def _check_json_size(path: Path, role: str) -> None:
         )
 
 
-def _load_image_folder(path: Path, role: str) -> Dataset:
+def _load_image_folder(path: Path, role: str, cache: Optional[str]) -> Dataset:
     class_dirs = [d for d in path.rglob("*") if d.is_dir()]
     if not class_dirs:
         raise UserError(f"{role}: folder {path} has no sub-folders; expected one sub-folder of images per class")
     try:
-        table = load_dataset("imagefolder", data_dir=str(path), split="train")
+        table = load_dataset("imagefolder", data_dir=str(path), split="train", cache_dir=cache)
     except Exception as err:
         raise UserError(f"{role}: could not read images under {path} ({type(err).__name__}: {err})") from err
     if len(table) == 0:

@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import json
 import logging
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from datasets import Dataset, DatasetDict
 from PIL import Image
 
 from finetune.config import TrainConfig
-from finetune.data import MAX_TEXT_CHARS, Columns, Unpacking, load_splits
+from finetune.data import MAX_TEXT_CHARS, Columns, Unpacking, load_splits, load_table
 from finetune.errors import UserError
 from tests.conftest import read_json, run_cli, write_image_folder
 
@@ -269,3 +270,26 @@ def test_a_table_with_more_columns_than_any_real_one_is_refused_before_loading(t
     assert f"has {MAX_COLUMNS + 1:,} columns" in _fails(wide_lines)
     narrow = _csv(tmp_path / "narrow.csv", [(f"text {i}", "ab"[i % 2]) for i in range(40)])
     assert len(_load(narrow)[0]["train"]) == 36  # the cap leaves ordinary tables alone
+
+
+def test_with_a_data_cache_dir_every_cache_of_the_data_lands_there(tmp_path, monkeypatch):
+    """A shared app sets data_cache_dir to the run's owner's folder: archives and datasets' Arrow tables both go there
+    (their quota counts them), none to the machine-wide cache."""
+    import datasets.config
+
+    machine_wide = tmp_path / "hf-datasets-cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", machine_wide)
+    data = _csv(tmp_path / "reviews.csv", [(f"text {i}", "ab"[i % 2]) for i in range(40)])
+    images = write_image_folder(tmp_path / "images", per_class=4)
+    archive = tmp_path / "images.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for file in images.rglob("*.png"):
+            z.write(file, file.relative_to(images))
+    owner = tmp_path / "users" / "u-0123456789abcdef" / "cache"
+    cfg = TrainConfig(model_name_or_path="m", train_file=str(data), output_dir="o", data_cache_dir=str(owner))
+    unpacking = Unpacking.from_config(cfg)
+    assert len(load_table(data, "train_file", unpacking)) == 40
+    assert len(load_table(archive, "train_file", unpacking)) == 12
+    assert list((owner / "tables").rglob("*.arrow")), "the tables' Arrow copies are in the owner's folder"
+    assert [p.name for p in owner.iterdir() if p.name != "tables"], "and the unpacked archive"
+    assert not machine_wide.exists() or not list(machine_wide.rglob("*.arrow"))

@@ -109,8 +109,10 @@ def inspect_data(
 
     path = Path(path)
     given = Columns(text=text_column, label=label_column, image=image_column)
-    # Zips reach here unpacked (save_upload); a zip path itself unpacks beside it, in its owner's folder.
-    unpacking = Unpacking(Path(path).parent / "unpacked-archives", settings.load().archive_limits)
+    # Zips reach here unpacked (save_upload); a zip path itself unpacks beside it, in its owner's folder, where the
+    # tables read are cached too: counted in their quota, removed with the upload.
+    folder = path.parent
+    unpacking = Unpacking(folder / "unpacked-archives", settings.load().archive_limits, folder / "tables")
     size = path.stat().st_size if path.is_file() else None
     head = size is not None and size > SAMPLE_ABOVE_BYTES and path.suffix.lower() in TEXT_FORMATS
     raw = load_table(path, "train_file", unpacking, max_rows=SAMPLE_ROWS if head else None)

@@ -49,32 +49,36 @@ def content_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def unpack_zip(path: Path, target: Path, limits: Limits, role: str) -> Path:
-    """Unpack ``path`` into ``target`` (a folder the caller names) unless it is there already; returns target."""
+def unpack_zip(path: Path, target: Path, limits: Limits, role: str, shown_as: str | None = None) -> Path:
+    """Unpack ``path`` into ``target`` (a folder the caller names) unless it is there already; returns target.
+
+    Messages name the archive ``shown_as`` (the name its user gave it) or, by default, by its file name.
+    """
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    _check_entry_count(path, limits, role)
+    name = shown_as or path.name
+    _check_entry_count(path, name, limits, role)
     # A folder of its own for this call: two tabs unpacking the same upload must not share one.
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
     try:
         with zipfile.ZipFile(path) as archive:
-            members = _checked_members(archive, path.name, limits, role)
-            _extract(archive, members, staging, path.name, limits, role)
+            members = _checked_members(archive, name, limits, role)
+            _extract(archive, members, staging, name, limits, role)
         try:
             os.rename(staging, target)
         except OSError:
             if not target.is_dir():  # else another process unpacked the same archive a moment before
                 raise
     except zipfile.BadZipFile as err:
-        raise UserError(f"{role}: {path.name} is not a valid .zip archive ({err})") from err
+        raise UserError(f"{role}: {name} is not a valid .zip archive ({err})") from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("Unpacked %s into %s", path.name, target)
     return target
 
 
-def _check_entry_count(path: Path, limits: Limits, role: str) -> None:
+def _check_entry_count(path: Path, name: str, limits: Limits, role: str) -> None:
     """Refuse an archive with too many entries before zipfile reads its whole directory into memory
     (about 560 bytes per entry: a million tiny entries would cost half a GiB)."""
     with path.open("rb") as f:
@@ -89,7 +93,7 @@ def _check_entry_count(path: Path, limits: Limits, role: str) -> None:
     if entries == 0xFFFF and locator >= 0 and locator + 40 <= len(tail):
         entries = struct.unpack("<Q", tail[locator + 32 : locator + 40])[0]
     if entries > limits.max_members:
-        raise _too_many(path.name, entries, limits, role)
+        raise _too_many(name, entries, limits, role)
 
 
 def _too_many(name: str, entries: int, limits: Limits, role: str) -> UserError:

@@ -149,3 +149,18 @@ def test_the_run_settings_bound_the_member_count(tmp_path):
     many = _zip(tmp_path / "many.zip", {f"cats/{i}.png": _png() for i in range(60)})
     with pytest.raises(UserError, match="at most 50 are accepted"):
         load_table(many, "train_file", Unpacking.from_config(cfg))
+
+
+def test_an_uploaded_archive_is_refused_by_the_name_its_user_gave(tmp_path, monkeypatch):
+    """The app stores an upload as upload.zip; its refusals still name the user's file, and the app's member cap
+    (LORA_LAB_MAX_ARCHIVE_MEMBERS) applies to uploads."""
+    from webapp.services import uploads, workspace
+    from webapp.services.identity import local_user
+
+    monkeypatch.setenv("LORA_LAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LORA_LAB_MAX_ARCHIVE_MEMBERS", "50")
+    many = _zip(tmp_path / "many.zip", {f"cats/{i}.png": b"" for i in range(60)})
+    with pytest.raises(UserError) as err:
+        uploads.save_upload(local_user(), "My cats (2026).zip", many.read_bytes(), "image-classification")
+    assert str(err.value).startswith("upload: My cats (2026).zip holds 60 files and folders; at most 50"), err.value
+    assert not list(workspace.uploads_dir().iterdir()), "the refused upload left nothing"

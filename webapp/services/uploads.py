@@ -61,7 +61,7 @@ def save_upload(user: User, filename: str, data: bytes, task: str) -> Path:
     write_json_atomic(folder / NAME_FILE, {"name": Path(filename).name})
     if suffix == "zip":
         try:
-            return unpack_zip(path, folder / "unpacked", limits.archive_limits, "upload")
+            return unpack_zip(path, folder / "unpacked", limits.archive_limits, "upload", Path(filename).name)
         except UserError:
             shutil.rmtree(folder, ignore_errors=True)  # a refused archive leaves nothing behind
             raise

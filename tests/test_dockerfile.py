@@ -114,7 +114,7 @@ def run_start_script_with_stub(tmp_path: Path, **env_overrides: str) -> dict:
     stub = stub_bin / "streamlit"
     stub.write_text(f"""#!{sys.executable}
 import json, os, sys
-names = ("LORA_LAB_HOME", "HF_HOME", "STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION")
+names = ("LORA_LAB_HOME", "LORA_LAB_MIRROR", "HF_HOME", "STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION")
 json.dump({{"cwd": os.getcwd(), "args": sys.argv[1:], "env": {{n: os.environ.get(n) for n in names}}}},
           open({str(record)!r}, "w"))
 """)
@@ -124,25 +124,22 @@ json.dump({{"cwd": os.getcwd(), "args": sys.argv[1:], "env": {{n: os.environ.get
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"LORA_LAB_HOME", "HF_HOME", "PORT", "SPACE_ID", "STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION"}
+        if k not in {"LORA_LAB_HOME", "LORA_LAB_MIRROR", "HF_HOME", "PORT", "SPACE_ID"}
+        and k != "STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION"
     }
-    env.update({"HOME": str(home), "PATH": f"{stub_bin}{os.pathsep}{env.get('PATH', '')}", **env_overrides})
+    path = os.pathsep.join([str(stub_bin), str(VENV_BIN), env.get("PATH", "")])
+    env.update({"HOME": str(home), "PATH": path, "LORA_LAB_PERSISTENT": str(tmp_path / "no-volume"), **env_overrides})
     result = subprocess.run([str(START_SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     return {**json.loads(record.read_text()), "home": home}
 
 
-def data_is_writable() -> bool:
-    return os.path.isdir("/data") and os.access("/data", os.W_OK)
-
-
 def test_start_script_defaults_without_persistent_storage(tmp_path):
-    if data_is_writable():
-        pytest.skip("/data is writable here: the fallback branch cannot be exercised without touching /data")
     seen = run_start_script_with_stub(tmp_path)
     home = seen["home"]
     assert seen["env"]["LORA_LAB_HOME"] == str(home / "lora-lab")
     assert (home / "lora-lab").is_dir()
+    assert seen["env"]["LORA_LAB_MIRROR"] is None  # no volume: nothing to mirror to
     assert seen["env"]["HF_HOME"] is None  # left to the libraries: $HOME/.cache/huggingface
     assert seen["env"]["STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION"] is None  # not on a Space: Streamlit's default
     assert Path(seen["cwd"]) == REPO  # runs from the source tree wherever it is started from
@@ -158,6 +155,21 @@ def test_start_script_defaults_without_persistent_storage(tmp_path):
     ]
 
 
+def test_start_script_restores_runs_from_a_mounted_volume(tmp_path):
+    """A Space with a Storage Bucket mounted at LORA_LAB_PERSISTENT (/data by default): live runs on local disk,
+    what the volume holds copied back at start."""
+    volume = tmp_path / "volume"
+    run = volume / "lora-lab" / "runs" / "earlier"
+    run.mkdir(parents=True)
+    (run / "status.json").write_text('{"state": "finished"}')
+    seen = run_start_script_with_stub(tmp_path, LORA_LAB_PERSISTENT=str(volume))
+    home = seen["home"]
+    assert seen["env"]["LORA_LAB_MIRROR"] == str(volume / "lora-lab")
+    assert seen["env"]["LORA_LAB_HOME"] == str(home / "lora-lab")
+    assert (home / "lora-lab" / "runs" / "earlier" / "status.json").read_text() == '{"state": "finished"}'
+    assert seen["env"]["HF_HOME"] is None, "the hub cache needs symbolic links and locks: local disk"
+
+
 def test_start_script_keeps_what_is_set(tmp_path):
     chosen = tmp_path / "chosen-home"
     seen = run_start_script_with_stub(
@@ -165,6 +177,7 @@ def test_start_script_keeps_what_is_set(tmp_path):
     )
     assert seen["env"] == {
         "LORA_LAB_HOME": str(chosen),
+        "LORA_LAB_MIRROR": None,
         "HF_HOME": str(tmp_path / "hf"),
         "STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION": "false",
     }

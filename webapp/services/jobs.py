@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 from finetune.errors import ConfigError
 from finetune.rundir import RunDirectory, pid_alive, process_start, read_json, write_json_atomic
-from webapp.services import devices, fair_queue, gate, registry, settings, workspace
+from webapp.services import devices, fair_queue, gate, mirror, registry, settings, workspace
 from webapp.services.fair_queue import as_number
 from webapp.services.identity import LOCAL_KEY, is_visitor_key
 
@@ -443,8 +443,8 @@ def _take(lock, seconds: float = 2.0) -> bool:
 
 
 def _serve(runner: Runner) -> None:
-    """Tick until nothing has been queued or running for IDLE_EXIT_SECONDS."""
-    idle_since, checked_gpus = time.time(), 0.0
+    """Tick until nothing has been queued or running for IDLE_EXIT_SECONDS; keep the mirror (if any) up to date."""
+    idle_since, checked_gpus, pusher = time.time(), 0.0, mirror.Pusher(mirror.mirror_root())
     while not STOP.is_set() and time.time() - idle_since < IDLE_EXIT_SECONDS:
         if time.time() - checked_gpus > GPU_CHECK_SECONDS:  # a slow nvidia-smi at start must not stick
             runner.gpu_ids, checked_gpus = [gpu.index for gpu in devices.detect_gpus()], time.time()
@@ -455,7 +455,9 @@ def _serve(runner: Runner) -> None:
             busy = True
         if busy:
             idle_since = time.time()
+        pusher.due()
         time.sleep(POLL_SECONDS)
+    pusher.now()
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ class RunDirectory:
         self.adapter_info_path = self.adapter_dir / "lora_lab.json"
         self.checkpoints_dir = self.path / "checkpoints"
         self.tracking_dir = self.path / "tracking"  # TensorBoard or local MLflow logs (report_to)
-        # The web app's job runner (webapp/services/jobs.py): what to launch, and what it did to the run.
+        # The web app's job runner (webapp/runner/): what to launch, and what it did to the run.
         self.job_path = self.path / "job.json"
         self.launch_path = self.path / "launch.json"
         self.launch_log_path = self.path / "launch.log"

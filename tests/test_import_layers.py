@@ -76,3 +76,41 @@ def test_the_cycle_finder_finds_a_hidden_function_level_cycle(tmp_path):
     graph = {"finetune": {"evaluation"}, "evaluation": {"finetune"}, "webapp": {"evaluation"}}
     assert find_cycle(graph) == ["evaluation", "finetune", "evaluation"]
     assert find_cycle({"a": {"b"}, "b": set()}) == []
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
+    """The project modules that the module at ``path`` imports anywhere in its body (``from package import module``
+    counts as importing that module)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name in known}
+
+
+def module_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
+    paths = {module_name(path, root): path for package in packages for path in (root / package).rglob("*.py")}
+    return {name: imported_modules(path, set(paths)) - {name} for name, path in paths.items()}
+
+
+def test_no_two_modules_import_each_other_even_through_others():
+    graph = module_graph(ROOT, PACKAGES)
+    assert len(graph) > 50 and "webapp.runner.loop" in graph["webapp.runner.__main__"]
+    assert find_cycle(graph) == []
+
+
+def test_the_module_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "queue.py").write_text("from pkg import control\n")
+    (tmp_path / "pkg" / "control.py").write_text("def status():\n    from pkg.loop import Runner\n")
+    (tmp_path / "pkg" / "loop.py").write_text("from pkg.queue import enqueue\n")
+    assert find_cycle(module_graph(tmp_path, ("pkg",))) == ["pkg.control", "pkg.loop", "pkg.queue", "pkg.control"]

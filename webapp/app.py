@@ -3,7 +3,7 @@
 import streamlit as st
 
 from webapp import widgets
-from webapp.services import jobs
+from webapp.runner import jobs
 
 st.set_page_config(page_title="LoRA Lab", page_icon="🧪", layout="wide")
 widgets.account(widgets.current_user())  # signs the visitor in first where the operator asks for it

@@ -17,7 +17,8 @@ from finetune.errors import UserError
 from finetune.rundir import RunDirectory
 from tests.webapp.conftest import name_a_hub_model
 from tests.webapp.test_jobs import FAKE_TRAINER, FakeTrainers, wait_for
-from webapp.services import catalog, devices, identity, jobs, launch, registry, runs, settings, uploads, workspace
+from webapp.runner import jobs, loop
+from webapp.services import catalog, devices, identity, launch, registry, runs, settings, uploads, workspace
 
 LIMIT_VARS = (
     "LORA_LAB_USERS",
@@ -60,15 +61,15 @@ def queue(trainers: FakeTrainers, owner: identity.User, name: str, gpus: int = 0
     return run
 
 
-def runner_for(trainers: FakeTrainers, gpu_ids: list[int], **limits) -> jobs.Runner:
-    return jobs.Runner(workspace.all_runs_dirs, gpu_ids, command_for=trainers, limits=settings.Settings(**limits))
+def runner_for(trainers: FakeTrainers, gpu_ids: list[int], **limits) -> loop.Runner:
+    return loop.Runner(workspace.all_runs_dirs, gpu_ids, command_for=trainers, limits=settings.Settings(**limits))
 
 
 def state(run: RunDirectory) -> str:
     return run.read_status().get("state")
 
 
-def release_and_reap(runner: jobs.Runner, run: RunDirectory) -> None:
+def release_and_reap(runner: loop.Runner, run: RunDirectory) -> None:
     """Let ``run``'s fake trainer finish, ticking until the runner has settled it (the same tick starts what fits)."""
     (run.path / "release").touch()
     wait_for(lambda: state(run) == "finished")

@@ -21,11 +21,11 @@ from finetune.errors import ConfigError, UserError
 from finetune.rundir import CHECKPOINT_COMPLETE, TRAINER_STATE, RunDirectory
 from tests.webapp.test_isolation import hf_user, snapshot
 from tests.webapp.test_jobs import FAKE_TRAINER, FakeTrainers, wait_for
+from webapp.runner import jobs, loop
 from webapp.services import (
     devices,
     gate,
     identity,
-    jobs,
     launch,
     quotas,
     registry,
@@ -182,7 +182,7 @@ def _try_route(route: str, a: dict, field: str, value) -> str:
     trainers = FakeTrainers()
     trainers.scripts["attempt"] = FAKE_TRAINER
     queued = RunDirectory(_bobs_kind_of_run(bob, "attempt", hostile, state="queued"))
-    runner = jobs.Runner(workspace.all_runs_dirs, [], command_for=trainers, limits=settings.load())
+    runner = loop.Runner(workspace.all_runs_dirs, [], command_for=trainers, limits=settings.load())
     runner.tick()
     assert trainers.built == [], "nothing was started"
     assert queued.read_status()["state"] == "failed"
@@ -245,7 +245,7 @@ def test_a_folder_the_app_did_not_make_is_never_listed_queued_counted_or_started
         with pytest.raises(UserError, match="there is no run called"):
             runs.locate(alice, ref)
     trainers = FakeTrainers()
-    jobs.Runner(workspace.all_runs_dirs, [], command_for=trainers, limits=settings.load()).tick()
+    loop.Runner(workspace.all_runs_dirs, [], command_for=trainers, limits=settings.load()).tick()
     assert trainers.built == []
 
 
@@ -282,7 +282,7 @@ def test_an_anonymous_run_is_stopped_at_the_anonymous_time_limit(no_runner, monk
         trainers.scripts[f"run-{user.kind}"] = FAKE_TRAINER
         time.sleep(0.01)
     limits = settings.Settings(users="anonymous", anonymous_max_run_seconds=1.0)
-    runner = jobs.Runner(workspace.all_runs_dirs, [], command_for=trainers, limits=limits)
+    runner = loop.Runner(workspace.all_runs_dirs, [], command_for=trainers, limits=limits)
     wait_for(lambda: runner.tick() and started["visitor"].read_status().get("state") == "failed", timeout=60)
     assert "ran longer than the 1 s one run may take" in started["visitor"].read_status()["error"]
     wait_for(lambda: runner.tick() and started["huggingface"].read_status().get("state") == "running", timeout=60)

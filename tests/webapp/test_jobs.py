@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from finetune.rundir import RunDirectory, pid_alive, process_start, read_json
-from webapp.services import jobs, registry, settings
+from webapp.runner import jobs, loop
+from webapp.services import registry, settings
 
 # Stands in for `accelerate launch ...`: reports running like the trainer (pid with its start time),
 # waits, then ends as told.
@@ -55,8 +56,8 @@ def queued_runs(home: Path) -> list[RunDirectory]:
     return [run for _, run in jobs.queued(registry.runs_by_owner({"local": home / "runs"}, shared=False))]
 
 
-def runner_for(home: Path, trainers: FakeTrainers, gpu_ids: list[int], **limits) -> jobs.Runner:
-    return jobs.Runner(local_runs(home), gpu_ids, command_for=trainers, limits=settings.Settings(**limits))
+def runner_for(home: Path, trainers: FakeTrainers, gpu_ids: list[int], **limits) -> loop.Runner:
+    return loop.Runner(local_runs(home), gpu_ids, command_for=trainers, limits=settings.Settings(**limits))
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def state(run: RunDirectory) -> str:
     return run.read_status().get("state")
 
 
-def finish(runner: jobs.Runner, run: RunDirectory) -> None:
+def finish(runner: loop.Runner, run: RunDirectory) -> None:
     (run.path / "release").touch()
     wait_for(lambda: state(run) == "finished")
     wait_for(lambda: not runner.tick() or not jobs.launched(run))
@@ -199,7 +200,7 @@ def test_ensure_runner_starts_one_background_runner_that_outlives_its_caller(tmp
 def _runs_runner(proc: Path, home: Path) -> bool:
     try:
         return (
-            b"webapp.services.jobs" in (proc / "cmdline").read_bytes()
+            b"webapp.runner" in (proc / "cmdline").read_bytes()
             and f"LORA_LAB_HOME={home}".encode() in (proc / "environ").read_bytes()
         )
     except OSError:
@@ -236,7 +237,7 @@ def test_a_run_left_running_by_a_vanished_trainer_is_marked_failed(home):
     gone.wait()
     orphan = RunDirectory(home / "runs" / "orphan")
     orphan.update_status(state="running", pid=gone.pid, pid_started=started)  # e.g. a CLI run killed with SIGKILL
-    jobs.Runner(local_runs(home), gpu_ids=[], limits=settings.Settings()).tick()
+    loop.Runner(local_runs(home), gpu_ids=[], limits=settings.Settings()).tick()
     assert state(orphan) == "failed" and "ended without reporting" in orphan.read_status()["error"]
     assert f"pid {gone.pid}" in orphan.read_status()["error"]
 

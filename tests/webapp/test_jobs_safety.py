@@ -24,7 +24,8 @@ from tests.webapp.test_jobs import (
     state,
     wait_for,
 )
-from webapp.services import jobs, settings, workspace
+from webapp.runner import jobs, loop
+from webapp.services import settings, workspace
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def popen_calls(monkeypatch) -> list[list[str]]:
     return calls
 
 
-def tick_until(runner: jobs.Runner, predicate, timeout: float = 15.0) -> float:
+def tick_until(runner: loop.Runner, predicate, timeout: float = 15.0) -> float:
     """Tick the runner (as its loop does, faster) until ``predicate``; returns the seconds it took."""
     start = time.time()
     while not predicate():
@@ -74,7 +75,7 @@ def killed_after_cancel(run: RunDirectory) -> float:
     return run.read_killed()["at"] - read_json(run.cancel_path)["at"]
 
 
-def release_when_running(runner: jobs.Runner, run: RunDirectory) -> None:
+def release_when_running(runner: loop.Runner, run: RunDirectory) -> None:
     """The next run in the queue starts once the slot is free, then finishes normally."""
     tick_until(runner, lambda: state(run) == "running")
     (run.path / "release").touch()
@@ -100,7 +101,7 @@ TAMPERED_JOBS = {
 
 
 def test_a_tampered_job_json_fails_its_run_and_starts_nothing(home, popen_calls):
-    runner = jobs.Runner(local_runs(home), gpu_ids=[], limits=settings.Settings())  # the real launch_command
+    runner = loop.Runner(local_runs(home), gpu_ids=[], limits=settings.Settings())  # the real launch_command
     runs = {}
     for name, text in TAMPERED_JOBS.items():
         run = runs[name] = RunDirectory(home / "runs" / name)
@@ -155,7 +156,7 @@ def test_the_command_is_built_from_checked_names_and_always_writes_into_the_run_
     resumed = jobs.launch_command(run, jobs.Job("multi_gpu", 2, 2, resume=True))
     assert resumed == expected_command(run, "multi_gpu", 2) + ["--resume_from_checkpoint", "true"]
 
-    runner = jobs.Runner(local_runs(home), gpu_ids=[], limits=settings.Settings())
+    runner = loop.Runner(local_runs(home), gpu_ids=[], limits=settings.Settings())
     runner.tick()
     wait_for(lambda: not runner.tick(), timeout=60)
     assert popen_calls == [expected_command(run)]  # exactly one process started: accelerate, as built
@@ -265,7 +266,7 @@ def test_a_reused_pid_is_neither_trusted_nor_signalled(home):
             jobs.cancel(run)
         assert not any(r.cancel_path.exists() for r in (reused, unstamped, relaunched))
         # Limits that would kill any live run at once: still nothing may touch the bystander.
-        runner = jobs.Runner(
+        runner = loop.Runner(
             local_runs(home), gpu_ids=[], limits=settings.Settings(cancel_grace_seconds=0.01, stall_seconds=0.01)
         )
         for _ in range(3):

@@ -6,7 +6,8 @@ import pytest
 
 from finetune.preflight import Report
 from tests.webapp.apptest import assert_ok, button, labels, open_app, warnings
-from webapp.services import jobs, preflight
+from webapp.runner import jobs
+from webapp.services import preflight
 
 
 def test_check_measures_the_demo_run_and_shows_the_report(no_runner):

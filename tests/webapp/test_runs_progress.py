@@ -1,5 +1,5 @@
 """What the Runs page says about progress: early stopping, the ETA, which run it opens on, its charts, and the
-job runner's state with the `python -m webapp.services.jobs status` / `stop` commands."""
+job runner's state with the `python -m webapp.runner status` / `stop` commands."""
 
 import json
 import os
@@ -14,7 +14,8 @@ from finetune.rundir import RunDirectory, process_start, write_json_atomic
 from tests.conftest import REPO
 from tests.webapp.apptest import assert_ok, open_app
 from tests.webapp.conftest import copy_run
-from webapp.services import jobs, runs
+from webapp.runner import jobs
+from webapp.services import runs
 from webapp.services.identity import local_user
 from webapp.services.runs import _eta
 
@@ -144,7 +145,7 @@ def test_the_page_says_how_to_see_and_stop_the_runner(no_runner, trained_runs):
     copy_run(trained_runs["bert-lr2e-3"], no_runner, "done")
     captions = " ".join(c.value for c in open_app("pages/runs.py").caption)
     assert "Job runner: running" in captions and str(no_runner / "runner.log") in captions
-    assert "15 idle minutes" in captions and "python -m webapp.services.jobs stop" in captions
+    assert "15 idle minutes" in captions and "python -m webapp.runner stop" in captions
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ def trainer(lab):
 
 def _jobs_cli(home: Path, command: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "webapp.services.jobs", command],
+        [sys.executable, "-m", "webapp.runner", command],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -13,7 +13,8 @@ import pytest
 from finetune.errors import ConfigError, UserError
 from finetune.rundir import RunDirectory, process_start
 from tests.conftest import write_sentiment_csv
-from webapp.services import catalog, devices, jobs, launch, runs, uploads
+from webapp.runner import jobs
+from webapp.services import catalog, devices, launch, runs, uploads
 from webapp.services.identity import local_user
 
 LOCAL = local_user()

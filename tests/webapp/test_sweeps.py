@@ -12,7 +12,8 @@ import yaml
 from finetune.errors import ConfigError, UserError
 from finetune.rundir import RunDirectory, write_json_atomic
 from tests.webapp.apptest import assert_ok, button, errors, open_app
-from webapp.services import catalog, comparison, devices, identity, jobs, runs, sweeps, workspace
+from webapp.runner import jobs
+from webapp.services import catalog, comparison, devices, identity, runs, sweeps, workspace
 from webapp.services.identity import local_user
 
 LOCAL = local_user()

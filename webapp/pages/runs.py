@@ -57,7 +57,7 @@ def _runner_caption(runner: runs.RunnerState) -> None:
     st.caption(
         f"Job runner: {state}; log `{runner.log}`. It exits by itself after "
         f"{runner.idle_exit_minutes} idle minutes; stop it sooner with "
-        "`python -m webapp.services.jobs stop` (runs in progress keep training)."
+        "`python -m webapp.runner stop` (runs in progress keep training)."
     )
 
 

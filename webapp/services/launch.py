@@ -8,7 +8,8 @@ from finetune.advice import warnings_for
 from finetune.config import TrainConfig
 from finetune.errors import ConfigError, UserError
 from finetune.rundir import RunDirectory
-from webapp.services import gate, jobs, quotas, registry, runs, settings, workspace
+from webapp.runner import jobs
+from webapp.services import gate, quotas, registry, runs, settings, workspace
 from webapp.services.devices import Setup
 from webapp.services.identity import User
 

@@ -16,7 +16,8 @@ from typing import Optional
 from finetune.config import TrainConfig
 from finetune.errors import UserError
 from finetune.preflight import BAD_INPUT, DOES_NOT_FIT, FITS, Report
-from webapp.services import devices, jobs, registry, settings, workspace
+from webapp.runner import jobs
+from webapp.services import devices, registry, settings, workspace
 
 # One check at a time on this machine: each loads a model and trains, and a shared app must not be made to run many.
 LOCK_FILE = "preflight.lock"
@@ -31,7 +32,7 @@ def check(cfg: TrainConfig, shared: bool, use_gpu: bool = True, timeout_s: float
     else the CPU), one check at a time.
 
     Raises UserError with the check's own message for bad settings or data, a timeout or a crash. On a shared app
-    the operator's Hub token is withheld, as for the runs themselves (webapp/services/jobs.py).
+    the operator's Hub token is withheld, as for the runs themselves (webapp/runner/).
     """
     env = jobs.child_env(shared)
     gpu = free_gpu([g.index for g in devices.detect_gpus()], busy_gpus()) if use_gpu else None

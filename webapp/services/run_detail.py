@@ -11,7 +11,7 @@ from typing import Optional
 from evaluation.figures import percent, rate
 from finetune.rundir import THROUGHPUT_METRICS, RunDirectory
 from finetune.task_kinds import TASKS
-from webapp.services import jobs
+from webapp.runner import jobs
 from webapp.services.runs import RunSummary
 
 # The loss curves: (event, key in the event) -> the series' name on the chart.

@@ -17,7 +17,8 @@ from typing import Optional
 from finetune.config import experiment_name_problem
 from finetune.errors import ConfigError, UserError
 from finetune.rundir import RunDirectory, read_json
-from webapp.services import devices, gate, identity, jobs, quotas, registry, settings, workspace
+from webapp.runner import jobs, loop
+from webapp.services import devices, gate, identity, quotas, registry, settings, workspace
 from webapp.services.identity import User
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -339,5 +340,5 @@ def runner_state() -> RunnerState:
         alive=jobs.runner_alive(),
         pid=jobs.runner_pid(),
         log=workspace.home() / jobs.RUNNER_LOG,
-        idle_exit_minutes=jobs.IDLE_EXIT_SECONDS // 60,
+        idle_exit_minutes=loop.IDLE_EXIT_SECONDS // 60,
     )

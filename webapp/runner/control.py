@@ -1,4 +1,4 @@
-"""Seeing and stopping the job runner from a terminal: ``python -m webapp.services.jobs status|stop``.
+"""Seeing and stopping the job runner from a terminal: ``python -m webapp.runner status|stop``.
 
 The runner records itself in LORA_LAB_HOME/runner.json (pid and process start time); nothing is signalled
 unless both match the live process that holds runner.lock.
@@ -9,13 +9,13 @@ import signal
 import time
 
 from finetune.rundir import RunDirectory, process_start
+from webapp.runner.jobs import RUNNER_LOG, is_active, launched, queued, runner_alive, runner_pid
 from webapp.services import registry, settings, workspace
 from webapp.services.identity import LOCAL_KEY
-from webapp.services.jobs import RUNNER_LOG, is_active, launched, queued, runner_alive, runner_pid
 
 
 def status_report() -> str:
-    """What ``python -m webapp.services.jobs status`` prints: the runner, the queue and the runs in progress."""
+    """What ``python -m webapp.runner status`` prints: the runner, the queue and the runs in progress."""
     pid, home = runner_pid(), workspace.home()
     state = f"running (pid {pid})" if pid else "running (pid not recorded)" if runner_alive() else "not running"
     by_owner = registry.all_runs(settings.load().shared)
@@ -57,5 +57,5 @@ def stop_runner(wait_seconds: float = 15.0) -> tuple[bool, str]:
         return False, f"The job runner (pid {pid}) is still running after {wait_seconds:g} s; see {RUNNER_LOG}."
     return True, (
         f"Stopped the job runner (pid {pid}). Runs in progress keep training; queued runs wait for the "
-        "next runner (the app starts one at its next page load, as does `python -m webapp.services.jobs`)."
+        "next runner (the app starts one at its next page load, as does `python -m webapp.runner`)."
     )

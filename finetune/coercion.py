@@ -7,19 +7,21 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from finetune.errors import ConfigError
+from finetune.errors import ConfigError, Problem
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError([f"--config: file {path} does not exist; expected a YAML file of run settings"])
+        raise ConfigError([Problem("--config", f"file {path} does not exist; expected a YAML file of run settings")])
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError([f"--config: {path} is not valid YAML ({err})"]) from err
+        raise ConfigError([Problem("--config", f"{path} is not valid YAML ({err})")]) from err
     if not isinstance(values, dict):
-        raise ConfigError([f"--config: {path} must hold a mapping of setting: value, got {type(values).__name__}"])
+        raise ConfigError(
+            [Problem("--config", f"{path} must hold a mapping of setting: value, got {type(values).__name__}")]
+        )
     return values
 
 

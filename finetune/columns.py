@@ -59,7 +59,9 @@ def guess_columns(table: Dataset, task: str, given: Columns, role: str) -> Colum
     for column_role in ("text", "label", "image"):
         column = getattr(given, column_role)
         if column is not None and column not in names:
-            raise UserError(f"{column_role}_column: {column!r} is not a column of {role}; its columns are {names}")
+            raise UserError(
+                f"{column!r} is not a column of {role}; its columns are {names}", field=f"{column_role}_column"
+            )
     if len(kind.columns) > 1 and len(names) < 2:
         needs = " and ".join(ROLE_COLUMN[column_role] for column_role in kind.columns)
         raise UserError(f"{role}: this file has only one column, {names[0]}; {kind.title} needs {needs}")
@@ -107,8 +109,9 @@ def _guess(
             f"expected {EXPECTED_COLUMN[kind]}"
         )
     raise UserError(
-        f"{kind}_column: could not guess which column of {role} holds the {kind}s; expected "
-        f"{EXPECTED_COLUMN[kind]}; set {kind}_column to one of {candidates}"
+        f"could not guess which column of {role} holds the {kind}s; expected {EXPECTED_COLUMN[kind]}; set "
+        f"{kind}_column to one of {candidates}",
+        field=f"{kind}_column",
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from finetune.coercion import coerce, read_yaml
-from finetune.errors import ConfigError
+from finetune.errors import ConfigError, Problem
 from finetune.rundir import write_text_atomic
 from finetune.task_kinds import DEFAULT_TASK, TASKS
 
@@ -292,55 +292,66 @@ class TrainConfig:
         if problems:
             raise ConfigError(problems)
 
-    def problems(self) -> list[str]:
+    def problems(self) -> list[Problem]:
         """Every invalid value, one message each (empty when the config is valid)."""
         p = []
         for name in ("model_name_or_path", "train_file", "output_dir"):
             if not str(getattr(self, name) or "").strip():
-                p.append(f"{name}: required, got nothing")
+                p.append(Problem(name, "required, got nothing"))
         for name in POSITIVE_INTEGERS:
             value = getattr(self, name)
             if value is not None and value <= 0:
-                p.append(f"{name}: must be a positive integer, got {value}")
+                p.append(Problem(name, f"must be a positive integer, got {value}"))
         for name in ("learning_rate", "head_learning_rate", "num_train_epochs", "lora_alpha", "max_compression_ratio"):
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
-                p.append(f"{name}: must be a positive number, got {value}")
+                p.append(Problem(name, f"must be a positive number, got {value}"))
         for name, upper in UPPER_BOUNDS.items():
             value = getattr(self, name)
             if value is not None and value > upper:
-                p.append(f"{name}: {value:g} is beyond any useful value; expected at most {upper:g}")
+                p.append(Problem(name, f"{value:g} is beyond any useful value; expected at most {upper:g}"))
         for name in ("weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
-                p.append(f"{name}: must be >= 0, got {getattr(self, name)}")
+                p.append(Problem(name, f"must be >= 0, got {getattr(self, name)}"))
         for name, upper in (("warmup_ratio", 1.0), ("lora_dropout", 1.0)):
             if not 0 <= getattr(self, name) < upper:
-                p.append(f"{name}: must be in [0, {upper}), got {getattr(self, name)}")
+                p.append(Problem(name, f"must be in [0, {upper}), got {getattr(self, name)}"))
         if self.dataloader_num_workers is not None and not 0 <= self.dataloader_num_workers <= 64:
-            p.append(f"dataloader_num_workers: must be between 0 and 64, got {self.dataloader_num_workers}")
+            p.append(Problem("dataloader_num_workers", f"must be between 0 and 64, got {self.dataloader_num_workers}"))
         if self.task is not None and self.task not in TASKS:
-            p.append(f"task: expected one of {', '.join(TASKS)}, got {self.task!r}")
+            p.append(Problem("task", f"expected one of {', '.join(TASKS)}, got {self.task!r}"))
         if not 0 < self.validation_split_percentage < 100:
-            p.append(f"validation_split_percentage: must be between 0 and 100, got {self.validation_split_percentage}")
+            p.append(
+                Problem(
+                    "validation_split_percentage", f"must be between 0 and 100, got {self.validation_split_percentage}"
+                )
+            )
         return p + self._variant_problems()
 
     def _variant_problems(self) -> list[str]:
         """LoRA variants and experiment names (their combinations with each other)."""
         p = []
         if self.loraplus_lr_ratio is not None and not 1 <= self.loraplus_lr_ratio <= 1000:
-            p.append(f"loraplus_lr_ratio: must be between 1 and 1000 (usually 16), got {self.loraplus_lr_ratio}")
+            p.append(
+                Problem("loraplus_lr_ratio", f"must be between 1 and 1000 (usually 16), got {self.loraplus_lr_ratio}")
+            )
         if self.finetune_method == "full" and (self.load_in_4bit or self.use_dora or self.loraplus_lr_ratio):
             p.append(
-                "finetune_method: full trains every weight; load_in_4bit, use_dora and loraplus_lr_ratio apply"
-                " to LoRA only"
+                Problem(
+                    "finetune_method",
+                    "full trains every weight; load_in_4bit, use_dora and loraplus_lr_ratio apply to LoRA only",
+                )
             )
         if self.init_lora_weights in ("pissa", "olora") and (self.use_dora or self.load_in_4bit):
             p.append(
-                f"init_lora_weights: {self.init_lora_weights} rewrites the base weights; it works without"
-                " use_dora and load_in_4bit only (or use default/gaussian)"
+                Problem(
+                    "init_lora_weights",
+                    f"{self.init_lora_weights} rewrites the base weights; it works without use_dora and load_in_4bit"
+                    " only (or use default/gaussian)",
+                )
             )
         if self.experiment_name is not None and experiment_name_problem(self.experiment_name):
-            p.append(f"experiment_name: {experiment_name_problem(self.experiment_name)}")
+            p.append(Problem("experiment_name", experiment_name_problem(self.experiment_name)))
         return p
 
     def epochs_for(self, steps_per_epoch: int) -> float:
@@ -365,18 +376,18 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from loosely typed values (YAML, CLI strings, form fields), listing every problem at once."""
         hints = typing.get_type_hints(cls)
-        problems = [f"{key}: unknown setting (known settings: see --help)" for key in values if key not in hints]
+        problems = [Problem(key, "unknown setting (known settings: see --help)") for key in values if key not in hints]
         coerced = {}
         for key, raw in values.items():
             if key in hints:
                 try:
                     coerced[key] = coerce(raw, hints[key])
                 except ValueError as err:
-                    problems.append(f"{key}: {err}")
+                    problems.append(Problem(key, str(err)))
         missing = [
             f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in coerced
         ]
-        problems += [f"{name}: required, got nothing" for name in missing]
+        problems += [Problem(name, "required, got nothing") for name in missing]
         if problems:
             # Still validate what could be read, so the user sees every problem in one go.
             filled = {f.name: "x" for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
@@ -395,7 +406,7 @@ class TrainConfig:
         write_text_atomic(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def _value_problems(cls: type, values: dict[str, Any]) -> list[str]:
+def _value_problems(cls: type, values: dict[str, Any]) -> list[Problem]:
     try:
         cls(**values)
     except ConfigError as err:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from finetune.config import TrainConfig
-from finetune.errors import ConfigError, UserError
+from finetune.errors import ConfigError, Problem, UserError
 from finetune.rundir import RunDirectory
 
 WARMUP_STEPS = 1  # untimed: the first step pays for kernel selection and allocator growth
@@ -69,7 +69,12 @@ def parse(argv: Optional[list[str]] = None) -> tuple[TrainConfig, int, bool]:
     problems = (
         []
         if ours.steps.isdigit() and int(ours.steps) >= 1
-        else [f"--steps: {ours.steps!r} is not a whole number >= 1; expected the optimizer steps to time (default 3)"]
+        else [
+            Problem(
+                "--steps",
+                f"{ours.steps!r} is not a whole number >= 1; expected the optimizer steps to time (default 3)",
+            )
+        ]
     )
     # Everything the recipe writes goes to a temporary folder: output_dir only has to be valid, not given.
     try:
@@ -257,7 +262,7 @@ def advice(cfg: TrainConfig, over_by: float, cuda: bool, derived: dict, can_chec
         found.append("load_in_4bit: true (QLoRA: the frozen base weights in 4 bits, about a quarter of their memory)")
     for name in ("max_seq_length", "block_size"):
         if derived.get(name, 0) > 8:
-            found.append(f"{name}: {derived[name] // 2} (now {derived[name]}; activations grow with the length)")
+            found.append(Problem(name, f"{derived[name] // 2} (now {derived[name]}; activations grow with the length)"))
     return found or ["the model alone does not fit this device: pick a smaller checkpoint or a larger device"]
 
 

@@ -23,7 +23,7 @@ from typing import Iterable, Optional
 
 from finetune.coercion import read_yaml
 from finetune.config import TrainConfig, experiment_name_problem, field_help
-from finetune.errors import ConfigError, UserError
+from finetune.errors import ConfigError, Problem, UserError
 from finetune.experiment import MAX_POINTS, Experiment, best_run, primary_value, run_name
 from finetune.rundir import RunDirectory, output_dir_problem
 from finetune.task_kinds import LOWER_IS_BETTER, TASKS
@@ -45,21 +45,23 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[str]]:
         key, sep, values = (part.strip() for part in item.partition("="))
         choices = [value.strip() for value in values.split(",")]
         if not sep or not key:
-            problems.append(f"grid: {item!r} is not key=value[,value...]")
+            problems.append(Problem("grid", f"{item!r} is not key=value[,value...]"))
         elif key not in fields:
-            problems.append(f"{key!r}: not a setting; expected a TrainConfig field such as learning_rate or lora_r")
+            problems.append(
+                Problem(key, f"{key!r} is not a setting; expected a TrainConfig field such as learning_rate")
+            )
         elif key in NOT_SWEPT:
-            problems.append(f"{key}: set by the sweep for each run; it cannot be varied")
+            problems.append(Problem(key, "set by the sweep for each run; it cannot be varied"))
         elif key in grid:
-            problems.append(f"{key}: given twice; expected one key=v1,v2 per setting")
+            problems.append(Problem(key, "given twice; expected one key=v1,v2 per setting"))
         elif not all(choices) or len(set(choices)) < len(choices):
             problems.append(
-                f"{key}: {values!r} has an empty or repeated value; expected distinct comma-separated values"
+                Problem(key, f"{values!r} has an empty or repeated value; expected distinct comma-separated values")
             )
         else:
             grid[key] = choices
     if not grid and not problems:
-        problems.append("grid: nothing to vary; expected key=v1,v2 (e.g. learning_rate=1e-4,3e-4)")
+        problems.append(Problem("grid", "nothing to vary; expected key=v1,v2 (e.g. learning_rate=1e-4,3e-4)"))
     if problems:
         raise ConfigError(problems)
     return grid
@@ -78,12 +80,17 @@ def grid_points(grid: dict[str, list[str]], random_count: Optional[int] = None, 
     if random_count is None:
         if total > MAX_POINTS:
             raise ConfigError(
-                [f"grid: {total} points; at most {MAX_POINTS} per experiment (or draw some with --random)"]
+                [Problem("grid", f"{total} points; at most {MAX_POINTS} per experiment (or draw some with --random)")]
             )
         indices: Iterable[int] = range(total)
     elif not 1 <= random_count <= min(total, MAX_POINTS):
         raise ConfigError(
-            [f"random: expected 1 to {min(total, MAX_POINTS)} (the grid has {total} points), got {random_count}"]
+            [
+                Problem(
+                    "random",
+                    f"expected 1 to {min(total, MAX_POINTS)} (the grid has {total} points), got {random_count}",
+                )
+            ]
         )
     else:
         # Indices, not points, are drawn: a large grid is never spelled out.
@@ -115,12 +122,12 @@ def configs_for(base: dict, points: list[dict], experiment: str, run_dirs: list[
     return configs
 
 
-def _blame(problem: str, point: dict) -> str:
-    """ "key: message" as "key=value: message" for a key of the point, else prefixed with the whole point."""
-    key, _, message = problem.partition(":")
-    if key in point:
-        return f"{key}={point[key]}:{message}"
-    return f"{' '.join(f'{k}={v}' for k, v in point.items())}: {problem}"
+def _blame(problem: Problem, point: dict) -> Problem:
+    """A problem of one point's config, named by the point: "key=value: message" for a key the point varies, else
+    prefixed with the whole point."""
+    if problem.field in point:
+        return Problem(f"{problem.field}={point[problem.field]}", problem.message)
+    return Problem(" ".join(f"{k}={v}" for k, v in point.items()), str(problem))
 
 
 @dataclass
@@ -143,7 +150,7 @@ def plan(
     base_cfg = TrainConfig.from_dict(base)  # the YAML alone must be a valid run: its output_dir holds the experiment
     name = experiment or base_cfg.experiment_name or time.strftime("sweep-%Y%m%d-%H%M%S")
     if experiment_name_problem(name):
-        raise ConfigError([f"experiment: {experiment_name_problem(name)}"])
+        raise ConfigError([Problem("experiment", experiment_name_problem(name))])
     grid = parse_grid(grid_items)
     points = grid_points(grid, random_count, seed)
     folder = Experiment(Path(base_cfg.output_dir).expanduser().resolve(), name)

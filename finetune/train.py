@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from finetune.coercion import read_yaml
 from finetune.config import TrainConfig, field_help
-from finetune.errors import ConfigError, UserError
+from finetune.errors import ConfigError, Problem, UserError
 from finetune.rundir import RunDirectory, output_dir_problem, process_start
 
 logger = logging.getLogger("finetune")
@@ -34,7 +34,7 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
     args, unknown = parser.parse_known_args(argv)
     values = read_yaml(args.config) if args.config else {}
     values.update({k: v for k, v in vars(args).items() if k != "config"})
-    problems = [f"{flag}: unknown command-line argument" for flag in unknown if flag.startswith("--")]
+    problems = [Problem(flag, "unknown command-line argument") for flag in unknown if flag.startswith("--")]
     try:
         cfg = TrainConfig.from_dict(values)
     except ConfigError as err:

@@ -197,20 +197,19 @@ def inspect_data(
 
 
 @st.cache_data(show_spinner="Reading the data…", max_entries=32)
-def guess_data(path: str, task: str) -> tuple[Optional[uploads.DataReport], Optional[str]]:
-    """inspect_data with every column guessed, or None and the problem. Problems are cached too: a file
-    whose columns cannot be guessed is not read again on every rerun while the user picks them."""
+def guess_data(path: str, task: str) -> tuple[Optional[uploads.DataReport], Optional[str], Optional[str]]:
+    """inspect_data with every column guessed, or None, the problem and the setting it is about. Problems are cached
+    too: a file whose columns cannot be guessed is not read again on every rerun while the user picks them."""
     try:
-        return uploads.inspect_data(Path(path), task), None
+        return uploads.inspect_data(Path(path), task), None, None
     except UserError as err:
-        return None, str(err)
+        return None, str(err), err.field
 
 
-def failed_role(problem: str, task: str) -> Optional[str]:
-    """The column role a data problem is about ("label_column: could not guess ..."): the user can pick that
-    column. None for problems of the whole file ("train_file: ..."), which no choice of columns fixes."""
-    role = problem.partition(":")[0]
-    return role if role in task_roles(task) else None
+def failed_role(field: Optional[str], task: str) -> Optional[str]:
+    """The column role a data problem is about (label_column when the label could not be guessed): the user can pick
+    that column. None for problems of the whole file, which no choice of columns fixes."""
+    return field if field in task_roles(task) else None
 
 
 def task_roles(task: str) -> tuple[str, ...]:

@@ -76,7 +76,7 @@ def test_a_2x2_grid_runs_4_runs_as_one_experiment_and_picks_the_best(lm_config):
 
 
 BAD_INPUT = [  # (extra arguments, what the error must name)
-    (["--grid", "bogus=1"], "'bogus': not a setting"),
+    (["--grid", "bogus=1"], "bogus: 'bogus' is not a setting"),
     (["--grid", "learning_rate=abc,1e-4"], "learning_rate=abc: expected a number, got 'abc'"),
     (["--grid", "lora_r=8,0"], "lora_r=0: must be a positive integer"),
     (["--grid", "learning_rate=5"], "learning_rate=5: 5 is beyond any useful value"),
@@ -133,7 +133,7 @@ def test_the_web_forms_grid_text_is_the_same_grid():
     assert parse_grid_text(text) == {"learning_rate": ["1e-4", "3e-4"], "lora_r": ["8", "16"]}
     with pytest.raises(ConfigError) as err:
         parse_grid_text("learning_rate=1e-4\nlearning_rate=3e-4\n")
-    assert err.value.problems == ["learning_rate: given twice; expected one key=v1,v2 per setting"]
+    assert err.value.problems == [("learning_rate", "given twice; expected one key=v1,v2 per setting")]
     with pytest.raises(ConfigError, match="nothing to vary"):
         parse_grid_text("# nothing\n")
 

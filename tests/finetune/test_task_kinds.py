@@ -87,7 +87,7 @@ def test_a_config_names_a_task_of_the_table():
     assert [TrainConfig(**paths, task=name).task for name in TASKS] == list(TASKS)
     with pytest.raises(ConfigError) as found:
         TrainConfig.from_dict({**paths, "task": "summarization"})
-    assert found.value.problems == [f"task: expected one of {', '.join(TASKS)}, got 'summarization'"]
+    assert found.value.problems == [("task", f"expected one of {', '.join(TASKS)}, got 'summarization'")]
 
 
 def test_the_demo_writes_each_sample_and_the_engine_guesses_its_columns(tmp_path):

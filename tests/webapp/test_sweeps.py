@@ -49,7 +49,7 @@ def test_a_sweep_queues_one_run_per_point_with_its_experiment(no_runner):
 
 BAD = [  # (experiment, grid, error type, what the message names)
     ("../up", GRID, ConfigError, "not a valid experiment name"),
-    ("ok", "bogus=1,2", ConfigError, "'bogus': not a setting"),
+    ("ok", "bogus=1,2", ConfigError, "bogus: 'bogus' is not a setting"),
     ("ok", "learning_rate=abc,1e-4", ConfigError, "learning_rate=abc: expected a number"),
     ("ok", "lora_r=8,-1", ConfigError, "lora_r=-1: must be a positive integer"),
     ("ok", "output_dir=/etc", ConfigError, "cannot be varied"),

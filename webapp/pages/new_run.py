@@ -80,8 +80,8 @@ else:
     data_path = widgets.sample_data(task)
     st.caption(f"Sample data: `{data_path.name}`")
 
-guessed, problem = widgets.guess_data(str(data_path), task)
-failed = widgets.failed_role(problem, task) if problem else None
+guessed, problem, about = widgets.guess_data(str(data_path), task)
+failed = widgets.failed_role(about, task) if problem else None
 if problem and (failed is None or data_path.is_dir()):  # no choice of columns fixes it
     notices.error(problem)
     st.stop()

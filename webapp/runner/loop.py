@@ -128,7 +128,7 @@ class Runner:
         try:
             cfg = gate.admit_run_config(owner, run.path, run.read_config(), self.limits)
         except ConfigError as err:
-            _fail(run, f"refused by this app's rules: {'; '.join(err.problems)}")
+            _fail(run, f"refused by this app's rules: {'; '.join(map(str, err.problems))}")
             return False
         cfg.to_yaml(run.config_path)  # with the app's own fields (where it unpacks archives) filled in
         return True

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import BOUND, PATH, TrainConfig, field_policies
-from finetune.errors import ConfigError
+from finetune.errors import ConfigError, Problem
 from webapp.services import settings, workspace
 
 # Each BOUND field and the Settings attribute holding its ceiling on a shared app.
@@ -70,7 +70,7 @@ def cache_dir(owner: str) -> Path:
     return workspace.user_root(owner) / CACHE
 
 
-def _path_problems(name: str, value: str, owner: str) -> list[str]:
+def _path_problems(name: str, value: str, owner: str) -> list[Problem]:
     if name == "model_name_or_path" and _is_hub_id(value):
         return []
     roots = _offered_roots(name, owner)
@@ -81,7 +81,7 @@ def _path_problems(name: str, value: str, owner: str) -> list[str]:
         if name == "model_name_or_path"
         else "one of your uploads or the sample data"
     )
-    return [f"{name}: {value!r} is not offered on this shared app; expected {what}, chosen on the New run page"]
+    return [Problem(name, f"{value!r} is not offered on this shared app; expected {what}, chosen on the New run page")]
 
 
 def _offered_roots(name: str, owner: str) -> list[Path]:
@@ -107,12 +107,12 @@ def _inside(value: str, root: Path) -> bool:
     return resolved.startswith(base + os.sep)
 
 
-def _bound_problems(name: str, value: Any, limits: settings.Settings) -> list[str]:
+def _bound_problems(name: str, value: Any, limits: settings.Settings) -> list[Problem]:
     ceiling = getattr(limits, CEILINGS[name])
     if value is None or (name == "max_steps" and value <= 0) or value <= ceiling or value == _default(name):
         return []  # a default above the ceiling is lowered to it (_lowered), not refused: the user chose nothing
     env = f"LORA_LAB_{CEILINGS[name].upper()}"
-    return [f"{name}: {value:g} is above this app's limit of {ceiling:g} (set by the operator: {env})"]
+    return [Problem(name, f"{value:g} is above this app's limit of {ceiling:g} (set by the operator: {env})")]
 
 
 def _lowered(cfg: TrainConfig, limits: settings.Settings) -> dict[str, Any]:
@@ -132,15 +132,17 @@ def _default(name: str) -> Any:
     return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
 
 
-def _app_problems(owner: str, cfg: TrainConfig) -> list[str]:
+def _app_problems(owner: str, cfg: TrainConfig) -> list[Problem]:
     p = []
     run = Path(cfg.output_dir)
     if not run.is_absolute() or os.path.realpath(run.parent) != os.path.realpath(workspace.runs_dir(owner)):
-        p.append(f"output_dir: {cfg.output_dir!r} is not a run folder of yours; the app chooses where runs write")
+        p.append(
+            Problem("output_dir", f"{cfg.output_dir!r} is not a run folder of yours; the app chooses where runs write")
+        )
     if cfg.data_cache_dir is not None and not _same(cfg.data_cache_dir, cache_dir(owner)):
-        p.append("data_cache_dir: chosen by the app on a shared app; leave it out")
+        p.append(Problem("data_cache_dir", "chosen by the app on a shared app; leave it out"))
     if cfg.resume_from_checkpoint not in (None, False, True):
-        p.append("resume_from_checkpoint: a run resumes from its own checkpoints only (the Resume button)")
+        p.append(Problem("resume_from_checkpoint", "a run resumes from its own checkpoints only (the Resume button)"))
     return p
 
 

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from finetune.advice import warnings_for
 from finetune.config import TrainConfig
-from finetune.errors import ConfigError, UserError
+from finetune.errors import ConfigError, Problem, UserError
 from finetune.rundir import RunDirectory
 from webapp.runner import jobs
 from webapp.services import gate, quotas, registry, runs, settings, workspace
@@ -25,11 +25,10 @@ def filled(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def problems_by_field(err: ConfigError) -> dict[str, list[str]]:
-    """Group "field: message" problems by field, so the form shows each next to its input."""
+    """The problems' messages by field, so the form shows each next to its input."""
     grouped: dict[str, list[str]] = {}
     for problem in err.problems:
-        name, _, message = problem.partition(":")
-        grouped.setdefault(name.strip(), []).append(message.strip() or problem)
+        grouped.setdefault(problem.field, []).append(problem.message)
     return grouped
 
 
@@ -51,7 +50,7 @@ def plan(user: User, name: str, values: dict[str, Any], setup: Setup) -> tuple[T
         run_dir = runs.check_new_name(user, name)
     except UserError as err:
         # Checked with the settings, so the form shows every problem at once.
-        run_dir, name_problem = workspace.runs_dir(user.key) / "unnamed", str(err)
+        run_dir, name_problem = workspace.runs_dir(user.key) / "unnamed", Problem(err.field or "run name", err.message)
     else:
         name_problem = None
     try:

@@ -225,10 +225,10 @@ def _ref(owner: str, name: str, viewer: Optional[User]) -> str:
 def check_new_name(user: User, name: str) -> Path:
     """The folder for ``user``'s new run called ``name``; UserError when the name is unusable or taken."""
     if not RUN_NAME.fullmatch(name or ""):
-        raise UserError("run name: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise UserError("use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", field="run name")
     path = workspace.runs_dir(user.key) / name
     if path.exists():
-        raise UserError(f"run name: a run called {name!r} exists already; choose another name")
+        raise UserError(f"a run called {name!r} exists already; choose another name", field="run name")
     return path
 
 
@@ -267,7 +267,7 @@ def resume(user: User, ref: str) -> None:
     try:  # the app's rules may have changed since the run was queued, or its config.yaml been edited
         gate.admit_run_config(owner_of(path), path, run.read_config(), limits)
     except ConfigError as err:
-        problems = "; ".join(err.problems)
+        problems = "; ".join(map(str, err.problems))
         raise UserError(f"resume: this app no longer accepts {path.name}'s settings: {problems}") from None
     quotas.check_can_queue(owner_of(path), limits)
     jobs.enqueue(run, dataclasses.replace(job, resume=True))

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from finetune import sweep
 from finetune.config import TrainConfig, experiment_name_problem
-from finetune.errors import ConfigError, UserError
+from finetune.errors import ConfigError, Problem, UserError
 from finetune.experiment import best_run, primary_value, run_name
 from finetune.rundir import RunDirectory
 from finetune.task_kinds import LOWER_IS_BETTER, primary_metric
@@ -43,7 +43,7 @@ def plan(
     drawn with ``seed``) on the New run form's ``values``. ConfigError or UserError says what is wrong."""
     problem = experiment_name_problem(experiment)
     if problem:
-        raise ConfigError([f"experiment: {problem}"])
+        raise ConfigError([Problem("experiment", problem)])
     grid = sweep.parse_grid_text(grid_text)
     points = sweep.grid_points(grid, random_count or None, seed)
     names = [run_name(experiment, index) for index in range(1, len(points) + 1)]

@@ -22,6 +22,20 @@ OFFLINE_ENV = {
 }
 
 
+# Tests that start processes (the trainer's command line, the app, a browser, the demo builder) are marked
+# "integration": `pytest -m "not integration"` is the fast tier. A test is one when it uses a fixture that starts
+# processes, or its module calls the command line or subprocess itself.
+PROCESS_FIXTURES = {"demo_dir", "trained_runs", "lab", "no_runner", "shared", "app", "one_and_two_process_runs"}
+PROCESS_CALLS = ("run_cli(", "subprocess.", "Popen(", "launch_processes(")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        source = Path(item.fspath).read_text()
+        if PROCESS_FIXTURES & set(item.fixturenames) or any(call in source for call in PROCESS_CALLS):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     from finetune.tiny_checkpoints import make_tiny_checkpoints

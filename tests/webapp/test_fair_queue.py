@@ -15,19 +15,11 @@ import pytest
 
 from finetune.errors import UserError
 from finetune.rundir import RunDirectory
-from tests.webapp.conftest import name_a_hub_model
+from tests.webapp.conftest import ENV_VARS, name_a_hub_model
 from tests.webapp.test_jobs import FAKE_TRAINER, FakeTrainers, wait_for
 from webapp.runner import jobs, loop
 from webapp.services import catalog, devices, identity, launch, registry, runs, settings, uploads, workspace
 
-LIMIT_VARS = (
-    "LORA_LAB_USERS",
-    "LORA_LAB_OPERATORS",
-    "LORA_LAB_MAX_QUEUED_RUNS",
-    "LORA_LAB_MAX_RUNNING_RUNS",
-    "LORA_LAB_MAX_UPLOAD_MB",
-    "LORA_LAB_MAX_STORAGE_MB",
-)
 VALUES = {"model_name_or_path": "gpt2", "train_file": "t.txt", "learning_rate": "2e-4", "lora_r": 8}
 MiB = 2**20
 
@@ -35,7 +27,7 @@ MiB = 2**20
 @pytest.fixture
 def shared(no_runner, monkeypatch) -> Path:
     """A "huggingface" workspace whose runner lock this test holds: queueing starts no background runner."""
-    for name in LIMIT_VARS:
+    for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LORA_LAB_USERS", "huggingface")
     return no_runner
@@ -158,7 +150,7 @@ def test_one_user_trains_at_most_max_running_runs_while_another_user_takes_the_f
 
 
 def test_the_local_user_is_not_limited_to_max_running_runs(no_runner, trainers, monkeypatch):
-    for name in LIMIT_VARS:
+    for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     local = identity.local_user()
     mine = [queue(trainers, local, f"l{i}", gpus=1) for i in (1, 2)]
@@ -263,7 +255,7 @@ def test_max_storage_mb_refuses_uploads_and_launches_past_the_users_disk(shared,
 
 
 def test_the_local_user_is_exempt_from_queue_upload_and_storage_limits(no_runner, trained_runs, monkeypatch):
-    for name in LIMIT_VARS:
+    for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     for name in ("LORA_LAB_MAX_QUEUED_RUNS", "LORA_LAB_MAX_UPLOAD_MB", "LORA_LAB_MAX_STORAGE_MB"):
         monkeypatch.setenv(name, "1")

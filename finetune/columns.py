@@ -182,6 +182,6 @@ def check_column_count(path: Path, builder: str, role: str) -> None:
         count = len(row) if isinstance(row, dict) else 0
     if count > MAX_COLUMNS:
         raise UserError(
-            f"{role}: {path.name} has {count:,} columns; at most {MAX_COLUMNS:,} are read. Keep the text, label or "
+            f"{role}: {path} has {count:,} columns; at most {MAX_COLUMNS:,} are read. Keep the text, label or "
             "image columns the run needs"
         )

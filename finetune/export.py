@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from finetune.errors import UserError
-from finetune.rundir import RunDirectory, read_json, write_json_atomic
+from finetune.rundir import FINISHED, RunDirectory, read_json, write_json_atomic
 
 
 def check_destination(out: str | Path) -> Path:
@@ -85,7 +85,7 @@ def _staging(destination: Path):
 
 def _finished(run_dir: str | Path) -> RunDirectory:
     run = RunDirectory(run_dir)
-    if run.read_status().get("state") != "finished" or not run.adapter_dir.is_dir():
+    if run.state != FINISHED or not run.adapter_dir.is_dir():
         raise UserError(f"export: {run.path} is not a finished run with a trained model; only finished runs export")
     return run
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from finetune.errors import UserError
-from finetune.rundir import RunDirectory
+from finetune.rundir import FINISHED, RunDirectory
 
 
 def model_card(run_dir: str | Path) -> str:
@@ -27,7 +27,7 @@ def model_card(run_dir: str | Path) -> str:
 
 def _finished(run_dir: str | Path) -> RunDirectory:
     run = RunDirectory(run_dir)
-    if run.read_status().get("state") != "finished" or not run.adapter_dir.is_dir():
+    if run.state != FINISHED or not run.adapter_dir.is_dir():
         raise UserError(f"push: {run.path} is not a finished run with an adapter; only finished runs can be pushed")
     return run
 

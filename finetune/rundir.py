@@ -31,6 +31,8 @@ import yaml
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_FOLDERS = (".git", "finetune", "webapp", "evaluation", "configs", "scripts", "tests", "docs")
 STATES = ("queued", "running", "finished", "failed", "cancelled")
+QUEUED, RUNNING, FINISHED, FAILED, CANCELLED = STATES
+ACTIVE = (QUEUED, RUNNING)  # a run the runner still owes something: to start it, or to settle it
 TRAINER_STATE = "trainer_state.json"  # in each checkpoint, beside accelerate's own files
 CHECKPOINT_COMPLETE = "checkpoint_complete.json"  # written last: the checkpoint is whole
 # Throughput figures: their names in a train event (keys) and in metrics.json (values), see docs/run-directory.md.
@@ -124,6 +126,11 @@ class RunDirectory:
 
     def is_run(self) -> bool:
         return self.config_path.is_file() or self.status_path.is_file()
+
+    @property
+    def state(self) -> Optional[str]:
+        """One of STATES, or None before the run was queued (or for a folder that is no run)."""
+        return self.read_status().get("state")
 
     def read_status(self) -> dict:
         return read_json(self.status_path) or {}

@@ -25,7 +25,7 @@ from finetune.coercion import read_yaml
 from finetune.config import TrainConfig, experiment_name_problem, field_help
 from finetune.errors import ConfigError, Problem, UserError
 from finetune.experiment import MAX_POINTS, Experiment, best_run, primary_value, run_name
-from finetune.rundir import RunDirectory, output_dir_problem
+from finetune.rundir import CANCELLED, FAILED, FINISHED, QUEUED, RunDirectory, output_dir_problem
 from finetune.task_kinds import LOWER_IS_BETTER, TASKS
 
 # Set by the sweep itself for each run: varying them would break the grouping or the run folders.
@@ -225,11 +225,11 @@ def run_sweep(sweep: Sweep, prune: bool) -> dict:
         run = experiment.run(index)
         if train_point(run, cfg, reference):
             pruned.append(name)
-        finished = run.read_status().get("state") == "finished"
+        finished = run.state == FINISHED
         scores[name] = primary_value(run.read_metrics(), sweep.metric) if finished else None
         best = best_run(scores, sweep.metric)
         experiment.update(pruned=pruned, best=best, best_value=scores[best] if best else None)
-        state = "pruned" if name in pruned else run.read_status().get("state")
+        state = "pruned" if name in pruned else run.state
         print(f"[{index}/{len(names)}] {name}: {state}", flush=True)
     return experiment.update(finished_at=time.time())
 
@@ -238,7 +238,7 @@ def train_point(run: RunDirectory, cfg: TrainConfig, reference: list[tuple[int, 
     """Train one point in a process of its own on the run's config.yaml; True when it was pruned."""
     run.path.mkdir(parents=True)
     cfg.to_yaml(run.config_path)
-    run.update_status(state="queued", queued_at=time.time())  # the trainer accepts a folder queued for it
+    run.update_status(state=QUEUED, queued_at=time.time())  # the trainer accepts a folder queued for it
     with run.launch_log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "finetune.train", "--config", str(run.config_path)],
@@ -251,13 +251,13 @@ def train_point(run: RunDirectory, cfg: TrainConfig, reference: list[tuple[int, 
         except KeyboardInterrupt:  # Ctrl-C reached the trainer too (same process group): it saves and stops
             process.wait()
             raise
-    if run.read_status().get("state") == "queued":  # died before it could report (see launch.log)
+    if run.state == QUEUED:  # died before it could report (see launch.log)
         run.update_status(
-            state="failed",
+            state=FAILED,
             error=f"the trainer exited with code {process.returncode} before starting; see {run.launch_log_path}",
             ended_at=time.time(),
         )
-    pruned = signalled and run.read_status().get("state") == "cancelled"
+    pruned = signalled and run.state == CANCELLED
     if pruned:
         run.update_status(pruned=True)
     return pruned

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from finetune.coercion import read_yaml
 from finetune.config import TrainConfig, field_help
 from finetune.errors import ConfigError, Problem, UserError
-from finetune.rundir import RunDirectory, output_dir_problem, process_start
+from finetune.rundir import CANCELLED, FAILED, FINISHED, RUNNING, RunDirectory, output_dir_problem, process_start
 
 logger = logging.getLogger("finetune")
 
@@ -95,7 +95,7 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     best = training.BestWeights(recipe.accelerator, cfg.load_best_model_at_end)
     outcome, result = _loop(recipe, state, meter, stop, best, result)
     recipe.accelerator.wait_for_everyone()
-    if outcome == "finished":
+    if outcome == FINISHED:
         _finish(recipe, state, meter, best, result)
     recipe.accelerator.end_training()
     return outcome
@@ -202,7 +202,7 @@ def _loop(recipe: Recipe, state, meter, stop, best, result: Optional[dict]) -> t
 
     cfg, accelerator, model, plan = recipe.cfg, recipe.accelerator, recipe.model, recipe.plan
     segment = (state.runtime_seconds, state.samples)  # from segments before a resume
-    window_loss, window_batches, outcome, stopping = 0.0, 0, "finished", False
+    window_loss, window_batches, outcome, stopping = 0.0, 0, FINISHED, False
     model.train()
     for batch in _batches(recipe, state):
         loss = train_step(recipe, batch)
@@ -226,7 +226,7 @@ def _loop(recipe: Recipe, state, meter, stop, best, result: Optional[dict]) -> t
         if state.step % plan.save_steps == 0 or cancelled:
             training.save_checkpoint(accelerator, recipe.run, state, cfg.save_total_limit)
         if cancelled or stopping or state.step >= plan.max_steps:
-            outcome = "cancelled" if cancelled else "finished"
+            outcome = CANCELLED if cancelled else FINISHED
             break
     _account(state, segment, meter, accelerator)
     return outcome, result
@@ -380,7 +380,7 @@ def _mark_running(run: RunDirectory) -> None:
     pid = os.getpid()
     # A resumed run starts a new segment: the last one's end, error, loop start and early stop no longer apply.
     cleared = dict.fromkeys(("error", "ended_at", "loop_started_at", "loop_start_step", "stopped_early_at_step"))
-    run.update_status(state="running", started_at=time.time(), pid=pid, pid_started=process_start(pid), **cleared)
+    run.update_status(state=RUNNING, started_at=time.time(), pid=pid, pid_started=process_start(pid), **cleared)
 
 
 def with_task(cfg: TrainConfig, run: RunDirectory, is_main: bool) -> TrainConfig:
@@ -404,7 +404,7 @@ def _fail(run: RunDirectory, is_main: bool, message: str, code: int) -> int:
     print(f"error: {message}", file=sys.stderr)
     if is_main:
         logger.error(message)
-        run.update_status(state="failed", error=message, ended_at=time.time())
+        run.update_status(state=FAILED, error=message, ended_at=time.time())
     return code
 
 

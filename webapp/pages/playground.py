@@ -5,12 +5,13 @@ import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
 from finetune.errors import UserError
+from finetune.rundir import FINISHED
 from finetune.task_kinds import task_kind
 from webapp import notices, widgets
 from webapp.services import playground, runs
 
 st.title("Playground")
-finished = [s for s in runs.list_runs(widgets.current_user()) if s.state == "finished"]
+finished = [s for s in runs.list_runs(widgets.current_user()) if s.state == FINISHED]
 if not finished:
     st.info("No finished run yet: the playground loads a run's trained adapter once it has finished.")
     st.page_link("pages/runs.py", label="See the runs", icon="📈")

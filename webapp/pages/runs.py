@@ -7,19 +7,20 @@ import pandas as pd
 import streamlit as st
 
 from finetune.errors import UserError
+from finetune.rundir import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING
 from webapp import notices, widgets
 from webapp.services import run_detail, runs, sweeps
 
 POINT = ["step", "metric", "value"]  # the columns of a curve's points (webapp/services/run_detail.py)
 REFRESH_SECONDS = 2  # the trainer flushes events per line; this is how stale the page may be
 STATE_ICONS = {
-    "queued": "⏳",
+    QUEUED: "⏳",
     "starting": "🟡",
-    "running": "🔵",
+    RUNNING: "🔵",
     "stopping": "🟠",
-    "finished": "✅",
-    "failed": "❌",
-    "cancelled": "⏹️",
+    FINISHED: "✅",
+    FAILED: "❌",
+    CANCELLED: "⏹️",
 }
 
 st.title("Runs")
@@ -87,7 +88,7 @@ def overview() -> None:
                 + (f" (#{positions[s.ref]} in queue)" if s.ref in positions else ""),
                 "progress": s.progress,
                 "step": f"{s.step}/{s.total_steps or '?'}" + (" (stopped early)" if s.stopped_early else ""),
-                "ETA": _eta(s.eta_seconds) if s.state == "running" else "",
+                "ETA": _eta(s.eta_seconds) if s.state == RUNNING else "",
                 "task": s.task,
                 "model": s.model_label,
                 **({"owner": owners.get(s.owner, s.owner)} if owners else {}),
@@ -140,7 +141,7 @@ def live(name: str) -> None:
     if was_active and not summary.active:
         st.rerun()  # the whole page: the buttons below depend on the run's state
     label = f"{STATE_ICONS.get(summary.state, '')} {summary.state} · {_steps(summary)}"
-    if summary.state == "running":
+    if summary.state == RUNNING:
         label += f" · ETA {_eta(summary.eta_seconds)}"
     st.progress(summary.progress, text=label)
     detail = run_detail.detail(summary)
@@ -156,7 +157,7 @@ def live(name: str) -> None:
             right.altair_chart(_chart(pd.DataFrame(detail.scores, columns=POINT), "score"), width="stretch")
     if detail.final:
         st.table(pd.DataFrame.from_dict(detail.final, orient="index"))
-    with st.expander("Log", expanded=summary.state in ("failed", "running", "starting")):
+    with st.expander("Log", expanded=summary.state in (FAILED, RUNNING, "starting")):
         st.code(detail.log or "(no output yet)", language="log")
     if detail.tracking:
         st.caption(detail.tracking)
@@ -182,7 +183,7 @@ cells = iter(st.columns(4))  # the buttons that apply, side by side from the lef
 if summary.active and next(cells).button("Cancel run"):
     runs.cancel(user, name)
     st.toast(f"Cancelling {name}: it saves a checkpoint and stops at the next step.")
-if summary.state in ("cancelled", "failed") and next(cells).button("Resume"):
+if summary.state in (CANCELLED, FAILED) and next(cells).button("Resume"):
     try:
         runs.resume(user, name)
         st.rerun()
@@ -190,7 +191,7 @@ if summary.state in ("cancelled", "failed") and next(cells).button("Resume"):
         notices.error(str(err))
 if not summary.active and next(cells).button("Delete…"):
     confirm_delete(name)
-if summary.state == "finished":
+if summary.state == FINISHED:
     next(cells).download_button(
         "Download adapter (.zip)",
         lambda: runs.adapter_zip(user, name),
@@ -204,7 +205,7 @@ if summary.state == "finished":
         mime="application/zip",
         help="The adapter folded into the base weights: loads with plain from_pretrained, no PEFT needed",
     )
-if summary.state == "finished":
+if summary.state == FINISHED:
     with st.expander("Push the adapter to the Hugging Face Hub"):
         mode, token = runs.push_token(user)
         if mode == "off":

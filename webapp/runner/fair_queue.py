@@ -7,7 +7,7 @@ takes one run from each user in turn, starting with the user it served longest a
 from pathlib import Path
 from typing import Optional
 
-from finetune.rundir import RunDirectory
+from finetune.rundir import QUEUED, RunDirectory
 
 
 def as_number(value) -> float:
@@ -19,7 +19,7 @@ def waiting(runs_by_owner: dict[str, list[RunDirectory]], is_launched) -> dict[s
     """Each user's queued, not yet launched runs, oldest first, by user key."""
     found = {}
     for owner, runs in runs_by_owner.items():
-        runs = [r for r in runs if r.read_status().get("state") == "queued" and not is_launched(r)]
+        runs = [r for r in runs if r.state == QUEUED and not is_launched(r)]
         if runs:
             found[owner] = sorted(runs, key=lambda r: as_number(r.read_status().get("queued_at")))
     return found

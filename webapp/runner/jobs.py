@@ -18,7 +18,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from finetune.rundir import RunDirectory, pid_alive, process_start, read_json, write_json_atomic
+from finetune.rundir import (
+    CANCELLED,
+    QUEUED,
+    RUNNING,
+    RunDirectory,
+    pid_alive,
+    process_start,
+    read_json,
+    write_json_atomic,
+)
 from webapp.runner import fair_queue
 from webapp.services import devices, workspace
 
@@ -80,7 +89,7 @@ def launcher_alive(run: RunDirectory) -> bool:
 
 def is_active(run: RunDirectory) -> bool:
     """True while the launcher or the trainer of this run is alive (pids checked with their start times)."""
-    return launcher_alive(run) or (run.read_status().get("state") == "running" and run.trainer_alive())
+    return launcher_alive(run) or (run.state == RUNNING and run.trainer_alive())
 
 
 @contextlib.contextmanager
@@ -96,7 +105,7 @@ def enqueue(run: RunDirectory, job: Job) -> None:
     run.path.mkdir(parents=True, exist_ok=True)
     job.write(run)
     run.clear_runner_files()
-    run.update_status(state="queued", queued_at=time.time(), error=None, ended_at=None)
+    run.update_status(state=QUEUED, queued_at=time.time(), error=None, ended_at=None)
     ensure_runner()
 
 
@@ -116,12 +125,12 @@ def cancel(run: RunDirectory) -> None:
             run.request_cancel()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(launch["pid"], signal.SIGTERM)  # the launcher and its trainer processes share this group
-        elif status.get("state") == "running" and run.trainer_alive():
+        elif status.get("state") == RUNNING and run.trainer_alive():
             run.request_cancel()
             with contextlib.suppress(ProcessLookupError):
                 os.kill(status["pid"], signal.SIGTERM)  # started outside the app (command line): rank 0 tells the rest
-        elif status.get("state") == "queued":
-            run.update_status(state="cancelled", ended_at=time.time())
+        elif status.get("state") == QUEUED:
+            run.update_status(state=CANCELLED, ended_at=time.time())
 
 
 def detached(command: list[str], env: dict, log) -> subprocess.Popen:

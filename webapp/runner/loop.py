@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from finetune.errors import ConfigError
-from finetune.rundir import RunDirectory, process_start, write_json_atomic
+from finetune.rundir import CANCELLED, FAILED, QUEUED, RUNNING, RunDirectory, process_start, write_json_atomic
 from webapp.runner import fair_queue
 from webapp.runner.fair_queue import as_number
 from webapp.runner.jobs import (
@@ -51,7 +51,7 @@ STOP = threading.Event()
 
 
 def _fail(run: RunDirectory, error: str) -> None:
-    run.update_status(state="failed", ended_at=time.time(), error=error)
+    run.update_status(state=FAILED, ended_at=time.time(), error=error)
 
 
 def last_progress(run: RunDirectory) -> float:
@@ -139,7 +139,7 @@ class Runner:
         if gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
         with run_lock(run):
-            if run.read_status().get("state") != "queued" or not self._admitted(run, owner):
+            if run.state != QUEUED or not self._admitted(run, owner):
                 return False  # cancelled a moment ago, or refused
             run.update_status(launched_at=time.time())  # the fair queue's memory of whom it served last
             try:
@@ -160,10 +160,10 @@ class Runner:
         if (child is not None and code is None) or is_active(run):
             return False
         self.children.pop(run.path, None)
-        if run.read_status().get("state") in ("queued", "running"):  # the trainer never wrote how it ended
+        if run.state in (QUEUED, RUNNING):  # the trainer never wrote how it ended
             killed = run.read_killed().get("reason")
             if run.cancel_path.is_file():
-                run.update_status(state="cancelled", ended_at=time.time(), error=killed)
+                run.update_status(state=CANCELLED, ended_at=time.time(), error=killed)
             elif killed:
                 _fail(run, f"{killed}; its processes were killed. Resume it from its last checkpoint")
             else:
@@ -199,7 +199,7 @@ class Runner:
     def _settle_if_orphaned(run: RunDirectory) -> None:
         """A run left "running" by a trainer that is gone (killed, machine restarted) is marked failed."""
         status = run.read_status()
-        if status.get("state") == "running" and not launched(run) and not run.trainer_alive():
+        if status.get("state") == RUNNING and not launched(run) and not run.trainer_alive():
             _fail(
                 run,
                 f"the trainer (pid {status.get('pid')}) ended without reporting; resume it from its last checkpoint",

@@ -10,7 +10,7 @@ from typing import Optional
 import pandas as pd
 
 from evaluation.compare import COST, best_by, compare_runs, curves, format_table, load_runs
-from finetune.rundir import RunDirectory
+from finetune.rundir import FINISHED, RunDirectory
 from finetune.task_kinds import primary_metric
 from webapp.services import sweeps
 from webapp.services.runs import RunSummary
@@ -35,7 +35,7 @@ class Comparison:
 def default_choice(summaries: list[RunSummary]) -> tuple[Optional[str], list[str]]:
     """(task, refs) the page opens on: the finished runs of the newest finished run's task (metrics of different
     tasks don't compare); ``summaries`` newest first and not empty."""
-    finished = [s for s in summaries if s.state == "finished"]
+    finished = [s for s in summaries if s.state == FINISHED]
     task = finished[0].task if finished else summaries[0].task
     return task, [s.ref for s in finished if s.task == task][:MAX_DEFAULT_RUNS]
 

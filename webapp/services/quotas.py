@@ -9,11 +9,9 @@ import os
 from pathlib import Path
 
 from finetune.errors import UserError
-from finetune.rundir import RunDirectory
+from finetune.rundir import ACTIVE, RunDirectory
 from webapp.services import registry, settings, workspace
 from webapp.services.identity import LOCAL_KEY, User, is_visitor_key
-
-ACTIVE = ("queued", "running")
 
 
 def check_can_queue(owner: str, limits: settings.Settings, adding: int = 1) -> None:
@@ -39,7 +37,7 @@ def check_can_queue(owner: str, limits: settings.Settings, adding: int = 1) -> N
 
 
 def _active(runs: list[RunDirectory]) -> list[RunDirectory]:
-    return [run for run in runs if run.read_status().get("state") in ACTIVE]
+    return [run for run in runs if run.state in ACTIVE]
 
 
 def _check_anonymous_total(limits: settings.Settings, adding: int) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from evaluation.figures import percent, rate
-from finetune.rundir import THROUGHPUT_METRICS, RunDirectory
+from finetune.rundir import FINISHED, THROUGHPUT_METRICS, RunDirectory
 from finetune.task_kinds import TASKS
 from webapp.runner import jobs
 from webapp.services.runs import RunSummary
@@ -61,7 +61,7 @@ def throughput(state: str, events: list[dict], metrics: dict) -> Optional[Throug
 
     A finished run's metrics.json averages the whole run; otherwise the latest train event is the current pace.
     """
-    if state == "finished":
+    if state == FINISHED:
         found = _figures(metrics or {}, THROUGHPUT_METRICS)
         if found:
             name = (metrics or {}).get("gpu_name")

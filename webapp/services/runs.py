@@ -16,7 +16,7 @@ from typing import Optional
 
 from finetune.config import experiment_name_problem
 from finetune.errors import ConfigError, UserError
-from finetune.rundir import RunDirectory, read_json
+from finetune.rundir import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, RunDirectory, read_json
 from webapp.runner import jobs, loop
 from webapp.services import devices, gate, identity, quotas, registry, settings, workspace
 from webapp.services.identity import User
@@ -44,7 +44,7 @@ class RunSummary:
 
     @property
     def progress(self) -> float:
-        if self.state == "finished":  # done, whether every planned step ran or early stopping ended it
+        if self.state == FINISHED:  # done, whether every planned step ran or early stopping ended it
             return 1.0
         return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
 
@@ -60,7 +60,7 @@ class RunSummary:
 
     @property
     def active(self) -> bool:
-        return self.state in ("queued", "starting", "running", "stopping")
+        return self.state in (QUEUED, "starting", RUNNING, "stopping")
 
 
 def owner_of(path: Path) -> str:
@@ -73,12 +73,12 @@ def summarize(path: Path, viewer: Optional[User] = None) -> RunSummary:
     owner = owner_of(path)
     status = run.read_status()
     state = status.get("state", "unknown")
-    if jobs.launched(run) and state in ("queued", "cancelled", "failed"):
+    if jobs.launched(run) and state in (QUEUED, CANCELLED, FAILED):
         # Launched but not settled: the trainer is starting, or has reported its end and is still exiting.
-        state = "starting" if state == "queued" else "stopping"
+        state = "starting" if state == QUEUED else "stopping"
     config, logged = run.read_config(), _logged_steps(run, status)
     # The last train event may precede the early stop (train events come every logging_steps).
-    stopped_at = status.get("stopped_early_at_step") if state == "finished" else None
+    stopped_at = status.get("stopped_early_at_step") if state == FINISHED else None
     step = stopped_at or max((e.get("step") or 0 for e in logged), default=0)
     ref = _ref(owner, path.name, viewer)
     return RunSummary(
@@ -91,7 +91,7 @@ def summarize(path: Path, viewer: Optional[User] = None) -> RunSummary:
         model=config.get("model_name_or_path"),
         step=step,
         total_steps=status.get("total_steps"),
-        eta_seconds=_eta(status, logged) if state == "running" else None,
+        eta_seconds=_eta(status, logged) if state == RUNNING else None,
         error=status.get("error"),
         created_at=status.get("queued_at") or status.get("started_at") or _mtime(path),
         stopped_early=bool(stopped_at),
@@ -170,7 +170,7 @@ def default_selection(summaries: list[RunSummary], last: Optional[str]) -> int:
     refs = [s.ref for s in summaries]
     if last in refs:
         return refs.index(last)
-    return next((i for i, s in enumerate(summaries) if s.state == "running"), 0)
+    return next((i for i, s in enumerate(summaries) if s.state == RUNNING), 0)
 
 
 def list_runs(user: User) -> list[RunSummary]:
@@ -250,10 +250,10 @@ def resume(user: User, ref: str) -> None:
     """Queue a cancelled or failed run to continue from its latest checkpoint."""
     path = locate(user, ref)
     run = RunDirectory(path)
-    state = run.read_status().get("state")
+    state = run.state
     if jobs.launched(run):
         raise UserError(f"resume: {path.name} is still stopping; try again in a moment")
-    if state not in ("cancelled", "failed") or run.latest_checkpoint() is None:
+    if state not in (CANCELLED, FAILED) or run.latest_checkpoint() is None:
         raise UserError(
             f"resume: {path.name} is {state} with {'a' if run.latest_checkpoint() else 'no'} checkpoint; "
             "only a cancelled or failed run with a checkpoint can resume"
@@ -277,7 +277,7 @@ def delete(user: User, ref: str) -> None:
     """Remove a run that is not active (cancel it first)."""
     path = locate(user, ref)
     run = RunDirectory(path)
-    if jobs.is_active(run) or jobs.launched(run) or run.read_status().get("state") == "queued":
+    if jobs.is_active(run) or jobs.launched(run) or run.state == QUEUED:
         raise UserError(f"delete: {path.name} is still queued or running; cancel it first")
     shutil.rmtree(path)
 

@@ -15,7 +15,7 @@ from finetune import sweep
 from finetune.config import TrainConfig, experiment_name_problem
 from finetune.errors import ConfigError, Problem, UserError
 from finetune.experiment import best_run, primary_value, run_name
-from finetune.rundir import RunDirectory
+from finetune.rundir import FINISHED, RunDirectory
 from finetune.task_kinds import LOWER_IS_BETTER, primary_metric
 from webapp.services import gate, launch, quotas, runs, settings
 from webapp.services.devices import Setup
@@ -112,7 +112,7 @@ def _summarize(name: str, members: list[RunSummary]) -> ExperimentSummary:
     task = next((s.task for s in members if s.task), None)
     metric = primary_metric(task)
     read = {s.ref: _metrics_and_config(RunDirectory(s.path)) for s in members}
-    values = {s.ref: primary_value(read[s.ref][0], metric) if s.state == "finished" else None for s in members}
+    values = {s.ref: primary_value(read[s.ref][0], metric) if s.state == FINISHED else None for s in members}
     configs = {s.ref: read[s.ref][1] for s in members}
     keys = dict.fromkeys(key for config in configs.values() for key in config if key not in NOT_VARIED)
     differing = [key for key in keys if len({repr(config.get(key)) for config in configs.values()}) > 1]

@@ -57,16 +57,13 @@ BAD = [  # (experiment, grid, error type, what the message names)
 ]
 
 
-def test_bad_sweeps_are_refused_and_write_nothing(no_runner):
+@pytest.mark.parametrize(("experiment", "grid", "error", "expected"), BAD)
+def test_bad_sweeps_are_refused_and_write_nothing(no_runner, experiment, grid, error, expected):
     RunDirectory(no_runner / "runs" / "taken-02").update_status(state="finished")
-    checked = 0
-    for experiment, grid, error, expected in BAD:
-        with pytest.raises(error) as err:
-            sweeps.plan(LOCAL, experiment, grid, 0, 0, VALUES)
-        assert expected in str(err.value), str(err.value)
-        checked += 1
+    with pytest.raises(error) as err:
+        sweeps.plan(LOCAL, experiment, grid, 0, 0, VALUES)
+    assert expected in str(err.value), str(err.value)
     assert [p.name for p in (no_runner / "runs").iterdir()] == ["taken-02"]
-    assert checked == len(BAD) == 6
 
 
 def test_a_sweep_respects_the_users_queue_limit(no_runner, monkeypatch):

@@ -8,7 +8,6 @@ coerces them to the annotated types and reports every problem at once, before an
 
 import dataclasses
 import math
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +15,12 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from finetune.checks import value_problems
 from finetune.coercion import coerce, read_yaml
 from finetune.errors import ConfigError, Problem
 from finetune.rundir import write_text_atomic
 from finetune.task_kinds import DEFAULT_TASK, TASKS
 
-# Experiment names become folder names and labels: a safe, short subset.
-EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,59}")  # + "-NN": run names stay within 64
 SchedulerName = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 
 # Learning rates when none is given. LoRA adapters start at zero and need a larger step than
@@ -34,56 +32,6 @@ DEFAULT_HEAD_LR = 2e-3
 # (MiniLM on 2,700 tweets: eval accuracy 0.72 at step 680, 0.74 from step 850 on; docs/benchmarks.md). Large data
 # sets get one epoch, small ones up to ten (the best evaluation's weights are kept, so extra epochs cost time only).
 TARGET_STEPS, MIN_EPOCHS, MAX_EPOCHS = 1000, 1, 10
-# Sizes past these only exhaust memory or diverge (a learning rate of 50 collapses any run to one class);
-# they are refused before a model loads. Model-specific limits (rank vs layer width, block size vs
-# context) are checked once the model is known.
-UPPER_BOUNDS = {
-    "learning_rate": 1.0,
-    "head_learning_rate": 1.0,
-    "lora_r": 4096,
-    "per_device_train_batch_size": 65536,
-    "per_device_eval_batch_size": 65536,
-    "gradient_accumulation_steps": 65536,
-    "max_seq_length": 1_000_000,
-    "block_size": 1_000_000,
-    "num_train_epochs": 10_000,
-    "lora_alpha": 1_000_000,
-    "max_steps": 10_000_000,
-    "eval_steps": 10_000_000,
-    "save_steps": 10_000_000,
-    "logging_steps": 10_000_000,
-}
-
-
-# Counts and sizes that must be at least 1 when given.
-POSITIVE_INTEGERS = (
-    "per_device_train_batch_size",
-    "per_device_eval_batch_size",
-    "gradient_accumulation_steps",
-    "logging_steps",
-    "lora_r",
-    "eval_steps",
-    "save_steps",
-    "save_total_limit",
-    "max_seq_length",
-    "block_size",
-    "early_stopping_patience",
-    "max_eval_samples",
-    "max_unpacked_mb",
-    "max_archive_members",
-)
-
-
-def experiment_name_problem(name: Any) -> Optional[str]:
-    """Why ``name`` cannot name an experiment (None when it can): it becomes folder and run names."""
-    if isinstance(name, str) and EXPERIMENT_NAME.fullmatch(name):
-        return None
-    return (
-        f"{name!r} is not a valid experiment name; expected 1-60 letters, digits, '-', '_' or '.', starting with a "
-        "letter or digit"
-    )
-
-
 # Who may set each field on a shared app (webapp/services/gate.py applies it at the launch of every run):
 USER = "user"  # any valid value
 PATH = "path"  # a path or hub id the app offers: this user's upload or run, a demo checkpoint, a hub id
@@ -293,66 +241,8 @@ class TrainConfig:
             raise ConfigError(problems)
 
     def problems(self) -> list[Problem]:
-        """Every invalid value, one message each (empty when the config is valid)."""
-        p = []
-        for name in ("model_name_or_path", "train_file", "output_dir"):
-            if not str(getattr(self, name) or "").strip():
-                p.append(Problem(name, "required, got nothing"))
-        for name in POSITIVE_INTEGERS:
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                p.append(Problem(name, f"must be a positive integer, got {value}"))
-        for name in ("learning_rate", "head_learning_rate", "num_train_epochs", "lora_alpha", "max_compression_ratio"):
-            value = getattr(self, name)
-            if value is not None and not (value > 0 and math.isfinite(value)):
-                p.append(Problem(name, f"must be a positive number, got {value}"))
-        for name, upper in UPPER_BOUNDS.items():
-            value = getattr(self, name)
-            if value is not None and value > upper:
-                p.append(Problem(name, f"{value:g} is beyond any useful value; expected at most {upper:g}"))
-        for name in ("weight_decay", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                p.append(Problem(name, f"must be >= 0, got {getattr(self, name)}"))
-        for name, upper in (("warmup_ratio", 1.0), ("lora_dropout", 1.0)):
-            if not 0 <= getattr(self, name) < upper:
-                p.append(Problem(name, f"must be in [0, {upper}), got {getattr(self, name)}"))
-        if self.dataloader_num_workers is not None and not 0 <= self.dataloader_num_workers <= 64:
-            p.append(Problem("dataloader_num_workers", f"must be between 0 and 64, got {self.dataloader_num_workers}"))
-        if self.task is not None and self.task not in TASKS:
-            p.append(Problem("task", f"expected one of {', '.join(TASKS)}, got {self.task!r}"))
-        if not 0 < self.validation_split_percentage < 100:
-            p.append(
-                Problem(
-                    "validation_split_percentage", f"must be between 0 and 100, got {self.validation_split_percentage}"
-                )
-            )
-        return p + self._variant_problems()
-
-    def _variant_problems(self) -> list[str]:
-        """LoRA variants and experiment names (their combinations with each other)."""
-        p = []
-        if self.loraplus_lr_ratio is not None and not 1 <= self.loraplus_lr_ratio <= 1000:
-            p.append(
-                Problem("loraplus_lr_ratio", f"must be between 1 and 1000 (usually 16), got {self.loraplus_lr_ratio}")
-            )
-        if self.finetune_method == "full" and (self.load_in_4bit or self.use_dora or self.loraplus_lr_ratio):
-            p.append(
-                Problem(
-                    "finetune_method",
-                    "full trains every weight; load_in_4bit, use_dora and loraplus_lr_ratio apply to LoRA only",
-                )
-            )
-        if self.init_lora_weights in ("pissa", "olora") and (self.use_dora or self.load_in_4bit):
-            p.append(
-                Problem(
-                    "init_lora_weights",
-                    f"{self.init_lora_weights} rewrites the base weights; it works without use_dora and load_in_4bit"
-                    " only (or use default/gaussian)",
-                )
-            )
-        if self.experiment_name is not None and experiment_name_problem(self.experiment_name):
-            p.append(Problem("experiment_name", experiment_name_problem(self.experiment_name)))
-        return p
+        """Every invalid value, one problem each (empty when the config is valid): finetune/checks.py."""
+        return value_problems(self)
 
     def epochs_for(self, steps_per_epoch: int) -> float:
         """num_train_epochs, or the default for data giving ``steps_per_epoch`` optimizer steps per epoch."""

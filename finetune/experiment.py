@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from finetune.config import experiment_name_problem
+from finetune.checks import experiment_name_problem
 from finetune.rundir import RunDirectory, read_json, write_json_atomic
 from finetune.task_kinds import LOWER_IS_BETTER
 

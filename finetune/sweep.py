@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from finetune.checks import experiment_name_problem
 from finetune.coercion import read_yaml
-from finetune.config import TrainConfig, experiment_name_problem, field_help
+from finetune.config import TrainConfig, field_help
 from finetune.errors import ConfigError, Problem, UserError
 from finetune.experiment import MAX_POINTS, Experiment, best_run, primary_value, run_name
 from finetune.rundir import CANCELLED, FAILED, FINISHED, QUEUED, RunDirectory, output_dir_problem

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from finetune.config import experiment_name_problem
+from finetune.checks import experiment_name_problem
 from finetune.errors import ConfigError, UserError
 from finetune.rundir import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, RunDirectory, read_json
 from webapp.runner import jobs, loop

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from finetune import sweep
-from finetune.config import TrainConfig, experiment_name_problem
+from finetune.checks import experiment_name_problem
+from finetune.config import TrainConfig
 from finetune.errors import ConfigError, Problem, UserError
 from finetune.experiment import best_run, primary_value, run_name
 from finetune.rundir import FINISHED, RunDirectory

@@ -6,6 +6,7 @@ Values may arrive as strings (command line, YAML scalars like ``2e-4``); ``Train
 coerces them to the annotated types and reports every problem at once, before any model loads.
 """
 
+import argparse
 import dataclasses
 import math
 import typing
@@ -312,3 +313,22 @@ def field_policies() -> dict[str, str]:
 def field_help() -> dict[str, str]:
     """Help text of every field, by name."""
     return {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
+
+
+def parse_args(argv: Optional[list[str]] = None, description: Optional[str] = None) -> TrainConfig:
+    """The command line's config: --config YAML plus --key value overrides, all validated together."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of settings (see configs/)")
+    for name, text in field_help().items():
+        parser.add_argument(f"--{name}", default=argparse.SUPPRESS, help=text.replace("%", "%%"))  # argparse formats %
+    args, unknown = parser.parse_known_args(argv)
+    values = read_yaml(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k != "config"})
+    problems = [Problem(flag, "unknown command-line argument") for flag in unknown if flag.startswith("--")]
+    try:
+        cfg = TrainConfig.from_dict(values)
+    except ConfigError as err:
+        raise ConfigError(problems + err.problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return cfg

@@ -56,7 +56,7 @@ class Report:
 
 def parse(argv: Optional[list[str]] = None) -> tuple[TrainConfig, int, bool]:
     """(config, timed steps, JSON output): the trainer's own flags plus --steps and --json."""
-    from finetune.train import parse_args
+    from finetune.config import parse_args
 
     parser = argparse.ArgumentParser(
         description=__doc__,
@@ -262,7 +262,7 @@ def advice(cfg: TrainConfig, over_by: float, cuda: bool, derived: dict, can_chec
         found.append("load_in_4bit: true (QLoRA: the frozen base weights in 4 bits, about a quarter of their memory)")
     for name in ("max_seq_length", "block_size"):
         if derived.get(name, 0) > 8:
-            found.append(Problem(name, f"{derived[name] // 2} (now {derived[name]}; activations grow with the length)"))
+            found.append(f"{name}: {derived[name] // 2} (now {derived[name]}; activations grow with the length)")
     return found or ["the model alone does not fit this device: pick a smaller checkpoint or a larger device"]
 
 

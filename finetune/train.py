@@ -7,7 +7,6 @@ Flags override the YAML's keys. The recipe reads top to bottom: config, accelera
 optimizer, loop, save. Everything it produces goes to the run directory (finetune/rundir.py).
 """
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -17,31 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from finetune.coercion import read_yaml
-from finetune.config import TrainConfig, field_help
-from finetune.errors import ConfigError, Problem, UserError
+from finetune.config import TrainConfig, parse_args
+from finetune.errors import ConfigError, UserError
 from finetune.rundir import CANCELLED, FAILED, FINISHED, RUNNING, RunDirectory, output_dir_problem, process_start
 
 logger = logging.getLogger("finetune")
-
-
-def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
-    """--config YAML plus --key value overrides, all validated together."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file of settings (see configs/)")
-    for name, text in field_help().items():
-        parser.add_argument(f"--{name}", default=argparse.SUPPRESS, help=text)
-    args, unknown = parser.parse_known_args(argv)
-    values = read_yaml(args.config) if args.config else {}
-    values.update({k: v for k, v in vars(args).items() if k != "config"})
-    problems = [Problem(flag, "unknown command-line argument") for flag in unknown if flag.startswith("--")]
-    try:
-        cfg = TrainConfig.from_dict(values)
-    except ConfigError as err:
-        raise ConfigError(problems + err.problems) from None
-    if problems:
-        raise ConfigError(problems)
-    return cfg
 
 
 @dataclass
@@ -174,11 +153,11 @@ def _scheduler(cfg: TrainConfig, optimizer, plan, accelerator):
 def _start_or_resume(recipe: Recipe):
     """(trainer state, latest evaluation): a fresh run scores the untuned base model first; a resumed one has no
     evaluation of its current weights yet (None)."""
-    from finetune import training
+    from finetune import checkpoints, training
 
-    resume_from = training.checkpoint_to_resume(recipe.cfg, recipe.run)
+    resume_from = checkpoints.checkpoint_to_resume(recipe.cfg, recipe.run)
     if resume_from is not None:
-        state = training.load_checkpoint(recipe.accelerator, resume_from, recipe.model)
+        state = checkpoints.load_checkpoint(recipe.accelerator, resume_from, recipe.model)
         logger.info("Resumed from %s at step %d", resume_from, state.step)
         return state, None
     state = training.TrainerState()
@@ -198,7 +177,7 @@ def _batches(recipe: Recipe, state):
 
 def _loop(recipe: Recipe, state, meter, stop, best, result: Optional[dict]) -> tuple[str, Optional[dict]]:
     """Train until max_steps, early stopping or a cancel; returns (finished|cancelled, latest evaluation)."""
-    from finetune import training
+    from finetune import checkpoints, training
 
     cfg, accelerator, model, plan = recipe.cfg, recipe.accelerator, recipe.model, recipe.plan
     segment = (state.runtime_seconds, state.samples)  # from segments before a resume
@@ -224,7 +203,7 @@ def _loop(recipe: Recipe, state, meter, stop, best, result: Optional[dict]) -> t
         cancelled = stop.agreed(accelerator)
         _account(state, segment, meter, accelerator)
         if state.step % plan.save_steps == 0 or cancelled:
-            training.save_checkpoint(accelerator, recipe.run, state, cfg.save_total_limit)
+            checkpoints.save_checkpoint(accelerator, recipe.run, state, cfg.save_total_limit)
         if cancelled or stopping or state.step >= plan.max_steps:
             outcome = CANCELLED if cancelled else FINISHED
             break
@@ -344,7 +323,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     is_main = int(os.environ.get("RANK", "0")) == 0
     try:
-        cfg = parse_args(argv)
+        cfg = parse_args(argv, description=__doc__)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,68 @@
+"""Resumable checkpoints of a run: accelerate's save_state plus the trainer's progress, marked complete last."""
+
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+from accelerate import Accelerator
+from torch import nn
+
+from finetune import speed
+from finetune.config import TrainConfig
+from finetune.errors import UserError
+from finetune.rundir import CHECKPOINT_COMPLETE, TRAINER_STATE, RunDirectory, read_json, write_json_atomic
+from finetune.training import TrainerState
+
+logger = logging.getLogger(__name__)
+
+
+def save_checkpoint(accelerator: Accelerator, run: RunDirectory, state: TrainerState, keep: Optional[int]) -> Path:
+    """accelerate's save_state plus trainer_state.json, then the completion marker once every process is done."""
+    path = run.checkpoints_dir / f"step_{state.step}"
+    if accelerator.is_main_process:
+        (path / CHECKPOINT_COMPLETE).unlink(missing_ok=True)  # re-saving this step: incomplete until marked again
+    accelerator.save_state(str(path))
+    accelerator.wait_for_everyone()  # each process writes its own RNG state
+    if accelerator.is_main_process:
+        write_json_atomic(path / TRAINER_STATE, asdict(state))
+        write_json_atomic(path / CHECKPOINT_COMPLETE, {"complete": True, "step": state.step})
+        for old in run.checkpoints()[:-keep] if keep else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def checkpoint_to_resume(cfg: TrainConfig, run: RunDirectory) -> Optional[Path]:
+    """The checkpoint named by resume_from_checkpoint (true = latest), or None to start fresh."""
+    if cfg.resume_from_checkpoint in (None, False):
+        return None
+    if cfg.resume_from_checkpoint is True:
+        for partial in run.checkpoints(complete=False):
+            logger.warning("Skipping %s: the save was cut short (no %s)", partial, CHECKPOINT_COMPLETE)
+        latest = run.latest_checkpoint()
+        if latest is None:
+            raise UserError(f"resume_from_checkpoint: no checkpoint under {run.checkpoints_dir} to resume from")
+        return latest
+    path = Path(cfg.resume_from_checkpoint)
+    if not (path / CHECKPOINT_COMPLETE).is_file():
+        raise UserError(
+            f"resume_from_checkpoint: {path} is not a complete checkpoint directory (no {CHECKPOINT_COMPLETE})"
+        )
+    return path
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, model: nn.Module) -> TrainerState:
+    """Model, optimizer, scheduler, RNG and sampler state plus progress. Checkpoints hold the trained weights only
+    (speed.keep_trainable_weights), so they load non-strictly once checked to hold every one of them."""
+    speed.check_checkpoint_weights(model, path)
+    accelerator.load_state(str(path), strict=False)
+    values = read_json(path / TRAINER_STATE)
+    if values is None:
+        raise UserError(
+            f"resume_from_checkpoint: {path / TRAINER_STATE} is missing or not valid JSON; resume from "
+            "another checkpoint of the run"
+        )
+    values["best_eval_loss"] = float(values["best_eval_loss"])
+    return TrainerState(**values)

@@ -322,6 +322,9 @@ def save_artifacts(
     derived: dict,
 ) -> None:
     """The adapter (or full model) with its processor and label maps: everything inference needs."""
+    # torch_compile: accelerate keeps the compiled wrapper by default, whose state_dict keys carry "_orig_mod.";
+    # PEFT saves by the model's own names. The module it wraps (FSDP's or DDP's wrapper, or the model) is saved.
+    model = getattr(model, "_orig_mod", model)
     unwrapped = accelerator.unwrap_model(model)
     if cfg.finetune_method == "lora" and cfg.init_lora_weights in BASE_CHANGING_INITS:
         # Never sharded (training.keep_initial_adapter): the main process holds every weight.

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+from finetune import speed
 from finetune.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ def four_bit_loading() -> dict:
     computing in bf16 where the GPU has it, else fp16. The quantizer places the model on this process's GPU."""
     from transformers import BitsAndBytesConfig
 
-    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    compute = torch.bfloat16 if speed.gpu_has_native_bf16() else torch.float16
     return {
         "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
@@ -253,8 +254,14 @@ def four_bit_loading() -> dict:
     }
 
 
-def check_four_bit_possible(cuda: bool) -> None:
-    """Refuse load_in_4bit before any model loads where bitsandbytes' 4-bit kernels cannot run."""
+def check_four_bit_possible(cuda: bool, sharded: bool) -> None:
+    """Refuse load_in_4bit before any model loads where bitsandbytes' 4-bit kernels cannot run, or under FSDP or
+    DeepSpeed (``sharded``), which would flatten and shard the packed 4-bit weights as if they were parameters."""
+    if sharded:
+        raise UserError(
+            "load_in_4bit: QLoRA runs on one GPU or with DDP (the single_gpu or multi_gpu setup); FSDP and DeepSpeed "
+            "shard weights, which 4-bit packed weights cannot be"
+        )
     if not cuda:
         raise UserError(
             "load_in_4bit: QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels) and this machine has none; "

@@ -19,6 +19,14 @@ TRACKER_PACKAGES = {
 }
 
 
+def sharded_launch() -> bool:
+    """Whether `accelerate launch` started this process for FSDP or DeepSpeed (it exports these variables to every
+    process it starts), known before the Accelerator is built."""
+    return any(
+        os.environ.get(name, "").lower() == "true" for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+    )
+
+
 def build_accelerator(cfg: TrainConfig, model_width: int, trackers: list) -> Accelerator:
     """The run's Accelerator, checked to hold every launched process, with the speed settings of this device."""
     cuda = speed.uses_cuda()

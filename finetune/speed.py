@@ -54,6 +54,12 @@ def model_width(model_config) -> int:
     return max(getattr(model_config, "hidden_sizes", None) or [0])
 
 
+def gpu_has_native_bf16() -> bool:
+    """Whether this CUDA GPU computes bf16 in hardware (Ampere and later). T4 and V100, the cheap Space GPUs, only
+    emulate it, slowly, and torch counts emulation as support unless asked not to: they train in fp16 instead."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def resolve_mixed_precision(setting: str, cuda: Optional[bool] = None, width: int = CPU_BF16_MIN_WIDTH) -> str:
     """``auto``: bf16 on GPUs that have it, fp16 on older ones; on CPU bf16 autocast when the CPU computes bf16
     natively and the model is wide enough for it to pay (1.5-2.6x the fp32 samples/s of real-size models on an
@@ -61,7 +67,7 @@ def resolve_mixed_precision(setting: str, cuda: Optional[bool] = None, width: in
     if setting != "auto":
         return setting
     if uses_cuda() if cuda is None else cuda:
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if gpu_has_native_bf16() else "fp16"
     if torch.backends.mps.is_available():
         return "no"  # autocast on Apple GPUs is not what accelerate drives
     return "bf16" if cpu_has_native_bf16() and width >= CPU_BF16_MIN_WIDTH else "no"

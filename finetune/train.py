@@ -124,14 +124,14 @@ def _accelerator(cfg: TrainConfig, run: RunDirectory):
     import transformers
 
     from finetune import lora, speed, training
-    from finetune.processes import build_accelerator
+    from finetune.processes import build_accelerator, sharded_launch
     from finetune.tasks import load_model_config
 
     # Progress bars are noise in train.log and the web app's log tail; events.jsonl carries progress.
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     if cfg.load_in_4bit:
-        lora.check_four_bit_possible(speed.uses_cuda())
+        lora.check_four_bit_possible(speed.uses_cuda(), sharded_launch())
     width = speed.model_width(load_model_config(cfg.model_name_or_path))
     return build_accelerator(cfg, width, trackers=[training.RunDirectoryTracker(run)])
 

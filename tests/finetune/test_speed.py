@@ -17,13 +17,22 @@ X86_WITHOUT = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n"
 ARM_WITH_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
 
 
-def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
-    cases = {X86_WITH_BF16: True, X86_WITHOUT: False, ARM_WITH_BF16: True, "": False}
-    for text, expected in cases.items():
+# name: (the text of /proc/cpuinfo, None for no such file; whether bf16 is native)
+CPUINFO = {
+    "x86 with bf16": (X86_WITH_BF16, True),
+    "x86 without": (X86_WITHOUT, False),
+    "arm with bf16": (ARM_WITH_BF16, True),
+    "empty": ("", False),
+    "missing": (None, False),
+}
+
+
+@pytest.mark.parametrize("case", CPUINFO)
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, case):
+    text, expected = CPUINFO[case]
+    if text is not None:
         (tmp_path / "cpuinfo").write_text(text)
-        assert speed.cpu_has_native_bf16(tmp_path / "cpuinfo") is expected, text
-    assert speed.cpu_has_native_bf16(tmp_path / "missing") is False
-    assert len(cases) == 4
+    assert speed.cpu_has_native_bf16(tmp_path / "cpuinfo") is expected, text
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):
@@ -34,9 +43,9 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     assert speed.resolve_mixed_precision("auto", cuda=False, width=64) == "no"  # tiny models lose to fp32
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: False)
     assert speed.resolve_mixed_precision("auto", cuda=False) == "no"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert speed.resolve_mixed_precision("auto", cuda=True) == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     assert speed.resolve_mixed_precision("auto", cuda=True) == "fp16"
     for explicit in ("no", "fp16", "bf16"):
         assert speed.resolve_mixed_precision(explicit, cuda=False) == explicit
@@ -56,19 +65,20 @@ def test_length_grouped_order_is_fixed_by_seed_and_epoch():
     assert speed.longest_first([3, 9, 1, 9]) == [1, 3, 0, 2]
 
 
-def test_peak_table_picks_the_specific_gpu_name_first():
-    names = {
-        "NVIDIA H100 80GB HBM3": 989.4,
-        "NVIDIA H100 PCIe": 756.0,
-        "NVIDIA H200": 989.4,
-        "NVIDIA A100-SXM4-80GB": 312.0,
-        "NVIDIA L40S": 362.1,
-        "NVIDIA L4": 121.0,
-        "Some New GPU": None,
-    }
-    for name, peak in names.items():
-        assert throughput.peak_tflops(name) == peak, name
-    assert len(names) == 7
+PEAK_TFLOPS = {
+    "NVIDIA H100 80GB HBM3": 989.4,
+    "NVIDIA H100 PCIe": 756.0,
+    "NVIDIA H200": 989.4,
+    "NVIDIA A100-SXM4-80GB": 312.0,
+    "NVIDIA L40S": 362.1,
+    "NVIDIA L4": 121.0,
+    "Some New GPU": None,
+}
+
+
+@pytest.mark.parametrize("name", PEAK_TFLOPS)
+def test_peak_table_picks_the_specific_gpu_name_first(name):
+    assert throughput.peak_tflops(name) == PEAK_TFLOPS[name], name
 
 
 def test_flops_count_forward_and_the_lora_and_full_factors():
@@ -151,34 +161,32 @@ def test_model_width_reads_each_family_config(tiny_checkpoints):
     assert speed.model_width(ResNetConfig(hidden_sizes=[256, 512, 1024, 2048])) == 2048
 
 
-def test_default_run_of_a_tiny_model_stays_fp32_and_logs_throughput(tiny_checkpoints, tmp_path):
-    checked = 0
-    for family, data in (
-        ("bert", write_sentiment_csv(tmp_path / "r.csv")),
-        ("vit", write_image_folder(tmp_path / "images", per_class=8)),
-    ):
-        out = tmp_path / family
-        result = run_cli(
-            "--model_name_or_path",
-            str(tiny_checkpoints[family]),
-            "--train_file",
-            str(data),
-            "--output_dir",
-            str(out),
-            "--max_steps",
-            "4",
-            "--logging_steps",
-            "2",
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
-        metrics = read_json(out / "metrics.json")
-        assert metrics["mixed_precision"] == "no"  # auto: these models are too narrow (64) for bf16 to pay on a CPU
-        unit = "tokens_per_second" if family == "bert" else "images_per_second"
-        train_events = [e for e in read_events(out) if e["event"] == "train"]
-        assert len(train_events) == 2 and all(e[unit] > 0 for e in train_events)
-        assert metrics[f"train_{unit}"] > 0 and "mfu" not in metrics  # no FLOPs counted on a CPU
-        checked += 1
-    assert checked == 2
+@pytest.mark.parametrize("family", ["bert", "vit"])
+def test_default_run_of_a_tiny_model_stays_fp32_and_logs_throughput(tiny_checkpoints, tmp_path, family):
+    if family == "bert":
+        data = write_sentiment_csv(tmp_path / "r.csv")
+    else:
+        data = write_image_folder(tmp_path / "images", per_class=8)
+    out = tmp_path / family
+    result = run_cli(
+        "--model_name_or_path",
+        str(tiny_checkpoints[family]),
+        "--train_file",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "4",
+        "--logging_steps",
+        "2",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = read_json(out / "metrics.json")
+    assert metrics["mixed_precision"] == "no"  # auto: these models are too narrow (64) for bf16 to pay on a CPU
+    unit = "tokens_per_second" if family == "bert" else "images_per_second"
+    train_events = [e for e in read_events(out) if e["event"] == "train"]
+    assert len(train_events) == 2 and all(e[unit] > 0 for e in train_events)
+    assert metrics[f"train_{unit}"] > 0 and "mfu" not in metrics  # no FLOPs counted on a CPU
 
 
 def test_gradient_checkpointing_trains_and_resnet_is_refused(tiny_checkpoints, tmp_path):

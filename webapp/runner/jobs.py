@@ -149,7 +149,9 @@ def detached(command: list[str], env: dict, log) -> subprocess.Popen:
 def child_env(shared: bool) -> dict:
     """The environment of a trainer or check the app starts. On a shared app the operator's token must not fetch
     private or gated models for any user."""
-    env = {**os.environ}
+    # nvidia-smi numbers GPUs in PCI bus order, and the runner assigns them by those numbers; CUDA's own default order
+    # (fastest first) can differ on a machine with mixed GPUs.
+    env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     if shared:
         env = {k: v for k, v in env.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
         env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"

@@ -1,0 +1,42 @@
+"""Decisions a GPU run depends on, checked without a GPU: the precision each GPU gets, QLoRA only where it can run,
+and the GPU numbering the runner's processes share."""
+
+import pytest
+import torch
+
+from finetune import lora, speed
+from finetune.errors import UserError
+from finetune.processes import sharded_launch
+from webapp.runner import jobs
+
+
+def emulating(native: bool):
+    """torch.cuda.is_bf16_supported of a GPU: with emulation counted every CUDA GPU "supports" bf16."""
+    return lambda including_emulation=True: including_emulation or native
+
+
+@pytest.mark.parametrize(
+    ("gpu", "native", "expected"), [("T4", False, "fp16"), ("V100", False, "fp16"), ("A100", True, "bf16")]
+)
+def test_auto_precision_is_bf16_only_where_the_gpu_computes_it(monkeypatch, gpu, native, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulating(native))
+    assert speed.resolve_mixed_precision("auto", cuda=True) == expected, gpu
+    compute = lora.four_bit_loading()["quantization_config"].bnb_4bit_compute_dtype
+    assert compute == (torch.bfloat16 if native else torch.float16), "QLoRA computes in the same precision"
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_qlora_is_refused_where_weights_are_sharded(monkeypatch, variable):
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    assert not sharded_launch()
+    monkeypatch.setenv(variable, "true")  # what accelerate launch exports to the processes of those setups
+    assert sharded_launch()
+    with pytest.raises(UserError, match="load_in_4bit: QLoRA runs on one GPU or with DDP"):
+        lora.check_four_bit_possible(cuda=True, sharded=sharded_launch())
+
+
+def test_trainers_number_gpus_as_nvidia_smi_does():
+    """The runner hands each run GPUs by nvidia-smi's indices (PCI bus order); CUDA must count them the same way."""
+    assert jobs.child_env(shared=False)["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert jobs.child_env(shared=True)["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"

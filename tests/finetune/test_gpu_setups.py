@@ -1,6 +1,8 @@
 """Decisions a GPU run depends on, checked without a GPU: the precision each GPU gets, QLoRA only where it can run,
 and the GPU numbering the runner's processes share."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -40,3 +42,16 @@ def test_trainers_number_gpus_as_nvidia_smi_does():
     """The runner hands each run GPUs by nvidia-smi's indices (PCI bus order); CUDA must count them the same way."""
     assert jobs.child_env(shared=False)["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert jobs.child_env(shared=True)["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+
+
+def test_the_page_offers_deepspeed_only_where_it_is_installed(monkeypatch):
+    from webapp.services import devices
+
+    gpus = [devices.Gpu(i, "H100", 81559) for i in range(2)]
+    installed = importlib.util.find_spec("deepspeed") is not None
+    assert ("deepspeed_zero2" in [s.preset for s in devices.setups(gpus)]) is installed
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "deepspeed" else real_find_spec(name))
+    assert [s.preset for s in devices.setups(gpus)] == ["single_gpu", "multi_gpu", "fsdp"]
+    assert "needs the deepspeed package" in devices.unavailable("deepspeed_zero2")
+    assert devices.unavailable("fsdp") is None

@@ -98,6 +98,9 @@ class Runner:
             except ValueError as err:
                 _fail(run, f"could not launch: {err}; start it again from the New run page")
                 continue
+            if devices.unavailable(job.preset):
+                _fail(run, f"could not launch: {devices.unavailable(job.preset)}; queue it again on another setup")
+                continue
             if job.gpus > len(self.gpu_ids):
                 _fail(
                     run,

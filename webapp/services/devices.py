@@ -4,9 +4,11 @@ GPUs are found with nvidia-smi rather than torch, so the page that lists them lo
 Each setup is one of the commented presets in configs/accelerate/.
 """
 
+import importlib.util
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from webapp.services import workspace
 
@@ -34,6 +36,17 @@ class Setup:
 
 # The presets the app launches (configs/accelerate/two_machines.yaml needs a second machine: command line only).
 LAUNCHABLE_PRESETS = ("cpu", "single_gpu", "multi_gpu", "fsdp", "deepspeed_zero2")
+# What a preset needs installed beyond the project's own dependencies (the Docker image does not ship DeepSpeed,
+# which builds CUDA ops against a toolkit on first use).
+PRESET_PACKAGES = {"deepspeed_zero2": "deepspeed"}
+
+
+def unavailable(preset: str) -> Optional[str]:
+    """Why ``preset`` cannot run on this machine's software (None when it can)."""
+    package = PRESET_PACKAGES.get(preset)
+    if package is not None and importlib.util.find_spec(package) is None:
+        return f"the {preset} setup needs the {package} package, which is not installed here (pip install {package})"
+    return None
 
 
 def launch_command(
@@ -92,7 +105,7 @@ def setups(gpus: list[Gpu]) -> list[Setup]:
             Setup(f"{len(gpus)} GPUs · FSDP", "fsdp", len(gpus), True),
             Setup(f"{len(gpus)} GPUs · DeepSpeed ZeRO-2", "deepspeed_zero2", len(gpus), True),
         ]
-    return options
+    return [setup for setup in options if unavailable(setup.preset) is None]
 
 
 def _short(path: Path) -> str:

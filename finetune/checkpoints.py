@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from torch import nn
 
 from finetune import speed
@@ -57,7 +58,9 @@ def load_checkpoint(accelerator: Accelerator, path: Path, model: nn.Module) -> T
     """Model, optimizer, scheduler, RNG and sampler state plus progress. Checkpoints hold the trained weights only
     (speed.keep_trainable_weights), so they load non-strictly once checked to hold every one of them."""
     speed.check_checkpoint_weights(model, path)
-    accelerator.load_state(str(path), strict=False)
+    # DeepSpeed saves and loads its whole engine itself; its load_checkpoint takes no `strict`.
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    accelerator.load_state(str(path), **({} if deepspeed else {"strict": False}))
     values = read_json(path / TRAINER_STATE)
     if values is None:
         raise UserError(

@@ -1,7 +1,9 @@
 """Decisions a GPU run depends on, checked without a GPU: the precision each GPU gets, QLoRA only where it can run,
 and the GPU numbering the runner's processes share."""
 
+import dataclasses
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -55,3 +57,26 @@ def test_the_page_offers_deepspeed_only_where_it_is_installed(monkeypatch):
     assert [s.preset for s in devices.setups(gpus)] == ["single_gpu", "multi_gpu", "fsdp"]
     assert "needs the deepspeed package" in devices.unavailable("deepspeed_zero2")
     assert devices.unavailable("fsdp") is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"), [("DEEPSPEED", {}), ("FSDP", {"strict": False}), ("NO", {"strict": False})]
+)
+def test_resume_calls_load_state_as_each_engine_takes_it(tmp_path, kind, expected):
+    """Lean checkpoints (trained weights only) load non-strictly; DeepSpeed's load_checkpoint takes no `strict`."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+    from torch import nn
+
+    from finetune.checkpoints import load_checkpoint
+    from finetune.rundir import TRAINER_STATE
+    from finetune.training import TrainerState
+
+    (tmp_path / TRAINER_STATE).write_text(json.dumps(dataclasses.asdict(TrainerState(step=3))))
+    calls = []
+    accelerator = SimpleNamespace(
+        distributed_type=DistributedType[kind], load_state=lambda path, **kwargs: calls.append((path, kwargs))
+    )
+    assert load_checkpoint(accelerator, tmp_path, nn.Linear(2, 2)).step == 3
+    assert calls == [(str(tmp_path), expected)]

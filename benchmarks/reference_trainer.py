@@ -3,7 +3,7 @@
     python -m benchmarks.reference_trainer --task causal-lm|text-classification|image-classification \\
         --model DIR --train-file F --validation-file F --output-dir DIR --max-steps N --batch-size B \\
         --eval-batch-size B --learning-rate LR --lora-r 8 --lora-alpha 16 --lora-dropout 0.1 \\
-        --target-modules c_attn [--max-length L] [--block-size L] [--device cpu|cuda]
+        --target-modules c_attn [--max-length L] [--block-size L] [--device cpu|cuda] [--precision no|bf16|fp16]
 
 AutoModelFor..., get_peft_model(LoraConfig(...)), TrainingArguments + Trainer with Trainer's defaults for
 everything the benchmark does not fix (no evaluation or logging before step 500, fp32, AdamW as Trainer picks
@@ -188,6 +188,8 @@ def run(args) -> dict:
         seed=args.seed,
         report_to="none",
         use_cpu=args.device == "cpu",
+        bf16=args.precision == "bf16",
+        fp16=args.precision == "fp16",
         # Images are decoded by the transform: Trainer must not drop the image column it reads.
         remove_unused_columns=args.task != "image-classification",
     )
@@ -234,6 +236,7 @@ def parse_args(argv=None):
     parser.add_argument("--block-size", type=int, help="tokens per block (causal LM)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=("no", "bf16", "fp16"), default="no", help="Trainer's mixed precision")
     return parser.parse_args(argv)
 
 

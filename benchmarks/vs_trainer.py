@@ -1,7 +1,8 @@
 """LoRA Lab's trainer against a plain transformers Trainer + PEFT script, on the identical fine-tuning job.
 
     python -m benchmarks.vs_trainer --family gpt2|bert|vit|resnet|all [--size tiny|base] [--device cpu|cuda]
-        [--repeats 2] [--steps N] [--json OUT] [--ours-set key=value ...] [--workdir DIR] [--keep-runs DIR]
+        [--repeats 2] [--steps N] [--json OUT] [--ours-set key=value ...] [--reference-precision no|bf16|fp16]
+        [--workdir DIR] [--keep-runs DIR]
         [--threads N]
 
 Each job (model, data files, LoRA r=8/alpha=16/dropout=0.1 on fixed target modules, batch sizes, sequence length,
@@ -170,7 +171,7 @@ def ours_config(job: Job, output_dir: Path, overrides: dict) -> dict:
     return {**config, **overrides}
 
 
-def reference_args(job: Job, output_dir: Path, device: str) -> list[str]:
+def reference_args(job: Job, output_dir: Path, device: str, precision: str = "no") -> list[str]:
     args = [
         "--task",
         job.task,
@@ -202,6 +203,8 @@ def reference_args(job: Job, output_dir: Path, device: str) -> list[str]:
         str(job.seed),
         "--device",
         device,
+        "--precision",
+        precision,
     ]
     if job.task == "causal-lm":
         args += ["--block-size", str(job.length)]
@@ -264,8 +267,11 @@ def read_reference(log: Path) -> dict:
     return result
 
 
-def run_once(variant: str, job: Job, folder: Path, device: str, overrides: dict, threads: Optional[int]) -> dict:
-    """One fresh process of ``variant`` on ``job`` under ``folder``; its figures, or its error."""
+def run_once(
+    variant: str, job: Job, folder: Path, device: str, overrides: dict, threads: Optional[int], precision: str = "no"
+) -> dict:
+    """One fresh process of ``variant`` on ``job`` under ``folder``; its figures, or its error. ``precision`` is the
+    reference's (Trainer's bf16/fp16 flags): compare at the precision ours runs at."""
     folder.mkdir(parents=True)
     env, log = child_env(device, folder / "hf-datasets-cache", threads), folder / f"{variant}.log"
     if variant == "ours":
@@ -273,7 +279,8 @@ def run_once(variant: str, job: Job, folder: Path, device: str, overrides: dict,
         config.write_text(yaml.safe_dump(ours_config(job, folder / "run", overrides), sort_keys=False))
         command = [sys.executable, "-m", "finetune.train", "--config", str(config)]
     else:
-        command = [sys.executable, "-m", "benchmarks.reference_trainer", *reference_args(job, folder / "run", device)]
+        reference = reference_args(job, folder / "run", device, precision)
+        command = [sys.executable, "-m", "benchmarks.reference_trainer", *reference]
     # The machine's 1-minute load average around the run: other jobs on the same cores slow either side.
     outcome = {
         "variant": variant,
@@ -430,7 +437,13 @@ def _progress(outcome: dict, repeat: int, repeats: int, job: Job, device: str) -
 
 
 def benchmark(
-    jobs: list[Job], device: str, repeats: int, overrides: dict, runs_dir: Path, threads: Optional[int]
+    jobs: list[Job],
+    device: str,
+    repeats: int,
+    overrides: dict,
+    runs_dir: Path,
+    threads: Optional[int],
+    precision: str = "no",
 ) -> list[dict]:
     """Every run, alternating ours and reference per repeat; each under runs_dir/<family>/<variant>-<repeat>."""
     runs = []
@@ -438,7 +451,7 @@ def benchmark(
         for repeat in range(repeats):
             for variant in VARIANTS:
                 folder = runs_dir / job.family / f"{variant}-{repeat + 1}"
-                outcome = run_once(variant, job, folder, device, overrides, threads)
+                outcome = run_once(variant, job, folder, device, overrides, threads, precision)
                 outcome["repeat"] = repeat + 1
                 print(_progress(outcome, repeat, repeats, job, device), file=sys.stderr, flush=True)
                 runs.append(outcome)
@@ -469,13 +482,14 @@ def run_benchmark(args) -> tuple[str, dict]:
     with tempfile.TemporaryDirectory(prefix="lora-lab-vs-trainer-") as tmp:
         # A kept invocation gets its own dated folder, so earlier ones are never overwritten.
         runs_dir = args.keep_runs.resolve() / time.strftime("%Y%m%d-%H%M%S") if args.keep_runs else Path(tmp)
-        runs = benchmark(jobs, args.device, args.repeats, overrides, runs_dir, args.threads)
+        runs = benchmark(jobs, args.device, args.repeats, overrides, runs_dir, args.threads, args.reference_precision)
     summaries = [summarize(job, [r for r in runs if r["family"] == job.family], args.device) for job in jobs]
     record = {
         "size": args.size,
         "device": args.device,
         "repeats": args.repeats,
         "ours_overrides": overrides,
+        "reference_precision": args.reference_precision,
         "threads": args.threads,
         "cpu_count": os.cpu_count(),
         "started": started,
@@ -493,6 +507,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--size", choices=("tiny", "base"), default="tiny")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating (default 2)")
+    parser.add_argument(
+        "--reference-precision",
+        choices=("no", "bf16", "fp16"),
+        default="no",
+        help="the reference's mixed precision (Trainer's bf16/fp16); on a GPU compare at ours' precision (bf16)",
+    )
     parser.add_argument("--steps", type=int, help="optimizer steps of every job (default: per family and size)")
     parser.add_argument("--json", type=Path, help="write every raw figure of every run to this file")
     parser.add_argument(

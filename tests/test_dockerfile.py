@@ -97,13 +97,11 @@ def test_dockerfile_is_shaped_for_a_space():
     assert required <= ignored, required - ignored
 
 
-def test_start_script_is_executable_and_parses():
-    scripts = [START_SCRIPT, REPO / "scripts" / "setup.sh"]
-    for script in scripts:
-        assert os.access(script, os.X_OK), f"{script} is not executable"
-        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-    assert len(scripts) == 2
+@pytest.mark.parametrize("script", [START_SCRIPT, REPO / "scripts" / "setup.sh"], ids=lambda path: path.name)
+def test_start_script_is_executable_and_parses(script):
+    assert os.access(script, os.X_OK), f"{script} is not executable"
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def run_start_script_with_stub(tmp_path: Path, **env_overrides: str) -> dict:

@@ -60,36 +60,31 @@ def _killed_at(common, run, name: str, nth: int) -> None:
     assert list(run.rglob(f".{name}.killed.tmp")), "the kill landed mid-write"
 
 
-def test_kill_9_during_each_state_file_write_leaves_a_run_that_resumes(setup):
+@pytest.mark.parametrize(("name", "nth"), KILL_POINTS, ids=[f"{name}#{nth}" for name, nth in KILL_POINTS])
+def test_kill_9_during_each_state_file_write_leaves_a_run_that_resumes(setup, name, nth):
     root, common, reference = setup
-    checked = 0
-    for name, nth in KILL_POINTS:
-        run = root / f"killed-{name}-{nth}"
-        _killed_at(common, run, name, nth)
-        for path in [run / "status.json", run / "metrics.json", *run.glob("checkpoints/*/*.json")]:
-            if path.exists():
-                json.loads(path.read_text())  # whole, never truncated
-        TrainConfig.from_yaml(run / "config.yaml")
-        last = run / "checkpoints" / "step_12" / "trainer_state.json"
-        earlier_runtime = read_json(last)["runtime_seconds"] if last.exists() else None
-        resumed = run_cli(
-            "--config", str(run / "config.yaml"), "--output_dir", str(run), "--resume_from_checkpoint", "true"
-        )
-        assert resumed.returncode == 0, f"{name}#{nth}:\n{resumed.stderr[-3000:]}"
-        metrics = read_json(run / "metrics.json")
-        assert read_json(run / "status.json")["state"] == "finished", name
-        assert metrics["steps"] == 12 and metrics["finetuned"] is not None and metrics["base"] == reference["base"], (
-            name
-        )
-        assert metrics["finetuned"]["eval_loss"] == pytest.approx(reference["finetuned"]["eval_loss"], rel=1e-5), name
-        assert max(e["step"] for e in read_events(run)) == 12, f"{name}: no step beyond max_steps"
-        if nth == 2:  # killed while saving step_8: skipped with a log line, resumed from step_4
-            log = (run / "train.log").read_text()
-            assert "Skipping" in log and "step_8" in log and "checkpoints/step_4 at step 4" in log, name
-        if earlier_runtime is not None:  # resumed at max_steps: runtime spans the segment before the kill too
-            assert metrics["train_runtime_seconds"] > earlier_runtime > 0, name
-        checked += 1
-    assert checked == len(KILL_POINTS) == 5
+    run = root / f"killed-{name}-{nth}"
+    _killed_at(common, run, name, nth)
+    for path in [run / "status.json", run / "metrics.json", *run.glob("checkpoints/*/*.json")]:
+        if path.exists():
+            json.loads(path.read_text())  # whole, never truncated
+    TrainConfig.from_yaml(run / "config.yaml")
+    last = run / "checkpoints" / "step_12" / "trainer_state.json"
+    earlier_runtime = read_json(last)["runtime_seconds"] if last.exists() else None
+    resumed = run_cli(
+        "--config", str(run / "config.yaml"), "--output_dir", str(run), "--resume_from_checkpoint", "true"
+    )
+    assert resumed.returncode == 0, f"{name}#{nth}:\n{resumed.stderr[-3000:]}"
+    metrics = read_json(run / "metrics.json")
+    assert read_json(run / "status.json")["state"] == "finished", name
+    assert metrics["steps"] == 12 and metrics["finetuned"] is not None and metrics["base"] == reference["base"], name
+    assert metrics["finetuned"]["eval_loss"] == pytest.approx(reference["finetuned"]["eval_loss"], rel=1e-5), name
+    assert max(e["step"] for e in read_events(run)) == 12, f"{name}: no step beyond max_steps"
+    if nth == 2:  # killed while saving step_8: skipped with a log line, resumed from step_4
+        log = (run / "train.log").read_text()
+        assert "Skipping" in log and "step_8" in log and "checkpoints/step_4 at step 4" in log, name
+    if earlier_runtime is not None:  # resumed at max_steps: runtime spans the segment before the kill too
+        assert metrics["train_runtime_seconds"] > earlier_runtime > 0, name
 
 
 def test_config_yaml_survives_a_kill_during_its_rewrite(setup):
@@ -106,21 +101,25 @@ def test_config_yaml_survives_a_kill_during_its_rewrite(setup):
     assert TrainConfig.from_dict(config).output_dir == str(run) and read_json(run / "status.json")["state"] == "running"
 
 
-def test_output_dir_must_be_new_empty_or_a_run(setup, tmp_path):
+# name: (output_dir, with {repo} and {foreign} filled in, the message expected)
+OUTPUT_DIRS = {
+    "root": ("/", "is a system, home or project folder"),
+    "project": ("{repo}", "is a system, home or project folder"),
+    "project subfolder": ("{repo}/finetune", "is a system, home or project folder"),
+    "foreign folder": ("{foreign}", "holds no LoRA Lab run"),
+    "a file": ("{foreign}/config.yaml", "is a file"),
+}
+
+
+@pytest.mark.parametrize("case", OUTPUT_DIRS)
+def test_output_dir_must_be_new_empty_or_a_run(setup, tmp_path, case):
     _, common, _ = setup
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "config.yaml").write_text("my: own settings\n")
-    cases = {
-        "/": "is a system, home or project folder",
-        str(REPO): "is a system, home or project folder",
-        str(REPO / "finetune"): "is a system, home or project folder",
-        str(foreign): "holds no LoRA Lab run",
-        str(foreign / "config.yaml"): "is a file",
-    }
-    for output_dir, message in cases.items():
-        result = run_cli(*common, "--output_dir", output_dir)
-        assert result.returncode == 2 and message in result.stderr, (output_dir, result.stderr[-500:])
+    output_dir, message = OUTPUT_DIRS[case]
+    output_dir = output_dir.format(repo=REPO, foreign=foreign)
+    result = run_cli(*common, "--output_dir", output_dir)
+    assert result.returncode == 2 and message in result.stderr, (output_dir, result.stderr[-500:])
     assert (foreign / "config.yaml").read_text() == "my: own settings\n" and len(list(foreign.iterdir())) == 1
     assert not (REPO / "status.json").exists() and not (REPO / "finetune" / "status.json").exists()
-    assert len(cases) == 5

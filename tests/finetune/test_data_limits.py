@@ -50,19 +50,22 @@ def _truncated_jpeg(path: Path) -> Path:
     return path
 
 
-def test_numeric_labels_become_class_ids_named_by_their_values(tmp_path):
-    cases = {
-        "scores.csv": ([i % 5 + 1 for i in range(50)], ["1", "2", "3", "4", "5"]),
-        "floats.csv": ([f"{i % 2 + 1}.0" for i in range(20)], ["1", "2"]),
-        "tens.csv": ([[2, 10][i % 2] for i in range(20)], ["2", "10"]),
-    }
-    for name, (values, names) in cases.items():
-        path = _csv(tmp_path / name, [[f"text {i}", value] for i, value in enumerate(values)])
-        splits, _, labels = _load(path)
-        assert labels == names, name
-        found = {text: labels[i] for split in splits.values() for text, i in zip(split["text"], split["label"])}
-        assert found == {f"text {i}": str(int(float(value))) for i, value in enumerate(values)}, name
-    assert len(cases) == 3
+# file name: (the label of each row, the class names expected)
+NUMERIC_LABELS = {
+    "scores.csv": ([i % 5 + 1 for i in range(50)], ["1", "2", "3", "4", "5"]),
+    "floats.csv": ([f"{i % 2 + 1}.0" for i in range(20)], ["1", "2"]),
+    "tens.csv": ([[2, 10][i % 2] for i in range(20)], ["2", "10"]),
+}
+
+
+@pytest.mark.parametrize("name", NUMERIC_LABELS)
+def test_numeric_labels_become_class_ids_named_by_their_values(tmp_path, name):
+    values, names = NUMERIC_LABELS[name]
+    path = _csv(tmp_path / name, [[f"text {i}", value] for i, value in enumerate(values)])
+    splits, _, labels = _load(path)
+    assert labels == names, name
+    found = {text: labels[i] for split in splits.values() for text, i in zip(split["text"], split["label"])}
+    assert found == {f"text {i}": str(int(float(value))) for i, value in enumerate(values)}, name
 
 
 def test_a_validation_file_shares_the_train_classes(tmp_path):
@@ -73,30 +76,43 @@ def test_a_validation_file_shares_the_train_classes(tmp_path):
     assert [labels[i] for i in splits["validation"]["label"]][:3] == ["3", "2", "1"]
 
 
-def test_labels_that_are_not_classes_get_one_message_each(tmp_path):
-    cases = {
-        "holds numbers like 0.5; classification needs class names or integer ids": _csv(
-            tmp_path / "halves.csv", [[f"t {i}", [0.5, 1.5][i % 2]] for i in range(20)]
-        ),
-        "holds numbers like 2.5;": _jsonl(
-            tmp_path / "some.jsonl", [{"text": f"t {i}", "label": [1, 2.5][i % 2]} for i in range(20)]
-        ),
-        "holds int values like 1 and str values like 'a'; expected one kind of label in every row": _jsonl(
-            tmp_path / "mixed.jsonl", [{"text": f"t {i}", "label": [1, "a"][i % 2]} for i in range(20)]
-        ),
-        "has empty values; every example needs a label": _csv(tmp_path / "blank.csv", [["a b", "x"], ["c d", ""]] * 5),
-    }
-    for expected, path in cases.items():
-        message = _fails(path)
-        assert message.startswith(f"train_file: label column 'label' of {path} "), message
-        assert expected in message, message
+# name: (a part of the message expected, a function writing the train file into a folder)
+NOT_CLASSES = {
+    "halves": (
+        "holds numbers like 0.5; classification needs class names or integer ids",
+        lambda root: _csv(root / "halves.csv", [[f"t {i}", [0.5, 1.5][i % 2]] for i in range(20)]),
+    ),
+    "some halves": (
+        "holds numbers like 2.5;",
+        lambda root: _jsonl(root / "some.jsonl", [{"text": f"t {i}", "label": [1, 2.5][i % 2]} for i in range(20)]),
+    ),
+    "mixed kinds": (
+        "holds int values like 1 and str values like 'a'; expected one kind of label in every row",
+        lambda root: _jsonl(root / "mixed.jsonl", [{"text": f"t {i}", "label": [1, "a"][i % 2]} for i in range(20)]),
+    ),
+    "blank": (
+        "has empty values; every example needs a label",
+        lambda root: _csv(root / "blank.csv", [["a b", "x"], ["c d", ""]] * 5),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", NOT_CLASSES)
+def test_labels_that_are_not_classes_get_one_message_each(tmp_path, case):
+    expected, write = NOT_CLASSES[case]
+    path = write(tmp_path)
+    message = _fails(path)
+    assert message.startswith(f"train_file: label column 'label' of {path} "), message
+    assert expected in message, message
+
+
+def test_validation_labels_of_another_kind_than_the_train_labels_are_refused(tmp_path):
     train = _csv(tmp_path / "ints.csv", [[f"t {i}", i % 2] for i in range(20)])
     words = _csv(tmp_path / "words.csv", [[f"v {i}", ["no", "yes"][i % 2]] for i in range(4)])
     assert _fails(train, validation=words) == (
         f"validation_file: label column 'label' of {words} holds text but train_file holds numbers; "
         "expected the same class names in both"
     )
-    assert len(cases) == 4
 
 
 def test_a_truncated_jpeg_is_found_before_training(tmp_path):
@@ -127,26 +143,30 @@ def test_empty_texts_are_dropped_or_refused(tmp_path, caplog):
     assert "train_file: dropped 20 of 40 examples whose text column 'text' is empty" in caplog.text
 
 
-def test_files_that_are_not_utf8_name_the_line_and_byte(tmp_path):
-    lines = [b"text,label", b"hello there,a", b"more words,b", b"caf\xe9 au lait,a", b"last one,b"]
-    cases = {
-        tmp_path / "latin.csv": (lines, 4, 41, "caf\ufffd au lait,"),
-        tmp_path / "latin.txt": ([line.split(b",")[0] for line in lines[1:]], 3, 26, "caf\ufffd au lait"),
-        tmp_path / "latin.jsonl": (
-            [b'{"text": "ok", "label": "a"}', b'{"text": "caf\xe9", "label": "b"}'],
-            2,
-            42,
-            '{"text": "caf\ufffd", "label',
-        ),
-    }
-    for path, (content, line, offset, near) in cases.items():
-        path.write_bytes(b"\n".join(content) + b"\n")
-        message = _fails(path, "causal-lm" if path.suffix == ".txt" else "text-classification")
-        assert message.startswith(
-            f"train_file: {path} is not UTF-8 text: line {line} (byte offset {offset}) "
-            f"holds byte 0xe9, near {near!r}; save it as UTF-8"
-        ), message
-    assert len(cases) == 3
+NOT_UTF8_LINES = [b"text,label", b"hello there,a", b"more words,b", b"caf\xe9 au lait,a", b"last one,b"]
+# file name: (its lines, the line, the byte offset and the text near the bad byte the message names)
+NOT_UTF8 = {
+    "latin.csv": (NOT_UTF8_LINES, 4, 41, "caf\ufffd au lait,"),
+    "latin.txt": ([line.split(b",")[0] for line in NOT_UTF8_LINES[1:]], 3, 26, "caf\ufffd au lait"),
+    "latin.jsonl": (
+        [b'{"text": "ok", "label": "a"}', b'{"text": "caf\xe9", "label": "b"}'],
+        2,
+        42,
+        '{"text": "caf\ufffd", "label',
+    ),
+}
+
+
+@pytest.mark.parametrize("name", NOT_UTF8)
+def test_files_that_are_not_utf8_name_the_line_and_byte(tmp_path, name):
+    content, line, offset, near = NOT_UTF8[name]
+    path = tmp_path / name
+    path.write_bytes(b"\n".join(content) + b"\n")
+    message = _fails(path, "causal-lm" if path.suffix == ".txt" else "text-classification")
+    assert message.startswith(
+        f"train_file: {path} is not UTF-8 text: line {line} (byte offset {offset}) "
+        f"holds byte 0xe9, near {near!r}; save it as UTF-8"
+    ), message
 
 
 def test_a_header_without_rows_holds_no_examples(tmp_path):
@@ -221,20 +241,22 @@ def test_long_texts_are_split_for_causal_lm_without_losing_text(tiny_checkpoints
     assert (long + eos + second + eos).startswith(decoded) and len(decoded) > len(long + eos)
 
 
-def test_the_trainer_reports_bad_data_in_one_message(tiny_checkpoints, tmp_path):
-    halves = _csv(tmp_path / "halves.csv", [[f"t {i}", [0.5, 1.5][i % 2]] for i in range(20)])
-    images = write_image_folder(tmp_path / "images", per_class=3)
-    broken = _truncated_jpeg(images / "blue" / "cut.jpg")
-    cases = [  # both were raw tracebacks (ArrowInvalid; OSError mid-training)
-        (tiny_checkpoints["bert"], halves, "holds numbers like 0.5; classification needs class names"),
-        (tiny_checkpoints["vit"], images, f"1 image(s) in column 'image' of {images} cannot be read: {broken} ("),
-    ]
-    for number, (checkpoint, data, message) in enumerate(cases):
-        run = tmp_path / f"run{number}"
-        result = run_cli("--model_name_or_path", str(checkpoint), "--train_file", str(data), "--output_dir", str(run))
-        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
-        assert message in result.stderr and message in read_json(run / "status.json")["error"]
-    assert len(cases) == 2
+@pytest.mark.parametrize("family", ["bert", "vit"])
+def test_the_trainer_reports_bad_data_in_one_message(tiny_checkpoints, tmp_path, family):
+    # Both were raw tracebacks (ArrowInvalid; OSError mid-training).
+    if family == "bert":
+        data = _csv(tmp_path / "halves.csv", [[f"t {i}", [0.5, 1.5][i % 2]] for i in range(20)])
+        message = "holds numbers like 0.5; classification needs class names"
+    else:
+        data = write_image_folder(tmp_path / "images", per_class=3)
+        broken = _truncated_jpeg(data / "blue" / "cut.jpg")
+        message = f"1 image(s) in column 'image' of {data} cannot be read: {broken} ("
+    run = tmp_path / "run"
+    result = run_cli(
+        "--model_name_or_path", str(tiny_checkpoints[family]), "--train_file", str(data), "--output_dir", str(run)
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert message in result.stderr and message in read_json(run / "status.json")["error"]
 
 
 def test_the_trainer_learns_scores_1_to_5_as_five_classes(tiny_checkpoints, tmp_path):

@@ -87,32 +87,28 @@ def test_merged_model_predicts_as_base_plus_adapter(finished, family, tmp_path):
     assert (tmp_path / "merged").stat().st_mode & 0o777 == 0o755, "an ordinary folder, not a private temporary one"
 
 
-def test_adapter_export_reloads_and_carries_a_filled_model_card(finished, tmp_path):
+@pytest.fixture(scope="module")
+def exported_adapter(finished, tmp_path_factory):
+    """(the bert run, its adapter exported once with the command line, the export's model card)."""
     from huggingface_hub import ModelCard
+
+    run, out = finished["bert"], tmp_path_factory.mktemp("adapter-export") / "adapter"
+    result = export(str(run), "--adapter", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run, out, ModelCard.load(out / "README.md")
+
+
+def test_adapter_export_reloads_and_carries_a_filled_model_card(exported_adapter):
     from peft import PeftModel
 
     from finetune.tasks import get_task
 
-    run, out = finished["bert"], tmp_path / "adapter"
-    result = export(str(run), "--adapter", str(out))
-    assert result.returncode == 0, result.stderr[-2000:]
-    card = ModelCard.load(out / "README.md")
+    run, out, card = exported_adapter
     assert card.data.base_model == "bert" and card.data.library_name == "peft"  # the folder's name, not its path
     assert card.data.pipeline_tag == "text-classification"
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert set(results) >= {"accuracy", "eval_loss"}
     assert results["accuracy"] == read_json(run / "metrics.json")["finetuned"]["accuracy"]
-    checked = 0
-    for expected in (
-        "## Evaluation",
-        "| accuracy |",
-        "Trained on `reviews.csv` for 4 optimizer steps",
-        "2 classes: negative, positive",
-        "num_labels=2",
-        "lora_r: 16",
-    ):
-        assert expected in card.content, expected
-        checked += 1
     assert str(run) not in card.content and "[More Information Needed]" not in card.content
     assert read_json(out / "adapter_config.json")["base_model_name_or_path"] == "bert"
     task = get_task("text-classification")
@@ -120,7 +116,22 @@ def test_adapter_export_reloads_and_carries_a_filled_model_card(finished, tmp_pa
     base_path = read_json(run / "adapter" / "lora_lab.json")["base_model"]  # the tiny checkpoint on this machine
     base, _ = task.load_model(base_path, ["negative", "positive"], processor)
     assert PeftModel.from_pretrained(base, out) is not None
-    assert checked == 6
+
+
+@pytest.mark.parametrize(
+    "expected",
+    [
+        "## Evaluation",
+        "| accuracy |",
+        "Trained on `reviews.csv` for 4 optimizer steps",
+        "2 classes: negative, positive",
+        "num_labels=2",
+        "lora_r: 16",
+    ],
+)
+def test_the_exported_model_card_states(exported_adapter, expected):
+    _, _, card = exported_adapter
+    assert expected in card.content, expected
 
 
 def test_export_refuses_a_used_destination_and_an_unfinished_run(finished, tmp_path):

@@ -1,5 +1,6 @@
 """LoRA targets are discovered from each architecture, never taken from a fixed list."""
 
+import pytest
 from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
 
 from finetune.lora import batchnorm_modules, discover_lora_targets
@@ -20,13 +21,10 @@ def _load(family, path):
     return AutoModelForImageClassification.from_pretrained(path, num_labels=2, ignore_mismatched_sizes=True)
 
 
-def test_targets_are_discovered_per_architecture(tiny_checkpoints):
-    checked = 0
-    for family, expected in EXPECTED.items():
-        model = _load(family, tiny_checkpoints[family])
-        assert discover_lora_targets(model, exclude=["classifier", "score"]) == expected, family
-        checked += 1
-    assert checked == 4
+@pytest.mark.parametrize("family", EXPECTED)
+def test_targets_are_discovered_per_architecture(tiny_checkpoints, family):
+    model = _load(family, tiny_checkpoints[family])
+    assert discover_lora_targets(model, exclude=["classifier", "score"]) == EXPECTED[family], family
 
 
 def test_batchnorm_layers_are_found_only_in_resnet(tiny_checkpoints):
@@ -34,25 +32,19 @@ def test_batchnorm_layers_are_found_only_in_resnet(tiny_checkpoints):
     assert counts["resnet"] == 6 and counts["gpt2"] == counts["bert"] == counts["vit"] == 0
 
 
-def test_a_rank_beyond_the_adapted_layers_is_refused_before_allocating(tiny_checkpoints):
-    import pytest
-
+@pytest.mark.parametrize("family", EXPECTED)
+def test_a_rank_beyond_the_adapted_layers_is_refused_before_allocating(tiny_checkpoints, family):
     from finetune.errors import UserError
     from finetune.lora import apply_lora
 
-    checked = 0
-    for family in EXPECTED:
-        model = _load(family, tiny_checkpoints[family])
-        with pytest.raises(UserError, match=r"lora_r: 100000 exceeds the smallest adapted layer's width \(\d+\)"):
-            apply_lora(model, 100_000, 16, 0.0, None, [])
-        assert not any("lora_" in name for name, _ in model.named_modules()), f"{family}: nothing allocated"
-        checked += 1
-    assert checked == 4
+    model = _load(family, tiny_checkpoints[family])
+    with pytest.raises(UserError, match=r"lora_r: 100000 exceeds the smallest adapted layer's width \(\d+\)"):
+        apply_lora(model, 100_000, 16, 0.0, None, [])
+    assert not any("lora_" in name for name, _ in model.named_modules()), f"{family}: nothing allocated"
 
 
 def test_an_adapter_given_as_the_base_checkpoint_is_refused(tiny_checkpoints, tmp_path):
     """from_pretrained on an adapter would load whatever base folder its adapter_config.json names."""
-    import pytest
     from peft import LoraConfig, get_peft_model
 
     from finetune.errors import UserError

@@ -120,23 +120,20 @@ def _adapted(model) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, LoraLayer)]
 
 
-def test_every_variant_trains_and_its_adapter_predicts_as_trained_on_the_original_base(runs):
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_variant_trains_and_its_adapter_predicts_as_trained_on_the_original_base(runs, name):
     from tests.finetune.reference_eval import eval_loss_of_reloaded
 
-    checked = 0
-    for name, run in runs.items():
-        family = VARIANTS[name][0]
-        assert read_json(run / "status.json")["state"] == "finished", name
-        # PiSSA/OLoRA adapters are saved with init_lora_weights true (next test): loading does not decompose the
-        # base again, so matching logits prove the conversion.
-        trained, reloaded = _trained_and_reloaded(run)
-        expected, got = _logits(trained, family), _logits(reloaded, family)
-        assert torch.allclose(got, expected, atol=1e-4), f"{name}: max diff {(got - expected).abs().max():.2e}"
-        assert eval_loss_of_reloaded(run) == pytest.approx(
-            read_json(run / "metrics.json")["finetuned"]["eval_loss"], rel=1e-5
-        ), name
-        checked += 1
-    assert checked == 4
+    run, family = runs[name], VARIANTS[name][0]
+    assert read_json(run / "status.json")["state"] == "finished", name
+    # PiSSA/OLoRA adapters are saved with init_lora_weights true (next test): loading does not decompose the
+    # base again, so matching logits prove the conversion.
+    trained, reloaded = _trained_and_reloaded(run)
+    expected, got = _logits(trained, family), _logits(reloaded, family)
+    assert torch.allclose(got, expected, atol=1e-4), f"{name}: max diff {(got - expected).abs().max():.2e}"
+    assert eval_loss_of_reloaded(run) == pytest.approx(
+        read_json(run / "metrics.json")["finetuned"]["eval_loss"], rel=1e-5
+    ), name
 
 
 def test_the_variant_settings_reach_the_saved_adapter(runs):
@@ -151,7 +148,7 @@ def test_the_variant_settings_reach_the_saved_adapter(runs):
         runs[name] / "adapter_init" / "adapter_model.safetensors"
         for name in ("gpt2-pissa-all-linear", "vit-olora-loraplus")
     ]
-    assert all(path.is_file() for path in initial) and len(initial) == 2
+    assert all(path.is_file() for path in initial)
     assert not (runs["bert-dora-rslora-all-linear"] / "adapter_init").exists()
 
 
@@ -176,7 +173,6 @@ def test_all_linear_adapts_the_mlp_layers_too_and_convolutions_in_conv_nets(runs
     assert all(name.endswith(ends) for name in bert) and len(bert) == 12, bert  # not the new pooler or classifier
     assert sum(name.endswith("intermediate.dense") for name in bert) == 2
     assert resnet and all(name.endswith("convolution") for name in resnet), resnet
-    assert len(adapted) == 3
 
 
 def test_a_pissa_run_resumes_from_its_checkpoint_to_the_same_adapter(runs, tiny_checkpoints, data_files, tmp_path):
@@ -300,7 +296,6 @@ def test_all_linear_is_discovered_from_the_model(tiny_checkpoints):
     assert sum(n.endswith("mlp.fc1") for n in found["vit"]) == 2 and "classifier" not in found["vit"]
     assert found["resnet"] == ["convolution"]  # no linear layer but the head: its convolutions
     assert resolve_targets(_load("bert", tiny_checkpoints), ["attention"], []) == ["key", "query", "value"]
-    assert len(found) == 4
 
 
 REFUSED = [  # (family, apply_lora keyword arguments, targets, the field the message names)
@@ -312,18 +307,21 @@ REFUSED = [  # (family, apply_lora keyword arguments, targets, the field the mes
 ]
 
 
-def test_combinations_peft_cannot_train_or_convert_are_refused_naming_the_field(tiny_checkpoints):
+@pytest.mark.parametrize(
+    ("family", "options", "targets", "message"),
+    REFUSED,
+    ids=["gpt2-olora", "resnet-pissa", "bert-pissa-dora", "bert-all-linear-and-query", "bert-unknown-target"],
+)
+def test_combinations_peft_cannot_train_or_convert_are_refused_naming_the_field(
+    tiny_checkpoints, family, options, targets, message
+):
     from finetune.errors import UserError
     from finetune.lora import apply_lora
 
-    checked = 0
-    for family, options, targets, message in REFUSED:
-        model = _load(family, tiny_checkpoints)
-        with pytest.raises(UserError, match=message):
-            apply_lora(model, 4, 8, 0.0, targets, [], **options)
-        assert not any("lora_" in name for name, _ in model.named_modules()), f"{family}: nothing allocated"
-        checked += 1
-    assert checked == len(REFUSED) == 5
+    model = _load(family, tiny_checkpoints)
+    with pytest.raises(UserError, match=message):
+        apply_lora(model, 4, 8, 0.0, targets, [], **options)
+    assert not any("lora_" in name for name, _ in model.named_modules()), f"{family}: nothing allocated"
 
 
 def test_four_bit_bases_refuse_conv_nets_and_base_changing_starts_and_keep_their_precision(tiny_checkpoints):
@@ -349,12 +347,13 @@ def test_four_bit_bases_refuse_conv_nets_and_base_changing_starts_and_keep_their
     )
 
 
-def test_qlora_and_lora_only_variants_are_refused_for_full_fine_tuning():
+@pytest.mark.parametrize(
+    "option",
+    [{"load_in_4bit": True}, {"use_dora": True}, {"loraplus_lr_ratio": 16}],
+    ids=["load_in_4bit", "use_dora", "loraplus_lr_ratio"],
+)
+def test_qlora_and_lora_only_variants_are_refused_for_full_fine_tuning(option):
     from finetune.errors import ConfigError
 
-    checked = 0
-    for option in ({"load_in_4bit": True}, {"use_dora": True}, {"loraplus_lr_ratio": 16}):
-        with pytest.raises(ConfigError, match="finetune_method: full trains every weight"):
-            _config(finetune_method="full", **option)
-        checked += 1
-    assert checked == 3
+    with pytest.raises(ConfigError, match="finetune_method: full trains every weight"):
+        _config(finetune_method="full", **option)

@@ -43,16 +43,14 @@ def sklearn_scores(predictions, references) -> dict:
     }
 
 
-def test_classification_metrics_equal_sklearn():
-    checked = 0
-    for name, (predictions, references, num_labels) in CLASSIFICATION_CASES.items():
-        result = classification_metrics(np.array(predictions), np.array(references), num_labels=num_labels)
-        matrix = result.pop("confusion_matrix")
-        assert result == pytest.approx(sklearn_scores(predictions, references)), name
-        assert matrix == skm.confusion_matrix(references, predictions, labels=list(range(num_labels))).tolist(), name
-        assert np.shape(matrix) == (num_labels, num_labels), name
-        checked += 1
-    assert checked == 6
+@pytest.mark.parametrize("name", CLASSIFICATION_CASES)
+def test_classification_metrics_equal_sklearn(name):
+    predictions, references, num_labels = CLASSIFICATION_CASES[name]
+    result = classification_metrics(np.array(predictions), np.array(references), num_labels=num_labels)
+    matrix = result.pop("confusion_matrix")
+    assert result == pytest.approx(sklearn_scores(predictions, references)), name
+    assert matrix == skm.confusion_matrix(references, predictions, labels=list(range(num_labels))).tolist(), name
+    assert np.shape(matrix) == (num_labels, num_labels), name
 
 
 def test_confusion_matrix_without_num_labels_covers_present_classes():
@@ -69,16 +67,22 @@ def test_results_are_plain_python():
     json.dumps(result)
 
 
-def test_modules_accept_sklearn_keyword_arguments():
-    predictions, references = [0, 2, 1, 0, 1], [0, 1, 1, 0, 2]
-    checked = 0
-    for name, sklearn_fn in {"f1": skm.f1_score, "precision": skm.precision_score, "recall": skm.recall_score}.items():
-        per_class = load_metric(name).compute(predictions=predictions, references=references, average=None)[name]
-        assert per_class == pytest.approx(sklearn_fn(references, predictions, average=None, zero_division=0).tolist())
-        checked += 1
+KWARGS_PREDICTIONS, KWARGS_REFERENCES = [0, 2, 1, 0, 1], [0, 1, 1, 0, 2]
+SKLEARN_PER_CLASS = {"f1": skm.f1_score, "precision": skm.precision_score, "recall": skm.recall_score}
+
+
+@pytest.mark.parametrize("name", SKLEARN_PER_CLASS)
+def test_modules_accept_sklearn_keyword_arguments(name):
+    predictions, references = KWARGS_PREDICTIONS, KWARGS_REFERENCES
+    per_class = load_metric(name).compute(predictions=predictions, references=references, average=None)[name]
+    expected = SKLEARN_PER_CLASS[name](references, predictions, average=None, zero_division=0).tolist()
+    assert per_class == pytest.approx(expected)
+
+
+def test_the_confusion_matrix_module_accepts_sklearns_labels_argument():
+    predictions, references = KWARGS_PREDICTIONS, KWARGS_REFERENCES
     matrix = load_metric("confusion_matrix").compute(predictions=predictions, references=references, labels=[2, 1, 0])
     assert matrix["confusion_matrix"] == skm.confusion_matrix(references, predictions, labels=[2, 1, 0]).tolist()
-    assert checked == 3
 
 
 def test_perplexity_is_exp_of_mean_token_loss():
@@ -104,32 +108,39 @@ def test_incremental_batches_give_the_same_scores():
     assert perplexity.compute()["perplexity"] == pytest.approx(math.exp(losses.mean()))
 
 
-def test_bad_inputs_raise_clear_errors():
-    checked = 0
-    for call in (lambda: classification_metrics([], []), lambda: causal_lm_metrics(np.array([]), [], [])):
-        with pytest.raises(ValueError, match="no examples to score"):
-            call()
-        checked += 1
-    for call in (
-        lambda: classification_metrics([0, 1], [0]),
-        lambda: causal_lm_metrics([0.5], [1, 2], [1, 2]),
-        lambda: classification_metrics([[0, 1]], [[0, 1]]),
-    ):
-        with pytest.raises(ValueError, match="1-D inputs of equal length"):
-            call()
-        checked += 1
-    assert checked == 5
+NO_EXAMPLES = {
+    "classification": lambda: classification_metrics([], []),
+    "causal-lm": lambda: causal_lm_metrics(np.array([]), [], []),
+}
+NOT_1D_OF_EQUAL_LENGTH = {
+    "classification lengths": lambda: classification_metrics([0, 1], [0]),
+    "causal-lm lengths": lambda: causal_lm_metrics([0.5], [1, 2], [1, 2]),
+    "classification 2-D": lambda: classification_metrics([[0, 1]], [[0, 1]]),
+}
 
 
-def test_every_bundled_script_loads_by_directory():
+@pytest.mark.parametrize("case", NO_EXAMPLES)
+def test_no_examples_raise_a_clear_error(case):
+    with pytest.raises(ValueError, match="no examples to score"):
+        NO_EXAMPLES[case]()
+
+
+@pytest.mark.parametrize("case", NOT_1D_OF_EQUAL_LENGTH)
+def test_bad_shapes_raise_a_clear_error(case):
+    with pytest.raises(ValueError, match="1-D inputs of equal length"):
+        NOT_1D_OF_EQUAL_LENGTH[case]()
+
+
+def test_every_bundled_metric_has_its_script():
     assert sorted(path.name for path in METRICS_DIR.iterdir() if (path / f"{path.name}.py").is_file()) == list(
         BUNDLED_METRICS
     )
-    checked = 0
-    for name in BUNDLED_METRICS:
-        assert isinstance(evaluate.load(str(METRICS_DIR / name), keep_in_memory=True), evaluate.Metric)
-        checked += 1
-    assert checked == 6
+
+
+@pytest.mark.parametrize("name", ["accuracy", "confusion_matrix", "f1", "perplexity", "precision", "recall"])
+def test_every_bundled_script_loads_by_directory(name):
+    assert name in BUNDLED_METRICS
+    assert isinstance(evaluate.load(str(METRICS_DIR / name), keep_in_memory=True), evaluate.Metric)
 
 
 def test_unknown_metric_offline_fails_without_trying_the_hub(monkeypatch):

@@ -135,18 +135,16 @@ def test_one_user_trains_at_most_max_running_runs_while_another_user_takes_the_f
     runner.tick()
     wait_for(lambda: state(first) == "running" and state(bobs) == "running")
     assert {first.read_status()["gpus"], bobs.read_status()["gpus"]} == {"0", "1"}, "one GPU each"
-    checked = 0
     for _ in range(5):  # ticks while alice's first run trains: her second waits although it would fit later
         runner.tick()
         assert state(second) == "queued" and not jobs.launched(second)
-        checked += 1
     freed = first.read_status()["gpus"]
     release_and_reap(runner, first)
     wait_for(lambda: state(second) == "running")
     assert second.read_status()["gpus"] == freed, "alice's second run takes the GPU her first one freed"
     release_and_reap(runner, second)
     release_and_reap(runner, bobs)
-    assert sorted(name for name, _ in trainers.built) == ["a1", "a2", "b1"] and checked == 5
+    assert sorted(name for name, _ in trainers.built) == ["a1", "a2", "b1"]
 
 
 def test_the_local_user_is_not_limited_to_max_running_runs(no_runner, trainers, monkeypatch):
@@ -167,24 +165,38 @@ def test_the_local_user_is_not_limited_to_max_running_runs(no_runner, trainers, 
 # ---- 3. limits, with messages that say what is wrong and what to do ---------------------------------
 
 
-def test_max_queued_runs_refuses_the_next_launch_or_resume_with_a_clear_message(shared, trained_runs, monkeypatch):
-    monkeypatch.setenv("LORA_LAB_MAX_QUEUED_RUNS", "2")
-    alice, bob = user("alice"), user("bob")
+def queue_full(alice: identity.User, trained_runs) -> tuple[RunDirectory, RunDirectory, Path]:
+    """Alice at LORA_LAB_MAX_QUEUED_RUNS=2: one run training, one waiting; and a stopped run she may resume."""
     first, second = plan_and_launch(alice, "q1"), plan_and_launch(alice, "q2")
     first.update_status(state="running")  # training counts as much as waiting
-    stopped = stopped_run(alice, trained_runs["bert-lr2e-3"], "stopped")
-    messages = []
+    return first, second, stopped_run(alice, trained_runs["bert-lr2e-3"], "stopped")
+
+
+@pytest.mark.parametrize("refused", ["launch", "resume"])
+def test_max_queued_runs_refuses_the_next_launch_or_resume_with_a_clear_message(
+    shared, trained_runs, monkeypatch, refused
+):
+    monkeypatch.setenv("LORA_LAB_MAX_QUEUED_RUNS", "2")
+    alice = user("alice")
+    _, _, stopped = queue_full(alice, trained_runs)
     with pytest.raises(UserError) as err:
-        plan_and_launch(alice, "q3")
-    messages.append(str(err.value))
+        if refused == "launch":
+            plan_and_launch(alice, "q3")
+        else:
+            runs.resume(alice, "stopped")
+    message = str(err.value)
+    assert message.startswith("queue: you have 2 runs queued or training"), message
+    assert "at most 2 per user" in message and "cancel one on the Runs page" in message, message
     assert not (workspace.runs_dir(alice.key) / "q3").exists(), "a refused launch leaves no run folder"
-    with pytest.raises(UserError) as err:
-        runs.resume(alice, "stopped")
-    messages.append(str(err.value))
     assert RunDirectory(stopped).read_status()["state"] == "cancelled", "a refused resume leaves the run as it was"
-    for message in messages:
-        assert message.startswith("queue: you have 2 runs queued or training"), message
-        assert "at most 2 per user" in message and "cancel one on the Runs page" in message, message
+
+
+def test_max_queued_runs_is_per_user_and_a_cancelled_run_frees_a_slot(shared, trained_runs, monkeypatch):
+    monkeypatch.setenv("LORA_LAB_MAX_QUEUED_RUNS", "2")
+    alice, bob = user("alice"), user("bob")
+    _, second, stopped = queue_full(alice, trained_runs)
+    with pytest.raises(UserError, match="at most 2 per user"):
+        plan_and_launch(alice, "q3")
     assert plan_and_launch(bob, "b1").read_status()["state"] == "queued", "the limit is per user"
 
     runs.cancel(alice, "q2")  # a slot frees: resume goes through, and the limit holds again after it
@@ -193,28 +205,29 @@ def test_max_queued_runs_refuses_the_next_launch_or_resume_with_a_clear_message(
     assert RunDirectory(stopped).read_status()["state"] == "queued"
     with pytest.raises(UserError, match="at most 2 per user"):
         plan_and_launch(alice, "q3")
-    assert len(messages) == 2
 
 
-def test_max_upload_mb_refuses_a_larger_file_and_stores_nothing(shared, monkeypatch):
+@pytest.mark.parametrize("size", [3 * MiB, int(1.4 * MiB), MiB + 1], ids=["3 MiB", "1.4 MiB", "1 MiB + 1 byte"])
+def test_max_upload_mb_refuses_a_larger_file_and_stores_nothing(shared, monkeypatch, size):
     monkeypatch.setenv("LORA_LAB_MAX_UPLOAD_MB", "1")
     alice = user("alice")
-    checked = 0
-    for size in (3 * MiB, int(1.4 * MiB), MiB + 1):
-        data = b"x" * (size - 1) + b"\n"
-        with pytest.raises(UserError) as err:
-            uploads.save_upload(alice, "big.txt", data, "causal-lm")
-        message = str(err.value)
-        found = re.fullmatch(r"upload: the file is ([\d.]+) MiB; at most 1 MiB per upload", message)
-        assert found, message
-        assert float(found.group(1)) > 1, f"the size shown must exceed the limit it is refused for: {message!r}"
-        checked += 1
+    data = b"x" * (size - 1) + b"\n"
+    with pytest.raises(UserError) as err:
+        uploads.save_upload(alice, "big.txt", data, "causal-lm")
+    message = str(err.value)
+    found = re.fullmatch(r"upload: the file is ([\d.]+) MiB; at most 1 MiB per upload", message)
+    assert found, message
+    assert float(found.group(1)) > 1, f"the size shown must exceed the limit it is refused for: {message!r}"
     assert files_under(workspace.uploads_dir(alice.key)) == [], "nothing stored"
-    kept = uploads.save_upload(alice, "fits.txt", b"y" * (MiB - 1) + b"\n", "causal-lm")
-    assert kept.stat().st_size == MiB and checked == 3
 
 
-def test_max_storage_mb_refuses_uploads_and_launches_past_the_users_disk(shared, trained_runs, monkeypatch):
+def test_max_upload_mb_accepts_a_file_of_exactly_the_limit(shared, monkeypatch):
+    monkeypatch.setenv("LORA_LAB_MAX_UPLOAD_MB", "1")
+    kept = uploads.save_upload(user("alice"), "fits.txt", b"y" * (MiB - 1) + b"\n", "causal-lm")
+    assert kept.stat().st_size == MiB
+
+
+def test_max_storage_mb_refuses_uploads_past_the_users_disk(shared, monkeypatch):
     monkeypatch.setenv("LORA_LAB_MAX_STORAGE_MB", "3")
     alice, bob = user("alice"), user("bob")
     uploads.save_upload(alice, "first.txt", b"a" * (2 * MiB - 1) + b"\n", "causal-lm")
@@ -229,26 +242,43 @@ def test_max_storage_mb_refuses_uploads_and_launches_past_the_users_disk(shared,
         "another user's disk is their own"
     )
 
+
+def storage_full(alice: identity.User, trained_runs) -> Path:
+    """Alice at LORA_LAB_MAX_STORAGE_MB=3 past her disk: a 2 MiB upload and a stopped run of ~2 MiB."""
+    uploads.save_upload(alice, "first.txt", b"a" * (2 * MiB - 1) + b"\n", "causal-lm")
     stopped = stopped_run(alice, trained_runs["bert-lr2e-3"], "stopped")
     # Checkpoints hold the trained weights only (a few KiB here): a long log makes the run ~2 MiB, 4 MiB of 3.
     with (stopped / "train.log").open("ab") as log:
         log.write(b"x" * (2 * MiB))
-    messages = []
+    return stopped
+
+
+@pytest.mark.parametrize("refused", ["launch", "resume"])
+def test_max_storage_mb_refuses_launches_and_resumes_past_the_users_disk(shared, trained_runs, monkeypatch, refused):
+    monkeypatch.setenv("LORA_LAB_MAX_STORAGE_MB", "3")
+    alice = user("alice")
+    stopped = storage_full(alice, trained_runs)
     with pytest.raises(UserError) as err:
-        plan_and_launch(alice, "over")
-    messages.append(str(err.value))
+        if refused == "launch":
+            plan_and_launch(alice, "over")
+        else:
+            runs.resume(alice, "stopped")
+    message = str(err.value)
+    assert re.match(r"storage: your runs and uploads take [3-5](\.\d)? MiB of your 3 MiB; delete runs", message), (
+        message
+    )
     assert not (workspace.runs_dir(alice.key) / "over").exists()
-    with pytest.raises(UserError) as err:
-        runs.resume(alice, "stopped")
-    messages.append(str(err.value))
     assert RunDirectory(stopped).read_status()["state"] == "cancelled"
-    for message in messages:
-        assert re.match(r"storage: your runs and uploads take [3-5](\.\d)? MiB of your 3 MiB; delete runs", message), (
-            message
-        )
+
+
+def test_max_storage_mb_a_launch_fits_again_once_a_run_is_deleted(shared, trained_runs, monkeypatch):
+    monkeypatch.setenv("LORA_LAB_MAX_STORAGE_MB", "3")
+    alice = user("alice")
+    storage_full(alice, trained_runs)
+    with pytest.raises(UserError, match="storage: your runs and uploads take"):
+        plan_and_launch(alice, "over")
     runs.delete(alice, "stopped")  # what the message says to do: then a launch fits again
     assert plan_and_launch(alice, "fits").read_status()["state"] == "queued"
-    assert len(messages) == 2
 
 
 # ---- 4. the local user has no limits ----------------------------------------------------------------
@@ -271,15 +301,11 @@ def test_the_local_user_is_exempt_from_queue_upload_and_storage_limits(no_runner
     # The same calls refuse a signed-in user under these limits.
     monkeypatch.setenv("LORA_LAB_USERS", "huggingface")
     alice = user("alice")
-    refused = 0
-    for attempt in (
-        lambda: uploads.save_upload(alice, "big.txt", b"z" * (3 * MiB - 1) + b"\n", "causal-lm"),
-        lambda: [plan_and_launch(alice, f"run{i}") for i in range(2)],
-    ):
-        with pytest.raises(UserError):
-            attempt()
-        refused += 1
-    assert refused == 2 and len(launched) == 3
+    with pytest.raises(UserError):
+        uploads.save_upload(alice, "big.txt", b"z" * (3 * MiB - 1) + b"\n", "causal-lm")
+    with pytest.raises(UserError):  # the second launch is past max_queued_runs
+        for i in range(2):
+            plan_and_launch(alice, f"run{i}")
 
 
 def state_of(run: RunDirectory) -> str:

@@ -144,24 +144,8 @@ def test_services_keep_each_users_runs_and_uploads_apart(shared, trained_runs):
     assert zipfile.ZipFile(io.BytesIO(runs.adapter_zip(bob, "bob-done"))).namelist()
     assert set(runs.queue_positions(alice)) == {"alice-waiting"} and runs.queue_positions(bob) == {}
 
-    # Bob reaches none of alice's runs (nor the local user's), whatever he passes as the reference.
-    before = snapshot(home)
-    statuses = {name: RunDirectory(path).read_status() for name, path in mine.items()}
-    checked = 0
-    for target in mine:
-        for ref in crafted_refs(alice, target):
-            for action_name, action in ACTIONS.items():
-                message = refused(action, bob, ref)
-                assert message.startswith(("run: ", "owner: ")), (action_name, ref, message)
-                checked += 1
-    for ref in crafted_refs(identity.local_user(), "local-done"):
-        for action in ACTIONS.values():
-            refused(action, bob, ref)
-            checked += 1
-    assert checked == (3 + 1) * len(crafted_refs(alice, "x")) * len(ACTIONS) and len(crafted_refs(alice, "x")) == 41
-    assert snapshot(home) == before, "a refused action changed nothing on disk (no run, file or folder)"
-    assert {name: RunDirectory(path).read_status() for name, path in mine.items()} == statuses
-    assert state_of(mine["alice-waiting"]) == "queued" and state_of(mine["alice-stopped"]) == "cancelled"
+    # Bob reaches none of alice's runs (nor the local user's), whatever he passes as the reference: see
+    # test_no_crafted_reference_reaches_another_users_run.
 
     # A user name given up and taken by someone else (another OIDC subject) is another workspace.
     newcomer = hf_user("alice", subject="id-someone-else")
@@ -209,73 +193,115 @@ def test_services_keep_each_users_runs_and_uploads_apart(shared, trained_runs):
     assert len(forged) == 40 and snapshot(home) == before
 
 
-def test_visitors_get_their_own_folders_and_malformed_keys_are_refused(shared, trained_runs, clean_env):
-    clean_env.setenv("LORA_LAB_USERS", "anonymous")
-    home, bert = shared, trained_runs["bert-lr2e-3"]
+@pytest.mark.parametrize("action_name", ACTIONS)
+@pytest.mark.parametrize("target", ["alice-done", "alice-waiting", "alice-stopped", "local-done"])
+def test_no_crafted_reference_reaches_another_users_run(shared, trained_runs, target, action_name):
+    """Bob reaches none of alice's runs (nor the local user's), whatever he passes as the reference."""
+    home, bert, action = shared, trained_runs["bert-lr2e-3"], ACTIONS[action_name]
+    alice, bob = hf_user("alice"), hf_user("bob")
+    mine = {
+        "alice-done": give(alice, bert, "alice-done"),
+        "alice-waiting": give(alice, bert, "alice-waiting", "queued"),
+        "alice-stopped": give(alice, bert, "alice-stopped", "cancelled"),
+    }
+    give(bob, bert, "bob-done")
+    give(identity.local_user(), bert, "local-done")
+    before = snapshot(home)
+    statuses = {name: RunDirectory(path).read_status() for name, path in mine.items()}
+    victim = identity.local_user() if target == "local-done" else alice
+    for ref in crafted_refs(victim, target):
+        message = refused(action, bob, ref)
+        if victim is alice:
+            assert message.startswith(("run: ", "owner: ")), (action_name, ref, message)
+    assert snapshot(home) == before, "a refused action changed nothing on disk (no run, file or folder)"
+    assert {name: RunDirectory(path).read_status() for name, path in mine.items()} == statuses
+    assert state_of(mine["alice-waiting"]) == "queued" and state_of(mine["alice-stopped"]) == "cancelled"
+
+
+def visitors(home: Path, bert: Path) -> tuple[identity.User, identity.User]:
+    """Two visitors (two addresses), each with one run: "mine" and "theirs"."""
     tokens = [identity.new_visitor_token() for _ in range(2)]
     first, second = (identity.visitor_user(t) for t in tokens)
     assert identity.visitor_user(tokens[0]) == first, "the same address is the same workspace"
+    give(first, bert, "mine")
+    give(second, bert, "theirs")
+    return first, second
+
+
+def test_visitors_get_their_own_folders(shared, trained_runs, clean_env):
+    clean_env.setenv("LORA_LAB_USERS", "anonymous")
+    home = shared
+    first, second = visitors(home, trained_runs["bert-lr2e-3"])
     assert first.key != second.key and first.kind == second.kind == "visitor"
     assert not (first.is_operator or second.is_operator) and first.hub_token is None
     assert workspace.runs_dir(first.key) == home / "users" / first.key / "runs"
-    give(first, bert, "mine")
-    give(second, bert, "theirs")
     assert [s.ref for s in runs.list_runs(first)] == ["mine"] and [s.ref for s in runs.list_runs(second)] == ["theirs"]
-    checked = 0
-    for ref in ["theirs", f"{second.key}/theirs", f"../users/{second.key}/runs/theirs"]:
-        for action in ACTIONS.values():
-            refused(action, first, ref)
-            checked += 1
-    assert checked == 18 and (workspace.runs_dir(second.key) / "theirs").is_dir()
-
-    malformed = [
-        "",
-        None,
-        "short",
-        "a" * 21,
-        "a" * 65,
-        "../../../etc/passwd",
-        "a" * 21 + "/",
-        "a" * 21 + ".",
-        "a b" * 8,
-        "ä" * 22,
-        "a" * 22 + "\0",
-        "\0" * 22,
-        "a" * 11 + "/" + "a" * 11,
-        "%2e%2e" * 4,
-    ]
-    for token in malformed:
-        message = refused(lambda _, t: identity.visitor_user(t), None, token)
-        assert "visitor: the key in the address is malformed" in message
-    assert len(malformed) == 14
     assert sorted(p.name for p in (home / "users").iterdir()) == sorted([first.key, second.key])
 
 
-def test_names_keys_and_visitor_tokens_with_a_trailing_newline_are_refused(shared):
+# name: a reference to the other visitor's run "theirs", {key} being the other visitor's key
+VISITOR_REFS = {"name": "theirs", "key/name": "{key}/theirs", "path": "../users/{key}/runs/theirs"}
+
+
+@pytest.mark.parametrize("action_name", ACTIONS)
+@pytest.mark.parametrize("ref", VISITOR_REFS)
+def test_a_visitor_reaches_no_other_visitors_run(shared, trained_runs, clean_env, ref, action_name):
+    clean_env.setenv("LORA_LAB_USERS", "anonymous")
+    first, second = visitors(shared, trained_runs["bert-lr2e-3"])
+    refused(ACTIONS[action_name], first, VISITOR_REFS[ref].format(key=second.key))
+    assert (workspace.runs_dir(second.key) / "theirs").is_dir()
+
+
+MALFORMED_VISITOR_KEYS = {
+    "empty": "",
+    "none": None,
+    "short": "short",
+    "21 characters": "a" * 21,
+    "65 characters": "a" * 65,
+    "a path": "../../../etc/passwd",
+    "a folder": "a" * 21 + "/",
+    "a dot": "a" * 21 + ".",
+    "spaces": "a b" * 8,
+    "not ascii": "ä" * 22,
+    "a nul at the end": "a" * 22 + "\0",
+    "nuls": "\0" * 22,
+    "a slash inside": "a" * 11 + "/" + "a" * 11,
+    "url-encoded dots": "%2e%2e" * 4,
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_VISITOR_KEYS)
+def test_malformed_visitor_keys_are_refused(shared, trained_runs, clean_env, case):
+    clean_env.setenv("LORA_LAB_USERS", "anonymous")
+    home = shared
+    first, second = visitors(home, trained_runs["bert-lr2e-3"])
+    message = refused(lambda _, t: identity.visitor_user(t), None, MALFORMED_VISITOR_KEYS[case])
+    assert "visitor: the key in the address is malformed" in message
+    assert sorted(p.name for p in (home / "users").iterdir()) == sorted([first.key, second.key])
+
+
+# name: a call given a name, key or token with a trailing newline (alice and carol as arguments)
+TRAILING_NEWLINE = {
+    "check_key('local\\n')": lambda alice, carol: identity.check_key("local\n"),
+    "check_key(alice's key + '\\n')": lambda alice, carol: identity.check_key(alice.key + "\n"),
+    "visitor_user('a' * 22 + '\\n')": lambda alice, carol: identity.visitor_user("a" * 22 + "\n"),
+    "check_new_name(alice, 'evil\\n')": lambda alice, carol: runs.check_new_name(alice, "evil\n"),
+    # an operator's reference
+    "locate(carol, alice's key + '\\n/x')": lambda alice, carol: runs.locate(carol, f"{alice.key}\n/x"),
+}
+
+
+@pytest.mark.parametrize("attempt", TRAILING_NEWLINE)
+def test_names_keys_and_visitor_tokens_with_a_trailing_newline_are_refused(shared, attempt):
     """Python's ``$`` also matches before a final newline: the patterns must match the whole string."""
     home, alice, carol = shared, hf_user("alice"), hf_user("carol")
     workspace.register(alice.key, alice.name)
     workspace.runs_dir(alice.key)
     before = snapshot(home)
-    attempts = {
-        "check_key('local\\n')": lambda: identity.check_key("local\n"),
-        "check_key(alice's key + '\\n')": lambda: identity.check_key(alice.key + "\n"),
-        "visitor_user('a' * 22 + '\\n')": lambda: identity.visitor_user("a" * 22 + "\n"),
-        "check_new_name(alice, 'evil\\n')": lambda: runs.check_new_name(alice, "evil\n"),
-        "locate(carol, alice's key + '\\n/x')": lambda: runs.locate(
-            carol, f"{alice.key}\n/x"
-        ),  # an operator's reference
-    }
-    accepted = []
-    for label, attempt in attempts.items():
-        try:
-            attempt()
-        except UserError:
-            continue
-        accepted.append(label)
+    with pytest.raises(UserError):
+        TRAILING_NEWLINE[attempt](alice, carol)
     made = sorted(set(snapshot(home)) - set(before))  # folders made for a "key" that is no user's
-    assert (accepted, made) == ([], []), f"accepted with a trailing newline: {accepted}; made: {made}"
-    assert len(attempts) == 5
+    assert made == [], f"made: {made}"
 
 
 # ---- 2. pages: one AppTest session per browser ------------------------------------------------------
@@ -362,26 +388,33 @@ def test_runs_page_sessions_see_and_act_on_their_own_runs_only(shared, trained_r
     button(at_carol, "Cancel run").click().run()
     assert_ok(at_carol)
     assert state_of(made["bob", "waiting"]) == "cancelled" and state_of(made["alice", "stopped"]) == "queued"
-    assert len(refs) == 7
 
 
-def test_compare_and_playground_list_only_the_sessions_own_runs(shared, trained_runs):
+def give_compare_runs(trained_runs) -> tuple[identity.User, identity.User]:
     alice, bob = hf_user("alice"), hf_user("bob")
     give(alice, trained_runs["bert-lr2e-3"], "a-bert")
     give(alice, trained_runs["gpt2-tiny"], "a-gpt2")
     give(bob, trained_runs["bert-lr5e-3"], "b-bert")
     give(bob, trained_runs["bert-lr2e-3"], "b-stopped", "cancelled")
-    checked = 0
-    for who, own, finished in (
-        ("alice", {"a-bert", "a-gpt2"}, {"a-bert", "a-gpt2"}),
-        ("bob", {"b-bert", "b-stopped"}, {"b-bert"}),
-    ):
-        compare = session("pages/compare.py", hf_login(who))
-        assert set(compare.multiselect(key="compare_runs").options) == own
-        assert set(compare.multiselect(key="compare_runs").value) <= own
-        play = session("pages/playground.py", hf_login(who))
-        assert {o.split(" · ")[0] for o in play.selectbox(key="play_run").options} == finished
-        checked += 2
+    return alice, bob
+
+
+@pytest.mark.parametrize(
+    ("who", "own", "finished"),
+    [("alice", {"a-bert", "a-gpt2"}, {"a-bert", "a-gpt2"}), ("bob", {"b-bert", "b-stopped"}, {"b-bert"})],
+    ids=["alice", "bob"],
+)
+def test_compare_and_playground_list_only_the_sessions_own_runs(shared, trained_runs, who, own, finished):
+    give_compare_runs(trained_runs)
+    compare = session("pages/compare.py", hf_login(who))
+    assert set(compare.multiselect(key="compare_runs").options) == own
+    assert set(compare.multiselect(key="compare_runs").value) <= own
+    play = session("pages/playground.py", hf_login(who))
+    assert {o.split(" · ")[0] for o in play.selectbox(key="play_run").options} == finished
+
+
+def test_compare_lists_every_users_runs_for_the_operator(shared, trained_runs):
+    alice, bob = give_compare_runs(trained_runs)
     carol = session("pages/compare.py", hf_login("carol"))
     assert set(carol.multiselect(key="compare_runs").options) == {
         f"{alice.key}/a-bert",
@@ -389,25 +422,25 @@ def test_compare_and_playground_list_only_the_sessions_own_runs(shared, trained_
         f"{bob.key}/b-bert",
         f"{bob.key}/b-stopped",
     }
-    assert checked + 1 == 5
 
 
-def test_a_session_that_is_not_signed_in_sees_the_sign_in_button_and_no_runs(shared, trained_runs):
+@pytest.mark.parametrize("page", ["pages/runs.py", "pages/compare.py", "pages/playground.py", "pages/new_run.py"])
+def test_a_session_that_is_not_signed_in_sees_the_sign_in_button_and_no_runs(shared, trained_runs, page):
     give(hf_user("alice"), trained_runs["bert-lr2e-3"], "alice-done")
-    checked = 0
-    for page in ("pages/runs.py", "pages/compare.py", "pages/playground.py", "pages/new_run.py"):
-        at = session(page, {"is_logged_in": False})
-        assert labels(at) == ["Sign in with Hugging Face"], page
-        assert (len(at.dataframe), len(at.selectbox), len(at.multiselect)) == (0, 0, 0), page
-        checked += 1
-    # A page script reached without the app's entry point stops at the sign-in too.
+    at = session(page, {"is_logged_in": False})
+    assert labels(at) == ["Sign in with Hugging Face"], page
+    assert (len(at.dataframe), len(at.selectbox), len(at.multiselect)) == (0, 0, 0), page
+    assert sorted(p.name for p in (shared / "users").iterdir()) == [hf_user("alice").key], "no folder for nobody"
+
+
+def test_a_page_script_reached_without_the_apps_entry_point_stops_at_the_sign_in(shared, trained_runs):
+    give(hf_user("alice"), trained_runs["bert-lr2e-3"], "alice-done")
     at = AppTest.from_file(str(Path(APP).parent / "pages" / "runs.py"), default_timeout=60)
     at.user = {"is_logged_in": False}
     at.run()
     assert_ok(at)
     assert labels(at) == ["Sign in with Hugging Face"] and len(at.dataframe) == 0
     assert sorted(p.name for p in (shared / "users").iterdir()) == [hf_user("alice").key], "no folder for nobody"
-    assert checked + 1 == 5
 
 
 def test_anonymous_mode_gives_each_address_its_own_workspace(shared, trained_runs, clean_env):
@@ -503,34 +536,37 @@ def test_push_uses_the_signed_in_users_own_token_and_never_the_servers_on_a_shar
 # ---- 5. typed checkpoints on a shared app ------------------------------------------------------------
 
 
-def test_a_shared_app_refuses_local_checkpoint_paths(shared, trained_runs, demo_dir, monkeypatch):
+# name: a path typed as the checkpoint, {victim} being alice's run folder, {relative} its path from the workspace
+LOCAL_CHECKPOINTS = {
+    "a run": "{victim}",
+    "its adapter": "{victim}/adapter",
+    "its checkpoint": "{victim}/checkpoints/step_82",
+    "the demo checkpoint": "{demo_bert}",
+    "a run with a slash": "{victim}/",
+    "relative": "{relative}",
+    "dot-relative": "./{relative}",
+    "relative via ..": "../lab/{relative}",
+    "home": "~",
+    "under home": "~/anything",
+    "/etc": "/etc",
+    "the current folder": ".",
+    "the parent folder": "..",
+    "a run with spaces": " {victim} ",
+}
+
+
+def test_a_local_checkpoint_folder_is_fine_on_ones_own_machine(shared, demo_dir):
+    demo_bert = demo_dir / "checkpoints" / "bert"
+    assert catalog.inspect_checkpoint(str(demo_bert)).model_type == "bert"
+
+
+@pytest.mark.parametrize("case", LOCAL_CHECKPOINTS)
+def test_a_shared_app_refuses_local_checkpoint_paths(shared, trained_runs, demo_dir, monkeypatch, case):
     alice = hf_user("alice")
     victim = give(alice, trained_runs["bert-lr2e-3"], "alice-done")
-    adapter = victim / "adapter"
-    checkpoint = victim / "checkpoints" / "step_82"
-    demo_bert = demo_dir / "checkpoints" / "bert"
-    assert catalog.inspect_checkpoint(str(demo_bert)).model_type == "bert", (
-        "a local folder is fine on one's own machine"
-    )
     monkeypatch.chdir(shared)
-    relative = f"users/{alice.key}/runs/alice-done"
-    typed = [
-        str(victim),
-        str(adapter),
-        str(checkpoint),
-        str(demo_bert),
-        f"{victim}/",
-        relative,
-        f"./{relative}",
-        f"../lab/{relative}",
-        "~",
-        "~/anything",
-        "/etc",
-        ".",
-        "..",
-        " " + str(victim) + " ",
-    ]
-    for name in typed:
-        with pytest.raises(UserError, match="is a local path; on this shared app enter a hub id"):
-            catalog.inspect_checkpoint(name, allow_local=False)
-    assert len(typed) == 14
+    name = LOCAL_CHECKPOINTS[case].format(
+        victim=victim, demo_bert=demo_dir / "checkpoints" / "bert", relative=f"users/{alice.key}/runs/alice-done"
+    )
+    with pytest.raises(UserError, match="is a local path; on this shared app enter a hub id"):
+        catalog.inspect_checkpoint(name, allow_local=False)

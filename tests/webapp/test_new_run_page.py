@@ -194,22 +194,27 @@ def test_new_run_form_validation_blocks_launch(no_runner):
     assert at.code[0].value.endswith(f"--config {no_runner / 'runs' / 'fresh' / 'config.yaml'}")
 
 
-def test_new_run_custom_checkpoint(no_runner, demo_dir, tmp_path):
+def open_custom_checkpoint() -> AppTest:
     at = open_app()
     at.radio(key="family").set_value("custom").run()
     assert_ok(at)
     assert "Launch run" not in labels(at), "nothing typed yet"
-    checked = 0
-    for family, task in [("bert", "text-classification"), ("vit", "image-classification")]:
-        path = demo_dir / "checkpoints" / family
-        at.text_input(key="custom_model").set_value(str(path)).run()
-        assert_ok(at)
-        assert errors(at) == [] and len(at.info) == 0, "a custom checkpoint is not the demo preset"
-        assert f"Checkpoint `{path}` · {family} · task {task}" in [c.value for c in at.caption]
-        assert at.code[0].value.startswith(CPU_PREFIX) and "Launch run" in labels(at)
-        checked += 1
-    assert checked == 2
+    return at
 
+
+@pytest.mark.parametrize(("family", "task"), [("bert", "text-classification"), ("vit", "image-classification")])
+def test_new_run_custom_checkpoint(no_runner, demo_dir, family, task):
+    at = open_custom_checkpoint()
+    path = demo_dir / "checkpoints" / family
+    at.text_input(key="custom_model").set_value(str(path)).run()
+    assert_ok(at)
+    assert errors(at) == [] and len(at.info) == 0, "a custom checkpoint is not the demo preset"
+    assert f"Checkpoint `{path}` · {family} · task {task}" in [c.value for c in at.caption]
+    assert at.code[0].value.startswith(CPU_PREFIX) and "Launch run" in labels(at)
+
+
+def test_new_run_custom_checkpoint_that_cannot_be_read_or_is_unsupported(no_runner, tmp_path):
+    at = open_custom_checkpoint()
     at.text_input(key="custom_model").set_value(str(tmp_path / "no" / "such" / "model")).run()
     assert_ok(at)
     assert len(at.error) == 1 and errors(at)[0].startswith("model_name_or_path: cannot read"), errors(at)

@@ -162,7 +162,6 @@ def test_new_run_page_sweep_expander_queues_the_grid(no_runner):
     configs = [_config(no_runner / "runs" / name) for name in made]
     assert all(c["experiment_name"] == "ui-sweep" and c["task"] == "causal-lm" for c in configs)
     assert all(json.loads((no_runner / "runs" / name / "job.json").read_text())["preset"] == "cpu" for name in made)
-    assert len(configs) == 2
 
 
 def test_runs_and_compare_pages_show_the_experiment_and_its_best(experiment_runs):

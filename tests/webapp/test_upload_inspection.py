@@ -42,26 +42,39 @@ def test_a_large_file_is_judged_by_its_first_rows(tmp_path, monkeypatch):
     assert sampled.preview.equals(full.preview)  # the file's first rows either way
 
 
-def test_sampled_and_whole_reads_give_the_same_messages(tmp_path, monkeypatch):
-    latin = tmp_path / "latin.csv"
-    latin.write_bytes(b"text,label\n" + b"fine words,a\n" * 300 + b"caf\xe9,b\n")  # past the first rows
-    header = tmp_path / "header.csv"
-    header.write_text("text,label\n")
-    cases = {
-        "holds numbers like 0.5": _csv(tmp_path / "halves.csv", [[f"t {i}", [0.5, 1.5][i % 2]] for i in range(300)]),
-        "is not UTF-8 text: line 302 (byte offset 3914)": latin,
-        "holds no examples": header,
-        "text column 'text' of": _csv(tmp_path / "blank.csv", [["", "a"], ["", "b"]] * 150),
-    }
-    for expected, path in cases.items():
-        messages = []
-        for threshold in (2**40, 1):  # read whole, then sampled
-            _sample_above(monkeypatch, threshold)
-            with pytest.raises(UserError) as err:
-                uploads.inspect_data(path, "text-classification")
-            messages.append(str(err.value))
-        assert messages[0] == messages[1] and expected in messages[0], messages
-    assert len(cases) == 4
+def _latin(path: Path) -> Path:
+    path.write_bytes(b"text,label\n" + b"fine words,a\n" * 300 + b"caf\xe9,b\n")  # past the first rows
+    return path
+
+
+def _header_only(path: Path) -> Path:
+    path.write_text("text,label\n")
+    return path
+
+
+# name: (a part of the message expected, a function writing the file into a folder)
+SAMPLED_MESSAGES = {
+    "halves": (
+        "holds numbers like 0.5",
+        lambda root: _csv(root / "halves.csv", [[f"t {i}", [0.5, 1.5][i % 2]] for i in range(300)]),
+    ),
+    "latin": ("is not UTF-8 text: line 302 (byte offset 3914)", lambda root: _latin(root / "latin.csv")),
+    "header only": ("holds no examples", lambda root: _header_only(root / "header.csv")),
+    "blank texts": ("text column 'text' of", lambda root: _csv(root / "blank.csv", [["", "a"], ["", "b"]] * 150)),
+}
+
+
+@pytest.mark.parametrize("case", SAMPLED_MESSAGES)
+def test_sampled_and_whole_reads_give_the_same_messages(tmp_path, monkeypatch, case):
+    expected, write = SAMPLED_MESSAGES[case]
+    path = write(tmp_path)
+    messages = []
+    for threshold in (2**40, 1):  # read whole, then sampled
+        _sample_above(monkeypatch, threshold)
+        with pytest.raises(UserError) as err:
+            uploads.inspect_data(path, "text-classification")
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and expected in messages[0], messages
 
 
 def test_scores_and_whole_floats_are_counted_per_class(tmp_path):

@@ -5,6 +5,7 @@ Each choice here was measured on and off with ``python -m benchmarks.vs_trainer`
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -73,17 +74,31 @@ def resolve_mixed_precision(setting: str, cuda: Optional[bool] = None, width: in
     return "bf16" if cpu_has_native_bf16() and width >= CPU_BF16_MIN_WIDTH else "no"
 
 
-def store_frozen_weights_in_bf16(model: torch.nn.Module, mixed_precision: str, finetune_method: str) -> int:
+def store_frozen_weights_in_bf16(
+    model: torch.nn.Module, mixed_precision: str, finetune_method: str, sharded: bool = False
+) -> int:
     """Under bf16 autocast every matmul and convolution reads the frozen base weights as bf16 anyway: storing them
     so halves their memory and saves a cast per layer per step. Trained weights (LoRA, heads, BatchNorm copies)
     stay fp32 for the optimizer. QLoRA bases are left as they are: their frozen weights are 4-bit already, and the
-    layers kept in 16/32 bits stay as bitsandbytes and PEFT set them. Returns how many tensors were converted."""
-    if mixed_precision != "bf16" or finetune_method != "lora" or getattr(model, "is_loaded_in_4bit", False):
+    layers kept in 16/32 bits stay as bitsandbytes and PEFT set them. Under FSDP or DeepSpeed (``sharded``) nothing
+    is converted: FSDP flattens each wrapped unit into one tensor of one dtype, frozen and LoRA weights together, and
+    DeepSpeed casts the model itself. Returns how many tensors were converted."""
+    if mixed_precision != "bf16" or finetune_method != "lora" or getattr(model, "is_loaded_in_4bit", False) or sharded:
         return 0
     frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
     for param in frozen:
         param.data = param.data.to(torch.bfloat16)
     return len(frozen)
+
+
+def check_compiler(torch_compile: bool) -> None:
+    """torch_compile's inductor writes C++ (CPU) or Triton (GPU) kernels and builds them with the machine's C
+    compiler; without one the run would fail at its first step. Refuse it before any model loads."""
+    if torch_compile and not any(shutil.which(name) for name in ("cc", "gcc", "clang")):
+        raise UserError(
+            "torch_compile: needs a C compiler (gcc or clang) on this machine to build its kernels, and none was "
+            "found; turn torch_compile off, or install gcc (apt-get install gcc g++)"
+        )
 
 
 def enable_fast_cuda_math() -> None:

@@ -116,7 +116,14 @@ def meter_for(cfg, accelerator, model, train_data, task, collate) -> Meter:
     with accelerator.autocast():
         # A compiled model is counted through its original module: FLOP counting needs no compiled graph.
         per_token = train_flops_per_token(getattr(model, "_orig_mod", model), batch, cfg.finetune_method)
-    return Meter(accelerator, per_token, peak_tflops(torch.cuda.get_device_name(accelerator.device)))
+    peak = mfu_peak(torch.cuda.get_device_name(accelerator.device), accelerator.mixed_precision)
+    return Meter(accelerator, per_token, peak)
+
+
+def mfu_peak(gpu_name: str, mixed_precision: str) -> Optional[float]:
+    """The peak MFU is measured against: the table's bf16/fp16 tensor-core rates, for runs at those precisions only
+    (an fp32 run's share of a bf16 peak would say nothing)."""
+    return peak_tflops(gpu_name) if mixed_precision in ("bf16", "fp16") else None
 
 
 def final_figures(meter: Meter, kind: str) -> dict:

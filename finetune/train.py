@@ -96,7 +96,8 @@ def set_up(cfg: TrainConfig, run: RunDirectory) -> Recipe:
     model, processor, data, labels, derived, new_heads = _load_data_and_model(cfg, accelerator, task)
     training.keep_initial_adapter(model, cfg, run, accelerator)
     train_dl, eval_dl = dataloaders(cfg, data, task.collate_fn(processor), accelerator, images=task.unit == "images")
-    speed.store_frozen_weights_in_bf16(model, accelerator.mixed_precision, cfg.finetune_method)
+    sharded = accelerator.distributed_type in training.SHARDED
+    speed.store_frozen_weights_in_bf16(model, accelerator.mixed_precision, cfg.finetune_method, sharded)
     model = speed.channels_last(model, speed.uses_cuda())
     optimizer = training.build_optimizer(model, cfg, new_heads)
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
@@ -132,6 +133,7 @@ def _accelerator(cfg: TrainConfig, run: RunDirectory):
     transformers.utils.logging.disable_progress_bar()
     if cfg.load_in_4bit:
         lora.check_four_bit_possible(speed.uses_cuda(), sharded_launch())
+    speed.check_compiler(cfg.torch_compile)
     width = speed.model_width(load_model_config(cfg.model_name_or_path))
     return build_accelerator(cfg, width, trackers=[training.RunDirectoryTracker(run)])
 

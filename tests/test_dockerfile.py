@@ -83,6 +83,10 @@ def test_dockerfile_is_shaped_for_a_space():
     assert of("USER") == ["1000"]  # Spaces run the container as uid 1000 ...
     assert sum("useradd --create-home --uid 1000 user" in run for run in of("RUN")) == 1  # ... named "user"
     assert any(env.startswith("HOME=/home/user ") for env in of("ENV"))
+    # The NVIDIA container runtime exposes the GPUs and the CUDA driver (compute) and nvidia-smi (utility).
+    assert any(
+        "NVIDIA_VISIBLE_DEVICES=all" in env and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env for env in of("ENV")
+    )
     assert of("WORKDIR") == ["/home/user/app"]
     assert of("EXPOSE") == ["7860"]
     assert "/_stcore/health" in " ".join(exec_form("HEALTHCHECK"))

@@ -80,3 +80,30 @@ def test_resume_calls_load_state_as_each_engine_takes_it(tmp_path, kind, expecte
     )
     assert load_checkpoint(accelerator, tmp_path, nn.Linear(2, 2)).step == 3
     assert calls == [(str(tmp_path), expected)]
+
+
+def test_frozen_weights_stay_fp32_where_fsdp_flattens_them_with_lora_weights():
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model[0].weight.requires_grad_(False)
+    assert speed.store_frozen_weights_in_bf16(model, "bf16", "lora", sharded=True) == 0
+    assert {p.dtype for p in model.parameters()} == {torch.float32}, "one dtype per FSDP unit"
+    assert speed.store_frozen_weights_in_bf16(model, "bf16", "lora", sharded=False) == 1
+
+
+def test_compile_is_refused_at_once_where_no_c_compiler_can_build_its_kernels(monkeypatch):
+    import shutil
+
+    speed.check_compiler(torch_compile=True)  # this machine has gcc
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # python:3.11-slim, the Space image's base
+    with pytest.raises(UserError, match="torch_compile: needs a C compiler"):
+        speed.check_compiler(torch_compile=True)
+    speed.check_compiler(torch_compile=False)
+
+
+@pytest.mark.parametrize(("precision", "has_mfu"), [("bf16", True), ("fp16", True), ("no", False)])
+def test_mfu_is_reported_only_against_the_peak_of_the_precision_run(precision, has_mfu):
+    from finetune import throughput
+
+    assert (throughput.mfu_peak("NVIDIA H100 80GB HBM3", precision) is not None) is has_mfu

@@ -6,6 +6,7 @@ and 2 for LoRA, whose frozen weights need no weight gradients (the 4 x params pe
 input gradients, plus attention). MFU divides the achieved rate by the GPU's dense bf16/fp16 peak.
 """
 
+import contextlib
 import time
 from typing import Optional
 
@@ -67,6 +68,16 @@ class Meter:
         self.tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # non-padding, on device
         self.computed_tokens = 0  # padded positions included: the work the device did
         self.started = time.time()
+        self.excluded = 0.0  # seconds spent evaluating and saving checkpoints since then: not training
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time spent inside does not count as training time (evaluations, checkpoints)."""
+        began = time.time()
+        try:
+            yield
+        finally:
+            self.excluded += time.time() - began
 
     def add(self, batch: dict) -> None:
         self.samples += examples_in(batch)
@@ -80,7 +91,7 @@ class Meter:
     def figures(self, kind: str) -> dict:
         """Totals over all processes since the loop started: samples_per_second plus tokens_per_second (text) or
         images_per_second (images), and tflops (per GPU) and mfu where FLOPs were counted."""
-        seconds = max(time.time() - self.started, 1e-9)
+        seconds = max(time.time() - self.started - self.excluded, 1e-9)
         processes = self.accelerator.num_processes
         samples = self.samples * processes
         out = {"samples_per_second": samples / seconds}

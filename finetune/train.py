@@ -196,16 +196,18 @@ def _loop(recipe: Recipe, state, meter, stop, best, result: Optional[dict]) -> t
             _log_train(recipe, state.step, window_loss / window_batches, meter)
             window_loss, window_batches = 0.0, 0
         if plan.evaluates(state.step):
-            result = recipe.evaluate(state.step)
+            with meter.paused():
+                result = recipe.evaluate(state.step)
             state.record_eval(result["eval_loss"])
             best.offer(model, state, result)
             stopping = state.step < plan.max_steps and training.stop_early(
                 state, cfg.early_stopping_patience, recipe.run, accelerator.is_main_process
             )
-        cancelled = stop.agreed(accelerator)
+        cancelled = stop.agreed(accelerator, state.step)
         _account(state, segment, meter, accelerator)
         if state.step % plan.save_steps == 0 or cancelled:
-            checkpoints.save_checkpoint(accelerator, recipe.run, state, cfg.save_total_limit)
+            with meter.paused():
+                checkpoints.save_checkpoint(accelerator, recipe.run, state, cfg.save_total_limit)
         if cancelled or stopping or state.step >= plan.max_steps:
             outcome = CANCELLED if cancelled else FINISHED
             break

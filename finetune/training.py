@@ -133,6 +133,9 @@ def stop_early(state: TrainerState, patience: Optional[int], run: RunDirectory, 
     return True
 
 
+STOP_CHECK_STEPS = 10  # optimizer steps between the processes' agreements on a stop (a cancel waits that long)
+
+
 class StopSignal:
     """Turns SIGTERM/SIGINT into a flag the loop checks at step boundaries, so a cancel saves a checkpoint."""
 
@@ -145,10 +148,14 @@ class StopSignal:
         logger.warning("Received %s: stopping at the next step boundary", signal.Signals(signum).name)
         self.requested = True
 
-    def agreed(self, accelerator: Accelerator) -> bool:
-        """True on every process once any process was signalled (they must stop at the same step)."""
+    def agreed(self, accelerator: Accelerator, step: int) -> bool:
+        """True on every process once any process was signalled (they must stop at the same step). Several processes
+        agree every STOP_CHECK_STEPS optimizer steps: each agreement is an all-reduce whose result the CPU waits for,
+        which would stall a GPU's queue of work at every step."""
         if accelerator.num_processes == 1:
             return self.requested
+        if step % STOP_CHECK_STEPS:
+            return False
         flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 

@@ -107,3 +107,39 @@ def test_mfu_is_reported_only_against_the_peak_of_the_precision_run(precision, h
     from finetune import throughput
 
     assert (throughput.mfu_peak("NVIDIA H100 80GB HBM3", precision) is not None) is has_mfu
+
+
+def test_several_processes_agree_on_a_stop_every_few_steps_not_every_step():
+    """Each agreement is an all-reduce the CPU waits for; one per step would stall a GPU's queue."""
+    from types import SimpleNamespace
+
+    from finetune.training import STOP_CHECK_STEPS, StopSignal
+
+    reduced = []
+
+    def reduce(flag, reduction):
+        reduced.append(flag)
+        return flag
+
+    accelerator = SimpleNamespace(num_processes=2, device=torch.device("cpu"), reduce=reduce)
+    stop = StopSignal()
+    assert not any(stop.agreed(accelerator, step) for step in range(1, 101))
+    assert len(reduced) == 100 // STOP_CHECK_STEPS
+    stop.requested = True  # a SIGTERM on this process
+    stops = [step for step in range(101, 121) if stop.agreed(accelerator, step)]
+    assert stops[0] == 110, "every process stops at the same, next agreed step"
+    assert StopSignal().agreed(SimpleNamespace(num_processes=1), 7) is False, "one process: no agreement needed"
+
+
+def test_throughput_leaves_out_the_time_spent_evaluating_and_saving(monkeypatch):
+    from types import SimpleNamespace
+
+    from finetune import throughput
+
+    clock = iter([100.0, 101.0, 131.0, 132.0])  # started; pause begins; pause ends (30 s of evaluation); figures
+    monkeypatch.setattr(throughput.time, "time", lambda: next(clock))
+    meter = throughput.Meter(SimpleNamespace(device=torch.device("cpu"), num_processes=1))
+    meter.add({"pixel_values": torch.zeros(64, 3, 4, 4)})
+    with meter.paused():
+        pass
+    assert meter.figures("images")["samples_per_second"] == pytest.approx(64 / 2.0), "2 s of training, not 32 s"

@@ -217,9 +217,11 @@ def _loop(recipe: Recipe, state, meter, stop, best, result: Optional[dict]) -> t
 
 def train_step(recipe: Recipe, batch: dict):
     """One forward/backward pass; the optimizer steps when the accumulation window closes. Returns the loss."""
+    from finetune.training import engine_batch
+
     accelerator, cfg, model = recipe.accelerator, recipe.cfg, recipe.model
     with accelerator.accumulate(model):
-        loss = model(**batch).loss
+        loss = model(**engine_batch(batch, accelerator)).loss
         accelerator.backward(loss)
         if accelerator.sync_gradients and cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)

@@ -133,6 +133,7 @@ def stop_early(state: TrainerState, patience: Optional[int], run: RunDirectory, 
     return True
 
 
+HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 STOP_CHECK_STEPS = 10  # optimizer steps between the processes' agreements on a stop (a cancel waits that long)
 
 
@@ -235,6 +236,15 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, new_heads: list[str]) ->
     )
 
 
+def engine_batch(batch: dict, accelerator: Accelerator) -> dict:
+    """``batch`` as the model's engine takes it. DeepSpeed casts the model's weights to bf16 or fp16 itself, with no
+    autocast around it, so floating-point inputs (images) are cast to match; elsewhere autocast does the casting."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED or accelerator.mixed_precision not in HALF:
+        return batch
+    dtype = HALF[accelerator.mixed_precision]
+    return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+
+
 def predict(model: nn.Module, dataloader, accelerator: Accelerator, task) -> dict[str, np.ndarray]:
     """The task's per-example outputs over a prepared dataloader, gathered from every process (the duplicates that
     pad the last batches dropped). The one evaluation path: training and evaluation.evaluate both score with it."""
@@ -243,7 +253,7 @@ def predict(model: nn.Module, dataloader, accelerator: Accelerator, task) -> dic
     collected: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():
         for batch in dataloader:
-            outputs = accelerator.gather_for_metrics(task.eval_step(model, batch))
+            outputs = accelerator.gather_for_metrics(task.eval_step(model, engine_batch(batch, accelerator)))
             for key, value in outputs.items():
                 collected.setdefault(key, []).append(value.cpu().numpy())
     model.train(was_training)

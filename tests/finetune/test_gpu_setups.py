@@ -143,3 +143,27 @@ def test_throughput_leaves_out_the_time_spent_evaluating_and_saving(monkeypatch)
     with meter.paused():
         pass
     assert meter.figures("images")["samples_per_second"] == pytest.approx(64 / 2.0), "2 s of training, not 32 s"
+
+
+@pytest.mark.parametrize(
+    ("kind", "precision", "image_dtype"),
+    [
+        ("DEEPSPEED", "bf16", torch.bfloat16),
+        ("DEEPSPEED", "fp16", torch.float16),
+        ("DEEPSPEED", "no", torch.float32),
+        ("MULTI_GPU", "bf16", torch.float32),
+        ("NO", "bf16", torch.float32),
+    ],
+)
+def test_images_reach_a_deepspeed_model_in_its_own_dtype(kind, precision, image_dtype):
+    """DeepSpeed casts the weights to bf16/fp16 with no autocast around them: fp32 images would not match."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from finetune.training import engine_batch
+
+    accelerator = SimpleNamespace(distributed_type=DistributedType[kind], mixed_precision=precision)
+    batch = {"pixel_values": torch.zeros(2, 3, 4, 4), "labels": torch.tensor([0, 1])}
+    cast = engine_batch(batch, accelerator)
+    assert cast["pixel_values"].dtype == image_dtype and cast["labels"].dtype == torch.long

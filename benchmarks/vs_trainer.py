@@ -87,7 +87,10 @@ SHAPES = {
     "base": {"gpt2": (4, 8, 6, 256), "bert": (16, 32, 12, 128), "vit": (8, 16, 6, None), "resnet": (8, 16, 12, None)},
 }
 # On a GPU a step takes milliseconds: 200 of them measure the steady state, not the first steps' warm-up.
-CUDA_STEPS = {"tiny": 200, "base": 200}
+CUDA_STEPS = {"tiny": 200, "base": 300}
+# Per-device batches on a GPU: the CPU's base batches keep an H100 busy for 1-3 s in all, too short for steady-state
+# figures (train, eval).
+CUDA_BATCHES = {"gpt2": (32, 32), "bert": (64, 128), "vit": (64, 128), "resnet": (64, 128)}
 
 
 @dataclass
@@ -115,6 +118,8 @@ def make_jobs(manifest: dict, size: str, device: str, steps: Optional[int]) -> l
     jobs = []
     for family, files in manifest.items():
         batch, eval_batch, cpu_steps, length = SHAPES[size][family]
+        if device == "cuda" and size == "base":
+            batch, eval_batch = CUDA_BATCHES[family]
         jobs.append(
             Job(
                 family,

@@ -14,13 +14,16 @@ from finetune import speed
 from finetune.config import TrainConfig
 from finetune.errors import UserError
 from finetune.rundir import CHECKPOINT_COMPLETE, TRAINER_STATE, RunDirectory, read_json, write_json_atomic
-from finetune.training import TrainerState
+from finetune.training import BestWeights, TrainerState
 
 logger = logging.getLogger(__name__)
 
 
-def save_checkpoint(accelerator: Accelerator, run: RunDirectory, state: TrainerState, keep: Optional[int]) -> Path:
-    """accelerate's save_state plus trainer_state.json, then the completion marker once every process is done."""
+def save_checkpoint(
+    accelerator: Accelerator, run: RunDirectory, state: TrainerState, keep: Optional[int], best: BestWeights
+) -> Path:
+    """accelerate's save_state plus trainer_state.json and the best weights so far, then the completion marker once
+    every process is done."""
     path = run.checkpoints_dir / f"step_{state.step}"
     if accelerator.is_main_process:
         (path / CHECKPOINT_COMPLETE).unlink(missing_ok=True)  # re-saving this step: incomplete until marked again
@@ -28,6 +31,7 @@ def save_checkpoint(accelerator: Accelerator, run: RunDirectory, state: TrainerS
     accelerator.wait_for_everyone()  # each process writes its own RNG state
     if accelerator.is_main_process:
         write_json_atomic(path / TRAINER_STATE, asdict(state))
+        best.save_into(path)
         write_json_atomic(path / CHECKPOINT_COMPLETE, {"complete": True, "step": state.step})
         for old in run.checkpoints()[:-keep] if keep else []:
             shutil.rmtree(old, ignore_errors=True)

@@ -58,7 +58,8 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
 
     stop = training.StopSignal()
     recipe = set_up(cfg, run)
-    state, result = _start_or_resume(recipe)
+    best = training.BestWeights(recipe.accelerator, cfg.load_best_model_at_end)
+    state, result = _start_or_resume(recipe, best)
     # The loop's clock starts after the base evaluation or the resume: the web app's ETA paces only this segment.
     meter = throughput.meter_for(
         cfg, recipe.accelerator, recipe.model, recipe.train_dl.dataset, recipe.task, recipe.train_dl.collate_fn
@@ -71,7 +72,6 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
             loop_started_at=meter.started,
             loop_start_step=state.step,
         )
-    best = training.BestWeights(recipe.accelerator, cfg.load_best_model_at_end)
     outcome, result = _loop(recipe, state, meter, stop, best, result)
     recipe.accelerator.wait_for_everyone()
     if outcome == FINISHED:
@@ -152,14 +152,15 @@ def _scheduler(cfg: TrainConfig, optimizer, plan, accelerator):
     )
 
 
-def _start_or_resume(recipe: Recipe):
+def _start_or_resume(recipe: Recipe, best):
     """(trainer state, latest evaluation): a fresh run scores the untuned base model first; a resumed one has no
-    evaluation of its current weights yet (None)."""
+    evaluation of its current weights yet (None), and takes back the checkpoint's best weights into ``best``."""
     from finetune import checkpoints, training
 
     resume_from = checkpoints.checkpoint_to_resume(recipe.cfg, recipe.run)
     if resume_from is not None:
         state = checkpoints.load_checkpoint(recipe.accelerator, resume_from, recipe.model)
+        best.load_from(resume_from)
         logger.info("Resumed from %s at step %d", resume_from, state.step)
         return state, None
     state = training.TrainerState()
@@ -207,7 +208,7 @@ def _loop(recipe: Recipe, state, meter, stop, best, result: Optional[dict]) -> t
         _account(state, segment, meter, accelerator)
         if state.step % plan.save_steps == 0 or cancelled:
             with meter.paused():
-                checkpoints.save_checkpoint(accelerator, recipe.run, state, cfg.save_total_limit)
+                checkpoints.save_checkpoint(accelerator, recipe.run, state, cfg.save_total_limit, best)
         if cancelled or stopping or state.step >= plan.max_steps:
             outcome = CANCELLED if cancelled else FINISHED
             break

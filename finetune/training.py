@@ -6,6 +6,7 @@ import resource
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -14,6 +15,7 @@ from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import DistributedType
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from finetune import speed
@@ -26,7 +28,7 @@ from finetune.lora import (
     save_as_original_base_adapter,
     save_initial_adapter,
 )
-from finetune.rundir import RunDirectory
+from finetune.rundir import RunDirectory, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +123,23 @@ class BestWeights:
         )
         return self.metrics
 
+    def save_into(self, checkpoint: Path) -> None:
+        """Part of a checkpoint: the best weights so far and their evaluation, so that a run resumed from it ends
+        with the result an uninterrupted run would have (its best evaluation's weights), not its last step's."""
+        if self.weights is not None:
+            save_file({k: v.contiguous() for k, v in self.weights.items()}, str(checkpoint / BEST_WEIGHTS))
+            write_json_atomic(checkpoint / BEST_INFO, {"step": self.step, "metrics": self.metrics})
+
+    def load_from(self, checkpoint: Path) -> None:
+        """The best weights a checkpoint holds (save_into), when it holds any."""
+        info = read_json(checkpoint / BEST_INFO)
+        if self.enabled and info is not None and (checkpoint / BEST_WEIGHTS).is_file():
+            self.weights, self.metrics, self.step = (
+                load_file(str(checkpoint / BEST_WEIGHTS)),
+                info["metrics"],
+                info["step"],
+            )
+
 
 def stop_early(state: TrainerState, patience: Optional[int], run: RunDirectory, is_main: bool) -> bool:
     """True when eval loss has not improved for ``patience`` evaluations; logged, and recorded in status.json
@@ -134,6 +153,7 @@ def stop_early(state: TrainerState, patience: Optional[int], run: RunDirectory, 
 
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+BEST_WEIGHTS, BEST_INFO = "best_weights.safetensors", "best_weights.json"  # in a checkpoint: BestWeights.save_into
 STOP_CHECK_STEPS = 10  # optimizer steps between the processes' agreements on a stop (a cancel waits that long)
 
 

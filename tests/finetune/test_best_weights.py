@@ -1,5 +1,6 @@
 """training.BestWeights: the weights of the best evaluation come back when later evaluations scored worse."""
 
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -99,3 +100,31 @@ def test_the_command_line_keeps_the_best_evaluation_when_the_last_one_is_worse(t
         "the saved adapter is the best"
     )
     assert "Restored the weights of step" in (run / "train.log").read_text()
+
+
+def test_a_run_resumed_after_its_best_evaluation_ends_with_the_same_result(tiny_checkpoints, tmp_path):
+    """Killed after the checkpoint that follows the best evaluation, then resumed: the checkpoint carries the best
+    weights, so the result is the uninterrupted run's (the best evaluation's adapter, its metrics), not the last
+    step's."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import read_json, run_cli, write_sentiment_csv
+
+    data = write_sentiment_csv(tmp_path / "reviews.csv", rows=60)
+    swinging = [  # the evaluations swing: the best is early, the last much worse (the test above)
+        "--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data), "--max_steps", "8",
+        "--eval_steps", "1", "--save_steps", "4", "--learning_rate", "0.2", "--head_learning_rate", "0.2",
+        "--lr_scheduler_type", "constant", "--warmup_ratio", "0", "--mixed_precision", "no",
+    ]  # fmt: skip
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert run_cli(*swinging, "--output_dir", str(whole)).returncode == 0
+    expected = read_json(whole / "metrics.json")
+    assert expected["best_step"] < 4, "the best evaluation comes before the checkpoint the resume starts from"
+    shutil.copytree(whole / "checkpoints" / "step_4", resumed / "checkpoints" / "step_4")
+    result = run_cli(*swinging, "--output_dir", str(resumed), "--resume_from_checkpoint", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = read_json(resumed / "metrics.json")
+    assert got["adapter_step"] == expected["adapter_step"] == expected["best_step"]
+    assert got["finetuned"]["eval_loss"] == pytest.approx(expected["finetuned"]["eval_loss"], rel=1e-6)
+    mine, theirs = (load_file(str(run / "adapter" / "adapter_model.safetensors")) for run in (resumed, whole))
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)

@@ -40,7 +40,9 @@ def save_checkpoint(
 
 
 def checkpoint_to_resume(cfg: TrainConfig, run: RunDirectory) -> Optional[Path]:
-    """The checkpoint named by resume_from_checkpoint (true = latest), or None to start fresh."""
+    """The checkpoint named by resume_from_checkpoint (true = latest), or None to start fresh: also when ``true``
+    finds none yet (a run killed before its first checkpoint starts over from step 0 with the same seed, which
+    trains exactly as the first attempt would have)."""
     if cfg.resume_from_checkpoint in (None, False):
         return None
     if cfg.resume_from_checkpoint is True:
@@ -48,7 +50,7 @@ def checkpoint_to_resume(cfg: TrainConfig, run: RunDirectory) -> Optional[Path]:
             logger.warning("Skipping %s: the save was cut short (no %s)", partial, CHECKPOINT_COMPLETE)
         latest = run.latest_checkpoint()
         if latest is None:
-            raise UserError(f"resume_from_checkpoint: no checkpoint under {run.checkpoints_dir} to resume from")
+            logger.warning("No complete checkpoint under %s yet: starting over from step 0", run.checkpoints_dir)
         return latest
     path = Path(cfg.resume_from_checkpoint)
     if not (path / CHECKPOINT_COMPLETE).is_file():

@@ -158,6 +158,8 @@ def _start_or_resume(recipe: Recipe, best):
     from finetune import checkpoints, training
 
     resume_from = checkpoints.checkpoint_to_resume(recipe.cfg, recipe.run)
+    if resume_from is None and recipe.cfg.resume_from_checkpoint and recipe.accelerator.is_main_process:
+        recipe.run.events_path.unlink(missing_ok=True)  # starting over: the first attempt's events are replaced
     if resume_from is not None:
         state = checkpoints.load_checkpoint(recipe.accelerator, resume_from, recipe.model)
         best.load_from(resume_from)

@@ -247,17 +247,14 @@ def cancel(user: User, ref: str) -> None:
 
 
 def resume(user: User, ref: str) -> None:
-    """Queue a cancelled or failed run to continue from its latest checkpoint."""
+    """Queue a cancelled or failed run to continue from its latest checkpoint (from step 0 when it has none yet)."""
     path = locate(user, ref)
     run = RunDirectory(path)
     state = run.state
     if jobs.launched(run):
         raise UserError(f"resume: {path.name} is still stopping; try again in a moment")
-    if state not in (CANCELLED, FAILED) or run.latest_checkpoint() is None:
-        raise UserError(
-            f"resume: {path.name} is {state} with {'a' if run.latest_checkpoint() else 'no'} checkpoint; "
-            "only a cancelled or failed run with a checkpoint can resume"
-        )
+    if state not in (CANCELLED, FAILED):
+        raise UserError(f"resume: {path.name} is {state}; only a cancelled or failed run can resume")
     try:
         job = jobs.Job.read(run)
     except ValueError:  # trained from the command line into the runs folder: this machine's default setup

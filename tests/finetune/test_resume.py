@@ -1,0 +1,41 @@
+"""Resuming a run from the command line, as the Runs page's Resume does (--resume_from_checkpoint true): a run
+killed before its first checkpoint starts over and ends exactly as an uninterrupted run."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from finetune.rundir import RunDirectory
+from tests.conftest import read_events, read_json, run_cli, write_sentiment_csv
+
+
+def _trace(run) -> list[tuple]:
+    """What a run did, without its clock: each train and eval event's kind, step and loss."""
+    return [(e["event"], e["step"], e.get("loss", e.get("eval_loss"))) for e in read_events(run)]
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over_and_ends_as_an_uninterrupted_run(
+    tiny_checkpoints, tmp_path
+):
+    data = write_sentiment_csv(tmp_path / "reviews.csv", rows=80)
+    common = [
+        "--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data), "--max_steps", "6",
+        "--eval_steps", "3", "--logging_steps", "1", "--save_steps", "1000", "--mixed_precision", "no",
+    ]  # fmt: skip
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run_cli(*common, "--output_dir", str(whole)).returncode == 0
+    # What a SIGKILL before the first checkpoint leaves: the run's files, its first events, no checkpoint.
+    killed.mkdir()
+    (killed / "config.yaml").write_text((whole / "config.yaml").read_text().replace(str(whole), str(killed)))
+    RunDirectory(killed).update_status(state="failed", error="the trainer ended without reporting")
+    (killed / "events.jsonl").write_text(json.dumps({"event": "eval", "step": 0, "eval_loss": 9.9, "time": 1}) + "\n")
+    result = run_cli(*common, "--output_dir", str(killed), "--resume_from_checkpoint", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "starting over from step 0" in (killed / "train.log").read_text()
+    assert read_json(killed / "status.json")["state"] == "finished"
+    assert _trace(killed) == _trace(whole), "the same events, the first attempt's replaced"
+    expected, got = read_json(whole / "metrics.json"), read_json(killed / "metrics.json")
+    assert got["finetuned"]["eval_loss"] == pytest.approx(expected["finetuned"]["eval_loss"], rel=1e-6)
+    mine, theirs = (load_file(str(run / "adapter" / "adapter_model.safetensors")) for run in (killed, whole))
+    assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in mine)

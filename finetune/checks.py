@@ -71,7 +71,14 @@ def value_problems(cfg) -> list[Problem]:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             p.append(Problem(name, f"must be a positive integer, got {value}"))
-    for name in ("learning_rate", "head_learning_rate", "num_train_epochs", "lora_alpha", "max_compression_ratio"):
+    for name in (
+        "learning_rate",
+        "head_learning_rate",
+        "num_train_epochs",
+        "lora_alpha",
+        "max_compression_ratio",
+        "save_minutes",
+    ):
         value = getattr(cfg, name)
         if value is not None and not (value > 0 and math.isfinite(value)):
             p.append(Problem(name, f"must be a positive number, got {value}"))

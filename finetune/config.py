@@ -138,6 +138,12 @@ class TrainConfig:
     save_steps: Optional[int] = _help(
         USER, "Save a resumable checkpoint every this many steps; default once per epoch.", default=None
     )
+    save_minutes: Optional[float] = _help(
+        USER,
+        "Also save a checkpoint once this many minutes of training have passed since the last one, so that a crash"
+        " loses at most that much whatever the epoch length; only by steps when absent.",
+        default=10.0,
+    )
     save_total_limit: Optional[int] = _help(
         BOUND, "Keep at most this many checkpoints (oldest deleted); all when absent.", default=2
     )

@@ -187,6 +187,7 @@ def _loop(recipe: Recipe, state, meter, stop, best, result: Optional[dict]) -> t
     cfg, accelerator, model, plan = recipe.cfg, recipe.accelerator, recipe.model, recipe.plan
     segment = (state.runtime_seconds, state.samples)  # from segments before a resume
     window_loss, window_batches, outcome, stopping = 0.0, 0, FINISHED, False
+    saved_at = time.time()
     model.train()
     for batch in _batches(recipe, state):
         loss = train_step(recipe, batch)
@@ -206,11 +207,13 @@ def _loop(recipe: Recipe, state, meter, stop, best, result: Optional[dict]) -> t
             stopping = state.step < plan.max_steps and training.stop_early(
                 state, cfg.early_stopping_patience, recipe.run, accelerator.is_main_process
             )
-        cancelled = stop.agreed(accelerator, state.step)
+        due = cfg.save_minutes is not None and time.time() - saved_at >= cfg.save_minutes * 60
+        cancelled, save_due = stop.agreed(accelerator, state.step, due)
         _account(state, segment, meter, accelerator)
-        if state.step % plan.save_steps == 0 or cancelled:
+        if state.step % plan.save_steps == 0 or cancelled or save_due:
             with meter.paused():
                 checkpoints.save_checkpoint(accelerator, recipe.run, state, cfg.save_total_limit, best)
+            saved_at = time.time()
         if cancelled or stopping or state.step >= plan.max_steps:
             outcome = CANCELLED if cancelled else FINISHED
             break

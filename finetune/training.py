@@ -169,16 +169,18 @@ class StopSignal:
         logger.warning("Received %s: stopping at the next step boundary", signal.Signals(signum).name)
         self.requested = True
 
-    def agreed(self, accelerator: Accelerator, step: int) -> bool:
-        """True on every process once any process was signalled (they must stop at the same step). Several processes
-        agree every STOP_CHECK_STEPS optimizer steps: each agreement is an all-reduce whose result the CPU waits for,
-        which would stall a GPU's queue of work at every step."""
+    def agreed(self, accelerator: Accelerator, step: int, save_due: bool = False) -> tuple[bool, bool]:
+        """(stop, save a checkpoint), the same on every process once any process was signalled or found its time
+        for a checkpoint come (they must stop and save at the same step). Several processes agree every
+        STOP_CHECK_STEPS optimizer steps: each agreement is an all-reduce whose result the CPU waits for, which would
+        stall a GPU's queue of work at every step."""
         if accelerator.num_processes == 1:
-            return self.requested
+            return self.requested, save_due
         if step % STOP_CHECK_STEPS:
-            return False
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)
-        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+            return False, False
+        flags = torch.tensor([float(self.requested), float(save_due)], device=accelerator.device)
+        stop, save = (accelerator.reduce(flags, reduction="sum") > 0).tolist()
+        return stop, save
 
 
 def prepare_model(model: nn.Module, cfg: TrainConfig, new_heads: list[str]) -> nn.Module:

@@ -117,18 +117,20 @@ def test_several_processes_agree_on_a_stop_every_few_steps_not_every_step():
 
     reduced = []
 
-    def reduce(flag, reduction):
-        reduced.append(flag)
-        return flag
+    def reduce(flags, reduction):
+        reduced.append(flags)
+        return flags
 
     accelerator = SimpleNamespace(num_processes=2, device=torch.device("cpu"), reduce=reduce)
     stop = StopSignal()
-    assert not any(stop.agreed(accelerator, step) for step in range(1, 101))
+    assert not any(any(stop.agreed(accelerator, step)) for step in range(1, 101))
     assert len(reduced) == 100 // STOP_CHECK_STEPS
+    assert stop.agreed(accelerator, 110, save_due=True) == (False, True), "a checkpoint's time, agreed"
     stop.requested = True  # a SIGTERM on this process
-    stops = [step for step in range(101, 121) if stop.agreed(accelerator, step)]
-    assert stops[0] == 110, "every process stops at the same, next agreed step"
-    assert StopSignal().agreed(SimpleNamespace(num_processes=1), 7) is False, "one process: no agreement needed"
+    stops = [step for step in range(111, 131) if stop.agreed(accelerator, step)[0]]
+    assert stops[0] == 120, "every process stops at the same, next agreed step"
+    single = SimpleNamespace(num_processes=1)
+    assert StopSignal().agreed(single, 7, save_due=True) == (False, True), "one process: no agreement needed"
 
 
 def test_throughput_leaves_out_the_time_spent_evaluating_and_saving(monkeypatch):

@@ -39,3 +39,22 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_and_ends_as_an_uni
     assert got["finetuned"]["eval_loss"] == pytest.approx(expected["finetuned"]["eval_loss"], rel=1e-6)
     mine, theirs = (load_file(str(run / "adapter" / "adapter_model.safetensors")) for run in (killed, whole))
     assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in mine)
+
+
+def test_checkpoints_come_by_time_as_well_as_by_steps(tiny_checkpoints, tmp_path):
+    """save_minutes: a long epoch cannot lose more than that much training to a crash (here: every step is due)."""
+    data = write_sentiment_csv(tmp_path / "reviews.csv", rows=80)
+    out = tmp_path / "timed"
+    result = run_cli(
+        "--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data), "--output_dir", str(out),
+        "--max_steps", "4", "--save_steps", "1000", "--save_minutes", "0.00001", "--save_total_limit", "10",
+        "--mixed_precision", "no",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in RunDirectory(out).checkpoints()] == ["step_1", "step_2", "step_3", "step_4"]
+    untimed = tmp_path / "untimed"
+    result = run_cli(
+        "--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data), "--output_dir", str(untimed),
+        "--max_steps", "4", "--save_steps", "1000", "--save_minutes", "60", "--mixed_precision", "no",
+    )  # fmt: skip
+    assert result.returncode == 0 and RunDirectory(untimed).checkpoints() == [], "only by steps otherwise"

@@ -60,6 +60,9 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
     recipe = set_up(cfg, run)
     best = training.BestWeights(recipe.accelerator, cfg.load_best_model_at_end)
     state, result = _start_or_resume(recipe, best)
+    if state.step >= recipe.plan.max_steps and run.metrics_path.is_file():
+        logger.info("The run finished at step %d already: nothing to train, and its result stays as it is", state.step)
+        return FINISHED
     # The loop's clock starts after the base evaluation or the resume: the web app's ETA paces only this segment.
     meter = throughput.meter_for(
         cfg, recipe.accelerator, recipe.model, recipe.train_dl.dataset, recipe.task, recipe.train_dl.collate_fn

@@ -58,3 +58,19 @@ def test_checkpoints_come_by_time_as_well_as_by_steps(tiny_checkpoints, tmp_path
         "--max_steps", "4", "--save_steps", "1000", "--save_minutes", "60", "--mixed_precision", "no",
     )  # fmt: skip
     assert result.returncode == 0 and RunDirectory(untimed).checkpoints() == [], "only by steps otherwise"
+
+
+def test_resuming_a_finished_run_trains_nothing_and_keeps_its_result(tiny_checkpoints, tmp_path):
+    data = write_sentiment_csv(tmp_path / "reviews.csv", rows=80)
+    out = tmp_path / "done"
+    common = [
+        "--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data), "--output_dir", str(out),
+        "--max_steps", "4", "--save_steps", "2", "--mixed_precision", "no",
+    ]  # fmt: skip
+    assert run_cli(*common).returncode == 0
+    kept = {name: (out / name).read_bytes() for name in ("metrics.json", "adapter/adapter_model.safetensors")}
+    result = run_cli(*common, "--resume_from_checkpoint", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "finished at step 4 already: nothing to train" in (out / "train.log").read_text()
+    assert {name: (out / name).read_bytes() for name in kept} == kept, "its result is not rewritten"
+    assert read_json(out / "status.json")["state"] == "finished"

@@ -164,6 +164,26 @@ class RunDirectory:
             f.write(json.dumps(event, default=float) + "\n")
             f.flush()
 
+    def start_segment(self, pid: int) -> None:
+        """status.json of a starting trainer (``pid``): running, and nothing of an earlier segment's end, error, loop
+        start or early stop, which a resumed run no longer has."""
+        cleared = dict.fromkeys(("error", "ended_at", "loop_started_at", "loop_start_step", "stopped_early_at_step"))
+        self.update_status(state=RUNNING, started_at=time.time(), pid=pid, pid_started=process_start(pid), **cleared)
+
+    def evaluation_at(self, step: int) -> Optional[dict]:
+        """The metrics of the evaluation logged at ``step`` (a checkpoint is saved after its step's evaluation), or
+        None: a run resumed there need not score the same weights again."""
+        found = [e for e in self.read_events() if e.get("event") == "eval" and e.get("step") == step]
+        return {k: v for k, v in found[-1].items() if k not in ("event", "step", "time")} if found else None
+
+    def keep_events_up_to(self, step: int) -> None:
+        """Drop the events after ``step`` (atomically): a run resumed from its checkpoint at ``step`` logs them again,
+        so events.jsonl reads as the uninterrupted run's would."""
+        kept = [
+            event for event in self.read_events() if not (isinstance(event.get("step"), int) and event["step"] > step)
+        ]
+        write_text_atomic(self.events_path, "".join(json.dumps(event, default=float) + "\n" for event in kept))
+
     def read_events(self) -> list[dict]:
         if not self.events_path.is_file():
             return []
@@ -265,7 +285,7 @@ def output_dir_problem(path: Path, resuming: bool) -> Optional[str]:
         return f"{path} is a system, home or project folder; choose a new folder for the run"
     if path.exists() and not path.is_dir():
         return f"{path} is a file; expected a new or empty folder"
-    if not path.exists() or not [p for p in path.iterdir() if not _is_partial_write(p)]:
+    if not path.exists() or not [p for p in path.iterdir() if not _left_by_a_start(p)]:
         return None
     run = RunDirectory(path)
     state = run.read_status().get("state")
@@ -285,6 +305,11 @@ def output_dir_problem(path: Path, resuming: bool) -> Optional[str]:
 def _is_time(value: Any) -> bool:
     """A Unix time as a user could have edited it into a JSON file: a positive number, not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _left_by_a_start(path: Path) -> bool:
+    """What a trainer killed while starting leaves before its first state file: its log, a partial write."""
+    return path.name == "train.log" or _is_partial_write(path)
 
 
 def _is_partial_write(path: Path) -> bool:

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from finetune.config import TrainConfig, parse_args
 from finetune.errors import ConfigError, UserError
-from finetune.rundir import CANCELLED, FAILED, FINISHED, RUNNING, RunDirectory, output_dir_problem, process_start
+from finetune.rundir import CANCELLED, FAILED, FINISHED, RunDirectory, output_dir_problem
 
 logger = logging.getLogger("finetune")
 
@@ -156,8 +156,9 @@ def _scheduler(cfg: TrainConfig, optimizer, plan, accelerator):
 
 
 def _start_or_resume(recipe: Recipe, best):
-    """(trainer state, latest evaluation): a fresh run scores the untuned base model first; a resumed one has no
-    evaluation of its current weights yet (None), and takes back the checkpoint's best weights into ``best``."""
+    """(trainer state, latest evaluation): a fresh run scores the untuned base model first; a resumed one finds the
+    evaluation of its checkpoint's step in its events (None when there was none), and takes back the checkpoint's
+    best weights into ``best``."""
     from finetune import checkpoints, training
 
     resume_from = checkpoints.checkpoint_to_resume(recipe.cfg, recipe.run)
@@ -166,8 +167,10 @@ def _start_or_resume(recipe: Recipe, best):
     if resume_from is not None:
         state = checkpoints.load_checkpoint(recipe.accelerator, resume_from, recipe.model)
         best.load_from(resume_from)
+        if recipe.accelerator.is_main_process:
+            recipe.run.keep_events_up_to(state.step)
         logger.info("Resumed from %s at step %d", resume_from, state.step)
-        return state, None
+        return state, recipe.run.evaluation_at(state.step)
     state = training.TrainerState()
     state.base_metrics = recipe.evaluate(step=0)
     return state, state.base_metrics
@@ -353,7 +356,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     _setup_logging(run, is_main)
     if is_main:
-        _mark_running(run)
+        run.start_segment(os.getpid())
     try:
         final_state = train(with_task(cfg, run, is_main), run)
     except UserError as err:
@@ -365,16 +368,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         run.update_status(state=final_state, ended_at=time.time())
         logger.info("Run %s: %s", final_state, run.path)
     return 0
-
-
-def _mark_running(run: RunDirectory) -> None:
-    """status.json of a starting segment: this process, and no loop start or early stop of an earlier segment."""
-    import os
-
-    pid = os.getpid()
-    # A resumed run starts a new segment: the last one's end, error, loop start and early stop no longer apply.
-    cleared = dict.fromkeys(("error", "ended_at", "loop_started_at", "loop_start_step", "stopped_early_at_step"))
-    run.update_status(state=RUNNING, started_at=time.time(), pid=pid, pid_started=process_start(pid), **cleared)
 
 
 def with_task(cfg: TrainConfig, run: RunDirectory, is_main: bool) -> TrainConfig:

@@ -6,89 +6,98 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from finetune.config import TrainConfig
 from finetune.rundir import RunDirectory
-from tests.conftest import OFFLINE_ENV, REPO, read_events, read_json, run_cli, write_sentiment_csv
+from tests.conftest import OFFLINE_ENV, REPO, read_events, read_json, run_cli, write_lm_text, write_sentiment_csv
 
-# 12 steps, a checkpoint every 4: kills land before, between and after checkpoints.
+# 12 steps, an evaluation every 3 and a checkpoint every 4: kills land before, between and after both.
 STEPS = [
-    "--max_steps",
-    "12",
-    "--save_steps",
-    "4",
-    "--save_total_limit",
-    "10",
-    "--logging_steps",
-    "1",
-    "--learning_rate",
-    "2e-3",
-    "--head_learning_rate",
-    "1e-2",
-]
-# (file, which write of it): each kill leaves the run resumable.
-KILL_POINTS = [
-    ("trainer_state.json", 2),  # saving step 8: step_8 is incomplete, resume from step_4
-    ("checkpoint_complete.json", 2),  # step_8's files all there but not marked complete
-    ("metrics.json", 1),  # after the last checkpoint (step 12 = max_steps): nothing left to train
-    ("lora_lab.json", 1),  # adapter half written
-    ("status.json", "last-state"),  # the final "finished" never lands
+    "--max_steps", "12", "--eval_steps", "3", "--save_steps", "4", "--save_total_limit", "10",
+    "--logging_steps", "1", "--learning_rate", "2e-3", "--head_learning_rate", "1e-2", "--mixed_precision", "no",
+]  # fmt: skip
+# Each phase of a run, as (what, n) for tests/finetune/kill_at_write.py: a state file's nth write, or the moment
+# after the train or eval event of step n.
+PHASES = {
+    "set-up": ("status.json", "1"),
+    "after the base evaluation": ("eval", "0"),
+    "before the first checkpoint": ("train", "2"),
+    "mid-epoch, past a checkpoint": ("train", "6"),
+    "during a checkpoint save": ("trainer_state.json", "2"),
+    "after an evaluation": ("eval", "9"),
+    "at the last step": ("train", "12"),
+    "during the final save": ("lora_lab.json", "1"),
+    "during the metrics write": ("metrics.json", "1"),
+}
+# GPT-2 (causal LM) is killed in the phases that differ most; BERT (text classification) in every one.
+CASES = [("bert", phase) for phase in PHASES] + [
+    ("gpt2", phase) for phase in ("before the first checkpoint", "during a checkpoint save", "at the last step")
 ]
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_checkpoints, tmp_path_factory):
+    """Per family: the trainer's arguments and the uninterrupted run they make."""
     root = tmp_path_factory.mktemp("crash")
-    data = write_sentiment_csv(root / "reviews.csv", rows=120)
-    common = ["--model_name_or_path", str(tiny_checkpoints["bert"]), "--train_file", str(data), *STEPS]
-    reference = root / "reference"
-    assert run_cli(*common, "--output_dir", str(reference)).returncode == 0
-    return root, common, read_json(reference / "metrics.json")
+    data = {"bert": write_sentiment_csv(root / "reviews.csv", rows=120), "gpt2": write_lm_text(root / "lm.txt")}
+    runs = {}
+    for family in ("bert", "gpt2"):
+        common = ["--model_name_or_path", str(tiny_checkpoints[family]), "--train_file", str(data[family]), *STEPS]
+        reference = root / f"reference-{family}"
+        assert run_cli(*common, "--output_dir", str(reference)).returncode == 0
+        runs[family] = (common, reference)
+    return root, runs
 
 
-def _killed_at(common, run, name: str, nth: int) -> None:
+def _killed_at(common, run, what: str, nth: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tests.finetune.kill_at_write", name, str(nth), *common, "--output_dir", str(run)],
+        [sys.executable, "-m", "tests.finetune.kill_at_write", what, nth, *common, "--output_dir", str(run)],
         cwd=REPO,
         env=OFFLINE_ENV,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert result.returncode == -9, f"{name}#{nth} was not reached:\n{result.stderr[-2000:]}"
-    assert list(run.rglob(f".{name}.killed.tmp")), "the kill landed mid-write"
+    assert result.returncode == -9, f"{what}#{nth} was not reached:\n{result.stderr[-2000:]}"
+    if what not in ("train", "eval"):
+        assert list(run.rglob(f".{what}.killed.tmp")), "the kill landed mid-write"
 
 
-@pytest.mark.parametrize(("name", "nth"), KILL_POINTS, ids=[f"{name}#{nth}" for name, nth in KILL_POINTS])
-def test_kill_9_during_each_state_file_write_leaves_a_run_that_resumes(setup, name, nth):
-    root, common, reference = setup
-    run = root / f"killed-{name}-{nth}"
-    _killed_at(common, run, name, nth)
+def _trace(run) -> list[tuple]:
+    """The run's train and eval events without their clock: kind, step, loss."""
+    return [(e["event"], e["step"], e.get("loss", e.get("eval_loss"))) for e in read_events(run)]
+
+
+@pytest.mark.parametrize(("family", "phase"), CASES, ids=[f"{family}: {phase}" for family, phase in CASES])
+def test_a_run_killed_in_any_phase_resumes_to_the_uninterrupted_result(setup, family, phase):
+    root, runs = setup
+    common, reference = runs[family]
+    run = root / f"killed-{family}-{phase.replace(' ', '-').replace(',', '')}"
+    _killed_at(common, run, *PHASES[phase])
     for path in [run / "status.json", run / "metrics.json", *run.glob("checkpoints/*/*.json")]:
         if path.exists():
             json.loads(path.read_text())  # whole, never truncated
-    TrainConfig.from_yaml(run / "config.yaml")
-    last = run / "checkpoints" / "step_12" / "trainer_state.json"
-    earlier_runtime = read_json(last)["runtime_seconds"] if last.exists() else None
-    resumed = run_cli(
-        "--config", str(run / "config.yaml"), "--output_dir", str(run), "--resume_from_checkpoint", "true"
-    )
-    assert resumed.returncode == 0, f"{name}#{nth}:\n{resumed.stderr[-3000:]}"
-    metrics = read_json(run / "metrics.json")
-    assert read_json(run / "status.json")["state"] == "finished", name
-    assert metrics["steps"] == 12 and metrics["finetuned"] is not None and metrics["base"] == reference["base"], name
-    assert metrics["finetuned"]["eval_loss"] == pytest.approx(reference["finetuned"]["eval_loss"], rel=1e-5), name
-    assert max(e["step"] for e in read_events(run)) == 12, f"{name}: no step beyond max_steps"
-    if nth == 2:  # killed while saving step_8: skipped with a log line, resumed from step_4
-        log = (run / "train.log").read_text()
-        assert "Skipping" in log and "step_8" in log and "checkpoints/step_4 at step 4" in log, name
-    if earlier_runtime is not None:  # resumed at max_steps: runtime spans the segment before the kill too
-        assert metrics["train_runtime_seconds"] > earlier_runtime > 0, name
+    resumed = run_cli(*common, "--output_dir", str(run), "--resume_from_checkpoint", "true")
+    assert resumed.returncode == 0, f"{phase}:\n{resumed.stderr[-3000:]}"
+    assert read_json(run / "status.json")["state"] == "finished"
+    expected, got = read_json(reference / "metrics.json"), read_json(run / "metrics.json")
+    assert (got["steps"], got["adapter_step"]) == (expected["steps"], expected["adapter_step"])
+    for split in ("base", "finetuned"):
+        assert got[split]["eval_loss"] == pytest.approx(expected[split]["eval_loss"], rel=1e-5), split
+    trace, expected_trace = _trace(run), _trace(reference)
+    assert [t[:2] for t in trace] == [t[:2] for t in expected_trace], "the same events, none twice"
+    assert [t[2] for t in trace] == pytest.approx([t[2] for t in expected_trace], rel=1e-5)
+    mine, theirs = (load_file(str(r / "adapter" / "adapter_model.safetensors")) for r in (run, reference))
+    assert mine.keys() == theirs.keys()
+    assert all(torch.allclose(mine[k], theirs[k], rtol=1e-5, atol=1e-7) for k in mine), "the same adapter"
 
 
 def test_config_yaml_survives_a_kill_during_its_rewrite(setup):
-    root, common, _ = setup
+    root, runs = setup
+    common = runs["bert"][0]
     run = root / "config-kill"
     # Queued as the web app does (config.yaml and status.json first); the trainer rewrites config.yaml once, with
     # the task inferred from the checkpoint, and is killed in the middle of that write.
@@ -96,7 +105,7 @@ def test_config_yaml_survives_a_kill_during_its_rewrite(setup):
     run.mkdir()
     TrainConfig.from_dict(queued).to_yaml(run / "config.yaml")
     RunDirectory(run).update_status(state="queued")
-    _killed_at(common, run, "config.yaml", 1)
+    _killed_at(common, run, "config.yaml", "1")
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert TrainConfig.from_dict(config).output_dir == str(run) and read_json(run / "status.json")["state"] == "running"
 
@@ -113,7 +122,7 @@ OUTPUT_DIRS = {
 
 @pytest.mark.parametrize("case", OUTPUT_DIRS)
 def test_output_dir_must_be_new_empty_or_a_run(setup, tmp_path, case):
-    _, common, _ = setup
+    common = setup[1]["bert"][0]
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "config.yaml").write_text("my: own settings\n")

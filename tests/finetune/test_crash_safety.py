@@ -32,10 +32,8 @@ PHASES = {
     "during the final save": ("lora_lab.json", "1"),
     "during the metrics write": ("metrics.json", "1"),
 }
-# GPT-2 (causal LM) is killed in the phases that differ most; BERT (text classification) in every one.
-CASES = [("bert", phase) for phase in PHASES] + [
-    ("gpt2", phase) for phase in ("before the first checkpoint", "during a checkpoint save", "at the last step")
-]
+# Two task kinds: text classification (BERT) and causal LM (GPT-2), each killed in every phase.
+CASES = [(family, phase) for family in ("bert", "gpt2") for phase in PHASES]
 
 
 @pytest.fixture(scope="module")

@@ -287,6 +287,8 @@ def output_dir_problem(path: Path, resuming: bool) -> Optional[str]:
         return f"{path} is a file; expected a new or empty folder"
     if not path.exists() or not [p for p in path.iterdir() if not _left_by_a_start(p)]:
         return None
+    if _set_up_by_hand(path):
+        return None
     run = RunDirectory(path)
     state = run.read_status().get("state")
     if state is None and resuming and run.latest_checkpoint() is not None:
@@ -305,6 +307,15 @@ def output_dir_problem(path: Path, resuming: bool) -> Optional[str]:
 def _is_time(value: Any) -> bool:
     """A Unix time as a user could have edited it into a JSON file: a positive number, not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _set_up_by_hand(path: Path) -> bool:
+    """A folder holding only a run's config.yaml that names it as output_dir: the settings the New run page shows,
+    saved where its command reads them (anyone else's config.yaml is left alone)."""
+    if [p.name for p in path.iterdir() if not _left_by_a_start(p)] != ["config.yaml"]:
+        return False
+    named = RunDirectory(path).read_config().get("output_dir")
+    return isinstance(named, str) and Path(named).expanduser().resolve() == path
 
 
 def _left_by_a_start(path: Path) -> bool:

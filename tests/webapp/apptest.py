@@ -1,14 +1,19 @@
 """Small helpers for AppTest-driven page tests."""
 
 import re
+import sys
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
 from finetune.rundir import RunDirectory
+from tests.conftest import REPO
 from tests.webapp.conftest import APP
 
-CPU_PREFIX = "accelerate launch --config_file configs/accelerate/cpu.yaml"
+# The accelerate of the environment the tests run in, as the page names it for copy-paste from the project folder.
+ACCELERATE = Path(sys.executable).absolute().with_name("accelerate")
+ACCELERATE = ACCELERATE.relative_to(REPO) if ACCELERATE.is_relative_to(REPO) else ACCELERATE
+CPU_PREFIX = f"{ACCELERATE} launch --config_file configs/accelerate/cpu.yaml"
 
 
 def open_app(page: str | None = None) -> AppTest:

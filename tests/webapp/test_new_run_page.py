@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -307,3 +308,25 @@ def test_lora_variants_and_tracking_reach_the_runs_settings(no_runner):
         "load_in_4bit": False,
     }
     assert {k: shown[k] for k in expected} == expected, f"{len(expected)} settings checked"
+
+
+def test_the_command_the_page_shows_runs_as_shown_from_the_project_folder(lab):
+    """Headless, as the page says: save the settings it shows where its command reads them, then run the command
+    from the project folder, in a shell that never activated the environment."""
+    import shlex
+    import subprocess
+
+    from tests.conftest import OFFLINE_ENV, REPO
+
+    at = open_app()
+    at.number_input(key="cfg_max_steps").set_value(3)
+    at.text_input(key="run_name").set_value("headless").run()
+    assert_ok(at)
+    command, settings = shlex.split(at.code[0].value), yaml.safe_load(at.code[1].value)
+    config = Path(command[command.index("--config") + 1])
+    config.parent.mkdir(parents=True)
+    config.write_text(yaml.safe_dump(settings))
+    path = ":".join(p for p in OFFLINE_ENV["PATH"].split(":") if not p.startswith(str(REPO)))  # no .venv/bin
+    done = subprocess.run(command, cwd=REPO, env={**OFFLINE_ENV, "PATH": path}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert state_of(config.parent) == "finished" and (config.parent / "adapter" / "adapter_config.json").is_file()

@@ -13,6 +13,7 @@ import pytest
 from finetune.errors import ConfigError, UserError
 from finetune.rundir import RunDirectory, process_start
 from tests.conftest import write_sentiment_csv
+from tests.webapp.apptest import ACCELERATE
 from webapp.runner import jobs
 from webapp.services import catalog, devices, launch, runs, uploads
 from webapp.services.identity import local_user
@@ -94,7 +95,7 @@ def test_launch_plan_validates_every_field_and_gives_the_exact_command(home):
         launch.plan(LOCAL, "bad name!", {**values, "learning_rate": "2e-4", "lora_r": 8}, setup)
     cfg, command = launch.plan(LOCAL, "first", {**values, "learning_rate": "2e-4", "lora_r": 8}, setup)
     assert cfg.learning_rate == 2e-4 and cfg.seed == 42  # blank fields keep their defaults
-    assert command[:5] == ["accelerate", "launch", "--config_file", "configs/accelerate/cpu.yaml", "--num_processes"]
+    assert command[:5] == [str(ACCELERATE), "launch", "--config_file", "configs/accelerate/cpu.yaml", "--num_processes"]
     run = launch.launch(LOCAL, cfg, setup)
     assert run.read_status()["state"] == "queued"
     job = json.loads(run.job_path.read_text())

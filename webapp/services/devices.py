@@ -6,6 +6,7 @@ Each setup is one of the commented presets in configs/accelerate/.
 
 import importlib.util
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -30,8 +31,11 @@ class Setup:
     uses_gpus: bool
 
     def command(self, run_config: Path) -> list[str]:
-        """The launch command, paths relative to the source tree when they lie in it (for copy-paste)."""
-        return launch_command("accelerate", self.preset, self.num_processes, run_config, short=True)
+        """The launch command as it runs from the project folder, paths relative to it when they lie in it (for
+        copy-paste): the accelerate of this app's environment (.venv/bin/accelerate after scripts/setup.sh), which a
+        shell that never activated the environment would not find as plain `accelerate`."""
+        accelerate = _short(Path(sys.executable).with_name("accelerate"))
+        return launch_command(accelerate, self.preset, self.num_processes, run_config, short=True)
 
 
 # The presets the app launches (configs/accelerate/two_machines.yaml needs a second machine: command line only).
@@ -109,5 +113,5 @@ def setups(gpus: list[Gpu]) -> list[Setup]:
 
 
 def _short(path: Path) -> str:
-    path = Path(path).resolve()
+    path = Path(path).absolute()  # not resolved: a venv's bin/ links to the interpreter it was made from
     return str(path.relative_to(workspace.REPO)) if path.is_relative_to(workspace.REPO) else str(path)

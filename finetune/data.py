@@ -176,6 +176,11 @@ def _load_image_folder(path: Path, role: str, cache: Optional[str]) -> Dataset:
         raise UserError(f"{role}: could not read images under {path} ({type(err).__name__}: {err})") from err
     if len(table) == 0:
         raise UserError(f"{role}: folder {path} holds no images; expected .png/.jpg files in one sub-folder per class")
+    if "label" not in table.column_names:  # datasets names classes by folder, and drops a lone one
+        raise UserError(
+            f"{role}: {path} holds images of one class only; image classification needs one sub-folder of images "
+            "per class, at least 2 (e.g. cats/ and dogs/)"
+        )
     return table
 
 

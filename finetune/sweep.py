@@ -11,6 +11,7 @@ one after another; experiment.json records the grid, the points and the best run
 """
 
 import argparse
+import difflib
 import math
 import random
 import signal
@@ -38,19 +39,29 @@ PRUNE_MARGIN, PRUNE_EVALS = 0.25, 2
 POLL_SECONDS = 0.5  # how often a running point's events.jsonl is read for pruning
 
 
+def setting_name(typed: str) -> str:
+    """A setting as typed in a grid, its name (learning_rate) or the New run form's label (Learning rate)."""
+    return typed.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def _unknown(typed: str, key: str, fields: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else "expected a setting's name (learning_rate) or its label"
+    return f"{typed!r} is not a setting; {hint}"
+
+
 def parse_grid(items: Iterable[str]) -> dict[str, list[str]]:
     """``["key=v1,v2", ...]`` as {key: [v1, v2]}; ConfigError names every bad key or value (values are checked
     against TrainConfig by ``configs_for``)."""
     fields, grid, problems = set(field_help()), {}, []
     for item in items:
-        key, sep, values = (part.strip() for part in item.partition("="))
+        typed, sep, values = (part.strip() for part in item.partition("="))
+        key = setting_name(typed)
         choices = [value.strip() for value in values.split(",")]
         if not sep or not key:
             problems.append(Problem("grid", f"{item!r} is not key=value[,value...]"))
         elif key not in fields:
-            problems.append(
-                Problem(key, f"{key!r} is not a setting; expected a TrainConfig field such as learning_rate")
-            )
+            problems.append(Problem(typed, _unknown(typed, key, fields)))
         elif key in NOT_SWEPT:
             problems.append(Problem(key, "set by the sweep for each run; it cannot be varied"))
         elif key in grid:

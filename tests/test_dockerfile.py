@@ -241,8 +241,11 @@ def test_usage_statistics_are_off_wherever_the_app_starts():
     """Streamlit reads .streamlit/config.toml from the folder it starts in: the project folder for the README's
     command, scripts/start-space.sh and the image (its WORKDIR holds the project)."""
     probe = "from streamlit import config; print(config.get_option('browser.gatherUsageStats'))"
+    toolbar = "from streamlit import config; print(config.get_option('client.toolbarMode'))"
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}
     here = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True)
     elsewhere = subprocess.run([sys.executable, "-c", probe], cwd="/", env=env, capture_output=True, text=True)
     assert (here.stdout.strip(), elsewhere.stdout.strip()) == ("False", "True"), here.stderr + elsewhere.stderr
+    viewer = subprocess.run([sys.executable, "-c", toolbar], cwd=REPO, env=env, capture_output=True, text=True)
+    assert viewer.stdout.strip() == "viewer", "no Deploy button or developer menu for visitors"
     assert ".streamlit" not in (REPO / ".dockerignore").read_text().split(), "the image must get the config file"

@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import json
 import logging
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -315,3 +316,12 @@ def test_with_a_data_cache_dir_every_cache_of_the_data_lands_there(tmp_path, mon
     assert list((owner / "tables").rglob("*.arrow")), "the tables' Arrow copies are in the owner's folder"
     assert [p.name for p in owner.iterdir() if p.name != "tables"], "and the unpacked archive"
     assert not machine_wide.exists() or not list(machine_wide.rglob("*.arrow"))
+
+
+def test_an_image_folder_of_one_class_says_so(tmp_path):
+    images = write_image_folder(tmp_path / "images", per_class=6)
+    for extra in ("green", "blue"):
+        shutil.rmtree(images / extra)
+    message = _fails(images, task="image-classification")
+    assert "holds images of one class only" in message and "at least 2 (e.g. cats/ and dogs/)" in message, message
+    assert "only one column" not in message

@@ -219,3 +219,17 @@ def test_prune_stops_a_clearly_worse_run_and_records_it(tiny_checkpoints, tmp_pa
     assert not (tmp_path / "heads" / "heads-02" / "metrics.json").exists()
     rows = [line.split() for line in result.stdout.splitlines() if line.lstrip("★ ").startswith("heads-0")]
     assert [row[-1] for row in rows] == ["finished", "pruned"] and rows[0][0] == "★"
+
+
+def test_the_grid_takes_the_forms_labels_suggests_names_and_lists_every_problem():
+    assert parse_grid_text("Learning rate = 1e-4, 3e-4\nLoRA r=8,16\n") == {
+        "learning_rate": ["1e-4", "3e-4"],
+        "lora_r": ["8", "16"],
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_grid_text("learnin_rate=1e-4,3e-4\nlora_rr=8,16\nbogus=1\n")
+    assert [str(p) for p in err.value.problems] == [
+        "learnin_rate: 'learnin_rate' is not a setting; did you mean learning_rate?",
+        "lora_rr: 'lora_rr' is not a setting; did you mean lora_r?",
+        "bogus: 'bogus' is not a setting; expected a setting's name (learning_rate) or its label",
+    ]

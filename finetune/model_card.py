@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import yaml
 
-from finetune.rundir import RunDirectory
+from finetune.rundir import RunDirectory, read_json
 from finetune.task_kinds import TASKS
 
 # Settings that say where files were on the training machine, not how the model was trained.
@@ -51,9 +51,25 @@ TEMPLATE = """---
 """
 
 
+# Beside an uploaded data file (or its unpacked folder), the web app records the name its user gave it.
+DATA_NAME_FILE = "name.json"
+
+
+def data_name(train_file: Optional[str]) -> str:
+    """The training data as its user knows it: the uploaded file's own name, else the file or folder name."""
+    path = Path(str(train_file or "data"))
+    given = read_json(path.parent / DATA_NAME_FILE) or {}
+    return str(given.get("name") or path.name)
+
+
 def portable_base(name: Optional[str]) -> Optional[str]:
     """A hub id as it is; a local folder by its name only (its path means nothing on another machine)."""
     return Path(name).name if isinstance(name, str) and Path(name).is_absolute() else name
+
+
+def is_local(name: Optional[str]) -> bool:
+    """Whether the base model was a folder of the training machine rather than a hub id."""
+    return isinstance(name, str) and Path(name).is_absolute()
 
 
 def model_card(run_dir: str | Path, merged: bool) -> Any:
@@ -63,9 +79,12 @@ def model_card(run_dir: str | Path, merged: bool) -> Any:
     run = RunDirectory(run_dir)
     config, metrics, info = run.read_config(), run.read_metrics(), run.read_adapter_info()
     task = metrics.get("task") or config.get("task") or info.get("task")
-    base = portable_base(config.get("model_name_or_path") or info.get("base_model"))
+    trained_on = config.get("model_name_or_path") or info.get("base_model")
+    base, local = portable_base(trained_on), is_local(trained_on)
     tuned = {k: v for k, v in (metrics.get("finetuned") or {}).items() if isinstance(v, (int, float))}
-    card_data = _card_data(run.path.name, task, base, tuned, Path(str(config.get("train_file", "data"))).name, merged)
+    card_data = _card_data(
+        run.path.name, task, None if local else base, tuned, data_name(config.get("train_file")), merged
+    )
     base_metrics = metrics.get("base") or {}
     return ModelCard.from_template(
         card_data,
@@ -75,7 +94,7 @@ def model_card(run_dir: str | Path, merged: bool) -> Any:
         data=_data_summary(config, metrics, info),
         rows=[(name, _fmt(base_metrics.get(name)), _fmt(value)) for name, value in tuned.items()],
         selection=_selection(metrics),
-        usage=_usage(task, base, merged, len(info.get("labels") or [])),
+        usage=_usage(task, base, local, merged, len(info.get("labels") or [])),
         settings=yaml.safe_dump(_settings(config, base), sort_keys=False).strip(),
     )
 
@@ -118,7 +137,7 @@ def _summary(config: dict, task: Optional[str], base: Optional[str], merged: boo
 def _data_summary(config: dict, metrics: dict, info: dict) -> str:
     labels = info.get("labels")
     parts = [
-        f"Trained on `{Path(str(config.get('train_file', 'data'))).name}` for {metrics.get('steps')} optimizer "
+        f"Trained on `{data_name(config.get('train_file'))}` for {metrics.get('steps')} optimizer "
         f"steps (batch {config.get('per_device_train_batch_size')} per device x "
         f"{metrics.get('num_processes', 1)} process(es))."
     ]
@@ -135,15 +154,22 @@ def _selection(metrics: dict) -> str:
     )
 
 
-def _usage(task: Optional[str], base: Optional[str], merged: bool, num_labels: int) -> str:
+def _usage(task: Optional[str], base: Optional[str], local: bool, merged: bool, num_labels: int) -> str:
+    """Code that loads the model. A base that was a local folder cannot be named for another machine: the code holds
+    a placeholder to replace with where that folder (or the same checkpoint) is."""
     auto = TASKS[task].auto_class if task in TASKS else "AutoModel"
     if merged:
         return f'from transformers import {auto}\n\nmodel = {auto}.from_pretrained("<this repo or folder>")'
     # A new classification head has the run's number of classes, not the checkpoint's.
     head = f", num_labels={num_labels}, ignore_mismatched_sizes=True" if num_labels else ""
+    where = (
+        f'BASE = "<path to {base}>"  # the base model was the local folder "{base}": its path on your machine\n'
+        if local
+        else f'BASE = "{base}"\n'
+    )
     return (
-        f"from peft import PeftModel\nfrom transformers import {auto}\n\n"
-        f'base_model = {auto}.from_pretrained("{base}"{head})\n'
+        f"from peft import PeftModel\nfrom transformers import {auto}\n\n{where}"
+        f"base_model = {auto}.from_pretrained(BASE{head})\n"
         'model = PeftModel.from_pretrained(base_model, "<this repo or folder>")'
     )
 

@@ -37,7 +37,7 @@ def card(finished_run) -> str:
 @pytest.mark.parametrize(
     "expected",
     [
-        "base_model: bert",
+        'BASE = "<path to bert>"  # the base model was the local folder "bert"',
         "library_name: peft",
         "pipeline_tag: text-classification",
         "Trained on `reviews.csv` for 6 optimizer steps",
@@ -77,3 +77,19 @@ def test_push_refuses_without_token_and_never_leaks_it(finished_run, monkeypatch
 def test_unfinished_runs_cannot_be_pushed(tmp_path):
     with pytest.raises(UserError, match="not a finished run"):
         hub.model_card(tmp_path)
+
+
+def test_the_card_names_uploaded_data_as_its_user_named_it(tmp_path):
+    """The web app stores an upload as uploads/<hash>/upload.csv and records the user's file name beside it."""
+    import json
+
+    from finetune.model_card import DATA_NAME_FILE, data_name
+
+    upload = tmp_path / "0123456789abcdef" / "upload.csv"
+    upload.parent.mkdir()
+    upload.write_text("text,label\n")
+    assert data_name(str(upload)) == "upload.csv"
+    (upload.parent / DATA_NAME_FILE).write_text(json.dumps({"name": "My reviews (2026).csv"}))
+    assert data_name(str(upload)) == "My reviews (2026).csv"
+    assert data_name(str(upload.parent / "unpacked")) == "My reviews (2026).csv", "an unpacked .zip too"
+    assert data_name(None) == "data"

@@ -168,7 +168,7 @@ def test_runs_are_summarised_managed_and_exported(home):
     with zipfile.ZipFile(io.BytesIO(runs.adapter_zip(LOCAL, "done"))) as archive:
         assert sorted(archive.namelist()) == ["done/README.md", "done/adapter_config.json", "done/sub/x.txt"]
         card = archive.read("done/README.md").decode()
-        assert "base_model: bert" in card and "/srv/" not in card, "the run's model card, no server path"
+        assert "A lora fine-tune of `bert`" in card and "/srv/" not in card, "the run's model card, no server path"
     with pytest.raises(UserError, match="only a cancelled or failed run"):
         runs.resume(LOCAL, "done")
     running.update_status(pid=os.getpid(), pid_started=process_start(os.getpid()))  # a live process, like a trainer
@@ -219,6 +219,6 @@ def test_the_merged_model_zip_loads_with_plain_transformers(home, trained_runs, 
     assert {"real-merged/config.json", "real-merged/model.safetensors", "real-merged/README.md"} <= set(names)
     assert not any("adapter" in name for name in names), "the adapter is folded in, not shipped beside"
     card = (tmp_path / "real-merged" / "README.md").read_text()
-    assert "library_name: transformers" in card and "base_model: bert" in card
+    assert "library_name: transformers" in card and "A lora fine-tune of `bert`" in card
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "real-merged")
     assert model.config.id2label == {0: "negative", 1: "positive"}

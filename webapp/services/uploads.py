@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from finetune.archive import unpack_zip
 from finetune.errors import UserError
+from finetune.model_card import DATA_NAME_FILE
 from finetune.rundir import read_json, write_bytes_atomic, write_json_atomic
 from finetune.task_kinds import task_kind
 from webapp.services import quotas, settings, workspace
@@ -68,7 +69,7 @@ def save_upload(user: User, filename: str, data: bytes, task: str) -> Path:
     return path
 
 
-NAME_FILE = "name.json"  # {"name": the file name the user gave}, in each upload's folder
+NAME_FILE = DATA_NAME_FILE  # {"name": the file name the user gave}, in each upload's folder (model cards read it)
 # An upload's stored file or unpacked folder, and what follows it (a member's path), in a message.
 UPLOAD_PATH = re.compile(r"(?P<folder>/\S*?/uploads/[0-9a-f]{16})/(upload\.[a-z]+|unpacked)(?P<rest>[^\s'\",;:)]*)")
 

@@ -8,6 +8,7 @@ Every problem with the data raises UserError naming the role, the file, the colu
 import codecs
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -117,6 +118,13 @@ def _read_error(builder: str, path: Path, role: str, err: Exception) -> UserErro
     cause = err
     while cause.__cause__ is not None:  # datasets wraps the parser's own, more telling error
         cause = cause.__cause__
+    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(cause))
+    if builder == "csv" and fields:  # pandas' tokenizer: a row with more fields than the header
+        expected, line, saw = fields.groups()
+        return UserError(
+            f"{role}: {path} line {line} has {saw} fields where its header has {expected}; expected every row to have "
+            'the header\'s columns (put a text that holds commas in double quotes: "great, really")'
+        )
     return UserError(f"{role}: could not read {path} as {builder} ({type(cause).__name__}: {str(cause).strip()})")
 
 

@@ -325,3 +325,11 @@ def test_an_image_folder_of_one_class_says_so(tmp_path):
     message = _fails(images, task="image-classification")
     assert "holds images of one class only" in message and "at least 2 (e.g. cats/ and dogs/)" in message, message
     assert "only one column" not in message
+
+
+def test_a_csv_row_with_more_fields_than_its_header_is_named_with_the_fix(tmp_path):
+    broken = tmp_path / "reviews.csv"
+    broken.write_text("text,label\ngood film,positive\ngreat, really great,positive\nbad film,negative\n")
+    message = _fails(broken)
+    assert "reviews.csv line 3 has 3 fields where its header has 2" in message, message
+    assert 'in double quotes: "great, really"' in message and "ParserError" not in message

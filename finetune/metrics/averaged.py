@@ -31,7 +31,8 @@ Examples:
     {example}
 """
 
-_CITATION = """
+# scikit-learn's citation: every score computed with it (accuracy and the confusion matrix too) cites it.
+SKLEARN_CITATION = """
 @article{scikit-learn,
     title={Scikit-learn: Machine Learning in {P}ython},
     author={Pedregosa, F. and Varoquaux, G. and Gramfort, A. and others},
@@ -51,7 +52,7 @@ def averaged_score(name: str, score_function, description: str, example: str) ->
         def _info(self):
             return evaluate.MetricInfo(
                 description=description,
-                citation=_CITATION,
+                citation=SKLEARN_CITATION,
                 inputs_description=kwargs_description,
                 features=datasets.Features(
                     {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}

@@ -7,6 +7,7 @@ upload can forge and which a copied or renamed folder does not carry over. In lo
 machine, and every run folder counts, command-line runs included.
 """
 
+import functools
 import hashlib
 import hmac
 import os
@@ -21,8 +22,14 @@ SEAL_FILE = ".lora-lab-run"  # in each run folder the app made
 
 
 def _key() -> bytes:
-    """This server's sealing key, made once (O_EXCL: two processes starting together agree on one key)."""
-    path = workspace.home() / KEY_FILE
+    return _key_in(workspace.home())
+
+
+@functools.lru_cache(maxsize=8)
+def _key_in(home: Path) -> bytes:
+    """The sealing key of the workspace ``home``, made once (O_EXCL: two processes starting together agree on one
+    key) and read once per process: every run listing checks every run folder's seal."""
+    path = home / KEY_FILE
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

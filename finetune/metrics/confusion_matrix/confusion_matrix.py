@@ -4,6 +4,8 @@ import datasets
 import evaluate
 from sklearn.metrics import confusion_matrix
 
+from finetune.metrics.averaged import SKLEARN_CITATION
+
 _DESCRIPTION = """
 The confusion matrix counts, for every true class (row) and predicted class (column), how many examples
 of that class received that prediction. The diagonal holds the correct predictions.
@@ -31,24 +33,12 @@ Examples:
 """
 
 
-_CITATION = """
-@article{scikit-learn,
-    title={Scikit-learn: Machine Learning in {P}ython},
-    author={Pedregosa, F. and Varoquaux, G. and Gramfort, A. and others},
-    journal={Journal of Machine Learning Research},
-    volume={12},
-    pages={2825--2830},
-    year={2011}
-}
-"""
-
-
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ConfusionMatrix(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
-            citation=_CITATION,
+            citation=SKLEARN_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
             reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics.confusion_matrix.html"],

@@ -26,11 +26,12 @@ def measure(family: str, method: str, saves: int) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from finetune import speed
-    from finetune.checkpoints import save_checkpoint
     from finetune.config import TrainConfig
     from finetune.rundir import RunDirectory
-    from finetune.training import BestWeights, TrainerState, build_optimizer, prepare_model
+    from finetune.training import speed
+    from finetune.training.checkpoints import save_checkpoint
+    from finetune.training.engine import build_optimizer, prepare_model
+    from finetune.training.progress import BestWeights, TrainerState
 
     with tempfile.TemporaryDirectory() as folder:
         cfg = TrainConfig(model_name_or_path="m", train_file="t", output_dir=folder, finetune_method=method)

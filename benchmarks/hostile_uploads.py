@@ -29,7 +29,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATA
 CHILD = """
 import sys
 from pathlib import Path
-from finetune import columns
+from finetune.data import columns
 from finetune.errors import UserError
 from webapp.services import identity, uploads
 path, task, uncapped = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "uncapped"

@@ -129,7 +129,7 @@ def causal_lm(tmp: Path, bounded: bool):
     """Load + encode the long line for causal LM; unbounded tokenizes it in one call, as before the cap."""
     from transformers import AutoModelForCausalLM
 
-    from finetune.data import Columns, Unpacking, load_splits
+    from finetune.data.loading import Columns, Unpacking, load_splits
     from finetune.tasks.causal_lm import CausalLMTask, load_tokenizer
 
     cfg = _config(tmp, "causal-lm")
@@ -152,7 +152,7 @@ def classification(tmp: Path, bounded: bool):
     """Load + encode the CSV holding the long line; unbounded tokenizes the whole text before truncating."""
     from transformers import AutoModelForSequenceClassification
 
-    from finetune.data import Columns, Unpacking, load_splits
+    from finetune.data.loading import Columns, Unpacking, load_splits
     from finetune.tasks.causal_lm import load_tokenizer
     from finetune.tasks.text_classification import TextClassificationTask
 
@@ -178,7 +178,7 @@ def preview(tmp: Path, bounded: bool):
     The sampled read streams the file, and datasets' streaming reader imports torch (~200 MiB): timed and
     counted here, as the app pays it on its first large preview.
     """
-    import finetune.data  # noqa: F401  inspect_data imports it on first use: a once-per-process cost, not timed
+    import finetune.data.loading  # noqa: F401  inspect_data imports it on first use: a once-per-process cost, not timed
     from webapp.services.uploads import inspect_data
 
     if not bounded:
@@ -194,7 +194,7 @@ def preview(tmp: Path, bounded: bool):
 def eval_cap(tmp: Path, bounded: bool):
     """The splits of a large CSV with the default max_eval_samples vs none (the time evaluation then takes scales
     with the rows kept: the load time here is not what the cap saves)."""
-    from finetune.data import Columns, Unpacking, load_splits
+    from finetune.data.loading import Columns, Unpacking, load_splits
 
     def work() -> str:
         splits, _, _ = load_splits(

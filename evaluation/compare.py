@@ -16,8 +16,8 @@ import pandas as pd
 
 from evaluation.figures import percent, rate
 from finetune.errors import UserError
-from finetune.experiment import best_run, primary_value
 from finetune.rundir import FINISHED, THROUGHPUT_METRICS, RunDirectory
+from finetune.sweep.experiment import best_run, primary_value
 from finetune.task_kinds import LOWER_IS_BETTER, primary_metric
 
 # Settings that always differ between runs and say nothing about how they were trained.
@@ -126,7 +126,7 @@ def best_runs(table: pd.DataFrame) -> dict[str, str]:
 
 def best_by(runs: list[Run], metric: str) -> Optional[str]:
     """The finished run with the best fine-tuned ``metric`` (lower is better for LOWER_IS_BETTER), by name; None
-    when no run has it. Sweeps rank their runs the same way (finetune.experiment)."""
+    when no run has it. Sweeps rank their runs the same way (finetune.sweep.experiment)."""
     return best_run(
         {run.name: primary_value(run.metrics, metric) if run.state == FINISHED else None for run in runs}, metric
     )

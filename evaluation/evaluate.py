@@ -21,9 +21,9 @@ from finetune.rundir import RunDirectory
 
 def _labelled_table(data_file: str, run: RunDirectory, info: dict):
     """The data with columns resolved from the run's config and labels mapped to the run's ids."""
-    from finetune.columns import Columns, guess_columns
     from finetune.config import TrainConfig
-    from finetune.data import Unpacking, check_images, label_name, load_table
+    from finetune.data.columns import Columns, guess_columns
+    from finetune.data.loading import Unpacking, check_images, label_name, load_table
 
     cfg = TrainConfig.from_dict(run.read_config())
     table = load_table(data_file, "--data", Unpacking.from_config(cfg))
@@ -60,15 +60,15 @@ def _references(table, columns) -> list[str]:
 
 def evaluate_run(run_dir: str | Path, data_file: str, batch_size: int = 16) -> tuple[dict, list[dict]]:
     """(metrics, per-example predictions) of the run's fine-tuned model on ``data_file``, scored by the trainer's
-    own evaluation path (finetune.training.predict) on the accelerator: the GPU when there is one."""
+    own evaluation path (finetune.training.engine.predict) on the accelerator: the GPU when there is one."""
     from accelerate import Accelerator
     from datasets import DatasetDict
     from torch.utils.data import DataLoader
 
-    from finetune import speed, training
     from finetune.config import TrainConfig
     from finetune.inference import load_trained
     from finetune.tasks import get_task
+    from finetune.training import engine, speed
 
     run = RunDirectory(run_dir)
     model, processor, info = load_trained(run.path)
@@ -84,7 +84,7 @@ def evaluate_run(run_dir: str | Path, data_file: str, batch_size: int = 16) -> t
     # In file order (no length sorting): predictions line up with the references.
     loader = DataLoader(encoded["train"], batch_size=batch_size, collate_fn=task.collate_fn(processor))
     model, loader = accelerator.prepare(model, loader)
-    gathered = training.predict(model, loader, accelerator, task)
+    gathered = engine.predict(model, loader, accelerator, task)
     metrics = task.compute_metrics(gathered, len(info["labels"]) if info.get("labels") else None)
     if "losses" in gathered:  # per-token losses: blocks of text, scored by their perplexity
         decoded = [processor.decode(ids[:64]) for ids in encoded["train"]["input_ids"]]

@@ -117,7 +117,7 @@ def _longest_batches(recipe):
     memory, repeated when the data has fewer batches than the check needs."""
     from accelerate.utils import send_to_device
 
-    from finetune.batches import eval_dataloader
+    from finetune.data.batches import eval_dataloader
 
     dataset, cfg = recipe.train_dl.dataset, recipe.cfg
     loader = eval_dataloader(dataset, cfg.per_device_train_batch_size, {"collate_fn": recipe.train_dl.collate_fn})
@@ -142,11 +142,11 @@ def _time_training(recipe, steps: int) -> float:
 
 def _time_evaluation(recipe, steps: int) -> float:
     """Seconds per eval batch over the first ``steps`` eval batches: the longest (an upper bound when lengths vary)."""
-    from finetune import training
+    from finetune.training import engine
 
     count = min(steps, len(recipe.eval_dl))
     started = _synced_clock(recipe.accelerator.device)
-    training.predict(recipe.model, itertools.islice(recipe.eval_dl, count), recipe.accelerator, recipe.task)
+    engine.predict(recipe.model, itertools.islice(recipe.eval_dl, count), recipe.accelerator, recipe.task)
     return (_synced_clock(recipe.accelerator.device) - started) / count
 
 
@@ -169,10 +169,10 @@ def _report(
 ) -> Report:
     import torch
 
-    from finetune import training
+    from finetune.training import artifacts
 
     plan, cfg, device = recipe.plan, recipe.cfg, recipe.accelerator.device
-    peak = training.peak_memory_mb(device)
+    peak = artifacts.peak_memory_mb(device)
     capacity = torch.cuda.get_device_properties(device).total_memory / 2**20 if device.type == "cuda" else ram
     ran = seconds_per_step is not None  # else the GPU ran out of memory: the peak is where it stopped
     fitting = ran and fits(peak, capacity)

@@ -39,26 +39,24 @@ class Recipe:
     scheduler: Any
     train_dl: Any
     eval_dl: Any
-    plan: Any  # training.Plan
+    plan: Any  # progress.Plan
 
     def evaluate(self, step: int) -> dict:
         """Score the eval split and log it as an eval event: the one place training evaluates."""
-        from finetune import training
+        from finetune.training import engine
 
-        metrics = training.evaluate(
-            self.model, self.eval_dl, self.accelerator, self.task, len(self.labels or []) or None
-        )
+        metrics = engine.evaluate(self.model, self.eval_dl, self.accelerator, self.task, len(self.labels or []) or None)
         self.accelerator.log(metrics, step=step, log_kwargs={"run_directory": {"event": "eval"}})
         return metrics
 
 
 def train(cfg: TrainConfig, run: RunDirectory) -> str:
     """Run the recipe; returns the final state (finished or cancelled)."""
-    from finetune import throughput, training
+    from finetune.training import progress, throughput
 
-    stop = training.StopSignal()
+    stop = progress.StopSignal()
     recipe = set_up(cfg, run)
-    best = training.BestWeights(recipe.accelerator, cfg.load_best_model_at_end)
+    best = progress.BestWeights(recipe.accelerator, cfg.load_best_model_at_end)
     state, result = _start_or_resume(recipe, best)
     if state.step >= recipe.plan.max_steps and run.metrics_path.is_file():
         logger.info("The run finished at step %d already: nothing to train, and its result stays as it is", state.step)
@@ -87,9 +85,9 @@ def set_up(cfg: TrainConfig, run: RunDirectory) -> Recipe:
     """Accelerator, data, model, optimizer and schedule, prepared for this run's processes."""
     from accelerate.utils import set_seed
 
-    from finetune import speed, training
-    from finetune.batches import dataloaders
+    from finetune.data.batches import dataloaders
     from finetune.tasks import get_task
+    from finetune.training import engine, progress, speed
 
     accelerator = _accelerator(cfg, run)
     set_seed(cfg.seed)
@@ -97,14 +95,14 @@ def set_up(cfg: TrainConfig, run: RunDirectory) -> Recipe:
     if accelerator.is_main_process:
         logger.info("Task %s on %d process(es), device %s", task.name, accelerator.num_processes, accelerator.device)
     model, processor, data, labels, derived, new_heads = _load_data_and_model(cfg, accelerator, task)
-    training.keep_initial_adapter(model, cfg, run, accelerator)
+    engine.keep_initial_adapter(model, cfg, run, accelerator)
     train_dl, eval_dl = dataloaders(cfg, data, task.collate_fn(processor), accelerator, images=task.unit == "images")
-    sharded = accelerator.distributed_type in training.SHARDED
+    sharded = accelerator.distributed_type in progress.SHARDED
     speed.store_frozen_weights_in_bf16(model, accelerator.mixed_precision, cfg.finetune_method, sharded)
     model = speed.channels_last(model, speed.uses_cuda())
-    optimizer = training.build_optimizer(model, cfg, new_heads)
+    optimizer = engine.build_optimizer(model, cfg, new_heads)
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
-    plan = training.Plan.for_run(cfg, len(train_dl))
+    plan = progress.Plan.for_run(cfg, len(train_dl))
     return Recipe(
         cfg,
         run,
@@ -123,13 +121,14 @@ def set_up(cfg: TrainConfig, run: RunDirectory) -> Recipe:
 
 
 def _accelerator(cfg: TrainConfig, run: RunDirectory):
-    """The run's Accelerator (finetune/processes.py), quiet progress bars, and QLoRA refused where it cannot run."""
+    """The run's Accelerator (finetune/training/processes.py), quiet progress bars, and QLoRA refused where it
+    cannot run."""
     import datasets
     import transformers
 
-    from finetune import lora, speed, training
-    from finetune.processes import build_accelerator, sharded_launch
     from finetune.tasks import load_model_config
+    from finetune.training import artifacts, lora, speed
+    from finetune.training.processes import build_accelerator, sharded_launch
 
     # Progress bars are noise in train.log and the web app's log tail; events.jsonl carries progress.
     datasets.disable_progress_bars()
@@ -138,7 +137,7 @@ def _accelerator(cfg: TrainConfig, run: RunDirectory):
         lora.check_four_bit_possible(speed.uses_cuda(), sharded_launch())
     speed.check_compiler(cfg.torch_compile)
     width = speed.model_width(load_model_config(cfg.model_name_or_path))
-    return build_accelerator(cfg, width, trackers=[training.RunDirectoryTracker(run)])
+    return build_accelerator(cfg, width, trackers=[artifacts.RunDirectoryTracker(run)])
 
 
 def _scheduler(cfg: TrainConfig, optimizer, plan, accelerator):
@@ -159,7 +158,7 @@ def _start_or_resume(recipe: Recipe, best):
     """(trainer state, latest evaluation): a fresh run scores the untuned base model first; a resumed one finds the
     evaluation of its checkpoint's step in its events (None when there was none), and takes back the checkpoint's
     best weights into ``best``."""
-    from finetune import checkpoints, training
+    from finetune.training import checkpoints, progress
 
     resume_from = checkpoints.checkpoint_to_resume(recipe.cfg, recipe.run)
     if resume_from is None and recipe.cfg.resume_from_checkpoint and recipe.accelerator.is_main_process:
@@ -171,7 +170,7 @@ def _start_or_resume(recipe: Recipe, best):
             recipe.run.keep_events_up_to(state.step)
         logger.info("Resumed from %s at step %d", resume_from, state.step)
         return state, recipe.run.evaluation_at(state.step)
-    state = training.TrainerState()
+    state = progress.TrainerState()
     state.base_metrics = recipe.evaluate(step=0)
     return state, state.base_metrics
 
@@ -188,7 +187,7 @@ def _batches(recipe: Recipe, state):
 
 def _loop(recipe: Recipe, state, meter, stop, best, result: Optional[dict]) -> tuple[str, Optional[dict]]:
     """Train until max_steps, early stopping or a cancel; returns (finished|cancelled, latest evaluation)."""
-    from finetune import checkpoints, training
+    from finetune.training import checkpoints, progress
 
     cfg, accelerator, model, plan = recipe.cfg, recipe.accelerator, recipe.model, recipe.plan
     segment = (state.runtime_seconds, state.samples)  # from segments before a resume
@@ -210,7 +209,7 @@ def _loop(recipe: Recipe, state, meter, stop, best, result: Optional[dict]) -> t
                 result = recipe.evaluate(state.step)
             state.record_eval(result["eval_loss"])
             best.offer(model, state, result)
-            stopping = state.step < plan.max_steps and training.stop_early(
+            stopping = state.step < plan.max_steps and progress.stop_early(
                 state, cfg.early_stopping_patience, recipe.run, accelerator.is_main_process
             )
         due = cfg.save_minutes is not None and time.time() - saved_at >= cfg.save_minutes * 60
@@ -229,7 +228,7 @@ def _loop(recipe: Recipe, state, meter, stop, best, result: Optional[dict]) -> t
 
 def train_step(recipe: Recipe, batch: dict):
     """One forward/backward pass; the optimizer steps when the accumulation window closes. Returns the loss."""
-    from finetune.training import engine_batch
+    from finetune.training.engine import engine_batch
 
     accelerator, cfg, model = recipe.accelerator, recipe.cfg, recipe.model
     with accelerator.accumulate(model):
@@ -268,13 +267,13 @@ def _account(state, segment: tuple[float, int], meter, accelerator) -> None:
 
 def _finish(recipe: Recipe, state, meter, best, result: Optional[dict]) -> None:
     """Save the adapter (the best evaluation's weights) and metrics.json."""
-    from finetune import throughput, training
+    from finetune.training import artifacts, throughput
 
     figures = throughput.final_figures(meter, recipe.task.unit)  # every process: tokens are summed
     if result is None:  # resumed from a checkpoint taken after the last evaluation
         result = recipe.evaluate(state.step)
     result = best.restore(recipe.model, state) or result
-    training.save_artifacts(
+    artifacts.save_artifacts(
         recipe.accelerator,
         recipe.model,
         recipe.processor,
@@ -285,7 +284,7 @@ def _finish(recipe: Recipe, state, meter, best, result: Optional[dict]) -> None:
         recipe.derived,
     )
     if recipe.accelerator.is_main_process:
-        summary = training.final_metrics(state, recipe.plan, result, recipe.model, recipe.accelerator)
+        summary = artifacts.final_metrics(state, recipe.plan, result, recipe.model, recipe.accelerator)
         recipe.run.write_metrics(
             {"task": recipe.task.name, **summary, "adapter_step": best.step or state.step, **figures}
         )
@@ -295,7 +294,7 @@ def _load_data_and_model(cfg: TrainConfig, accelerator, task):
     """(model ready to train, processor, encoded splits, class names, data-derived settings, new heads)."""
     from accelerate.utils import set_seed
 
-    from finetune import training
+    from finetune.training import engine
 
     with accelerator.main_process_first():
         raw, columns, labels = task.load_data(cfg)
@@ -304,8 +303,8 @@ def _load_data_and_model(cfg: TrainConfig, accelerator, task):
     model, new_heads = task.load_model(cfg.model_name_or_path, labels, processor, load_in_4bit=cfg.load_in_4bit)
     with accelerator.main_process_first():
         data, derived = task.encode(cfg, raw, columns, processor, model)
-    model = training.prepare_model(model, cfg, new_heads)
-    trainable, total = training.count_parameters(model)
+    model = engine.prepare_model(model, cfg, new_heads)
+    trainable, total = engine.count_parameters(model)
     if accelerator.is_main_process:
         logger.info(
             "Columns %s; %d train / %d eval examples; settings from data %s; trainable %d of %d parameters",

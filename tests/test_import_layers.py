@@ -114,3 +114,63 @@ def test_the_module_cycle_finder_finds_a_cycle_through_a_function_level_import(t
     (tmp_path / "pkg" / "control.py").write_text("def status():\n    from pkg.loop import Runner\n")
     (tmp_path / "pkg" / "loop.py").write_text("from pkg.queue import enqueue\n")
     assert find_cycle(module_graph(tmp_path, ("pkg",))) == ["pkg.control", "pkg.loop", "pkg.queue", "pkg.control"]
+
+
+# finetune's own layers, bottom up: a module imports only from its own layer or the ones below. The public face
+# (the recipe, Check, sweeps, demo checkpoints) sits on the parts it assembles, and the parts on the config and the
+# run directory contract.
+FINETUNE_LAYERS = (
+    (
+        "config and contract",
+        (
+            "finetune.errors",
+            "finetune.checks",
+            "finetune.coercion",
+            "finetune.config",
+            "finetune.rundir",
+            "finetune.task_kinds",
+        ),
+    ),
+    (
+        "parts",
+        (
+            "finetune.data",
+            "finetune.training",
+            "finetune.tasks",
+            "finetune.metrics",
+            "finetune.export",
+            "finetune.inference",
+        ),
+    ),
+    ("public face", ("finetune.train", "finetune.preflight", "finetune.sweep", "finetune.tiny_checkpoints")),
+)
+
+
+def finetune_layer(module: str) -> int:
+    """The index in FINETUNE_LAYERS of the layer holding ``module`` (a module or anything under a package named)."""
+    for index, (_, prefixes) in enumerate(FINETUNE_LAYERS):
+        if any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes):
+            return index
+    raise AssertionError(f"{module} is in no layer of FINETUNE_LAYERS: place it")
+
+
+def imports_up(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) for every finetune import that runs up a layer."""
+    return sorted(
+        (name, target)
+        for name, targets in graph.items()
+        if name.startswith("finetune.") and name != "finetune"
+        for target in targets
+        if target.startswith("finetune.") and finetune_layer(target) > finetune_layer(name)
+    )
+
+
+def test_finetune_imports_never_run_up_a_layer():
+    graph = module_graph(ROOT, ("finetune",))
+    assert "finetune.training.engine" in graph["finetune.train"]  # the graph holds the sub-packages' modules
+    assert imports_up(graph) == []
+
+
+def test_an_import_up_a_layer_is_found():
+    graph = {"finetune.data.loading": {"finetune.preflight"}, "finetune.preflight": {"finetune.data.loading"}}
+    assert imports_up(graph) == [("finetune.data.loading", "finetune.preflight")]

@@ -220,8 +220,8 @@ def task_roles(task: str) -> tuple[str, ...]:
 @st.cache_data(show_spinner=False, max_entries=32)
 def unguessed_roles(path: str, task: str, failed: str) -> tuple[list[str], dict[str, Optional[str]]]:
     """The file's columns and each role's guess when ``failed`` could not be guessed (None: not guessed)."""
-    from finetune.columns import guess_column
-    from finetune.data import Unpacking, load_table
+    from finetune.data.columns import guess_column
+    from finetune.data.loading import Unpacking, load_table
 
     head = load_table(Path(path), "train_file", Unpacking(), max_rows=HEAD_ROWS)
     found: dict[str, Optional[str]] = dict.fromkeys(task_roles(task))

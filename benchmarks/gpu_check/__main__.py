@@ -56,14 +56,15 @@ def run(command: list[str], log: Path, env: Optional[dict] = None) -> dict:
 
 def gpt2_job(workdir: Path, size: str, device: str, steps: int):
     """The GPT-2 job of benchmarks.vs_trainer (its checkpoint, data and settings), made once."""
-    from benchmarks.vs_trainer import make_jobs, setup
+    from benchmarks.vs_trainer_jobs import make_jobs, setup
 
     return make_jobs(setup(workdir, size, ["gpt2"]), size, device, steps)[0]
 
 
 def ours(name: str, job, out: Path, overrides: dict, launcher: Optional[list[str]] = None) -> dict:
     """One LoRA Lab run of ``job`` with ``overrides``; its outcome and the run's figures."""
-    from benchmarks.vs_trainer import ours_config, read_ours
+    from benchmarks.vs_trainer_jobs import ours_config
+    from benchmarks.vs_trainer_results import read_ours
 
     folder = out / name
     shutil.rmtree(folder, ignore_errors=True)

@@ -9,10 +9,10 @@ from datasets import DatasetDict
 from transformers import PreTrainedModel
 
 from finetune.config import TrainConfig
-from finetune.data import Columns, Unpacking, load_splits
+from finetune.data.loading import Columns, Unpacking, load_splits
 from finetune.errors import UserError
-from finetune.lora import four_bit_loading, new_head_modules
 from finetune.task_kinds import TASKS, TaskKind
+from finetune.training.lora import four_bit_loading, new_head_modules
 
 
 class Task:

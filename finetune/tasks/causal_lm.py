@@ -12,7 +12,7 @@ from datasets import DatasetDict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, default_data_collator
 
 from finetune.config import TrainConfig
-from finetune.data import MAX_TEXT_CHARS, Columns, long_text_lengths
+from finetune.data.loading import MAX_TEXT_CHARS, Columns, long_text_lengths
 from finetune.errors import UserError
 from finetune.tasks.base import Task
 

@@ -7,7 +7,7 @@ from datasets import DatasetDict
 from transformers import AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 
 from finetune.config import TrainConfig
-from finetune.data import Columns
+from finetune.data.loading import Columns
 from finetune.tasks.base import ClassificationTask
 
 

@@ -9,7 +9,7 @@ from datasets import Dataset, DatasetDict
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PreTrainedModel
 
 from finetune.config import TrainConfig
-from finetune.data import MAX_TEXT_CHARS, Columns, long_text_lengths
+from finetune.data.loading import MAX_TEXT_CHARS, Columns, long_text_lengths
 from finetune.errors import UserError
 from finetune.tasks.base import ClassificationTask
 from finetune.tasks.causal_lm import load_tokenizer, model_max_length

@@ -106,7 +106,7 @@ def test_several_processes_without_gpu_pick_the_cpu(monkeypatch):
     exports; the trainer asks for the CPU itself when it is one of several processes and sees no GPU."""
     import torch
 
-    from finetune.processes import several_processes_without_accelerator
+    from finetune.training.processes import several_processes_without_accelerator
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert several_processes_without_accelerator() is False
@@ -118,7 +118,7 @@ def test_several_processes_without_gpu_pick_the_cpu(monkeypatch):
 def test_processes_that_did_not_form_a_group_are_refused(monkeypatch):
     """Where they still run alone (an accelerator accelerate cannot group), they would all write one run directory."""
     from finetune.errors import UserError
-    from finetune.processes import check_process_group
+    from finetune.training.processes import check_process_group
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="2 processes were launched but each runs alone"):
@@ -136,7 +136,7 @@ def test_each_process_gets_half_of_the_single_process_batch(grouped):
     from accelerate.data_loader import prepare_data_loader
     from datasets import Dataset
 
-    from finetune.batches import dataloaders
+    from finetune.data.batches import dataloaders
 
     columns = {"x": list(range(216))}
     if grouped:

@@ -100,8 +100,8 @@ def test_a_config_names_a_task_of_the_table():
 
 
 def test_the_demo_writes_each_sample_and_the_engine_guesses_its_columns(tmp_path):
-    from finetune.columns import Columns, guess_columns
-    from finetune.data import Unpacking, load_table
+    from finetune.data.columns import Columns, guess_columns
+    from finetune.data.loading import Unpacking, load_table
     from webapp.services.demo import SAMPLE_WRITERS
 
     samples = tmp_path / "samples"

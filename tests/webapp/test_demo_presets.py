@@ -131,7 +131,7 @@ def test_an_older_demo_is_rebuilt(tmp_path):
 def test_auto_precision_picks_bf16_for_real_minilm_only(preset_runs):
     """mixed_precision auto on this CPU: bf16 autocast for MiniLM (width 384) where the CPU has native bf16, fp32 for
     the tiny demo models (width 32-64), where bf16 loses."""
-    from finetune.speed import cpu_has_native_bf16
+    from finetune.training.speed import cpu_has_native_bf16
 
     used = {
         family: json.loads((run / "metrics.json").read_text())["mixed_precision"] for family, run in preset_runs.items()

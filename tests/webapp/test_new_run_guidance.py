@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from finetune.advice import warnings_for
-from finetune.columns import Columns, guess_columns
 from finetune.config import TrainConfig
+from finetune.data.columns import Columns, guess_columns
 from finetune.errors import UserError
+from finetune.training.advice import warnings_for
 from tests.conftest import REPO, write_image_folder
 from tests.webapp.apptest import assert_ok, errors, labels, open_app, upload_image_zip, warnings
 

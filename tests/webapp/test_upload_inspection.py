@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from finetune import data
+from finetune.data import loading as data
 from finetune.errors import UserError
 from tests.conftest import write_image_folder, write_sentiment_csv
 from webapp.services import uploads

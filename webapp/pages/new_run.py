@@ -8,8 +8,8 @@ import yaml
 
 from finetune.config import field_help
 from finetune.errors import ConfigError, UserError
-from finetune.experiment import MAX_POINTS
 from finetune.preflight import readable_duration
+from finetune.sweep.experiment import MAX_POINTS
 from finetune.task_kinds import task_kind
 from webapp import notices, widgets
 from webapp.services import catalog, devices, identity, launch, preflight, sweeps, uploads

@@ -214,7 +214,7 @@ if summary.state == FINISHED:
                 "Pushing needs your own Hugging Face token: on a shared app sign in with Hugging Face (the "
                 "operator sets LORA_LAB_USERS=huggingface and the write-repos scope); on your own machine set "
                 "HF_TOKEN and LORA_LAB_ALLOW_PUSH=1. From a terminal: "
-                "`HF_TOKEN=... python -m finetune.hub RUN_DIR --repo_id you/name`."
+                "`HF_TOKEN=... python -m finetune.export.hub RUN_DIR --repo_id you/name`."
             )
         else:
             st.caption(

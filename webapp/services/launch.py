@@ -4,10 +4,10 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from finetune.advice import warnings_for
 from finetune.config import TrainConfig
 from finetune.errors import ConfigError, Problem, UserError
 from finetune.rundir import RunDirectory
+from finetune.training.advice import warnings_for
 from webapp.runner import jobs
 from webapp.services import gate, quotas, registry, runs, settings, workspace
 from webapp.services.devices import Setup
@@ -33,7 +33,7 @@ def problems_by_field(err: ConfigError) -> dict[str, list[str]]:
 
 
 def warnings(cfg: TrainConfig, num_examples: int, model_type: Optional[str], setup: Setup) -> dict[str, str]:
-    """Settings of a valid ``cfg`` far outside what trains well, as {field: note} (finetune.advice); the time
+    """Settings of a valid ``cfg`` far outside what trains well, as {field: note} (finetune.training.advice); the time
     estimate is for ``model_type`` (None: no estimate) on ``setup``'s GPUs, or this machine's cores."""
     gpus = setup.num_processes if setup.uses_gpus else 0
     return warnings_for(cfg, num_examples, model_type, gpus, cpu_cores())

@@ -285,7 +285,7 @@ def adapter_zip(user: User, ref: str) -> bytes:
     It travels to other machines: the base model is named by its hub id or folder name, never by a path on this
     server (finetune.export).
     """
-    from finetune.export import export_adapter
+    from finetune.export.local import export_adapter
 
     path = locate(user, ref)
     if not RunDirectory(path).adapter_dir.is_dir():
@@ -297,7 +297,7 @@ def adapter_zip(user: User, ref: str) -> bytes:
 def merged_zip(user: User, ref: str) -> bytes:
     """The run's model with the adapter merged into the base weights (loads with plain from_pretrained), its
     processor and model card, as a zip archive."""
-    from finetune.export import export_merged
+    from finetune.export.local import export_merged
 
     path = locate(user, ref)
     with tempfile.TemporaryDirectory() as staging:

@@ -34,7 +34,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from finetune.archive import Limits
+from finetune.data.archive import Limits
 
 USER_MODES = ("local", "huggingface", "anonymous")
 

@@ -1,9 +1,9 @@
 """Sweeps from the web app: one queued run per point of a grid, grouped as one experiment, the best run marked.
 
-The grid is read and checked by the engine's own parser (finetune.sweep). Each point is a normal run of the user's,
+The grid is read and checked by the engine's own parser (finetune.sweep.grid). Each point is a normal run of the user's,
 named <experiment>-NN in their runs folder, with experiment_name in its config.yaml, queued like any other run
 (webapp/services/launch.py). The Runs and Compare pages group runs by that experiment_name and rank an experiment's
-runs by its task's primary metric (finetune.experiment.best_run). Plain Python: no streamlit.
+runs by its task's primary metric (finetune.sweep.experiment.best_run). Plain Python: no streamlit.
 """
 
 import functools
@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from finetune import sweep
 from finetune.checks import experiment_name_problem
 from finetune.config import TrainConfig
 from finetune.errors import ConfigError, Problem, UserError
-from finetune.experiment import best_run, primary_value, run_name
 from finetune.rundir import FINISHED, RunDirectory
+from finetune.sweep import grid as sweep_grid
+from finetune.sweep.experiment import best_run, primary_value, run_name
 from finetune.task_kinds import LOWER_IS_BETTER, primary_metric
 from webapp.services import gate, launch, quotas, runs, settings
 from webapp.services.devices import Setup
@@ -45,14 +45,14 @@ def plan(
     problem = experiment_name_problem(experiment)
     if problem:
         raise ConfigError([Problem("experiment", problem)])
-    grid = sweep.parse_grid_text(grid_text)
-    points = sweep.grid_points(grid, random_count or None, seed)
+    grid = sweep_grid.parse_grid_text(grid_text)
+    points = sweep_grid.grid_points(grid, random_count or None, seed)
     names = [run_name(experiment, index) for index in range(1, len(points) + 1)]
     try:
         run_dirs = [runs.check_new_name(user, name) for name in names]
     except UserError as err:
         raise UserError(f"experiment: {experiment!r} is taken ({err}); choose another experiment name") from None
-    configs = sweep.configs_for(launch.filled(values), points, experiment, run_dirs)
+    configs = sweep_grid.configs_for(launch.filled(values), points, experiment, run_dirs)
     return SweepPlan(experiment, names, points, [gate.admit(user.key, cfg, settings.load()) for cfg in configs])
 
 

@@ -1,6 +1,6 @@
 """Uploaded data: saved once under LORA_LAB_HOME/uploads, then read and checked by the engine's own loader.
 
-Checking goes through finetune.data (the trainer's code path), so what passes here loads in the trainer,
+Checking goes through finetune.data.loading (the trainer's code path), so what passes here loads in the trainer,
 and its messages (file, column, what was expected) reach the page unchanged.
 """
 
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from finetune.archive import unpack_zip
+from finetune.data.archive import unpack_zip
 from finetune.errors import UserError
-from finetune.model_card import DATA_NAME_FILE
+from finetune.export.model_card import DATA_NAME_FILE
 from finetune.rundir import read_json, write_bytes_atomic, write_json_atomic
 from finetune.task_kinds import task_kind
 from webapp.services import quotas, settings, workspace
@@ -106,7 +106,7 @@ def inspect_data(
 
     A text file over SAMPLE_ABOVE_BYTES is judged by its first SAMPLE_ROWS rows (``sampled``); folders are read whole.
     """
-    from finetune.data import TEXT_FORMATS, Columns, Unpacking, load_table, prepare_splits
+    from finetune.data.loading import TEXT_FORMATS, Columns, Unpacking, load_table, prepare_splits
 
     path = Path(path)
     given = Columns(text=text_column, label=label_column, image=image_column)

@@ -7,10 +7,10 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, is_mlflow_available, is_tensorboard_available
 
-from finetune import speed
 from finetune.config import TrainConfig
 from finetune.errors import UserError
 from finetune.rundir import RunDirectory
+from finetune.training import speed
 
 # What `report_to` needs installed, and the pip package that provides it.
 TRACKER_PACKAGES = {

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune.archive import Limits, unpack_zip
-from finetune.data import Unpacking, load_table
+from finetune.data.archive import Limits, unpack_zip
+from finetune.data.loading import Unpacking, load_table
 from finetune.errors import UserError
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from finetune import hub
 from finetune.errors import UserError
+from finetune.export import hub
 from tests.conftest import run_cli, write_sentiment_csv
 
 TOKEN = "hf_testtokenthatmustneverbewritten"
@@ -83,7 +83,7 @@ def test_the_card_names_uploaded_data_as_its_user_named_it(tmp_path):
     """The web app stores an upload as uploads/<hash>/upload.csv and records the user's file name beside it."""
     import json
 
-    from finetune.model_card import DATA_NAME_FILE, data_name
+    from finetune.export.model_card import DATA_NAME_FILE, data_name
 
     upload = tmp_path / "0123456789abcdef" / "upload.csv"
     upload.parent.mkdir()

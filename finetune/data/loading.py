@@ -1,4 +1,4 @@
-"""Loading user data files through `datasets` builders and making the eval split (columns: finetune/columns.py).
+"""Loading user data files through `datasets` builders and making the eval split (columns: finetune/data/columns.py).
 
 Formats: .txt (one example per line), .csv, .json/.jsonl, an image folder or .zip with one
 sub-folder per class, or a .csv/.jsonl whose image column holds file paths (relative to the file).
@@ -19,10 +19,10 @@ import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 from datasets.table import InMemoryTable
 
-from finetune.archive import Limits, content_digest, unpack_zip
-from finetune.columns import Columns, check_column_count, distinct, guess_columns, label_kind
+from finetune.data.archive import Limits, content_digest, unpack_zip
+from finetune.data.columns import Columns, check_column_count, distinct, guess_columns, label_kind
+from finetune.data.images import check_images
 from finetune.errors import UserError
-from finetune.images import check_images
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from finetune.errors import ConfigError
-from finetune.experiment import best_run
-from finetune.sweep import eval_losses, grid_points, parse_grid, parse_grid_text, should_prune
+from finetune.sweep.driver import eval_losses, should_prune
+from finetune.sweep.experiment import best_run
+from finetune.sweep.grid import grid_points, parse_grid, parse_grid_text
 from tests.conftest import read_json, run_cli, write_lm_text, write_sentiment_csv
 
 SWEEP = (sys.executable, "-m", "finetune.sweep")

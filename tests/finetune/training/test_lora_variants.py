@@ -90,7 +90,7 @@ def _trained_and_reloaded(run):
 
     from finetune.config import TrainConfig
     from finetune.tasks import get_task
-    from finetune.training import prepare_model
+    from finetune.training.engine import prepare_model
 
     cfg, info = TrainConfig.from_yaml(run / "config.yaml"), read_json(run / "adapter" / "lora_lab.json")
     task = get_task(info["task"])
@@ -243,7 +243,7 @@ def _config(**values):
 
 def _learning_rates(tiny_checkpoints, **values) -> dict[str, tuple[float, float]]:
     """(learning rate, weight decay) of every trained parameter, by name, as build_optimizer groups them."""
-    from finetune.training import build_optimizer, prepare_model
+    from finetune.training.engine import build_optimizer, prepare_model
 
     model, heads = _bert(tiny_checkpoints)
     cfg = _config(**values)
@@ -279,13 +279,13 @@ def test_dora_magnitudes_get_no_weight_decay(tiny_checkpoints):
 
 
 def _load(family, tiny_checkpoints):
-    from tests.finetune.test_lora import _load as load
+    from tests.finetune.training.test_lora import _load as load
 
     return load(family, tiny_checkpoints[family])
 
 
 def test_all_linear_is_discovered_from_the_model(tiny_checkpoints):
-    from finetune.lora import resolve_targets
+    from finetune.training.lora import resolve_targets
 
     found = {
         family: resolve_targets(_load(family, tiny_checkpoints), ["all-linear"], ["classifier", "score"])
@@ -316,7 +316,7 @@ def test_combinations_peft_cannot_train_or_convert_are_refused_naming_the_field(
     tiny_checkpoints, family, options, targets, message
 ):
     from finetune.errors import UserError
-    from finetune.lora import apply_lora
+    from finetune.training.lora import apply_lora
 
     model = _load(family, tiny_checkpoints)
     with pytest.raises(UserError, match=message):
@@ -326,9 +326,9 @@ def test_combinations_peft_cannot_train_or_convert_are_refused_naming_the_field(
 
 def test_four_bit_bases_refuse_conv_nets_and_base_changing_starts_and_keep_their_precision(tiny_checkpoints):
     """A 4-bit load needs CUDA; transformers marks such a model is_loaded_in_4bit, which is all these checks read."""
-    from finetune import speed
     from finetune.errors import UserError
-    from finetune.lora import apply_lora, four_bit_loading
+    from finetune.training import speed
+    from finetune.training.lora import apply_lora, four_bit_loading
 
     resnet, bert = _load("resnet", tiny_checkpoints), _load("bert", tiny_checkpoints)
     resnet.is_loaded_in_4bit = bert.is_loaded_in_4bit = True

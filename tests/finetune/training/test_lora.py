@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
 
-from finetune.lora import batchnorm_modules, discover_lora_targets
+from finetune.training.lora import batchnorm_modules, discover_lora_targets
 
 EXPECTED = {
     "gpt2": ["c_attn"],  # c_proj also names GPT-2's MLP output, so it is left out
@@ -35,7 +35,7 @@ def test_batchnorm_layers_are_found_only_in_resnet(tiny_checkpoints):
 @pytest.mark.parametrize("family", EXPECTED)
 def test_a_rank_beyond_the_adapted_layers_is_refused_before_allocating(tiny_checkpoints, family):
     from finetune.errors import UserError
-    from finetune.lora import apply_lora
+    from finetune.training.lora import apply_lora
 
     model = _load(family, tiny_checkpoints[family])
     with pytest.raises(UserError, match=r"lora_r: 100000 exceeds the smallest adapted layer's width \(\d+\)"):

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from finetune import lora, speed
 from finetune.errors import UserError
-from finetune.processes import sharded_launch
+from finetune.training import lora, speed
+from finetune.training.processes import sharded_launch
 from webapp.runner import jobs
 
 
@@ -69,9 +69,9 @@ def test_resume_calls_load_state_as_each_engine_takes_it(tmp_path, kind, expecte
     from accelerate.utils import DistributedType
     from torch import nn
 
-    from finetune.checkpoints import load_checkpoint
     from finetune.rundir import TRAINER_STATE
-    from finetune.training import TrainerState
+    from finetune.training.checkpoints import load_checkpoint
+    from finetune.training.progress import TrainerState
 
     (tmp_path / TRAINER_STATE).write_text(json.dumps(dataclasses.asdict(TrainerState(step=3))))
     calls = []
@@ -104,7 +104,7 @@ def test_compile_is_refused_at_once_where_no_c_compiler_can_build_its_kernels(mo
 
 @pytest.mark.parametrize(("precision", "has_mfu"), [("bf16", True), ("fp16", True), ("no", False)])
 def test_mfu_is_reported_only_against_the_peak_of_the_precision_run(precision, has_mfu):
-    from finetune import throughput
+    from finetune.training import throughput
 
     assert (throughput.mfu_peak("NVIDIA H100 80GB HBM3", precision) is not None) is has_mfu
 
@@ -113,7 +113,7 @@ def test_several_processes_agree_on_a_stop_every_few_steps_not_every_step():
     """Each agreement is an all-reduce the CPU waits for; one per step would stall a GPU's queue."""
     from types import SimpleNamespace
 
-    from finetune.training import STOP_CHECK_STEPS, StopSignal
+    from finetune.training.progress import STOP_CHECK_STEPS, StopSignal
 
     reduced = []
 
@@ -136,7 +136,7 @@ def test_several_processes_agree_on_a_stop_every_few_steps_not_every_step():
 def test_throughput_leaves_out_the_time_spent_evaluating_and_saving(monkeypatch):
     from types import SimpleNamespace
 
-    from finetune import throughput
+    from finetune.training import throughput
 
     clock = iter([100.0, 101.0, 131.0, 132.0])  # started; pause begins; pause ends (30 s of evaluation); figures
     monkeypatch.setattr(throughput.time, "time", lambda: next(clock))
@@ -163,7 +163,7 @@ def test_images_reach_a_deepspeed_model_in_its_own_dtype(kind, precision, image_
 
     from accelerate.utils import DistributedType
 
-    from finetune.training import engine_batch
+    from finetune.training.engine import engine_batch
 
     accelerator = SimpleNamespace(distributed_type=DistributedType[kind], mixed_precision=precision)
     batch = {"pixel_values": torch.zeros(2, 3, 4, 4), "labels": torch.tensor([0, 1])}

@@ -21,8 +21,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from finetune import speed
 from finetune.errors import UserError
+from finetune.training import speed
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch import nn
 
-from finetune import speed
 from finetune.config import TrainConfig
 from finetune.errors import UserError
 from finetune.rundir import CHECKPOINT_COMPLETE, TRAINER_STATE, RunDirectory, read_json, write_json_atomic
-from finetune.training import BestWeights, TrainerState
+from finetune.training import speed
+from finetune.training.progress import BestWeights, TrainerState
 
 logger = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 import torch
 from torch.utils.data import DataLoader
 
-from finetune import speed
 from finetune.config import TrainConfig
+from finetune.training import speed
 
 
 def dataloaders(cfg: TrainConfig, data, collate, accelerator, images: bool) -> tuple[DataLoader, DataLoader]:

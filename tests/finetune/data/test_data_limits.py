@@ -17,7 +17,7 @@ from datasets import Dataset, DatasetDict
 from PIL import Image
 
 from finetune.config import TrainConfig
-from finetune.data import MAX_TEXT_CHARS, Columns, Unpacking, load_splits, load_table
+from finetune.data.loading import MAX_TEXT_CHARS, Columns, Unpacking, load_splits, load_table
 from finetune.errors import UserError
 from tests.conftest import read_json, run_cli, write_image_folder
 
@@ -138,7 +138,7 @@ def test_empty_texts_are_dropped_or_refused(tmp_path, caplog):
             f"train_file: text column 'text' of {path} is empty in every row; expected a text in each example"
         )
     some = _csv(tmp_path / "some.csv", [["good text", "a"], ["", "b"], ["more text", "b"], [" ", "a"]] * 10)
-    with caplog.at_level(logging.WARNING, logger="finetune.data"):
+    with caplog.at_level(logging.WARNING, logger="finetune.data.loading"):
         splits, _, _ = _load(some)
     assert sum(len(s) for s in splits.values()) == 20
     assert "train_file: dropped 20 of 40 examples whose text column 'text' is empty" in caplog.text
@@ -178,7 +178,7 @@ def test_a_header_without_rows_holds_no_examples(tmp_path):
 
 def test_the_validation_split_is_capped_at_max_eval_samples(tmp_path, caplog):
     data = _csv(tmp_path / "big.csv", [[f"text {i}", "ab"[i % 2]] for i in range(1000)])
-    with caplog.at_level(logging.INFO, logger="finetune.data"):
+    with caplog.at_level(logging.INFO, logger="finetune.data.loading"):
         first, _, _ = _load(data, max_eval_samples=40)
     assert (len(first["train"]), len(first["validation"])) == (900, 40)
     assert "Evaluating on 40 of 100 held-out examples (max_eval_samples)" in caplog.text
@@ -283,7 +283,7 @@ def test_the_trainer_learns_scores_1_to_5_as_five_classes(tiny_checkpoints, tmp_
 
 
 def test_a_table_with_more_columns_than_any_real_one_is_refused_before_loading(tmp_path):
-    from finetune.columns import MAX_COLUMNS
+    from finetune.data.columns import MAX_COLUMNS
 
     header = ("text", "label", *(f"c{i}" for i in range(MAX_COLUMNS - 1)))
     wide = _csv(tmp_path / "wide.csv", [("a", "x", *["0"] * (MAX_COLUMNS - 1))] * 20, header=header)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from finetune import speed, throughput
 from finetune.errors import UserError
+from finetune.training import speed, throughput
 from tests.conftest import read_events, read_json, run_cli, write_image_folder, write_sentiment_csv
 
 X86_WITH_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from accelerate.utils import DistributedType
 
-from finetune.training import BestWeights, TrainerState
+from finetune.training.progress import BestWeights, TrainerState
 
 
 def _model() -> torch.nn.Module:

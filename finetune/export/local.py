@@ -33,8 +33,8 @@ def export_merged(run_dir: str | Path, out: str | Path) -> Path:
     A fully fine-tuned run is saved as it is. Heads and BatchNorm statistics trained in full (PEFT's
     modules_to_save) replace the base model's own in the merged weights.
     """
+    from finetune.export.model_card import model_card
     from finetune.inference import load_trained
-    from finetune.model_card import model_card
 
     run = _finished(run_dir)
     destination = check_destination(out)
@@ -50,7 +50,7 @@ def export_merged(run_dir: str | Path, out: str | Path) -> Path:
 
 def export_adapter(run_dir: str | Path, out: str | Path) -> Path:
     """The adapter folder with a model card, naming the base model by hub id or folder name (never a local path)."""
-    from finetune.model_card import model_card, portable_base
+    from finetune.export.model_card import model_card, portable_base
 
     run = _finished(run_dir)
     destination = check_destination(out)
@@ -104,7 +104,3 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     print(path)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

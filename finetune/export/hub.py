@@ -1,6 +1,6 @@
 """Publish a finished run's adapter to the Hugging Face Hub, with a generated model card.
 
-    HF_TOKEN=... python -m finetune.hub RUN_DIR --repo_id you/my-adapter [--private]
+    HF_TOKEN=... python -m finetune.export.hub RUN_DIR --repo_id you/my-adapter [--private]
 
 The card (README.md) states the base model, a summary of the training data, base vs fine-tuned metrics
 and the training config. The token is read from the environment (HF_TOKEN) and handed to
@@ -19,8 +19,8 @@ from finetune.rundir import FINISHED, RunDirectory
 
 
 def model_card(run_dir: str | Path) -> str:
-    """README.md for the adapter repository of a finished run (finetune.model_card fills it)."""
-    from finetune.model_card import model_card as filled_card
+    """README.md for the adapter repository of a finished run (finetune.export.model_card fills it)."""
+    from finetune.export.model_card import model_card as filled_card
 
     return str(filled_card(_finished(run_dir).path, merged=False))
 
@@ -41,7 +41,7 @@ def push_to_hub(
     """
     from huggingface_hub import HfApi
 
-    from finetune.export import export_adapter
+    from finetune.export.local import export_adapter
 
     token = token or os.environ.get("HF_TOKEN")
     if not token:

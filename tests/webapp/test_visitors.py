@@ -7,7 +7,8 @@ from streamlit.testing.v1 import AppTest
 from finetune.errors import UserError
 from tests.webapp.apptest import assert_ok, errors, warnings
 from tests.webapp.conftest import APP
-from tests.webapp.test_isolation import give, session, table_of
+from tests.webapp.test_isolation import give
+from tests.webapp.test_isolation_pages import session, table_of
 from webapp.services import identity, runs, visitors
 
 

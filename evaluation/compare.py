@@ -1,4 +1,4 @@
-"""Compare runs side by side: config differences, base vs fine-tuned metrics, cost.
+"""Compare runs side by side: config differences, base vs fine-tuned metrics (on a test file too), cost.
 
     python -m evaluation.compare RUN_DIR [RUN_DIR ...] [--format markdown|csv|json] [--plot out.png]
 
@@ -37,6 +37,9 @@ COST = {
 # Throughput that only some runs have (tokens for text tasks, images for image tasks, TFLOP/s and MFU on CUDA,
 # none in runs older than these figures): a column no compared run has says nothing, so it is left out.
 OPTIONAL_COST = ("tokens_per_s", "images_per_s", "tflops", "mfu")
+# Prefix of the scores on a test file the user gave (metrics.json's optional "test" section, same metrics as
+# "base" and "finetuned"), kept apart from the validation split's scores that rank runs.
+TEST = "test_"
 
 
 @dataclass
@@ -95,21 +98,33 @@ def _scores(metrics: dict) -> dict:
 
 
 def compare_runs(runs: list[Run]) -> pd.DataFrame:
-    """One row per run: state, differing settings, base/finetuned/delta per metric, best step and cost."""
+    """One row per run: state, differing settings, base/finetuned/delta per metric (then the same on the user's
+    test file, prefixed TEST, for runs that have one), best step and cost."""
     rows = []
     for run in runs:
-        base, tuned = _scores(run.metrics.get("base")), _scores(run.metrics.get("finetuned"))
+        test = run.metrics.get("test") or {}
         row = {"run": run.name, "state": run.state}
-        for metric in sorted(set(base) | set(tuned)):
-            row[f"base_{metric}"], row[f"finetuned_{metric}"] = base.get(metric), tuned.get(metric)
-            if metric in base and metric in tuned:
-                row[f"delta_{metric}"] = tuned[metric] - base[metric]
+        row.update(_score_columns(run.metrics.get("base"), run.metrics.get("finetuned")))
+        row.update(_score_columns(test.get("base"), test.get("finetuned"), TEST))
         row.update({column: run.metrics.get(key) for column, key in COST.items()})
         rows.append(row)
     table = pd.DataFrame(rows).set_index("run")
     table = table.drop(columns=[c for c in OPTIONAL_COST if table[c].isna().all()])
-    diff = config_diff(runs)
-    return pd.concat([table[["state"]], diff, table.drop(columns=["state"])], axis=1).rename_axis("run")
+    # Cost last: a run with test scores listed after one without would otherwise put its test columns after it.
+    scores = [c for c in table.columns if c != "state" and c not in COST]
+    cost = [c for c in table.columns if c in COST]
+    return pd.concat([table[["state"]], config_diff(runs), table[scores + cost]], axis=1).rename_axis("run")
+
+
+def _score_columns(base: Optional[dict], tuned: Optional[dict], prefix: str = "") -> dict:
+    """``prefix``base_, ``prefix``finetuned_ and ``prefix``delta_ of each metric in either section."""
+    base, tuned = _scores(base), _scores(tuned)
+    row = {}
+    for metric in sorted(set(base) | set(tuned)):
+        row[f"{prefix}base_{metric}"], row[f"{prefix}finetuned_{metric}"] = base.get(metric), tuned.get(metric)
+        if metric in base and metric in tuned:
+            row[f"{prefix}delta_{metric}"] = tuned[metric] - base[metric]
+    return row
 
 
 def best_runs(table: pd.DataFrame) -> dict[str, str]:

@@ -9,6 +9,7 @@ import json
 
 from PIL import Image
 
+from finetune.task_kinds import TASKS
 from tests.webapp.apptest import assert_ok, button, errors, open_app
 from tests.webapp.conftest import copy_run
 
@@ -28,11 +29,11 @@ def test_compare_two_bert_runs(no_runner, trained_runs):
     table = next(m.value for m in at.markdown if m.value.startswith("|"))
     header, rule, *rows = [line for line in table.splitlines() if line.startswith("|")]
     columns = [c.strip() for c in header.strip("|").split("|")]
-    assert {"run", "learning_rate", "acc base", "acc tuned", "acc Δ"} <= set(columns), columns
+    assert {"run", "settings", "acc base", "acc tuned", "acc Δ"} <= set(columns), columns
     assert len(rows) == 2
     for row, name, lr in zip(rows, names, ("0.002", "0.005")):
         cells = dict(zip(columns, (c.strip() for c in row.strip("|").split("|"))))
-        assert cells["run"] == name and cells["learning_rate"] == lr, cells
+        assert cells["run"] == name and cells["settings"] == f"learning_rate: {lr}", cells
     assert at.selectbox[0].value == "accuracy", "the primary metric of text classification is preselected"
 
     matrices = at.table
@@ -42,6 +43,32 @@ def test_compare_two_bert_runs(no_runner, trained_runs):
         assert list(frame.index) == list(frame.columns) == ["negative", "positive"]
         assert int(frame.to_numpy().sum()) == 36, "the evaluation split of 360 reviews"
     assert [d.label for d in at.download_button] == ["Download table (.csv)"]
+
+
+def test_compare_gpt2_and_bert_runs_one_table_per_task(no_runner, trained_runs):
+    for name in ("gpt2-tiny", "bert-lr2e-3"):
+        copy_run(trained_runs[name], no_runner, name)
+    at = open_app("pages/compare.py")
+    at.multiselect(key="compare_runs").set_value(["gpt2-tiny", "bert-lr2e-3"]).run()
+    assert_ok(at)
+    titles = [s.value for s in at.subheader]
+    assert titles == [
+        f"{TASKS[task].title.capitalize()}: ranked by {metric} ({better} is better)"
+        for task, metric, better in (
+            ("causal-lm", "perplexity", "lower"),
+            ("text-classification", "accuracy", "higher"),
+        )
+    ]
+    tables = [m.value for m in at.markdown if m.value.startswith("|")]
+    assert len(tables) == 2, "one table per task"
+    lm, bert = ([c.strip() for c in t.splitlines()[0].strip("|").split("|")] for t in tables)
+    assert {"ppl base", "ppl tuned", "ppl Δ"} <= set(lm) and not any(c.startswith("acc") for c in lm), lm
+    assert {"acc base", "acc tuned", "acc Δ"} <= set(bert) and not any(c.startswith("ppl") for c in bert), bert
+    cells = dict(zip(bert, (c.strip("* ") for c in tables[1].splitlines()[2].strip("|").split("|"))))
+    accuracy = json.loads((trained_runs["bert-lr2e-3"] / "metrics.json").read_text())["finetuned"]["accuracy"]
+    assert cells["run"] == "bert-lr2e-3" and cells["acc tuned"] == f"{accuracy:.4g}", cells
+    assert [s.value for s in at.selectbox] == ["perplexity", "accuracy"], "each task's curves open on its metric"
+    assert len(at.table) == 1, "a confusion matrix for the classification run only"
 
 
 # ---- Playground -------------------------------------------------------------------------------------

@@ -151,6 +151,17 @@ class RunDirectory:
         """
         return self.update_status(step=step, epoch=epoch, step_at=time.time())
 
+    def record_checkpoint(self, step: int, at: float) -> dict:
+        """Merge a complete checkpoint's step into status.json as ``checkpoint_step`` and as the progress (``step``,
+        its epoch, ``step_at``: ``at``, Unix s, when that step was trained, before the save began).
+
+        Steps are logged every logging_steps, while a cancel saves at the step it stopped at: its status must read
+        that step, the one a resume continues from, not the last logged one.
+        """
+        per_epoch = self.read_status().get("steps_per_epoch")
+        epoch = {"epoch": round(step / per_epoch, 4)} if isinstance(per_epoch, int) and per_epoch > 0 else {}
+        return self.update_status(step=step, step_at=at, checkpoint_step=step, **epoch)
+
     def read_config(self) -> dict:
         """config.yaml as a plain mapping ({} when missing or not a YAML mapping); TrainConfig.from_dict checks it."""
         try:
@@ -184,15 +195,24 @@ class RunDirectory:
         ]
         write_text_atomic(self.events_path, "".join(json.dumps(event, default=float) + "\n" for event in kept))
 
-    def read_events(self) -> list[dict]:
-        if not self.events_path.is_file():
+    def read_events(self, tail_bytes: Optional[int] = None) -> list[dict]:
+        """The events of events.jsonl; with ``tail_bytes``, only those in its last tail_bytes (the latest events of a
+        long run, read without reading the whole file)."""
+        try:
+            with self.events_path.open("rb") as f:
+                start = max(0, f.seek(0, os.SEEK_END) - tail_bytes) if tail_bytes else 0
+                f.seek(start)
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
             return []
         events = []
-        for line in self.events_path.read_text().splitlines():
+        for line in lines[1 if start else 0 :]:  # a tail starts inside a line
             try:
-                events.append(json.loads(line))
+                event = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line being written right now
+            if isinstance(event, dict):
+                events.append(event)
         return events
 
     def read_metrics(self) -> dict:

@@ -2,6 +2,7 @@
 
 import logging
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -23,7 +24,8 @@ def save_checkpoint(
     accelerator: Accelerator, run: RunDirectory, state: TrainerState, keep: Optional[int], best: BestWeights
 ) -> Path:
     """accelerate's save_state plus trainer_state.json and the best weights so far, then the completion marker once
-    every process is done."""
+    every process is done, and the step saved into status.json (RunDirectory.record_checkpoint)."""
+    began = time.time()  # the step was trained by then: the save is no part of its pace (Unix s)
     path = run.checkpoints_dir / f"step_{state.step}"
     if accelerator.is_main_process:
         (path / CHECKPOINT_COMPLETE).unlink(missing_ok=True)  # re-saving this step: incomplete until marked again
@@ -33,6 +35,7 @@ def save_checkpoint(
         write_json_atomic(path / TRAINER_STATE, asdict(state))
         best.save_into(path)
         write_json_atomic(path / CHECKPOINT_COMPLETE, {"complete": True, "step": state.step})
+        run.record_checkpoint(state.step, began)
         for old in run.checkpoints()[:-keep] if keep else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

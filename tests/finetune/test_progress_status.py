@@ -2,12 +2,18 @@
 free of the expected tied-weights notice, on a tiny GPT-2 through the real command line (about 20 s per run)."""
 
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_events, read_json, run_cli, write_lm_text
-from webapp.services.runs import _eta
+from finetune.rundir import RunDirectory
+from tests.conftest import OFFLINE_ENV, REPO, read_events, read_json, run_cli, write_lm_text
+from webapp.services import runs
+from webapp.services.eta import eta
 
 # A learning rate far below float32 resolution leaves the eval loss exactly as it was: the first evaluation
 # sets the best, the next two do not improve it, so patience 2 stops the run at step 3 of 20.
@@ -54,11 +60,12 @@ def test_the_loop_start_is_recorded_after_the_base_evaluation(stopped_early):
     first_train = next(e for e in events if e["event"] == "train")
     assert status["loop_start_step"] == 0
     assert base_eval["time"] <= status["loop_started_at"] <= first_train["time"]
-    # The Runs page's ETA at step 2 paces the two steps since the loop started, nothing before.
-    second = next(e for e in events if e["event"] == "train" and e["step"] == 2)
-    pace = (second["time"] - status["loop_started_at"]) / 2
+    # The Runs page's ETA at step 2 paces the two steps since the loop started, nothing before: step 1 (training
+    # alone) and step 2 (training and the evaluation after step 1), the slower of them as every step to come.
+    first, second = (next(e for e in events if e["event"] == "train" and e["step"] == s) for s in (1, 2))
+    pace = max(first["time"] - status["loop_started_at"], second["time"] - first["time"])
     so_far = [e for e in events if e["time"] <= second["time"]]
-    assert _eta(status, so_far, now=second["time"]) == pytest.approx(pace * 18)
+    assert eta(status, so_far, now=second["time"]) == pytest.approx(pace * 18)
 
 
 def test_a_resumed_run_records_the_step_it_resumed_at(common, stopped_early, tmp_path):
@@ -76,3 +83,31 @@ def test_checkpoints_of_gpt2_tied_weights_log_no_shared_tensor_warning(stopped_e
     log = (stopped_early / "train.log").read_text()
     assert "Run finished" in log, "the log is the trainer's"
     assert "Removed shared tensor" not in log
+
+
+def test_a_cancelled_run_reads_at_the_step_of_the_checkpoint_it_saved(common, tmp_path):
+    """A cancel saves a checkpoint at the step it stopped at, between two logged steps (logging_steps 1000 logs
+    none here): status.json and the Runs page read that step, the one a resume continues from."""
+    out = tmp_path / "cancelled"
+    endless = ["--max_steps", "100000", "--logging_steps", "1000", "--save_steps", "100000", "--eval_steps", "100000"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "finetune.train", *common, *endless, "--output_dir", str(out)],
+        cwd=REPO,
+        env=OFFLINE_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not RunDirectory(out).read_status().get("loop_started_at"):
+        assert process.poll() is None and time.time() < deadline, "the training loop never started"
+        time.sleep(0.2)
+    time.sleep(1.0)  # a few steps in
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    status, saved = read_json(out / "status.json"), RunDirectory(out).latest_checkpoint()
+    assert status["state"] == "cancelled" and saved is not None
+    saved_step = int(saved.name.removeprefix("step_"))
+    assert saved_step >= 1 and status["step"] == status["checkpoint_step"] == saved_step
+    assert runs.summarize(out).step == saved_step

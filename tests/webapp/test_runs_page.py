@@ -57,8 +57,8 @@ def test_runs_page_states_details_and_actions(no_runner, trained_runs):
     assert list(metrics.index) == ["base model", "fine-tuned"]
     assert {"accuracy", "eval_loss", "f1"} <= set(metrics.columns)
     assert metrics.loc["fine-tuned", "accuracy"] == RunDirectory(done).read_metrics()["finetuned"]["accuracy"]
-    assert [d.label for d in at.download_button] == ["Download adapter (.zip)", "Download merged model (.zip)"]
-    assert labels(at) == ["Delete…"], "a finished run can be deleted, not cancelled or resumed (push is opt-in)"
+    assert [d.label for d in at.download_button] == ["Download adapter (.zip)"], "the merged zip is built first"
+    assert labels(at) == ["Delete…", "Build merged model (.zip)"], "deleted, not cancelled or resumed (push: opt-in)"
 
     # A failed run shows its error; it may resume or be deleted.
     at.selectbox(key="runs_selected").set_value("broken").run()

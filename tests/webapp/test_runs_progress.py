@@ -16,8 +16,8 @@ from tests.webapp.apptest import assert_ok, open_app
 from tests.webapp.conftest import copy_run
 from webapp.runner import jobs
 from webapp.services import runs
+from webapp.services.eta import eta
 from webapp.services.identity import local_user
-from webapp.services.runs import _eta
 
 LOCAL = local_user()
 
@@ -33,9 +33,9 @@ def test_eta_leaves_out_the_base_evaluation_before_the_loop():
     # 100 s of base-model evaluation, then 1 s per step: at step 10 of 100, 90 s are left (not 990 s).
     status = {"total_steps": 100, "started_at": 0.0, "loop_started_at": 100.0, "loop_start_step": 0}
     events = [{"event": "eval", "step": 0, "time": 100.0}] + [_train(s, 100.0 + s) for s in range(1, 11)]
-    assert _eta(status, events, now=110.0) == pytest.approx(90.0)
-    assert _eta(status, events, now=115.0) == pytest.approx(85.0), "less the time since the last logged step"
-    assert _eta(status, events, now=500.0) == 0.0, "never negative"
+    assert eta(status, events, now=110.0) == pytest.approx(90.0)
+    assert eta(status, events, now=115.0) == pytest.approx(85.0), "less the time since the last logged step"
+    assert eta(status, events, now=500.0) == 1.0, "never down to nothing while steps remain: one step's time"
 
 
 def test_eta_after_a_resume_counts_only_the_steps_and_time_since_the_resume():
@@ -43,16 +43,46 @@ def test_eta_after_a_resume_counts_only_the_steps_and_time_since_the_resume():
     before = [_train(s, float(s)) for s in range(1, 58)]
     since = [_train(50 + k, 1000.0 + 6 * k) for k in range(1, 11)]
     status = {"total_steps": 120, "started_at": 990.0, "loop_started_at": 1000.0, "loop_start_step": 50}
-    assert _eta(status, before + since, now=1060.0) == pytest.approx(6 * 60)
-    assert _eta(status, before, now=1001.0) is None, "steps from before the resume say nothing about this pace"
+    assert eta(status, before + since, now=1060.0) == pytest.approx(6 * 60)
+    assert eta(status, before, now=1001.0) is None, "steps from before the resume say nothing about this pace"
+
+
+def test_eta_follows_the_recent_pace_not_the_whole_run_average():
+    # Steps 1-20 took 1 s each, steps 21-30 take 4 s each: 40 steps left at 4 s, not at the 2 s/step average.
+    status = {"total_steps": 70, "loop_started_at": 0.0, "loop_start_step": 0}
+    events = [_train(s, float(s)) for s in range(1, 21)] + [_train(s, 20.0 + 4 * (s - 20)) for s in range(21, 31)]
+    assert eta(status, events, now=60.0) == pytest.approx(160.0)
+    early = [_train(s, 10.0 * s) for s in range(1, 3)]  # one long step each so far
+    assert eta(status, early, now=20.0) == pytest.approx(680.0)
+
+
+def test_eta_leaves_evaluations_out_of_the_step_pace_and_adds_those_to_come():
+    # A log every 10 steps at 1 s/step; an evaluation of 20 s after every 20th step.
+    status = {"total_steps": 100, "loop_started_at": 0.0, "loop_start_step": 0}
+    events = [_train(10, 10.0), _train(20, 20.0), {"event": "eval", "step": 20, "time": 40.0}]
+    events += [_train(30, 50.0), _train(40, 60.0), {"event": "eval", "step": 40, "time": 80.0}, _train(50, 90.0)]
+    # 1 s/step trained plus the 40 s of evaluations over the 40 steps since the first log: 2 s/step, 50 steps left.
+    assert eta(status, events, now=90.0) == pytest.approx(100.0)
+    assert eta(status, events[:3], now=20.0) == pytest.approx(80.0), "no evaluation yet: 1 s/step"
+
+
+def test_eta_at_step_10_of_15_stays_above_zero_while_the_steps_are_not_logged():
+    # logging_steps 10: step 10 is the last one logged before the run ends; evaluation and saving follow it.
+    status = {"total_steps": 15, "loop_started_at": 0.0, "loop_start_step": 0}
+    events = [_train(10, 20.0)]
+    assert eta(status, events, now=20.0) == pytest.approx(10.0)
+    assert eta(status, events, now=25.0) == pytest.approx(5.0)
+    for now in (29.0, 30.0, 100.0):
+        assert eta(status, events, now=now) >= 2.0, "steps remain: at least one step's time (2 s)"
+    assert eta(status, [_train(10, 20.0), _train(15, 30.0)], now=100.0) == 0.0, "every step done"
 
 
 def test_eta_says_nothing_until_two_steps_into_the_segment():
     status = {"total_steps": 100, "loop_started_at": 100.0, "loop_start_step": 0}
-    assert _eta({"total_steps": 100, "started_at": 0.0}, [_train(5, 50.0)]) is None, "loop not started (base eval)"
-    assert _eta(status, []) is None
-    assert _eta(status, [_train(1, 101.0)], now=101.0) is None
-    assert _eta(status, [_train(1, 101.0), _train(2, 102.0)], now=102.0) == pytest.approx(98.0)
+    assert eta({"total_steps": 100, "started_at": 0.0}, [_train(5, 50.0)]) is None, "loop not started (base eval)"
+    assert eta(status, []) is None
+    assert eta(status, [_train(1, 101.0)], now=101.0) is None
+    assert eta(status, [_train(1, 101.0), _train(2, 102.0)], now=102.0) == pytest.approx(98.0)
 
 
 # ---- early stopping -------------------------------------------------------------------------------

@@ -24,14 +24,32 @@ def _events(run: RunDirectory, *events: dict) -> None:
     run.events_path.write_text("".join(json.dumps(e) + "\n" for e in events))
 
 
-def test_progress_and_eta_come_from_status_json_alone(run):
+def test_progress_comes_from_status_json_and_the_pace_from_the_latest_events_too(run):
     now = time.time()
     run.update_status(state="running", total_steps=100, loop_started_at=now - 20, loop_start_step=0)
     run.record_progress(step=20, epoch=0.4)
-    _events(run, {"event": "train", "step": 5, "time": now - 15})  # stale: the summary must not read it
+    _events(run, {"event": "train", "step": 5, "time": now - 15})  # behind status.json: not the progress
     summary = runs.summarize(run.path)
     assert summary.step == 20 and summary.progress == 0.2
     assert summary.eta_seconds == pytest.approx(80, abs=2), "1 s per step since the loop started, 80 steps left"
+    # Then 1 s/step up to step 20, 2 s/step since: the pace of the latest intervals, not the 1.6 s/step average.
+    run.update_status(loop_started_at=now - 80)
+    run.record_progress(step=50, epoch=1.0)
+    _events(run, *({"event": "train", "step": s, "time": now - t} for s, t in ((10, 70), (20, 60), (30, 40), (40, 20))))
+    assert runs.summarize(run.path).eta_seconds == pytest.approx(50 * 2, abs=2)
+
+
+@pytest.mark.parametrize("state", ["cancelled", "failed"])
+def test_a_stopped_run_reads_at_its_checkpoint_step(run, state):
+    run.update_status(state="running", total_steps=507, steps_per_epoch=100)
+    run.record_progress(step=10, epoch=0.1)
+    status = run.record_checkpoint(17, at=time.time())
+    assert (status["step"], status["checkpoint_step"], status["epoch"]) == (17, 17, 0.17)
+    run.record_progress(step=20, epoch=0.2)  # trained on, then failed or was killed before its next checkpoint
+    run.update_status(state=state)
+    assert runs.summarize(run.path).step == 17, "the step Resume continues from"
+    run.update_status(state="running")
+    assert runs.summarize(run.path).step == 20
 
 
 def test_a_run_without_step_in_status_reads_its_events(run):

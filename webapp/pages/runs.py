@@ -8,7 +8,7 @@ import streamlit as st
 
 from finetune.errors import UserError
 from finetune.rundir import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING
-from webapp import notices, widgets
+from webapp import notices, run_views, widgets
 from webapp.services import run_detail, runs, sweeps
 
 POINT = ["step", "metric", "value"]  # the columns of a curve's points (webapp/services/run_detail.py)
@@ -155,10 +155,9 @@ def live(name: str) -> None:
         left.altair_chart(_chart(pd.DataFrame(detail.losses, columns=POINT), "loss"), width="stretch")
         if detail.scores:
             right.altair_chart(_chart(pd.DataFrame(detail.scores, columns=POINT), "score"), width="stretch")
-    if detail.final:
-        st.table(pd.DataFrame.from_dict(detail.final, orient="index"))
+    run_views.final_scores(detail)
     with st.expander("Log", expanded=summary.state in (FAILED, RUNNING, "starting")):
-        st.code(detail.log or "(no output yet)", language="log")
+        st.code(detail.log or "(no output yet)", language="log", wrap_lines=True)
     if detail.tracking:
         st.caption(detail.tracking)
 
@@ -198,13 +197,7 @@ if summary.state == FINISHED:
         file_name=f"{summary.name}-adapter.zip",
         mime="application/zip",
     )
-    next(cells).download_button(
-        "Download merged model (.zip)",
-        lambda: runs.merged_zip(user, name),
-        file_name=f"{summary.name}-merged.zip",
-        mime="application/zip",
-        help="The adapter folded into the base weights: loads with plain from_pretrained, no PEFT needed",
-    )
+    run_views.merged_download(next(cells), user, name, summary.name)
 if summary.state == FINISHED:
     with st.expander("Push the adapter to the Hugging Face Hub"):
         mode, token = runs.push_token(user)

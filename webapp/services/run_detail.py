@@ -87,6 +87,7 @@ class RunDetail:
     losses: list[dict]  # train and eval loss against step
     scores: list[dict]  # the task's curve metrics at each evaluation (one scale: TaskKind.curve_metrics)
     final: dict[str, dict]  # {"base model": {metric: value}, "fine-tuned": {...}} once finished, else {}
+    test: dict[str, dict]  # the same on the test file the user gave (metrics.json's "test"), else {}
     log: str  # the last lines of the trainer's log (or the launcher's output)
     tracking: Optional[str] = None  # where report_to sent the run's logs, in words
 
@@ -102,6 +103,7 @@ def detail(summary: RunSummary) -> RunDetail:
         losses=[p for (event, key), name in LOSSES.items() for p in _series(events, event, key, name)],
         scores=[p for key in shown for p in _series(events, "eval", key, key)],
         final=_final(metrics),
+        test=_final(metrics.get("test") if isinstance(metrics.get("test"), dict) else {}),
         log=jobs.log_tail(run),
         tracking=_tracking(run),
     )
@@ -135,8 +137,8 @@ def _series(events: list[dict], event: str, key: str, name: str) -> list[dict]:
 def _final(metrics: dict) -> dict[str, dict]:
     """Base model and fine-tuned scores side by side, by metric (the numbers the fine-tuned model has)."""
     tuned = metrics.get("finetuned")
-    if not tuned:
+    if not isinstance(tuned, dict) or not tuned:
         return {}
-    base = metrics.get("base") or {}
+    base = metrics.get("base") if isinstance(metrics.get("base"), dict) else {}
     shown = [k for k, v in tuned.items() if isinstance(v, (int, float))]
     return {"base model": {k: base.get(k) for k in shown}, "fine-tuned": {k: tuned[k] for k in shown}}

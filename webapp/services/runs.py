@@ -8,8 +8,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -18,11 +16,10 @@ from finetune.checks import experiment_name_problem
 from finetune.errors import ConfigError, UserError
 from finetune.rundir import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, RunDirectory, read_json
 from webapp.runner import jobs, loop
-from webapp.services import devices, gate, identity, quotas, registry, settings, workspace
+from webapp.services import devices, eta, gate, identity, merged_export, quotas, registry, settings, workspace
 from webapp.services.identity import User
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-MIN_ETA_STEPS = 2  # optimizer steps into a segment before its pace says anything
 
 
 @dataclass
@@ -79,7 +76,9 @@ def summarize(path: Path, viewer: Optional[User] = None) -> RunSummary:
     config, logged = run.read_config(), _logged_steps(run, status)
     # The last train event may precede the early stop (train events come every logging_steps).
     stopped_at = status.get("stopped_early_at_step") if state == FINISHED else None
-    step = stopped_at or max((e.get("step") or 0 for e in logged), default=0)
+    # A cancelled or failed run is at its latest checkpoint's step: the one Resume continues from.
+    saved = status.get("checkpoint_step") if state in (CANCELLED, FAILED) else None
+    step = stopped_at or saved or max((e.get("step") or 0 for e in logged), default=0)
     ref = _ref(owner, path.name, viewer)
     return RunSummary(
         name=path.name,
@@ -91,7 +90,7 @@ def summarize(path: Path, viewer: Optional[User] = None) -> RunSummary:
         model=config.get("model_name_or_path"),
         step=step,
         total_steps=status.get("total_steps"),
-        eta_seconds=_eta(status, logged) if state == RUNNING else None,
+        eta_seconds=eta.eta(status, logged + run.read_events(eta.EVENTS_TAIL_BYTES)) if state == RUNNING else None,
         error=status.get("error"),
         created_at=status.get("queued_at") or status.get("started_at") or _mtime(path),
         stopped_early=bool(stopped_at),
@@ -132,36 +131,6 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except FileNotFoundError:  # deleted from another tab a moment ago
         return 0.0
-
-
-def _eta(status: dict, events: list[dict], now: Optional[float] = None) -> Optional[float]:
-    """Seconds left at this segment's pace: steps and time since the training loop (re)started.
-
-    The trainer writes ``loop_started_at`` (Unix s) and ``loop_start_step`` once the base-model evaluation
-    (or the resume) is over, so neither that evaluation nor steps trained before a resume skew the pace.
-    None until MIN_ETA_STEPS steps of the segment have been logged.
-    """
-    total, since, first = status.get("total_steps"), status.get("loop_started_at"), status.get("loop_start_step")
-    if not (isinstance(total, int) and isinstance(since, (int, float)) and isinstance(first, int)):
-        return None
-    # Events of this segment only: a resumed run appends to the events of the one before.
-    logged = [
-        (e["step"], e["time"])
-        for e in events
-        if e.get("event") == "train"
-        and isinstance(e.get("step"), int)
-        and isinstance(e.get("time"), (int, float))
-        and e["time"] >= since
-        and e["step"] > first
-    ]
-    if not logged:
-        return None
-    step, at = max(logged)
-    if step - first < MIN_ETA_STEPS:
-        return None
-    seconds_per_step = (at - since) / (step - first)
-    # Less the time since that event: the steps trained since then are not logged yet.
-    return max(0.0, seconds_per_step * (total - step) - ((time.time() if now is None else now) - at))
 
 
 def default_selection(summaries: list[RunSummary], last: Optional[str]) -> int:
@@ -276,6 +245,8 @@ def delete(user: User, ref: str) -> None:
     run = RunDirectory(path)
     if jobs.is_active(run) or jobs.launched(run) or run.state == QUEUED:
         raise UserError(f"delete: {path.name} is still queued or running; cancel it first")
+    if merged_export.status(path).state == "building":
+        raise UserError(f"delete: {path.name}'s merged model is being built; delete it once that is done")
     shutil.rmtree(path)
 
 
@@ -290,32 +261,34 @@ def adapter_zip(user: User, ref: str) -> bytes:
     path = locate(user, ref)
     if not RunDirectory(path).adapter_dir.is_dir():
         raise UserError(f"download: {path.name} has no adapter yet; it is written when the run finishes")
+    buffer = io.BytesIO()
     with tempfile.TemporaryDirectory() as staging:
-        return _zip_folder(export_adapter(path, Path(staging) / "export"), path.name)
+        merged_export.zip_folder(export_adapter(path, Path(staging) / "export"), path.name, buffer)
+    return buffer.getvalue()
+
+
+def merged_build(user: User, ref: str) -> merged_export.MergedBuild:
+    """Where the zip of the run's merged model stands: built in the background (start_merged_build)."""
+    return merged_export.status(locate(user, ref))
+
+
+def start_merged_build(user: User, ref: str) -> merged_export.MergedBuild:
+    """Start building the zip of the finished run's merged model in the background, unless it is under way or
+    ready; a failed build starts again."""
+    path = locate(user, ref)
+    merged_export.start(path)
+    return merged_export.status(path)
 
 
 def merged_zip(user: User, ref: str) -> bytes:
-    """The run's model with the adapter merged into the base weights (loads with plain from_pretrained), its
-    processor and model card, as a zip archive."""
-    from finetune.export.local import export_merged
-
-    path = locate(user, ref)
-    with tempfile.TemporaryDirectory() as staging:
-        return _zip_folder(export_merged(path, Path(staging) / "export"), f"{path.name}-merged")
-
-
-def _zip_folder(folder: Path, top: str) -> bytes:
-    """Every file under ``folder``, stored under ``top/`` (a run's name: the project's own naming)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-            archive.write(file, str(Path(top) / file.relative_to(folder)))
-    return buffer.getvalue()
+    """The zip of the run's model with the adapter merged into the base weights (loads with plain
+    from_pretrained), its processor and model card; built first, and waited for, unless it is ready."""
+    return merged_export.wait(locate(user, ref)).read_bytes()
 
 
 def push(user: User, ref: str, repo_id: str, private: bool, token: Optional[str], update_existing: bool) -> str:
     """Upload the run's adapter with its model card to the Hub repository ``repo_id``; returns its URL."""
-    from finetune import hub  # huggingface_hub: only when the user pushes
+    from finetune.export import hub  # huggingface_hub: only when the user pushes
 
     return hub.push_to_hub(
         locate(user, ref), repo_id.strip(), private=private, token=token, update_existing=update_existing

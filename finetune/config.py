@@ -68,6 +68,12 @@ class TrainConfig:
     validation_file: Optional[str] = _help(
         PATH, "Evaluation data in the same format; split off train_file when absent.", default=None
     )
+    test_file: Optional[str] = _help(
+        PATH,
+        "Test data in the same format, never trained or selected on: the base and the fine-tuned model are scored on "
+        "it once (metrics.json's test section).",
+        default=None,
+    )
     validation_split_percentage: float = _help(
         USER, "Percent of train_file held out for evaluation when no validation_file is given.", default=10.0
     )

@@ -23,6 +23,7 @@ from typing import Optional
 from finetune.config import TrainConfig
 from finetune.errors import ConfigError, Problem, UserError
 from finetune.rundir import RunDirectory
+from finetune.training.advice import WARN_LONGER_THAN_S, readable_duration, shorter_run_advice
 
 WARMUP_STEPS = 1  # untimed: the first step pays for kernel selection and allocator growth
 DEFAULT_STEPS = 3
@@ -52,6 +53,8 @@ class Report:
     seconds_per_eval_batch: Optional[float]
     setup_seconds: float
     estimated_seconds: Optional[float]
+    # What to change when the run would take over WARN_LONGER_THAN_S; empty when it is shorter.
+    time_advice: list[str]
 
 
 def parse(argv: Optional[list[str]] = None) -> tuple[TrainConfig, int, bool]:
@@ -177,9 +180,9 @@ def _report(
     ran = seconds_per_step is not None  # else the GPU ran out of memory: the peak is where it stopped
     fitting = ran and fits(peak, capacity)
     evaluations = evaluation_count(plan.max_steps, plan.eval_steps)
-    estimate = _estimate(
-        setup_seconds, plan.max_steps, seconds_per_step, evaluations * len(recipe.eval_dl), seconds_per_eval
-    )
+    # The test split is scored twice (base, then fine-tuned) at evaluation's pace.
+    eval_batches = evaluations * len(recipe.eval_dl) + 2 * len(recipe.test_dl or [])
+    estimate = _estimate(setup_seconds, plan.max_steps, seconds_per_step, eval_batches, seconds_per_eval)
     return Report(
         device=str(device),
         peak_memory_mb=peak,
@@ -196,6 +199,7 @@ def _report(
         seconds_per_eval_batch=seconds_per_eval,
         setup_seconds=setup_seconds,
         estimated_seconds=estimate,
+        time_advice=shorter_run_advice(cfg, estimate, seconds_per_step, plan.max_steps, device.type == "cuda"),
     )
 
 
@@ -288,13 +292,12 @@ def format_report(report: Report) -> str:
         ]
     if report.advice:
         lines += ["To fit, change one or more of:", *(f"  - {item}" for item in report.advice)]
+    if report.time_advice:
+        lines += [
+            f"To train within {WARN_LONGER_THAN_S // 60} min, change one or more of:",
+            *(f"  - {item}" for item in report.time_advice),
+        ]
     return "\n".join(lines)
-
-
-def readable_duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
 def main(argv: Optional[list[str]] = None) -> int:

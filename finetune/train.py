@@ -39,6 +39,7 @@ class Recipe:
     scheduler: Any
     train_dl: Any
     eval_dl: Any
+    test_dl: Any  # None without a test_file
     plan: Any  # progress.Plan
 
     def evaluate(self, step: int) -> dict:
@@ -48,6 +49,14 @@ class Recipe:
         metrics = engine.evaluate(self.model, self.eval_dl, self.accelerator, self.task, len(self.labels or []) or None)
         self.accelerator.log(metrics, step=step, log_kwargs={"run_directory": {"event": "eval"}})
         return metrics
+
+    def score_test(self) -> dict:
+        """Scores on the test split ({} without a test_file): kept apart from evaluation, nothing selects on it."""
+        from finetune.training import engine
+
+        if self.test_dl is None:
+            return {}
+        return engine.evaluate(self.model, self.test_dl, self.accelerator, self.task, len(self.labels or []) or None)
 
 
 def train(cfg: TrainConfig, run: RunDirectory) -> str:
@@ -72,6 +81,7 @@ def train(cfg: TrainConfig, run: RunDirectory) -> str:
             num_processes=recipe.accelerator.num_processes,
             loop_started_at=meter.started,
             loop_start_step=state.step,
+            step=state.step,  # a resumed run reads at its checkpoint's step before its first log
         )
     outcome, result = _loop(recipe, state, meter, stop, best, result)
     recipe.accelerator.wait_for_everyone()
@@ -88,20 +98,24 @@ def set_up(cfg: TrainConfig, run: RunDirectory) -> Recipe:
     from finetune.data.batches import dataloaders
     from finetune.tasks import get_task
     from finetune.training import engine, progress, speed
+    from finetune.training.processes import run_accelerator
 
-    accelerator = _accelerator(cfg, run)
+    accelerator = run_accelerator(cfg, run)
     set_seed(cfg.seed)
     task = get_task(cfg.task)
     if accelerator.is_main_process:
         logger.info("Task %s on %d process(es), device %s", task.name, accelerator.num_processes, accelerator.device)
     model, processor, data, labels, derived, new_heads = _load_data_and_model(cfg, accelerator, task)
     engine.keep_initial_adapter(model, cfg, run, accelerator)
-    train_dl, eval_dl = dataloaders(cfg, data, task.collate_fn(processor), accelerator, images=task.unit == "images")
+    train_dl, eval_dl, test_dl = dataloaders(
+        cfg, data, task.collate_fn(processor), accelerator, images=task.unit == "images"
+    )
     sharded = accelerator.distributed_type in progress.SHARDED
     speed.store_frozen_weights_in_bf16(model, accelerator.mixed_precision, cfg.finetune_method, sharded)
     model = speed.channels_last(model, speed.uses_cuda())
     optimizer = engine.build_optimizer(model, cfg, new_heads)
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
+    test_dl = accelerator.prepare(test_dl) if test_dl is not None else None
     plan = progress.Plan.for_run(cfg, len(train_dl))
     return Recipe(
         cfg,
@@ -116,28 +130,9 @@ def set_up(cfg: TrainConfig, run: RunDirectory) -> Recipe:
         _scheduler(cfg, optimizer, plan, accelerator),
         train_dl,
         eval_dl,
+        test_dl,
         plan,
     )
-
-
-def _accelerator(cfg: TrainConfig, run: RunDirectory):
-    """The run's Accelerator (finetune/training/processes.py), quiet progress bars, and QLoRA refused where it
-    cannot run."""
-    import datasets
-    import transformers
-
-    from finetune.tasks import load_model_config
-    from finetune.training import artifacts, lora, speed
-    from finetune.training.processes import build_accelerator, sharded_launch
-
-    # Progress bars are noise in train.log and the web app's log tail; events.jsonl carries progress.
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    if cfg.load_in_4bit:
-        lora.check_four_bit_possible(speed.uses_cuda(), sharded_launch())
-    speed.check_compiler(cfg.torch_compile)
-    width = speed.model_width(load_model_config(cfg.model_name_or_path))
-    return build_accelerator(cfg, width, trackers=[artifacts.RunDirectoryTracker(run)])
 
 
 def _scheduler(cfg: TrainConfig, optimizer, plan, accelerator):
@@ -172,6 +167,7 @@ def _start_or_resume(recipe: Recipe, best):
         return state, recipe.run.evaluation_at(state.step)
     state = progress.TrainerState()
     state.base_metrics = recipe.evaluate(step=0)
+    state.base_test_metrics = recipe.score_test()
     return state, state.base_metrics
 
 
@@ -273,6 +269,7 @@ def _finish(recipe: Recipe, state, meter, best, result: Optional[dict]) -> None:
     if result is None:  # resumed from a checkpoint taken after the last evaluation
         result = recipe.evaluate(state.step)
     result = best.restore(recipe.model, state) or result
+    test_result = recipe.score_test()  # every process: evaluation gathers across them
     artifacts.save_artifacts(
         recipe.accelerator,
         recipe.model,
@@ -284,7 +281,7 @@ def _finish(recipe: Recipe, state, meter, best, result: Optional[dict]) -> None:
         recipe.derived,
     )
     if recipe.accelerator.is_main_process:
-        summary = artifacts.final_metrics(state, recipe.plan, result, recipe.model, recipe.accelerator)
+        summary = artifacts.final_metrics(state, recipe.plan, result, recipe.model, recipe.accelerator, test_result)
         recipe.run.write_metrics(
             {"task": recipe.task.name, **summary, "adapter_step": best.step or state.step, **figures}
         )

@@ -272,6 +272,8 @@ def column_mapping(
 
 
 def data_preview(report: uploads.DataReport) -> None:
+    for note in report.notes:
+        notices.warning(note)
     if report.sampled:
         st.caption(
             f"A {report.file_bytes / 2**20:,.0f} MB file: checked and previewed from its first "

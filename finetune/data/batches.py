@@ -1,5 +1,7 @@
 """The recipe's data loaders: training batches of similar text lengths, evaluation longest first."""
 
+from typing import Optional
+
 import torch
 from torch.utils.data import DataLoader
 
@@ -7,9 +9,12 @@ from finetune.config import TrainConfig
 from finetune.training import speed
 
 
-def dataloaders(cfg: TrainConfig, data, collate, accelerator, images: bool) -> tuple[DataLoader, DataLoader]:
-    """Training batches of similar text lengths (little padding), shuffled by (seed, epoch); evaluation longest
-    first; on a GPU pinned memory and, for images, decoding in worker processes."""
+def dataloaders(
+    cfg: TrainConfig, data, collate, accelerator, images: bool
+) -> tuple[DataLoader, DataLoader, Optional[DataLoader]]:
+    """Training batches of similar text lengths (little padding), shuffled by (seed, epoch); evaluation (and test,
+    None without a test split) longest first; on a GPU pinned memory and, for images, decoding in worker
+    processes."""
     cuda = accelerator.device.type == "cuda"
     workers = cfg.dataloader_num_workers
     if workers is None:
@@ -32,7 +37,12 @@ def dataloaders(cfg: TrainConfig, data, collate, accelerator, images: bool) -> t
         **common,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    return train_dl, eval_dataloader(evaluation, cfg.per_device_eval_batch_size, common, cfg.seed)
+    test = data["test"] if "test" in data else None
+    return (
+        train_dl,
+        eval_dataloader(evaluation, cfg.per_device_eval_batch_size, common, cfg.seed),
+        None if test is None else eval_dataloader(test, cfg.per_device_eval_batch_size, common, cfg.seed),
+    )
 
 
 def eval_dataloader(dataset, batch_size: int, common: dict, seed: int = 0) -> DataLoader:

@@ -185,3 +185,25 @@ def check_column_count(path: Path, builder: str, role: str) -> None:
             f"{role}: {path} has {count:,} columns; at most {MAX_COLUMNS:,} are read. Keep the text, label or "
             "image columns the run needs"
         )
+
+
+def mixed_label_note(names: list[str], column: str) -> Optional[str]:
+    """A warning when class names mix numbers and words (1, pos, 2.5): each distinct value becomes its own class,
+    which is seldom meant (a column of scores with stray words, or two label schemes in one file)."""
+    numbers = [name for name in names if _is_number(name)]
+    words = [name for name in names if not _is_number(name)]
+    if not numbers or not words:
+        return None
+    return (
+        f"label column {column!r} mixes numbers ({', '.join(numbers[:3])}) and words ({', '.join(words[:3])}): "
+        f"each distinct value is its own class, {len(names)} in all; if that is not meant, give every row the same "
+        "kind of label"
+    )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

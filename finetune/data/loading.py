@@ -20,7 +20,14 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dat
 from datasets.table import InMemoryTable
 
 from finetune.data.archive import Limits, content_digest, unpack_zip
-from finetune.data.columns import Columns, check_column_count, distinct, guess_columns, label_kind
+from finetune.data.columns import (
+    Columns,
+    check_column_count,
+    distinct,
+    guess_columns,
+    label_kind,
+    mixed_label_note,
+)
 from finetune.data.images import check_images
 from finetune.errors import UserError
 
@@ -210,13 +217,15 @@ def load_splits(
     seed: int,
     unpacking: Unpacking,
     max_eval_samples: Optional[int] = None,
+    test_file: Optional[str] = None,
 ) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
-    """Train/validation splits, resolved columns and (for classification) the class names.
+    """Train/validation splits (and a test split with ``test_file``), resolved columns and (for classification) the
+    class names.
 
     Without validation_file, ``percentage`` % of train is held out with ``seed``; a validation split larger
-    than ``max_eval_samples`` is then cut to that many examples, drawn with ``seed``.
+    than ``max_eval_samples`` is then cut to that many examples, drawn with ``seed``. The test split is scored whole.
     """
-    files = {"train_file": train_file, "validation_file": validation_file}
+    files = {"train_file": train_file, "validation_file": validation_file, "test_file": test_file}
     tables = {role: load_table(path, role, unpacking) for role, path in files.items() if path}
     return prepare_splits(tables, files, task, given, percentage, seed, max_eval_samples)
 
@@ -232,8 +241,9 @@ def prepare_splits(
 ) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
     """load_splits on tables already read, keyed by role (``files`` names their sources): every check and cast."""
     columns = guess_columns(tables["train_file"], task, given, "train_file")
-    if "validation_file" in tables:
-        guess_columns(tables["validation_file"], task, columns, "validation_file")
+    for role in ("validation_file", "test_file"):
+        if role in tables:
+            guess_columns(tables[role], task, columns, role)
     if columns.text is not None:
         tables = {role: _drop_empty_texts(t, columns.text, files[role], role) for role, t in tables.items()}
     if columns.image is not None:
@@ -241,8 +251,13 @@ def prepare_splits(
     labels = None
     if columns.label is not None:
         tables, labels = _to_class_labels(tables, columns.label, files)
+        note = mixed_label_note(labels, columns.label)
+        if note:
+            logger.warning(note)
     splits = split_train_eval(tables["train_file"], tables.get("validation_file"), percentage, seed, columns.label)
     splits["validation"] = _cap_eval(splits["validation"], max_eval_samples, seed, columns.label)
+    if "test_file" in tables:
+        splits["test"] = tables["test_file"]
     return splits, columns, labels
 
 
@@ -313,11 +328,11 @@ def _to_class_labels(tables: dict[str, Dataset], column: str, files: dict) -> tu
     else:
         values = {role: _label_values(table, column, files[role], role) for role, table in tables.items()}
         kinds = {role: label_kind(table.features[column]) for role, table in tables.items()}
-        if len(set(kinds.values())) > 1:
+        other = next((role for role, kind in kinds.items() if kind != kinds["train_file"]), None)
+        if other:
             raise UserError(
-                f"validation_file: label column {column!r} of {files['validation_file']} holds "
-                f"{kinds['validation_file']} but train_file holds {kinds['train_file']}; "
-                "expected the same class names in both"
+                f"{other}: label column {column!r} of {files[other]} holds {kinds[other]} but train_file holds "
+                f"{kinds['train_file']}; expected the same class names in both"
             )
         keys = sorted({_label_key(v) for found in values.values() for v in found})
         names, ids = [str(key) for key in keys], {key: i for i, key in enumerate(keys)}

@@ -70,7 +70,7 @@ class Task:
         return model, new_head_modules(model, missing)
 
     def load_data(self, cfg: TrainConfig) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
-        """Raw train/validation splits, the resolved columns and the class names (None without labels)."""
+        """Raw train/validation (and test) splits, the resolved columns and the class names (None without labels)."""
         given = Columns(text=cfg.text_column, label=cfg.label_column, image=cfg.image_column)
         return load_splits(
             cfg.train_file,
@@ -81,6 +81,7 @@ class Task:
             cfg.seed,
             Unpacking.from_config(cfg),
             max_eval_samples=cfg.max_eval_samples,
+            test_file=cfg.test_file,
         )
 
     def encode(

@@ -21,12 +21,21 @@ from finetune.training.lora import (
 from finetune.training.progress import Plan, TrainerState
 
 
-def final_metrics(state: TrainerState, plan: Plan, result: dict, model: nn.Module, accelerator: Accelerator) -> dict:
-    """metrics.json's summary of a finished run (the caller adds task, throughput and the adapter's step)."""
+def final_metrics(
+    state: TrainerState,
+    plan: Plan,
+    result: dict,
+    model: nn.Module,
+    accelerator: Accelerator,
+    test_result: Optional[dict] = None,
+) -> dict:
+    """metrics.json's summary of a finished run (the caller adds task, throughput and the adapter's step); the
+    test section only when the run has a test_file (``test_result``: the fine-tuned model's scores on it)."""
     trainable, total = count_parameters(accelerator.unwrap_model(model))
     return {
         "base": state.base_metrics,
         "finetuned": result,
+        **({"test": {"base": state.base_test_metrics, "finetuned": test_result}} if test_result else {}),
         "best_step": state.best_step,
         "best_eval_loss": state.best_eval_loss,
         "steps": state.step,

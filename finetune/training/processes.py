@@ -101,3 +101,22 @@ def check_process_group(accelerator: Accelerator) -> None:
             f"on {accelerator.device}); launch one process (configs/accelerate/cpu.yaml or single_gpu.yaml), "
             "or set ACCELERATE_USE_CPU=true for several processes on the CPU"
         )
+
+
+def run_accelerator(cfg: TrainConfig, run: RunDirectory) -> Accelerator:
+    """The run's Accelerator (build_accelerator), quiet progress bars, and QLoRA refused where it
+    cannot run."""
+    import datasets
+    import transformers
+
+    from finetune.tasks import load_model_config
+    from finetune.training import artifacts, lora, speed
+
+    # Progress bars are noise in train.log and the web app's log tail; events.jsonl carries progress.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    if cfg.load_in_4bit:
+        lora.check_four_bit_possible(speed.uses_cuda(), sharded_launch())
+    speed.check_compiler(cfg.torch_compile)
+    width = speed.model_width(load_model_config(cfg.model_name_or_path))
+    return build_accelerator(cfg, width, trackers=[artifacts.RunDirectoryTracker(run)])

@@ -34,6 +34,7 @@ class TrainerState:
     best_step: Optional[int] = None
     evals_without_improvement: int = 0
     base_metrics: dict = field(default_factory=dict)
+    base_test_metrics: dict = field(default_factory=dict)  # on test_file; empty without one
     # Training time (s) and examples seen in earlier segments of a resumed run, so totals span every segment.
     runtime_seconds: float = 0.0
     samples: int = 0

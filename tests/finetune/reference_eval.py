@@ -1,4 +1,4 @@
-"""An independent re-scoring of a finished run's validation split with the reloaded adapter."""
+"""An independent re-scoring of a finished run's validation (or test) split with the reloaded adapter."""
 
 from pathlib import Path
 
@@ -10,7 +10,7 @@ from finetune.inference import load_trained
 from finetune.tasks import get_task
 
 
-def eval_loss_of_reloaded(run: Path) -> float:
+def eval_loss_of_reloaded(run: Path, split: str = "validation") -> float:
     """Mean per-example (classification) or per-token (causal LM) loss, as the trainer reports it."""
     cfg = TrainConfig.from_yaml(run / "config.yaml")
     model, processor, info = load_trained(run)
@@ -20,7 +20,7 @@ def eval_loss_of_reloaded(run: Path) -> float:
         {**cfg.to_dict(), "block_size": info.get("block_size"), "max_seq_length": info.get("max_seq_length")}
     )
     data, _ = task.encode(fixed, raw, columns, processor, model)
-    batch = task.collate_fn(processor)([data["validation"][i] for i in range(len(data["validation"]))])
+    batch = task.collate_fn(processor)([data[split][i] for i in range(len(data[split]))])
     with torch.no_grad():
         if info["task"] == "causal-lm":
             logits = model(input_ids=batch["input_ids"]).logits[:, :-1]

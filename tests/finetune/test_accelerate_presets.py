@@ -152,7 +152,7 @@ def test_each_process_gets_half_of_the_single_process_batch(grouped):
             dataloader_num_workers=None,
         )
         accelerator = SimpleNamespace(device=torch.device("cpu"), num_processes=num_processes)
-        train_dl, _ = dataloaders(cfg, data, None, accelerator, images=False)
+        train_dl, _, _ = dataloaders(cfg, data, None, accelerator, images=False)
         sharded = prepare_data_loader(
             train_dl, num_processes=num_processes, process_index=rank, put_on_device=False, use_seedable_sampler=True
         )

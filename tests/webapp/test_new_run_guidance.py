@@ -143,7 +143,7 @@ def test_warnings_for_learning_rates_and_lora_scale():
 
 def test_warnings_for_long_runs_estimate_from_examples_epochs_and_device():
     long = warnings_for(_cfg(num_train_epochs=5), 20_000, "bert", gpus=0, cpu_cores=4)["num_train_epochs"]
-    assert "about 9.4 h on 4 CPU cores" in long and "estimate" in long  # 90,000 examples x 1.5 CPU-s / 4 cores
+    assert "about 9 h 22 min on 4 CPU cores" in long and "estimate" in long  # 90,000 examples x 1.5 CPU-s / 4 cores
     assert warnings_for(_cfg(num_train_epochs=5), 20_000, "bert", gpus=1) == {}, "minutes on a GPU"
     assert warnings_for(_cfg(num_train_epochs=5), 20_000, None) == {}, "no estimate without a known family"
     steps = warnings_for(_cfg(max_steps=100_000, per_device_train_batch_size=32), 10, "vit", gpus=2)
@@ -169,8 +169,10 @@ def test_page_shows_warnings_under_fields_and_keeps_launch(no_runner, demo_dir):
     assert_ok(at)
     assert errors(at) == [] and "Launch run" in labels(at)
     notes = warnings(at)
-    assert len(notes) == 2 and notes[0].startswith("training may take about"), notes
+    assert len(notes) == 3 and notes[0].startswith("training may take about"), notes
     assert notes[1].startswith("0.5 is far above what works for LoRA"), notes
+    # Above Launch: the run's time, and what makes it shorter.
+    assert notes[2].startswith("Estimated training time: about 337 h") and "That is over 30 min" in notes[2], notes
     assert any("2 setting(s) look far off" in c.value for c in at.caption)
 
 

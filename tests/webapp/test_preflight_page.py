@@ -46,6 +46,7 @@ def test_a_run_that_does_not_fit_shows_the_advice(no_runner, monkeypatch):
         seconds_per_eval_batch=0.1,
         setup_seconds=20.0,
         estimated_seconds=281.0,
+        time_advice=[],
     )
     # The subprocess is replaced on the test's side only: a GPU that is too small cannot be had on a test machine.
     monkeypatch.setattr(preflight, "check", lambda cfg, shared, use_gpu: report)
@@ -57,6 +58,49 @@ def test_a_run_that_does_not_fit_shows_the_advice(no_runner, monkeypatch):
     assert warning.startswith("Does not fit cuda:0 (90,000 of 81,559 MiB)"), warning
     assert all(f"- {item}" in warning for item in advice), f"{len(advice)} pieces of advice expected"
     assert {m.label: m.value for m in at.metric}["Estimated run time"] == "4 min 41 s"
+
+
+def test_a_run_that_fits_but_takes_hours_gets_a_time_verdict_with_what_to_change(no_runner, monkeypatch):
+    """Check's verdict covers time: a run over 30 min is no green "Fits", and the settings that shorten it are listed,
+    as the real preflight computes them (advice.shorter_run_advice on the measured figures)."""
+    from finetune.config import TrainConfig
+    from finetune.training.advice import shorter_run_advice
+
+    cfg = TrainConfig.from_dict(
+        {"model_name_or_path": "m", "train_file": "t", "output_dir": "o", "num_train_epochs": 10}
+    )
+    # 3 h 29 min: 2,000 steps at 6 s (measured) plus 30 s of set-up and 570 s of evaluation.
+    time_advice = shorter_run_advice(cfg, 12_600.0, 6.0, 2_000, on_gpu=False)
+    assert time_advice[0] == "max_steps = 200 (of 2000): stops within 30 min", time_advice
+    assert any(item.startswith("num_train_epochs below 10: each epoch takes 20 min") for item in time_advice)
+    assert any("a GPU" in item for item in time_advice)
+    assert shorter_run_advice(cfg, 1_700.0, 6.0, 200, on_gpu=False) == [], "under 30 min: nothing to change"
+    report = Report(
+        device="cpu",
+        memory_measure="process peak RSS, ru_maxrss",
+        peak_memory_mb=900,
+        memory_capacity_mb=20_000,
+        fits=True,
+        advice=[],
+        batch_size=8,
+        measured_steps=3,
+        seconds_per_step=6.0,
+        total_steps=2_000,
+        evaluations=11,
+        eval_batches=10,
+        seconds_per_eval_batch=5.2,
+        setup_seconds=30.0,
+        estimated_seconds=12_600.0,
+        time_advice=time_advice,
+    )
+    monkeypatch.setattr(preflight, "check", lambda cfg, shared, use_gpu: report)
+    at = open_app()
+    button(at, "Check").click().run()
+    assert_ok(at)
+    assert len(at.success) == 0, "no green box for a run of hours"
+    [verdict] = [w for w in warnings(at) if w.startswith("Fits in memory")]
+    assert verdict.startswith("Fits in memory (900 of 20,000 MiB on cpu), but the run takes about 3 h 30 min"), verdict
+    assert all(f"- {item}" in verdict for item in time_advice)
 
 
 def test_check_failures_read_as_the_checks_own_message():
@@ -77,6 +121,7 @@ def test_check_failures_read_as_the_checks_own_message():
         "evaluations",
         "fits",
         "advice",
+        "time_advice",
     }
     assert read_by_the_page <= fields, read_by_the_page - fields
 

@@ -8,10 +8,9 @@ import yaml
 
 from finetune.config import field_help
 from finetune.errors import ConfigError, UserError
-from finetune.preflight import readable_duration
 from finetune.sweep.experiment import MAX_POINTS
 from finetune.task_kinds import task_kind
-from webapp import notices, widgets
+from webapp import check_views, held_out_views, notices, widgets
 from webapp.services import catalog, devices, identity, launch, preflight, sweeps, uploads
 
 HELP = field_help()
@@ -55,8 +54,9 @@ task = checkpoint.task
 if checkpoint.demo:
     st.info(
         f"**Demo checkpoint.** The Hub is not reachable, so this preset uses "
-        f"{catalog.DEMO_DESCRIPTIONS[family.key]}. Training the sample data takes under a minute on 2 CPU cores; "
-        f"with network access the preset is `{family.hub_id}`."
+        f"{catalog.DEMO_DESCRIPTIONS[family.key]}. Its sample data trains in under a minute on 2 CPU cores; your "
+        f"own data may take far longer (the estimate under Settings says how long). With network access the preset "
+        f"is `{family.hub_id}`."
     )
 else:
     st.caption(f"Checkpoint `{checkpoint.name_or_path}` · {checkpoint.model_type} · task {task}")
@@ -99,6 +99,7 @@ except UserError as err:
     notices.error(str(err))
     st.stop()
 widgets.data_preview(report)
+held_out = held_out_views.held_out_files(user, task, columns)
 
 # ---- 3. settings ---------------------------------------------------------------------------------
 st.subheader("3 · Settings")
@@ -120,7 +121,7 @@ name = st.text_input(
 errors = widgets.ErrorSlots()
 errors.slot("run name")
 values = widgets.settings_form(task, errors)
-values.update(model_name_or_path=checkpoint.name_or_path, task=task, train_file=str(data_path), **columns)
+values.update(model_name_or_path=checkpoint.name_or_path, task=task, train_file=str(data_path), **columns, **held_out)
 
 # ---- 4. device -----------------------------------------------------------------------------------
 st.subheader("4 · Device")
@@ -143,9 +144,10 @@ except ConfigError as err:
     errors.show(launch.problems_by_field(err))
     st.error(f"Fix {len(err.problems)} setting(s) marked above before launching.")
     st.stop()
-# Far-off settings are noted under their fields; Launch stays. The time estimate fits real-size checkpoints only.
-warned = launch.warnings(cfg, report.num_examples, None if checkpoint.demo else checkpoint.model_type, setup)
+# Far-off settings are noted under their fields; Launch stays.
+warned = launch.warnings(cfg, report, checkpoint, setup)
 errors.warn(warned)
+check_views.time_estimate(launch.estimate(cfg, report, checkpoint, setup), setup.label)
 if warned:
     st.caption(
         f"⚠️ {len(warned)} setting(s) look far off ({', '.join(warned)}): see the notes under them. "
@@ -155,7 +157,7 @@ st.markdown(
     "The exact command the runner starts. Launching writes the run's settings to the `config.yaml` it "
     "names; to train headless instead, save the settings below there and run the command from the project folder."
 )
-st.code(shlex.join(command), language="bash")
+st.code(shlex.join(command), language="bash", wrap_lines=True)
 with st.expander("config.yaml"):
     st.code(yaml.safe_dump(cfg.to_dict(), sort_keys=False), language="yaml")
 launch_col, check_col = st.columns([1, 5])
@@ -172,33 +174,7 @@ if check_col.button(
     except UserError as err:
         notices.error(str(err))
     else:
-        memory_col, step_col, run_col = st.columns(3)
-        memory_col.metric(
-            "Peak memory",
-            f"{checked.peak_memory_mb:,.0f} MiB",
-            help=f"{checked.memory_measure}; "
-            f"{checked.memory_capacity_mb:,.0f} MiB on {checked.device} (per device: one GPU of DDP)",
-        )
-        step_col.metric(
-            "Time per step",
-            "—" if checked.seconds_per_step is None else f"{checked.seconds_per_step:.2f} s",
-            help="Per optimizer step, on the longest batches",
-        )
-        run_col.metric(
-            "Estimated run time",
-            "—" if checked.estimated_seconds is None else readable_duration(checked.estimated_seconds),
-            help=f"{checked.total_steps:,} steps and {checked.evaluations} evaluation(s), set-up included",
-        )
-        if checked.fits:
-            st.success(
-                f"Fits: {checked.peak_memory_mb:,.0f} of {checked.memory_capacity_mb:,.0f} MiB on {checked.device}."
-            )
-        else:
-            st.warning(
-                f"Does not fit {checked.device} ({checked.peak_memory_mb:,.0f} of "
-                f"{checked.memory_capacity_mb:,.0f} MiB). Change one or more of:\n\n"
-                + "\n".join(f"- {item}" for item in checked.advice)
-            )
+        check_views.show(checked)
 if launch_col.button("Launch run", type="primary"):
     try:
         run = launch.launch(user, cfg, setup)

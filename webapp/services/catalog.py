@@ -60,6 +60,10 @@ DEMO_DESCRIPTIONS = {
 # Measured through the real CLI on 2 CPU cores (wall time with start-up; base -> fine-tuned on the held-out 10%):
 # BERT 25 s, accuracy 0.53 -> 0.94; GPT-2 10 s, perplexity 1051 -> 8.7; ViT 22 s, accuracy 0.11 -> 0.95;
 # ResNet 17 s, accuracy 0.10 -> 0.99.
+# Each demo checkpoint's training cost (CPU-seconds per example; GPT-2: per 128-token block) under its overrides,
+# from Check (finetune.preflight) on its sample data on 2 CPU cores (x86, AVX512-BF16): the New run page's time
+# estimate for a demo checkpoint on the user's own data. Real-size checkpoints: advice.SECONDS_PER_EXAMPLE.
+DEMO_SECONDS_PER_EXAMPLE = {"gpt2": 0.02, "bert": 0.02, "vit": 0.0012, "resnet": 0.0027}
 DEMO_OVERRIDES = {
     "gpt2": {
         "learning_rate": 1e-2,

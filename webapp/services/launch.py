@@ -7,11 +7,13 @@ from typing import Any, Optional
 from finetune.config import TrainConfig
 from finetune.errors import ConfigError, Problem, UserError
 from finetune.rundir import RunDirectory
-from finetune.training.advice import warnings_for
+from finetune.training.advice import estimated_training_seconds, warnings_for
 from webapp.runner import jobs
-from webapp.services import gate, quotas, registry, runs, settings, workspace
+from webapp.services import catalog, gate, quotas, registry, runs, settings, workspace
+from webapp.services.catalog import Checkpoint
 from webapp.services.devices import Setup
 from webapp.services.identity import User
+from webapp.services.uploads import DataReport
 
 
 def build_config(values: dict[str, Any], run_dir: Path) -> TrainConfig:
@@ -32,11 +34,23 @@ def problems_by_field(err: ConfigError) -> dict[str, list[str]]:
     return grouped
 
 
-def warnings(cfg: TrainConfig, num_examples: int, model_type: Optional[str], setup: Setup) -> dict[str, str]:
-    """Settings of a valid ``cfg`` far outside what trains well, as {field: note} (finetune.training.advice); the time
-    estimate is for ``model_type`` (None: no estimate) on ``setup``'s GPUs, or this machine's cores."""
+def warnings(cfg: TrainConfig, data: DataReport, checkpoint: Checkpoint, setup: Setup) -> dict[str, str]:
+    """Settings of a valid ``cfg`` far outside what trains well, as {field: note} (finetune.training.advice), the
+    training time included (``estimate``'s)."""
+    return warnings_for(cfg, *_cost_inputs(data, checkpoint, setup))
+
+
+def estimate(cfg: TrainConfig, data: DataReport, checkpoint: Checkpoint, setup: Setup) -> Optional[float]:
+    """Rough seconds of training ``checkpoint`` on ``data`` with ``cfg`` on ``setup``'s GPUs or this machine's cores
+    (None for a model of unknown cost): a demo checkpoint at its measured cost, others at their family's."""
+    return estimated_training_seconds(cfg, *_cost_inputs(data, checkpoint, setup))
+
+
+def _cost_inputs(data: DataReport, checkpoint: Checkpoint, setup: Setup) -> tuple:
+    """estimated_training_seconds' arguments after the config: rows, family, GPUs, cores, bytes, per-example cost."""
     gpus = setup.num_processes if setup.uses_gpus else 0
-    return warnings_for(cfg, num_examples, model_type, gpus, cpu_cores())
+    demo_cost = catalog.DEMO_SECONDS_PER_EXAMPLE.get(checkpoint.model_type) if checkpoint.demo else None
+    return data.num_examples, checkpoint.model_type, gpus, cpu_cores(), data.file_bytes, demo_cost
 
 
 def cpu_cores() -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from finetune.data.archive import unpack_zip
+from finetune.data.columns import mixed_label_note
 from finetune.errors import UserError
 from finetune.export.model_card import DATA_NAME_FILE
 from finetune.rundir import read_json, write_bytes_atomic, write_json_atomic
@@ -37,6 +38,7 @@ class DataReport:
     thumbnails: list[tuple[Any, str]] = field(default_factory=list)  # (PIL image, label) for image data
     sampled: bool = False  # True when only the first SAMPLE_ROWS rows of a large file were read and checked
     file_bytes: Optional[int] = None  # size of a data file (None for a folder of images)
+    notes: list[str] = field(default_factory=list)  # warnings on data that loads but may not be what was meant
 
 
 def save_upload(user: User, filename: str, data: bytes, task: str) -> Path:
@@ -67,6 +69,20 @@ def save_upload(user: User, filename: str, data: bytes, task: str) -> Path:
             shutil.rmtree(folder, ignore_errors=True)  # a refused archive leaves nothing behind
             raise
     return path
+
+
+def earlier_uploads(user: User, task: str) -> list[tuple[str, Path]]:
+    """``user``'s stored uploads that ``task`` can read, newest first, as (the name the user gave, the path the
+    trainer reads): the file itself, or an archive's unpacked folder."""
+    kind, found = task_kind(task), []
+    root = workspace.uploads_dir(user.key)
+    for folder in root.iterdir() if root.is_dir() else []:
+        unpacked = folder / "unpacked"
+        stored = [unpacked] if unpacked.is_dir() else sorted(folder.glob("upload.*"))
+        if stored and ("zip" if stored[0].is_dir() else stored[0].suffix.lstrip(".")) in kind.uploads:
+            name = (read_json(folder / NAME_FILE) or {}).get("name") or folder.name
+            found.append((folder.stat().st_mtime, str(name), stored[0]))
+    return [(name, path) for _, name, path in sorted(found, key=lambda item: -item[0])]
 
 
 NAME_FILE = DATA_NAME_FILE  # {"name": the file name the user gave}, in each upload's folder (model cards read it)
@@ -131,6 +147,7 @@ def inspect_data(
         preview=first.remove_columns([c for c in [columns.image] if c]).to_pandas(),
         sampled=head and len(raw) == SAMPLE_ROWS,
         file_bytes=size,
+        notes=[note for note in [labels and mixed_label_note(labels, columns.label)] if note],
     )
     _add_pictures(report, raw, splits, columns, labels)
     return report

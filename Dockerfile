@@ -17,6 +17,13 @@ ENV HOME=/home/user \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
+# torch_compile (offered on the New run page) builds its kernels with a C/C++ compiler: inductor's C++ on CPU,
+# Triton's launchers on GPU. The slim base has none. DL3008: Debian's bookworm g++ is what this base pins.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
+
 # Spaces run the container as uid 1000; everything the app writes (HOME, the venv, the source tree) is that user's.
 RUN useradd --create-home --uid 1000 user \
     && install -d -o user -g user /opt/venv /home/user/app

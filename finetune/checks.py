@@ -6,6 +6,7 @@ context) are checked once the model is known.
 
 import math
 import re
+import shutil
 from typing import Any, Optional
 
 from finetune.errors import Problem
@@ -126,3 +127,12 @@ def _variant_problems(cfg) -> list[Problem]:
     if cfg.experiment_name is not None and experiment_name_problem(cfg.experiment_name):
         p.append(Problem("experiment_name", experiment_name_problem(cfg.experiment_name)))
     return p
+
+
+# torch.compile's inductor builds its kernels with one of these (C++ on CPU, Triton's launchers on GPU).
+C_COMPILERS = ("cc", "gcc", "clang")
+
+
+def c_compiler() -> Optional[str]:
+    """The path of a C compiler on PATH, or None: torch_compile cannot run without one."""
+    return next((path for path in map(shutil.which, C_COMPILERS) if path), None)

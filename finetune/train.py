@@ -98,7 +98,7 @@ def set_up(cfg: TrainConfig, run: RunDirectory) -> Recipe:
     from finetune.data.batches import dataloaders
     from finetune.tasks import get_task
     from finetune.training import engine, progress, speed
-    from finetune.training.processes import run_accelerator
+    from finetune.training.processes import describe_wrapping, run_accelerator, wrap_lora_layers_apart
 
     accelerator = run_accelerator(cfg, run)
     set_seed(cfg.seed)
@@ -114,8 +114,11 @@ def set_up(cfg: TrainConfig, run: RunDirectory) -> Recipe:
     speed.store_frozen_weights_in_bf16(model, accelerator.mixed_precision, cfg.finetune_method, sharded)
     model = speed.channels_last(model, speed.uses_cuda())
     optimizer = engine.build_optimizer(model, cfg, new_heads)
+    wrap_lora_layers_apart(accelerator, model)
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
     test_dl = accelerator.prepare(test_dl) if test_dl is not None else None
+    if accelerator.is_main_process:
+        logger.info("Model prepared as %s", describe_wrapping(model))
     plan = progress.Plan.for_run(cfg, len(train_dl))
     return Recipe(
         cfg,

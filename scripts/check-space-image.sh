@@ -227,7 +227,9 @@ make_base_image() {
     rootfs="$work/rootfs"
     log "making the $BASE_IMAGE stand-in: debootstrap $SUITE from $mirror ..."
     t0=$SECONDS
-    timeout "$(budget 900)" debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+    # libpython3.11-dev: python:3.11-slim ships Python's headers (Python.h), which torch_compile's C++ kernels include.
+    timeout "$(budget 900)" debootstrap --variant=minbase \
+        --include=python3,python3-venv,python3-pip,libpython3.11-dev,ca-certificates \
         "$SUITE" "$rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
         || { show_log "$work/debootstrap.log"; show_log "$rootfs/debootstrap/debootstrap.log" 30; fail "debootstrap"; }
     # As in python:3.11-slim: `python` on the PATH, under /usr/local/bin.
@@ -468,6 +470,24 @@ state=$(run_state "$run_dir") || fail "reading $run_dir/status.json: $state"
 [ "$state" = finished ] || fail "the run's state is '$state', not finished"
 pod exec "$CONTAINER" test -f "$run_dir/metrics.json" || fail "the run wrote no metrics.json"
 log "  run finished in ${training_seconds} s (demo data and training together)"
+
+step_name="torch_compile"
+# The page offers torch_compile where a C compiler exists (the image installs g++): one compiled run proves it.
+log "training: 4 compiled LoRA steps of the demo GPT-2 (torch_compile: inductor builds C++ kernels) ..."
+t0=$SECONDS
+timeout "$(budget 900)" podman "${storage_opts[@]}" exec "${app_vars[@]}" "$CONTAINER" \
+    accelerate launch --config_file configs/accelerate/cpu.yaml finetune/train.py \
+    --model_name_or_path "$demo_dir/checkpoints/gpt2" --task causal-lm \
+    --train_file "$demo_dir/samples/stories.txt" --output_dir "$run_dir-compiled" \
+    --max_steps 4 --logging_steps 1 --torch_compile true >"$work/compile.log" 2>&1 \
+    || {
+        show_log "$work/compile.log"
+        pod exec "$CONTAINER" tail -n 30 "$run_dir-compiled/train.log" >&2 2>/dev/null || true
+        fail "accelerate launch finetune/train.py --torch_compile true"
+    }
+state=$(run_state "$run_dir-compiled") || fail "reading $run_dir-compiled/status.json: $state"
+[ "$state" = finished ] || fail "the compiled run's state is '$state', not finished"
+log "  compiled run finished in $((SECONDS - t0)) s"
 
 if $use_mirror; then
     step_name="mirror push"

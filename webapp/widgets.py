@@ -327,8 +327,9 @@ def reset_settings(defaults: dict) -> None:
         st.session_state[f"cfg_{name}"] = value
 
 
-def settings_form(task: str, errors: ErrorSlots) -> dict:
-    """Render the hyperparameter inputs; returns their raw values for TrainConfig.from_dict."""
+def settings_form(task: str, errors: ErrorSlots, unavailable: dict[str, str]) -> dict:
+    """Render the hyperparameter inputs (``unavailable``: {switch: why this machine cannot run it}, shown off and
+    greyed out); returns their raw values for TrainConfig.from_dict."""
     not_settings = task_kind(task).not_settings  # fields that mean nothing for this task are left out
     values = _inputs([f for f in BASIC if f[0] not in not_settings], errors, columns=3)
     st.markdown(
@@ -337,22 +338,32 @@ def settings_form(task: str, errors: ErrorSlots) -> dict:
     )
     # Always drawn (greyed out for full fine-tuning), and kept across page switches (persist_state), so the
     # form never falls back to Streamlit's own zeros.
-    lora = _inputs(LORA, errors, columns=4, disabled=values["finetune_method"] != "lora")
+    lora = _inputs(LORA, errors, columns=4, disabled=values["finetune_method"] != "lora", unavailable=unavailable)
     # Full fine-tuning ignores them, and refuses some (use_dora, load_in_4bit, loraplus_lr_ratio), which greyed out
     # could not be unset: they are sent for LoRA only.
     values.update(lora if values["finetune_method"] == "lora" else {})
     with st.expander("Advanced settings"):
-        values.update(_inputs([f for f in ADVANCED if f[0] not in not_settings], errors, columns=3))
+        advanced = [f for f in ADVANCED if f[0] not in not_settings]
+        values.update(_inputs(advanced, errors, columns=3, unavailable=unavailable))
     return values
 
 
-def _inputs(spec: list[tuple[str, str]], errors: ErrorSlots, columns: int, disabled: bool = False) -> dict:
+def _inputs(
+    spec: list[tuple[str, str]],
+    errors: ErrorSlots,
+    columns: int,
+    disabled: bool = False,
+    unavailable: Optional[dict[str, str]] = None,
+) -> dict:
     values = {}
     cells = st.columns(columns)
     for i, (name, kind) in enumerate(spec):
         with cells[i % columns]:
             label, key = name.replace("_", " ").capitalize(), f"cfg_{name}"
-            if kind == "int":
+            if name in (unavailable or {}):  # a switch this machine cannot run: shown off, with why
+                values[name] = st.checkbox(label, value=False, key=f"{key}_unavailable", disabled=True,
+                                           help=f"Not available here: {unavailable[name]}")  # fmt: skip
+            elif kind == "int":
                 values[name] = st.number_input(
                     label, step=1, key=key, help=HELP[name], disabled=disabled, persist_state="session"
                 )

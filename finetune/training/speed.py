@@ -5,7 +5,6 @@ Each choice here was measured on and off with ``python -m benchmarks.vs_trainer`
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -13,6 +12,7 @@ import torch
 from safetensors import safe_open
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from finetune.checks import c_compiler
 from finetune.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def store_frozen_weights_in_bf16(
 def check_compiler(torch_compile: bool) -> None:
     """torch_compile's inductor writes C++ (CPU) or Triton (GPU) kernels and builds them with the machine's C
     compiler; without one the run would fail at its first step. Refuse it before any model loads."""
-    if torch_compile and not any(shutil.which(name) for name in ("cc", "gcc", "clang")):
+    if torch_compile and c_compiler() is None:
         raise UserError(
             "torch_compile: needs a C compiler (gcc or clang) on this machine to build its kernels, and none was "
             "found; turn torch_compile off, or install gcc (apt-get install gcc g++)"

@@ -120,7 +120,7 @@ name = st.text_input(
 )
 errors = widgets.ErrorSlots()
 errors.slot("run name")
-values = widgets.settings_form(task, errors)
+values = widgets.settings_form(task, errors, devices.unavailable_settings(widgets.detect_gpus()))
 values.update(model_name_or_path=checkpoint.name_or_path, task=task, train_file=str(data_path), **columns, **held_out)
 
 # ---- 4. device -----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from finetune.checks import c_compiler
 from webapp.services import workspace
 
 
@@ -51,6 +52,18 @@ def unavailable(preset: str) -> Optional[str]:
     if package is not None and importlib.util.find_spec(package) is None:
         return f"the {preset} setup needs the {package} package, which is not installed here (pip install {package})"
     return None
+
+
+def unavailable_settings(gpus: list[Gpu]) -> dict[str, str]:
+    """Settings this machine cannot run, with why: the form offers them greyed out (the trainer refuses them too)."""
+    missing = {}
+    if c_compiler() is None:
+        missing["torch_compile"] = "needs a C compiler (gcc or clang) to build its kernels; none is installed here"
+    if not gpus:
+        missing["load_in_4bit"] = "QLoRA needs a CUDA GPU (bitsandbytes' 4-bit kernels); this machine has none"
+    elif importlib.util.find_spec("bitsandbytes") is None:
+        missing["load_in_4bit"] = "QLoRA needs the bitsandbytes package, which is not installed here"
+    return missing
 
 
 def launch_command(

@@ -20,6 +20,7 @@ eval_loss is the mean over predicted tokens (see causal_lm_eval_loss; Trainer's 
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -169,6 +170,19 @@ def build(args):
     return model, data["train"], data["validation"], default_data_collator, accuracy, None
 
 
+def length_grouping(on: bool) -> dict:
+    """TrainingArguments' switch for length-grouped batches under the installed transformers' name for it: 5.2x
+    renamed group_by_length to train_sampling_strategy="group_by_length"."""
+    from transformers import TrainingArguments
+
+    if not on:
+        return {}
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    if "train_sampling_strategy" in names:
+        return {"train_sampling_strategy": "group_by_length"}
+    return {"group_by_length": True}
+
+
 def run(args) -> dict:
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
@@ -190,6 +204,8 @@ def run(args) -> dict:
         use_cpu=args.device == "cpu",
         bf16=args.precision == "bf16",
         fp16=args.precision == "fp16",
+        tf32=args.tf32 or None,
+        **length_grouping(args.group_by_length),
         # Images are decoded by the transform: Trainer must not drop the image column it reads.
         remove_unused_columns=args.task != "image-classification",
     )
@@ -214,6 +230,14 @@ def run(args) -> dict:
         "train_examples": len(train_set),
         "eval_examples": len(eval_set),
         "peak_gpu_mib": torch.cuda.max_memory_allocated() / MIB if args.device == "cuda" else None,
+        # As Trainer read them: what "tuned" changed.
+        "trainer_settings": {
+            "bf16": training_args.bf16,
+            "fp16": training_args.fp16,
+            "tf32": training_args.tf32,
+            "length_grouped": getattr(training_args, "train_sampling_strategy", None) == "group_by_length"
+            or bool(getattr(training_args, "group_by_length", False)),
+        },
     }
 
 
@@ -237,6 +261,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--precision", choices=("no", "bf16", "fp16"), default="no", help="Trainer's mixed precision")
+    parser.add_argument("--group-by-length", action="store_true", help="length-grouped training batches (text)")
+    parser.add_argument("--tf32", action="store_true", help="TF32 matmuls (CUDA)")
     return parser.parse_args(argv)
 
 

@@ -1,7 +1,8 @@
 """LoRA Lab's trainer against a plain transformers Trainer + PEFT script, on the identical fine-tuning job.
 
     python -m benchmarks.vs_trainer --family gpt2|bert|vit|resnet|all [--size tiny|base] [--device cpu|cuda]
-        [--repeats 2] [--steps N] [--json OUT] [--ours-set key=value ...] [--reference-precision no|bf16|fp16]
+        [--repeats 2] [--steps N] [--json OUT] [--ours-set key=value ...]
+        [--reference default|tuned] [--reference-precision no|bf16|fp16]
         [--workdir DIR] [--keep-runs DIR]
         [--threads N]
 
@@ -57,6 +58,7 @@ from benchmarks.vs_trainer_jobs import (
     REPO,
     VARIANTS,
     Job,
+    ReferenceSetup,
     make_jobs,
     ours_config,
     reference_args,
@@ -87,10 +89,16 @@ def run_child(command: list[str], log: Path, env: dict) -> dict:
 
 
 def run_once(
-    variant: str, job: Job, folder: Path, device: str, overrides: dict, threads: Optional[int], precision: str = "no"
+    variant: str,
+    job: Job,
+    folder: Path,
+    device: str,
+    overrides: dict,
+    threads: Optional[int],
+    reference: ReferenceSetup = ReferenceSetup(),
 ) -> dict:
-    """One fresh process of ``variant`` on ``job`` under ``folder``; its figures, or its error. ``precision`` is the
-    reference's (Trainer's bf16/fp16 flags): compare at the precision ours runs at."""
+    """One fresh process of ``variant`` on ``job`` under ``folder``; its figures, or its error. ``reference`` is how
+    the reference Trainer is set (its defaults, or tuned)."""
     folder.mkdir(parents=True)
     env, log = child_env(device, folder / "hf-datasets-cache", threads), folder / f"{variant}.log"
     if variant == "ours":
@@ -98,8 +106,8 @@ def run_once(
         config.write_text(yaml.safe_dump(ours_config(job, folder / "run", overrides), sort_keys=False))
         command = [sys.executable, "-m", "finetune.train", "--config", str(config)]
     else:
-        reference = reference_args(job, folder / "run", device, precision)
-        command = [sys.executable, "-m", "benchmarks.reference_trainer", *reference]
+        reference_command = reference_args(job, folder / "run", device, reference)
+        command = [sys.executable, "-m", "benchmarks.reference_trainer", *reference_command]
     # The machine's 1-minute load average around the run: other jobs on the same cores slow either side.
     outcome = {
         "variant": variant,
@@ -137,7 +145,7 @@ def benchmark(
     overrides: dict,
     runs_dir: Path,
     threads: Optional[int],
-    precision: str = "no",
+    reference: ReferenceSetup = ReferenceSetup(),
 ) -> list[dict]:
     """Every run, alternating ours and reference per repeat; each under runs_dir/<family>/<variant>-<repeat>."""
     runs = []
@@ -145,7 +153,7 @@ def benchmark(
         for repeat in range(repeats):
             for variant in VARIANTS:
                 folder = runs_dir / job.family / f"{variant}-{repeat + 1}"
-                outcome = run_once(variant, job, folder, device, overrides, threads, precision)
+                outcome = run_once(variant, job, folder, device, overrides, threads, reference)
                 outcome["repeat"] = repeat + 1
                 print(_progress(outcome, repeat, repeats, job, device), file=sys.stderr, flush=True)
                 runs.append(outcome)
@@ -171,19 +179,21 @@ def run_benchmark(args) -> tuple[str, dict]:
     families = list(FAMILIES) if args.family == "all" else [args.family]
     workdir = (args.workdir or default_workdir()).expanduser().resolve()
     jobs = make_jobs(setup(workdir, args.size, families), args.size, args.device, args.steps)
+    reference = ReferenceSetup.named(args.reference, args.reference_precision, args.device)
     overrides = parse_overrides(args.ours_set)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="lora-lab-vs-trainer-") as tmp:
         # A kept invocation gets its own dated folder, so earlier ones are never overwritten.
         runs_dir = args.keep_runs.resolve() / time.strftime("%Y%m%d-%H%M%S") if args.keep_runs else Path(tmp)
-        runs = benchmark(jobs, args.device, args.repeats, overrides, runs_dir, args.threads, args.reference_precision)
+        runs = benchmark(jobs, args.device, args.repeats, overrides, runs_dir, args.threads, reference)
     summaries = [summarize(job, [r for r in runs if r["family"] == job.family], args.device) for job in jobs]
     record = {
         "size": args.size,
         "device": args.device,
         "repeats": args.repeats,
         "ours_overrides": overrides,
-        "reference_precision": args.reference_precision,
+        "reference": args.reference,
+        "reference_setup": asdict(reference),
         "threads": args.threads,
         "cpu_count": os.cpu_count(),
         "started": started,
@@ -202,10 +212,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating (default 2)")
     parser.add_argument(
+        "--reference",
+        choices=("default", "tuned"),
+        default="default",
+        help="the reference Trainer with its defaults, or tuned: bf16, length-grouped text batches, TF32 on CUDA",
+    )
+    parser.add_argument(
         "--reference-precision",
         choices=("no", "bf16", "fp16"),
-        default="no",
-        help="the reference's mixed precision (Trainer's bf16/fp16); on a GPU compare at ours' precision (bf16)",
+        help="the reference's mixed precision (Trainer's bf16/fp16), over --reference's (no for default, bf16 tuned)",
     )
     parser.add_argument("--steps", type=int, help="optimizer steps of every job (default: per family and size)")
     parser.add_argument("--json", type=Path, help="write every raw figure of every run to this file")

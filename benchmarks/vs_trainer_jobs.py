@@ -146,7 +146,24 @@ def ours_config(job: Job, output_dir: Path, overrides: dict) -> dict:
     return {**config, **overrides}
 
 
-def reference_args(job: Job, output_dir: Path, device: str, precision: str = "no") -> list[str]:
+@dataclass(frozen=True)
+class ReferenceSetup:
+    """How the reference Trainer is set: its defaults, or tuned the way a user who read Trainer's docs sets it."""
+
+    precision: str = "no"  # Trainer's mixed precision: no, bf16 or fp16
+    group_by_length: bool = False  # length-grouped batches (text tasks): less padding
+    tf32: bool = False  # TF32 matmuls (CUDA)
+
+    @classmethod
+    def named(cls, name: str, precision: Optional[str], device: str) -> "ReferenceSetup":
+        """``default`` (Trainer's defaults, fp32) or ``tuned`` (bf16, length grouping, TF32 on CUDA); ``precision``
+        overrides either's."""
+        if name == "tuned":
+            return cls(precision or "bf16", group_by_length=True, tf32=device == "cuda")
+        return cls(precision or "no")
+
+
+def reference_args(job: Job, output_dir: Path, device: str, setup: ReferenceSetup = ReferenceSetup()) -> list[str]:
     args = [
         "--task",
         job.task,
@@ -179,13 +196,13 @@ def reference_args(job: Job, output_dir: Path, device: str, precision: str = "no
         "--device",
         device,
         "--precision",
-        precision,
+        setup.precision,
     ]
     if job.task == "causal-lm":
         args += ["--block-size", str(job.length)]
     elif job.task == "text-classification":
-        args += ["--max-length", str(job.length)]
-    return args
+        args += ["--max-length", str(job.length)] + (["--group-by-length"] if setup.group_by_length else [])
+    return args + (["--tf32"] if setup.tf32 else [])
 
 
 def setup(workdir: Path, size: str, families: list[str]) -> dict:

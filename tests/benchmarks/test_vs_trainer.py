@@ -66,3 +66,19 @@ def test_tiny_resnet_both_sides_and_ratios(tmp_path):
     assert config["eval_steps"] == STEPS < config["save_steps"]
     assert config["lora_target_modules"] == job["targets"] == ["convolution"]
     assert config["save_total_limit"] == "1" and "mixed_precision" not in config  # text, as the engine's flags take it
+
+
+def test_the_tuned_reference_trains_in_bf16_with_length_grouped_batches(tmp_path):
+    """--reference tuned: the Trainer a user who read its docs would set (bf16, length grouping; TF32 on CUDA only)."""
+    out = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.vs_trainer", "--family", "bert", "--size", "tiny", "--repeats", "1",
+         "--steps", str(STEPS), "--workdir", str(tmp_path / "bench"), "--json", str(out), "--reference", "tuned"],
+        cwd=REPO, env=OFFLINE_ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["reference"] == "tuned"
+    assert record["reference_setup"] == {"precision": "bf16", "group_by_length": True, "tf32": False}
+    [reference] = [r for r in record["runs"] if r["variant"] == "reference"]
+    assert reference["trainer_settings"] == {"bf16": True, "fp16": False, "tf32": None, "length_grouped": True}

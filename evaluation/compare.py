@@ -19,6 +19,7 @@ from finetune.errors import UserError
 from finetune.rundir import FINISHED, THROUGHPUT_METRICS, RunDirectory
 from finetune.sweep.experiment import best_run, primary_value
 from finetune.task_kinds import LOWER_IS_BETTER, primary_metric
+from finetune.training import intervals
 
 # Settings that always differ between runs and say nothing about how they were trained.
 NOT_SETTINGS = ("output_dir", "resume_from_checkpoint")
@@ -40,6 +41,8 @@ OPTIONAL_COST = ("tokens_per_s", "images_per_s", "tflops", "mfu")
 # Prefix of the scores on a test file the user gave (metrics.json's optional "test" section, same metrics as
 # "base" and "finetuned"), kept apart from the validation split's scores that rank runs.
 TEST = "test_"
+# Suffixes of a delta's bootstrap interval bounds (metrics.json's "intervals"): delta_accuracy_low, delta_accuracy_high.
+LOW, HIGH = "_low", "_high"
 
 
 @dataclass
@@ -104,8 +107,8 @@ def compare_runs(runs: list[Run]) -> pd.DataFrame:
     for run in runs:
         test = run.metrics.get("test") or {}
         row = {"run": run.name, "state": run.state}
-        row.update(_score_columns(run.metrics.get("base"), run.metrics.get("finetuned")))
-        row.update(_score_columns(test.get("base"), test.get("finetuned"), TEST))
+        row.update(_score_columns(run.metrics))
+        row.update(_score_columns(test, TEST))
         row.update({column: run.metrics.get(key) for column, key in COST.items()})
         rows.append(row)
     table = pd.DataFrame(rows).set_index("run")
@@ -116,15 +119,29 @@ def compare_runs(runs: list[Run]) -> pd.DataFrame:
     return pd.concat([table[["state"]], config_diff(runs), table[scores + cost]], axis=1).rename_axis("run")
 
 
-def _score_columns(base: Optional[dict], tuned: Optional[dict], prefix: str = "") -> dict:
-    """``prefix``base_, ``prefix``finetuned_ and ``prefix``delta_ of each metric in either section."""
-    base, tuned = _scores(base), _scores(tuned)
+def _score_columns(section: dict, prefix: str = "") -> dict:
+    """``prefix``base_, ``prefix``finetuned_ and ``prefix``delta_ of each metric in either of ``section``'s scores
+    (metrics.json, or its "test" part), and the delta's 95% bootstrap interval, ``prefix``delta_METRIC_low and _high,
+    where the run kept one."""
+    base, tuned = _scores(section.get("base")), _scores(section.get("finetuned"))
+    bounds = intervals.delta_bounds(section)
     row = {}
     for metric in sorted(set(base) | set(tuned)):
         row[f"{prefix}base_{metric}"], row[f"{prefix}finetuned_{metric}"] = base.get(metric), tuned.get(metric)
         if metric in base and metric in tuned:
             row[f"{prefix}delta_{metric}"] = tuned[metric] - base[metric]
+            if metric in bounds:
+                row[f"{prefix}delta_{metric}{LOW}"], row[f"{prefix}delta_{metric}{HIGH}"] = bounds[metric]
     return row
+
+
+def delta_cell(table: pd.DataFrame, run: str, column: str):
+    """The ``column`` (a delta) of ``run`` as "+0.12 [0.07, 0.17]" where the run kept its interval, else the number."""
+    value = table.loc[run, column]
+    low, high = (table.loc[run, f"{column}{end}"] if f"{column}{end}" in table.columns else None for end in (LOW, HIGH))
+    if _missing(value) or _missing(low) or _missing(high):
+        return value
+    return intervals.change_text(value, [low, high])
 
 
 def best_runs(table: pd.DataFrame) -> dict[str, str]:

@@ -6,6 +6,8 @@ Layout (documented in docs/run-directory.md)::
     output_dir/status.json      state (queued|running|finished|failed|cancelled), error, times, progress
     output_dir/events.jsonl     one JSON object per line: {"event": "train"|"eval", "step": ..., ...}
     output_dir/metrics.json     final metrics: {"base": {...}, "finetuned": {...}, ...}
+    output_dir/reproducibility.json  versions, device, data SHA-256, git commit and command of the run
+    output_dir/examples/        per-example results of evaluations (.npz): the final scores' intervals
     output_dir/train.log        the trainer's log
     output_dir/adapter/         PEFT adapter (or full model) + tokenizer/processor + lora_lab.json
     output_dir/checkpoints/step_N/  accelerate save_state checkpoints for resuming (complete once
@@ -14,14 +16,16 @@ Layout (documented in docs/run-directory.md)::
                                 the web app's job runner: how to launch the run, and what it did to it
 
 Every file of a run has its path, reader and writer here and nowhere else. Readers never need the trainer's
-code: everything is JSON, YAML or safetensors. This module imports nothing heavy (no torch), so the web app
+code: everything is JSON, YAML, safetensors or npz. This module imports nothing heavy (no torch), so the web app
 reads runs on page load.
 """
 
+import io
 import json
 import os
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -111,7 +115,9 @@ class RunDirectory:
         self.status_path = self.path / "status.json"
         self.events_path = self.path / "events.jsonl"
         self.metrics_path = self.path / "metrics.json"
+        self.reproducibility_path = self.path / "reproducibility.json"
         self.log_path = self.path / "train.log"
+        self.examples_dir = self.path / "examples"  # see examples_path
         self.adapter_dir = self.path / "adapter"
         self.adapter_info_path = self.adapter_dir / "lora_lab.json"
         self.checkpoints_dir = self.path / "checkpoints"
@@ -220,6 +226,36 @@ class RunDirectory:
 
     def write_metrics(self, metrics: dict) -> None:
         write_json_atomic(self.metrics_path, metrics)
+
+    def read_reproducibility(self) -> dict:
+        """reproducibility.json: versions, device, data hashes, commit and command ({} for a run from before it)."""
+        return read_json(self.reproducibility_path) or {}
+
+    def write_reproducibility(self, record: dict) -> None:
+        write_json_atomic(self.reproducibility_path, record)
+
+    def examples_path(self, split: str, tag: int | str) -> Path:
+        """Per-example results of one evaluation pass (.npz), kept for the bootstrap intervals of the final scores:
+        ``split`` "validation" by step (0: the base model), or "test" by model ("base", "finetuned")."""
+        return self.examples_dir / f"{split}_{tag}.npz"
+
+    def write_examples(self, path: Path, arrays: dict) -> None:
+        import numpy as np  # only the trainer writes these: page loads need no numpy from here
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, buffer.getvalue())
+
+    def read_examples(self, path: Path) -> Optional[dict]:
+        """The arrays write_examples kept at ``path``; None when missing or unreadable."""
+        import numpy as np
+
+        try:
+            with np.load(path) as stored:
+                return {key: stored[key] for key in stored.files}
+        except (OSError, ValueError, zipfile.BadZipFile):
+            return None
 
     def read_adapter_info(self) -> dict:
         """adapter/lora_lab.json: task, base_model, finetune_method, labels ... ({} before the run has finished)."""

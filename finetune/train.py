@@ -44,27 +44,29 @@ class Recipe:
 
     def evaluate(self, step: int) -> dict:
         """Score the eval split and log it as an eval event: the one place training evaluates."""
-        from finetune.training import engine
-
-        metrics = engine.evaluate(self.model, self.eval_dl, self.accelerator, self.task, len(self.labels or []) or None)
+        metrics = self._score(self.eval_dl, self.run.examples_path("validation", step))
         self.accelerator.log(metrics, step=step, log_kwargs={"run_directory": {"event": "eval"}})
         return metrics
 
-    def score_test(self) -> dict:
-        """Scores on the test split ({} without a test_file): kept apart from evaluation, nothing selects on it."""
+    def score_test(self, model: str) -> dict:
+        """The "base" or "finetuned" ``model``'s scores on the test split ({} without a test_file): kept apart from
+        evaluation, nothing selects on it."""
+        return {} if self.test_dl is None else self._score(self.test_dl, self.run.examples_path("test", model))
+
+    def _score(self, dataloader, keep: Path) -> dict:
         from finetune.training import engine
 
-        if self.test_dl is None:
-            return {}
-        return engine.evaluate(self.model, self.test_dl, self.accelerator, self.task, len(self.labels or []) or None)
+        labels = len(self.labels or []) or None
+        return engine.evaluate(self.model, dataloader, self.accelerator, self.task, labels, self.run, keep)
 
 
 def train(cfg: TrainConfig, run: RunDirectory) -> str:
     """Run the recipe; returns the final state (finished or cancelled)."""
-    from finetune.training import progress, throughput
+    from finetune.training import progress, reproducibility, throughput
 
     stop = progress.StopSignal()
     recipe = set_up(cfg, run)
+    reproducibility.write_record(cfg, run, recipe.accelerator)  # training only: Check (preflight) hashes nothing
     best = progress.BestWeights(recipe.accelerator, cfg.load_best_model_at_end)
     state, result = _start_or_resume(recipe, best)
     if state.step >= recipe.plan.max_steps and run.metrics_path.is_file():
@@ -170,7 +172,7 @@ def _start_or_resume(recipe: Recipe, best):
         return state, recipe.run.evaluation_at(state.step)
     state = progress.TrainerState()
     state.base_metrics = recipe.evaluate(step=0)
-    state.base_test_metrics = recipe.score_test()
+    state.base_test_metrics = recipe.score_test("base")
     return state, state.base_metrics
 
 
@@ -265,14 +267,14 @@ def _account(state, segment: tuple[float, int], meter, accelerator) -> None:
 
 
 def _finish(recipe: Recipe, state, meter, best, result: Optional[dict]) -> None:
-    """Save the adapter (the best evaluation's weights) and metrics.json."""
+    """Save the adapter (the best evaluation's weights) and metrics.json, with the scores' bootstrap intervals."""
     from finetune.training import artifacts, throughput
 
     figures = throughput.final_figures(meter, recipe.task.unit)  # every process: tokens are summed
     if result is None:  # resumed from a checkpoint taken after the last evaluation
         result = recipe.evaluate(state.step)
     result = best.restore(recipe.model, state) or result
-    test_result = recipe.score_test()  # every process: evaluation gathers across them
+    test_result = recipe.score_test("finetuned")  # every process: evaluation gathers across them
     artifacts.save_artifacts(
         recipe.accelerator,
         recipe.model,
@@ -285,9 +287,8 @@ def _finish(recipe: Recipe, state, meter, best, result: Optional[dict]) -> None:
     )
     if recipe.accelerator.is_main_process:
         summary = artifacts.final_metrics(state, recipe.plan, result, recipe.model, recipe.accelerator, test_result)
-        recipe.run.write_metrics(
-            {"task": recipe.task.name, **summary, "adapter_step": best.step or state.step, **figures}
-        )
+        summary = artifacts.with_intervals(summary, recipe.run, adapter_step=best.step or state.step)
+        recipe.run.write_metrics({"task": recipe.task.name, **summary, **figures})
 
 
 def _load_data_and_model(cfg: TrainConfig, accelerator, task):
@@ -297,7 +298,7 @@ def _load_data_and_model(cfg: TrainConfig, accelerator, task):
     from finetune.training import engine
 
     with accelerator.main_process_first():
-        raw, columns, labels = task.load_data(cfg)
+        raw, columns, labels = task.load_data(cfg, checks=accelerator.is_main_process)
     processor = task.load_processor(cfg.model_name_or_path)
     set_seed(cfg.seed)  # the new head starts from the same weights in every run with this seed
     model, new_heads = task.load_model(cfg.model_name_or_path, labels, processor, load_in_4bit=cfg.load_in_4bit)

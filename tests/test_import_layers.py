@@ -142,7 +142,10 @@ FINETUNE_LAYERS = (
             "finetune.inference",
         ),
     ),
-    ("public face", ("finetune.train", "finetune.preflight", "finetune.sweep", "finetune.tiny_checkpoints")),
+    (
+        "public face",
+        ("finetune.train", "finetune.preflight", "finetune.sweep", "finetune.tiny_checkpoints", "finetune.reproduce"),
+    ),
 )
 
 

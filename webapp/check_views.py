@@ -15,8 +15,8 @@ def time_estimate(seconds: Optional[float], device: str) -> None:
         st.caption("No time estimate for this checkpoint: **Check** measures it on this machine.")
         return
     text = (
-        f"Estimated training time: about {readable_duration(seconds)} on {device} (rough, from the model and the "
-        "data's size; **Check** measures it)."
+        f"Estimated training time: about {readable_duration(seconds)} of training steps on {device}, loading and "
+        "evaluations on top (rough, from the model and the data's size; **Check** measures the whole run)."
     )
     if seconds > WARN_LONGER_THAN_S:
         st.warning(

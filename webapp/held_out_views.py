@@ -6,9 +6,10 @@ from typing import Optional
 
 import streamlit as st
 
+from finetune.data.quality import Finding
 from finetune.errors import UserError
 from finetune.task_kinds import task_kind
-from webapp import notices, widgets
+from webapp import data_views, notices, widgets
 from webapp.services import uploads
 from webapp.services.identity import User
 
@@ -30,8 +31,9 @@ ROLES = (
 NONE, UPLOAD, EARLIER = "None", "Upload a file", "An earlier upload"
 
 
-def held_out_files(user: User, task: str, columns: dict[str, Optional[str]]) -> dict[str, str]:
-    """{config field: path} of the validation and test files chosen; the page stops on one that does not load."""
+def held_out_files(user: User, task: str, columns: dict[str, Optional[str]], train: Path) -> dict[str, str]:
+    """{config field: path} of the validation and test files chosen; the page stops on one that does not load, and
+    warns of its examples that are in the training data ``train`` too."""
     chosen = {}
     with st.expander("Validation and test data (optional)"):
         for field, label, purpose in ROLES:
@@ -44,8 +46,14 @@ def held_out_files(user: User, task: str, columns: dict[str, Optional[str]]) -> 
                 notices.error(f"{label}: {err}")
                 st.stop()
             st.caption(f"{label}: {report.num_examples:,} examples")
+            data_views.findings(leaks(str(train), str(path), field, columns))
             chosen[field] = str(path)
     return chosen
+
+
+@st.cache_data(show_spinner="Looking for examples also in the training data…", max_entries=32)
+def leaks(train: str, held_out: str, field: str, columns: dict[str, Optional[str]]) -> list[Finding]:
+    return uploads.held_out_leaks(Path(train), Path(held_out), field, columns)
 
 
 def _pick(user: User, task: str, field: str, label: str, purpose: str) -> Optional[Path]:

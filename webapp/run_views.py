@@ -30,6 +30,7 @@ def merged_download(cell, user: User, ref: str, run_name: str) -> None:
             file_name=f"{run_name}-merged.zip",
             mime="application/zip",
             help=MERGED_HELP,
+            on_click="ignore",  # no rerun: one that ends before the browser fetches the deferred zip drops it
         )
         return
     label = "Build merged model again" if build.state == "failed" else "Build merged model (.zip)"
@@ -60,14 +61,26 @@ def _build_progress(user: User, ref: str) -> None:
 
 def final_scores(detail: RunDetail) -> None:
     """The base model's and the fine-tuned model's scores on the validation split, and beside them those on the test
-    file the user gave, when the run had one."""
-    tables = [
-        (title, table)
-        for title, table in (("On the validation split", detail.final), ("On the test file", detail.test))
+    file the user gave, when the run had one; under each, the changes with their 95% bootstrap intervals and, in
+    words, whether the split was large enough to tell the main metric's change from noise."""
+    splits = [
+        (split, title, table)
+        for split, title, table in (
+            ("validation", "On the validation split", detail.final),
+            ("test", "On the test file", detail.test),
+        )
         if table
     ]
-    if not tables:
+    if not splits:
         return
-    for column, (title, table) in zip(st.columns(len(tables)), tables):
+    for column, (split, title, table) in zip(st.columns(len(splits)), splits):
         column.markdown(f"**{title}**")
         column.table(pd.DataFrame.from_dict(table, orient="index"))
+        changes = detail.changes.get(split)
+        if changes:
+            column.markdown(
+                "Change, fine-tuned − base [95% bootstrap interval]: "
+                + " · ".join(f"{metric} **{text}**" for metric, text in changes.items())
+            )
+        if detail.verdicts.get(split):
+            column.markdown(detail.verdicts[split])

@@ -9,7 +9,6 @@ import typing
 from pathlib import Path
 from typing import Optional
 
-import pandas as pd
 import streamlit as st
 
 from finetune.config import TrainConfig, field_help
@@ -269,27 +268,6 @@ def column_mapping(
             persist_state="session",
         )
     return chosen
-
-
-def data_preview(report: uploads.DataReport) -> None:
-    for note in report.notes:
-        notices.warning(note)
-    if report.sampled:
-        st.caption(
-            f"A {report.file_bytes / 2**20:,.0f} MB file: checked and previewed from its first "
-            f"{report.num_examples:,} rows; training reads all of it."
-        )
-    cells = st.columns(3)
-    cells[0].metric("Examples", report.num_examples)
-    if report.labels:
-        cells[1].metric("Classes", len(report.labels))
-        cells[2].bar_chart(report.label_counts, height=140, horizontal=True)
-    if report.thumbnails:  # image data: its preview table would list only labels
-        st.image([image for image, _ in report.thumbnails], caption=[label for _, label in report.thumbnails], width=72)
-        counts = pd.DataFrame({"class": list(report.label_counts), "examples": list(report.label_counts.values())})
-        st.dataframe(counts, hide_index=True)
-    elif not report.preview.empty and len(report.preview.columns):
-        st.dataframe(report.preview, hide_index=True, height=200)
 
 
 class ErrorSlots:

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +29,7 @@ from finetune.data.columns import (
     mixed_label_note,
 )
 from finetune.data.images import check_images
+from finetune.data.quality import Finding, check_data, log_findings
 from finetune.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -218,6 +219,7 @@ def load_splits(
     unpacking: Unpacking,
     max_eval_samples: Optional[int] = None,
     test_file: Optional[str] = None,
+    report: Optional[Callable[[list[Finding]], None]] = log_findings,
 ) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
     """Train/validation splits (and a test split with ``test_file``), resolved columns and (for classification) the
     class names.
@@ -227,7 +229,7 @@ def load_splits(
     """
     files = {"train_file": train_file, "validation_file": validation_file, "test_file": test_file}
     tables = {role: load_table(path, role, unpacking) for role, path in files.items() if path}
-    return prepare_splits(tables, files, task, given, percentage, seed, max_eval_samples)
+    return prepare_splits(tables, files, task, given, percentage, seed, max_eval_samples, report)
 
 
 def prepare_splits(
@@ -238,9 +240,12 @@ def prepare_splits(
     percentage: float,
     seed: int,
     max_eval_samples: Optional[int] = None,
+    report: Optional[Callable[[list[Finding]], None]] = log_findings,
 ) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
-    """load_splits on tables already read, keyed by role (``files`` names their sources): every check and cast."""
-    columns = guess_columns(tables["train_file"], task, given, "train_file")
+    """load_splits on tables already read, keyed by role (``files`` names their sources): every check and cast.
+    The data checks' warnings (finetune/data/quality.py) go to ``report``: by default logged, into train.log; None
+    skips them (a run's other processes: the main one reports)."""
+    raw, columns = tables, guess_columns(tables["train_file"], task, given, "train_file")
     for role in ("validation_file", "test_file"):
         if role in tables:
             guess_columns(tables[role], task, columns, role)
@@ -254,6 +259,8 @@ def prepare_splits(
         note = mixed_label_note(labels, columns.label)
         if note:
             logger.warning(note)
+    if report is not None:
+        report(check_data(raw, tables, columns, labels))
     splits = split_train_eval(tables["train_file"], tables.get("validation_file"), percentage, seed, columns.label)
     splits["validation"] = _cap_eval(splits["validation"], max_eval_samples, seed, columns.label)
     if "test_file" in tables:

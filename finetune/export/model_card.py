@@ -12,9 +12,11 @@ import yaml
 
 from finetune.rundir import RunDirectory, read_json
 from finetune.task_kinds import TASKS
+from finetune.training.intervals import card_lines
+from finetune.training.reproducibility import DATA_FIELDS, LIBRARIES, short
 
 # Settings that say where files were on the training machine, not how the model was trained.
-LOCAL_ONLY = ("output_dir", "train_file", "validation_file", "resume_from_checkpoint", "data_cache_dir")
+LOCAL_ONLY = ("output_dir", "train_file", "validation_file", "test_file", "resume_from_checkpoint", "data_cache_dir")
 
 TEMPLATE = """---
 {{ card_data }}
@@ -36,7 +38,13 @@ TEMPLATE = """---
 | {{ name }} | {{ base }} | {{ tuned }} |
 {% endfor %}
 {{ selection }}
+{% if uncertainty %}
+How sure the change is (fine-tuned minus base, with its 95% bootstrap interval over the held-out examples):
 
+{% for line in uncertainty -%}
+- {{ line }}
+{% endfor %}
+{% endif %}
 ## Use
 
 ```python
@@ -48,6 +56,10 @@ TEMPLATE = """---
 ```yaml
 {{ settings }}
 ```
+
+## Reproducibility
+
+{{ reproducibility }}
 """
 
 
@@ -94,8 +106,10 @@ def model_card(run_dir: str | Path, merged: bool) -> Any:
         data=_data_summary(config, metrics, info),
         rows=[(name, _fmt(base_metrics.get(name)), _fmt(value)) for name, value in tuned.items()],
         selection=_selection(metrics),
+        uncertainty=card_lines(metrics),
         usage=_usage(task, base, local, merged, len(info.get("labels") or [])),
         settings=yaml.safe_dump(_settings(config, base), sort_keys=False).strip(),
+        reproducibility=_reproducibility(run.read_reproducibility(), config),
     )
 
 
@@ -178,6 +192,35 @@ def _settings(config: dict, base: Optional[str]) -> dict:
     shared = {k: v for k, v in config.items() if k not in LOCAL_ONLY}
     shared["model_name_or_path"] = base  # a local folder's name, never its path on the training machine
     return shared
+
+
+def _reproducibility(record: dict, config: dict) -> str:
+    """The run's reproducibility record in short: versions, device, data SHA-256 (first 12 digits, data named as in
+    the Data section, never by path), the commit, and the command that trains the run again and compares."""
+    command = (
+        "`python -m finetune.reproduce RUN --output_dir NEW` trains `RUN/config.yaml` again and compares the results."
+    )
+    if not record:
+        return f"No reproducibility record (the run predates `reproducibility.json`). {command}"
+    versions = record.get("versions") or {}
+    device = record.get("device") or {}
+    data = record.get("data") or {}
+    git = record.get("git") or {}
+    hashes = [
+        f"{field} `{data_name(config.get(field))}` `{short(data[field].get('sha256'))}`"
+        for field in DATA_FIELDS
+        if isinstance(data.get(field), dict)
+    ]
+    commit = f"`{short(git.get('commit'))}`" + (" with uncommitted changes" if git.get("dirty") else "")
+    lines = [
+        "- Versions: " + ", ".join(f"{name} {versions.get(name)}" for name in ("python", *LIBRARIES)),
+        f"- Device: {device.get('gpu_name') or device.get('device')}, precision {device.get('mixed_precision')}, "
+        f"{device.get('num_processes')} process(es)",
+        "- Data SHA-256: " + ("; ".join(hashes) or "none recorded"),
+        f"- Code: LoRA Lab commit {commit if git.get('commit') else 'unknown (not a git checkout)'}",
+        f"- Reproduce: {command}",
+    ]
+    return "\n".join(lines)
 
 
 def _fmt(value) -> str:

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 
 from finetune.config import TrainConfig
 from finetune.data.loading import Columns, Unpacking, load_splits
+from finetune.data.quality import log_findings
 from finetune.errors import UserError
 from finetune.task_kinds import TASKS, TaskKind
 from finetune.training.lora import four_bit_loading, new_head_modules
@@ -69,8 +70,9 @@ class Task:
         ]
         return model, new_head_modules(model, missing)
 
-    def load_data(self, cfg: TrainConfig) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
-        """Raw train/validation (and test) splits, the resolved columns and the class names (None without labels)."""
+    def load_data(self, cfg: TrainConfig, checks: bool = True) -> tuple[DatasetDict, Columns, Optional[list[str]]]:
+        """Raw train/validation (and test) splits, the resolved columns and the class names (None without labels);
+        ``checks``: run the data checks (finetune/data/quality.py) and log their warnings."""
         given = Columns(text=cfg.text_column, label=cfg.label_column, image=cfg.image_column)
         return load_splits(
             cfg.train_file,
@@ -82,6 +84,7 @@ class Task:
             Unpacking.from_config(cfg),
             max_eval_samples=cfg.max_eval_samples,
             test_file=cfg.test_file,
+            report=log_findings if checks else None,
         )
 
     def encode(

@@ -4,6 +4,7 @@ the saved adapter or model. Parts of the recipe (finetune/train.py).
 
 import resource
 import time
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 
 from finetune.config import TrainConfig
 from finetune.rundir import RunDirectory
+from finetune.training import intervals
 from finetune.training.engine import count_parameters
 from finetune.training.lora import (
     BASE_CHANGING_INITS,
@@ -51,6 +53,29 @@ def final_metrics(
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,  # what "auto" became on this machine
     }
+
+
+def with_intervals(summary: dict, run: RunDirectory, adapter_step: int) -> dict:
+    """``summary`` with the step whose weights the adapter holds and the bootstrap intervals of the scores: "intervals"
+    on the validation split (the base model's pass at step 0 against ``adapter_step``'s, both kept in the run folder by
+    engine.evaluate, whichever process ran them) and, with a test file, "test"'s own. The other evaluations'
+    per-example results are removed, of no further use."""
+    validation = run.examples_path("validation", 0), run.examples_path("validation", adapter_step)
+    summary = {**summary, "adapter_step": adapter_step, **_intervals(run, *validation)}
+    if "test" in summary:
+        test = run.examples_path("test", "base"), run.examples_path("test", "finetuned")
+        summary["test"] = {**summary["test"], **_intervals(run, *test)}
+    for path in run.examples_dir.glob("validation_*.npz"):
+        if path not in validation:
+            path.unlink(missing_ok=True)
+    return summary
+
+
+def _intervals(run: RunDirectory, base: Path, finetuned: Path) -> dict:
+    """{"intervals": ...} of the two passes' kept results; {} when the fine-tuned pass kept none (a run resumed from
+    a version that kept none)."""
+    tuned = run.read_examples(finetuned)
+    return {"intervals": intervals.bootstrap(run.read_examples(base), tuned)} if tuned is not None else {}
 
 
 def peak_memory_mb(device: torch.device) -> float:

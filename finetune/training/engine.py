@@ -2,6 +2,7 @@
 and the prediction and evaluation passes. Parts of the recipe (finetune/train.py).
 """
 
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -14,7 +15,7 @@ from torch import nn
 from finetune.config import TrainConfig
 from finetune.errors import UserError
 from finetune.rundir import RunDirectory
-from finetune.training import speed
+from finetune.training import intervals, speed
 from finetune.training.lora import (
     BASE_CHANGING_INITS,
     apply_lora,
@@ -129,9 +130,22 @@ def predict(model: nn.Module, dataloader, accelerator: Accelerator, task) -> dic
     return {key: np.concatenate(values) for key, values in collected.items()}
 
 
-def evaluate(model: nn.Module, dataloader, accelerator: Accelerator, task, num_labels: Optional[int]) -> dict:
-    """Metrics over the whole eval set (see ``predict``)."""
-    return task.compute_metrics(predict(model, dataloader, accelerator, task), num_labels)
+def evaluate(
+    model: nn.Module,
+    dataloader,
+    accelerator: Accelerator,
+    task,
+    num_labels: Optional[int],
+    run: RunDirectory,
+    keep: Path,
+) -> dict:
+    """Metrics over the whole eval set (see ``predict``). The main process keeps the pass's per-example results at
+    ``keep`` (RunDirectory.examples_path): the final scores' bootstrap intervals resample them, even when the pass was
+    in an earlier process of a resumed run."""
+    gathered = predict(model, dataloader, accelerator, task)
+    if accelerator.is_main_process:
+        run.write_examples(keep, intervals.per_example(gathered))
+    return task.compute_metrics(gathered, num_labels)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -105,8 +105,7 @@ def check_process_group(accelerator: Accelerator) -> None:
 
 
 def run_accelerator(cfg: TrainConfig, run: RunDirectory) -> Accelerator:
-    """The run's Accelerator (build_accelerator), quiet progress bars, and QLoRA refused where it
-    cannot run."""
+    """The run's Accelerator (build_accelerator), quiet progress bars, and QLoRA refused where it cannot run."""
     import datasets
     import transformers
 

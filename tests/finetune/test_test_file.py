@@ -21,7 +21,7 @@ def test_a_run_with_a_test_file_scores_base_and_fine_tuned_on_it(tiny_checkpoint
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_json(out / "metrics.json")
-    assert set(metrics["test"]) == {"base", "finetuned"}
+    assert set(metrics["test"]) == {"base", "finetuned", "intervals"}
     for side in ("base", "finetuned"):
         assert {"accuracy", "eval_loss"} <= set(metrics["test"][side]), metrics["test"]
     # Scored on the 48 test rows, not the validation split: the figures differ from validation's.

@@ -17,6 +17,7 @@ def show(result: comparison.Comparison) -> None:
         "On the validation split: each run scores its untuned base model on it before training. "
         f"**Bold**: best fine-tuned value per metric. ★: best {result.primary}"
         + (f" ({result.best})." if result.best else " (no finished run).")
+        + " Δ: fine-tuned − base [95% bootstrap interval]; an interval across 0 is within noise."
     )
     st.markdown(result.headline)
     if result.test:
@@ -30,6 +31,7 @@ def show(result: comparison.Comparison) -> None:
         file_name=f"comparison-{result.task or 'runs'}.csv",
         mime="text/csv",
         key=f"compare_csv:{result.task}",
+        on_click="ignore",
     )
     curves(result)
     if result.matrices:

@@ -10,7 +10,7 @@ from finetune.config import field_help
 from finetune.errors import ConfigError, UserError
 from finetune.sweep.experiment import MAX_POINTS
 from finetune.task_kinds import task_kind
-from webapp import check_views, held_out_views, notices, widgets
+from webapp import check_views, data_views, held_out_views, notices, widgets
 from webapp.services import catalog, devices, identity, launch, preflight, sweeps, uploads
 
 HELP = field_help()
@@ -98,8 +98,8 @@ try:
 except UserError as err:
     notices.error(str(err))
     st.stop()
-widgets.data_preview(report)
-held_out = held_out_views.held_out_files(user, task, columns)
+data_views.data_preview(report)
+held_out = held_out_views.held_out_files(user, task, columns, data_path)
 
 # ---- 3. settings ---------------------------------------------------------------------------------
 st.subheader("3 · Settings")

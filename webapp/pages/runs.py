@@ -196,6 +196,7 @@ if summary.state == FINISHED:
         lambda: runs.adapter_zip(user, name),
         file_name=f"{summary.name}-adapter.zip",
         mime="application/zip",
+        on_click="ignore",  # no rerun: one that ends before the browser fetches the deferred zip drops it
     )
     run_views.merged_download(next(cells), user, name, summary.name)
 if summary.state == FINISHED:

@@ -10,7 +10,17 @@ from typing import Optional
 
 import pandas as pd
 
-from evaluation.compare import TEST, Run, best_by, compare_runs, config_diff, curves, format_table, load_runs
+from evaluation.compare import (
+    TEST,
+    Run,
+    best_by,
+    compare_runs,
+    config_diff,
+    curves,
+    delta_cell,
+    format_table,
+    load_runs,
+)
 from finetune.rundir import FINISHED, RunDirectory
 from finetune.task_kinds import LOWER_IS_BETTER, TASKS, primary_metric
 from webapp.services import sweeps
@@ -104,7 +114,7 @@ def _headline(table: pd.DataFrame, runs: list[Run], primary: str, best: Optional
     one column per setting would push the table past the window's edge, one cell wraps between settings.
     Cost and throughput are left to the table of every metric."""
     headers = _scores(primary)
-    shown = table[[c for c in headers if c in table.columns]].copy()
+    shown = _with_intervals(table, [c for c in headers if c in table.columns])
     if (table["state"] != FINISHED).any():
         shown.insert(0, "state", table["state"])
     settings = config_diff(runs)
@@ -122,9 +132,21 @@ def _test_scores(table: pd.DataFrame, primary: str) -> Optional[str]:
     headers = {column: f"test {label}" for column, label in _scores(primary, TEST).items() if column in table.columns}
     if not headers:
         return None
-    shown = table[list(headers)].map(lambda value: MISSING if pd.isna(value) else f"{value:.4g}")
+    shown = _with_intervals(table, list(headers)).map(lambda value: MISSING if _blank(value) else _value(value))
     shown.index = pd.Index(_names(list(shown.index)), name="run")
     return shown.rename(columns=headers).to_markdown()
+
+
+def _with_intervals(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``table``'s ``columns``, each Δ cell as "+0.12 [0.07, 0.17]" where the run kept its bootstrap interval."""
+    shown = table[columns].copy().astype(object)
+    for column in [c for c in columns if c.removeprefix(TEST).startswith("delta_")]:
+        shown[column] = [delta_cell(table, run, column) for run in table.index]
+    return shown
+
+
+def _blank(value) -> bool:
+    return not isinstance(value, str) and pd.isna(value)
 
 
 def _value(value) -> str:

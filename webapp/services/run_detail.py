@@ -4,6 +4,7 @@ Plain Python (no streamlit, no pandas): curves are lists of points, one {"step",
 that the page lays out as charts.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -11,6 +12,7 @@ from typing import Optional
 from evaluation.figures import percent, rate
 from finetune.rundir import FINISHED, THROUGHPUT_METRICS, RunDirectory
 from finetune.task_kinds import TASKS
+from finetune.training import intervals
 from webapp.runner import jobs
 from webapp.services.runs import RunSummary
 
@@ -90,6 +92,10 @@ class RunDetail:
     test: dict[str, dict]  # the same on the test file the user gave (metrics.json's "test"), else {}
     log: str  # the last lines of the trainer's log (or the launcher's output)
     tracking: Optional[str] = None  # where report_to sent the run's logs, in words
+    # Per split ("validation", "test"): each metric's change, fine-tuned minus base, with its 95% bootstrap interval
+    # ({metric: "+0.12 [0.07, 0.17]"}), and the verdict on the main metric; {} and None for runs from before intervals.
+    changes: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    verdicts: dict[str, Optional[str]] = dataclasses.field(default_factory=dict)
 
 
 def detail(summary: RunSummary) -> RunDetail:
@@ -106,7 +112,17 @@ def detail(summary: RunSummary) -> RunDetail:
         test=_final(metrics.get("test") if isinstance(metrics.get("test"), dict) else {}),
         log=jobs.log_tail(run),
         tracking=_tracking(run),
+        changes={split: intervals.changes(section) for split, section in _sections(metrics).items()},
+        verdicts={
+            split: intervals.verdict(section, summary.task, split) for split, section in _sections(metrics).items()
+        },
     )
+
+
+def _sections(metrics: dict) -> dict[str, dict]:
+    """metrics.json's scores by split: the validation split's at its top, the test file's under "test"."""
+    test = metrics.get("test")
+    return {"validation": metrics, "test": test if isinstance(test, dict) else {}}
 
 
 def _tracking(run: RunDirectory) -> Optional[str]:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from finetune.data.archive import unpack_zip
-from finetune.data.columns import mixed_label_note
+from finetune.data.columns import Columns, mixed_label_note
+from finetune.data.quality import Finding
 from finetune.errors import UserError
 from finetune.export.model_card import DATA_NAME_FILE
 from finetune.rundir import read_json, write_bytes_atomic, write_json_atomic
@@ -38,7 +39,8 @@ class DataReport:
     thumbnails: list[tuple[Any, str]] = field(default_factory=list)  # (PIL image, label) for image data
     sampled: bool = False  # True when only the first SAMPLE_ROWS rows of a large file were read and checked
     file_bytes: Optional[int] = None  # size of a data file (None for a folder of images)
-    notes: list[str] = field(default_factory=list)  # warnings on data that loads but may not be what was meant
+    # Warnings on data that loads but may not be what was meant: the data checks (finetune/data/quality.py) and more.
+    findings: list[Finding] = field(default_factory=list)
 
 
 def save_upload(user: User, filename: str, data: bytes, task: str) -> Path:
@@ -122,18 +124,15 @@ def inspect_data(
 
     A text file over SAMPLE_ABOVE_BYTES is judged by its first SAMPLE_ROWS rows (``sampled``); folders are read whole.
     """
-    from finetune.data.loading import TEXT_FORMATS, Columns, Unpacking, load_table, prepare_splits
+    from finetune.data.loading import prepare_splits
 
     path = Path(path)
     given = Columns(text=text_column, label=label_column, image=image_column)
-    # Zips reach here unpacked (save_upload); a zip path itself unpacks beside it, in its owner's folder, where the
-    # tables read are cached too: counted in their quota, removed with the upload.
-    folder = path.parent
-    unpacking = Unpacking(folder / "unpacked-archives", settings.load().archive_limits, folder / "tables")
-    size = path.stat().st_size if path.is_file() else None
-    head = size is not None and size > SAMPLE_ABOVE_BYTES and path.suffix.lower() in TEXT_FORMATS
-    raw = load_table(path, "train_file", unpacking, max_rows=SAMPLE_ROWS if head else None)
-    splits, columns, labels = prepare_splits({"train_file": raw}, {"train_file": str(path)}, task, given, 10.0, 42)
+    raw, head = _read(path, "train_file")
+    findings: list[Finding] = []
+    splits, columns, labels = prepare_splits(
+        {"train_file": raw}, {"train_file": str(path)}, task, given, 10.0, 42, report=findings.extend
+    )
     first = raw.select(range(min(10, len(raw))))
     report = DataReport(
         path=path,
@@ -146,11 +145,41 @@ def inspect_data(
         label_counts=_label_counts(splits, columns.label, labels),
         preview=first.remove_columns([c for c in [columns.image] if c]).to_pandas(),
         sampled=head and len(raw) == SAMPLE_ROWS,
-        file_bytes=size,
-        notes=[note for note in [labels and mixed_label_note(labels, columns.label)] if note],
+        file_bytes=path.stat().st_size if path.is_file() else None,
+        findings=[
+            Finding("Mixed labels", note) for note in [labels and mixed_label_note(labels, columns.label)] if note
+        ]
+        + findings,
     )
     _add_pictures(report, raw, splits, columns, labels)
     return report
+
+
+def _read(path: Path, role: str):
+    """``path`` loaded as the trainer reads it, and whether only its first SAMPLE_ROWS rows were (a large text file)."""
+    from finetune.data.loading import TEXT_FORMATS, Unpacking, load_table
+
+    # Zips reach here unpacked (save_upload); a zip path itself unpacks beside it, in its owner's folder, where the
+    # tables read are cached too: counted in their quota, removed with the upload.
+    folder = path.parent
+    unpacking = Unpacking(folder / "unpacked-archives", settings.load().archive_limits, folder / "tables")
+    size = path.stat().st_size if path.is_file() else None
+    head = size is not None and size > SAMPLE_ABOVE_BYTES and path.suffix.lower() in TEXT_FORMATS
+    return load_table(path, role, unpacking, max_rows=SAMPLE_ROWS if head else None), head
+
+
+def held_out_leaks(train: Path, held_out: Path, role: str, columns: dict[str, Optional[str]]) -> list[Finding]:
+    """Examples of the ``role`` file (validation_file, test_file) that are also in the training file: the data check's
+    duplicates across files, on both files as the trainer reads them (``columns``: their resolved column roles)."""
+    from finetune.data.images import check_images
+    from finetune.data.quality import leaks, read_samples
+
+    given = Columns(**{key.removesuffix("_column"): value for key, value in columns.items()})
+    tables = {"train_file": _read(Path(train), "train_file")[0], role: _read(Path(held_out), role)[0]}
+    if given.text is None:  # image paths resolved and every image checked, as prepare_splits does
+        sources = {"train_file": train, role: held_out}
+        tables = {key: check_images(t, given.image, str(sources[key]), key) for key, t in tables.items()}
+    return leaks(read_samples(tables, given))
 
 
 def _add_pictures(report: DataReport, raw, splits, columns, labels: Optional[list[str]]) -> None:

@@ -128,6 +128,9 @@ def test_adapter_export_reloads_and_carries_a_filled_model_card(exported_adapter
         "2 classes: negative, positive",
         "num_labels=2",
         "lora_r: 16",
+        "How sure the change is",
+        "(95% bootstrap)",
+        "## Reproducibility",
     ],
 )
 def test_the_exported_model_card_states(exported_adapter, expected):

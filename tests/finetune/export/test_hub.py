@@ -53,7 +53,7 @@ def test_model_card_states_base_data_metrics_and_config(card, expected):
 
 
 def test_model_card_holds_no_paths_of_the_training_machine(card, finished_run):
-    assert "output_dir" not in card and str(finished_run) not in card
+    assert "output_dir:" not in card and str(finished_run) not in card
 
 
 def test_push_refuses_without_token_and_never_leaks_it(finished_run, monkeypatch, tmp_path):

@@ -1,7 +1,9 @@
 """End to end in a real browser: the Streamlit app, its job runner and the trainer, driven by headless Chromium.
 
-New run (BERT, uploaded CSV, preview, the demo preset's settings, launch) -> Runs (waits for "finished", curves)
--> Compare (the run and its fine-tuned accuracy in the table) -> Playground (Classify shows a prediction).
+New run (BERT, uploaded CSV, preview, a separate test file, the demo preset's settings, the time estimate and the
+wrapped launch command, launch) -> Runs (waits for "finished", curves, scores on the validation split and the test
+file, the adapter zip's model card, the merged model built and downloaded) -> Compare (the run and its fine-tuned
+accuracy in the table, its test-file scores) -> Playground (Classify shows a prediction).
 A full-page screenshot of each page goes to tmp_path/screenshots; with UPDATE_SCREENSHOTS=1 they also replace
 docs/screenshots/*.png, the README's pictures (install fonts-noto-color-emoji first, or the page icons are boxes).
 
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -27,7 +30,7 @@ import yaml
 
 from tests.conftest import REPO, write_sentiment_csv
 from tests.webapp.conftest import processes_of
-from webapp.services import catalog
+from webapp.services import catalog, devices
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev extra: scripts/setup.sh --dev")
 expect = sync_api.expect
@@ -216,6 +219,53 @@ def choose(page, label: str, option: str, attempts: int = 4) -> None:
     raise AssertionError(f"could not choose {option!r} in {label!r} after {attempts} tries")
 
 
+def pick(page, label: str, option: str, attempts: int = 4) -> None:
+    """Check ``option`` of the radio labelled ``label``, clicked again while it is not checked (a click during the
+    opening of its expander, or during a rerun, can miss)."""
+    radio = page.get_by_test_id("stRadio").filter(has=page.get_by_test_id("stWidgetLabel").filter(has_text=label))
+    choice = radio.get_by_role("radio", name=option, exact=True)
+    for _ in range(attempts):
+        settle(page)
+        radio.get_by_test_id("stRadioOption").filter(has_text=option).click()
+        try:
+            expect(choice).to_be_checked(timeout=10_000)
+            settle(page)
+            return
+        except AssertionError:
+            pass
+    raise AssertionError(f"could not pick {option!r} in {label!r} after {attempts} tries")
+
+
+def download(page, button: str, to: Path, attempts: int = 3) -> Path:
+    """Click the download button labelled ``button`` and save what the browser receives to ``to``.
+
+    The button's callable runs when clicked (a deferred download), but the click also reruns the page, and a rerun
+    that ends before the browser's request for the file drops it ("Deferred file ... not found" under the button,
+    in the app's log too). A user clicks again; so does this, saying so.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    widget = page.get_by_test_id("stDownloadButton").filter(has=page.get_by_role("button", name=button))
+    lost = page.get_by_text(re.compile("Deferred file .* not found"))
+    for _ in range(attempts):
+        expect(lost).to_have_count(0, timeout=15_000)  # the last try's message goes after 5 s
+        settle(page)
+        try:
+            with page.expect_download(timeout=120_000) as event:
+                widget.get_by_role("button").click()
+                while not event.is_done() and lost.count() == 0:
+                    page.wait_for_timeout(200)
+                if lost.count():
+                    print(f"[e2e] WARNING {button}: {lost.first.inner_text()!r}; clicking again", flush=True)
+                    raise PlaywrightTimeout("lost")
+        except PlaywrightTimeout:
+            continue
+        event.value.save_as(to)
+        assert to.stat().st_size > 0, f"{button}: an empty download"
+        return to
+    raise AssertionError(f"{button}: no download after {attempts} clicks")
+
+
 def nav(page, title: str) -> None:
     page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
     expect(page.get_by_role("heading", name=title, level=1)).to_be_visible()
@@ -245,13 +295,24 @@ def test_browser_end_to_end(app, page, tmp_path):
     settle(page)
     lap("app up, demo checkpoints ready")
 
-    page.get_by_text("Upload a file", exact=True).click()
+    pick(page, "Training data", "Upload a file")
     csv_path = write_sentiment_csv(tmp_path / "reviews.csv")
     page.locator("input[type=file]").set_input_files(str(csv_path))
     preview = page.get_by_test_id("stMetric").filter(has_text="Examples")
     expect(preview).to_contain_text("240")
     expect(page.get_by_test_id("stMetric").filter(has_text="Classes")).to_contain_text("2")
-    expect(page.get_by_test_id("stDataFrame")).to_be_visible()
+    expect(page.get_by_test_id("stDataFrame").filter(visible=True).first).to_be_visible()  # the preview
+    settle(page)
+    # A separate test file, uploaded in the optional expander: scored by the base and the tuned model at the end.
+    page.get_by_text("Validation and test data (optional)", exact=True).click()
+    for label in ("Validation data", "Test data"):
+        expect(page.get_by_test_id("stRadio").filter(has_text=label)).to_be_visible()
+    pick(page, "Test data", "Upload a file")
+    test_csv = write_sentiment_csv(tmp_path / "held_out_reviews.csv", rows=60, seed=7)
+    test_uploader = page.get_by_test_id("stFileUploader").filter(has_text="Test data")
+    test_uploader.locator("input[type=file]").set_input_files(str(test_csv))
+    expect(page.get_by_text("Test data: 60 examples", exact=True)).to_be_visible()
+    settle(page)
     # The demo BERT is MiniLM-L6: its preset (catalog.DEMO_OVERRIDES) fills in settings that train it in under a
     # minute; the form must show them.
     page.get_by_text("Advanced settings", exact=True).click()
@@ -260,7 +321,19 @@ def test_browser_end_to_end(app, page, tmp_path):
     run_name = page.get_by_label("Run name", exact=True).input_value()
     assert re.fullmatch(r"bert-\d{4}-\d{6}", run_name), run_name
     command = f"finetune/train.py --config {home}/runs/{run_name}/config.yaml"
-    expect(page.get_by_test_id("stCode").first).to_contain_text(command)
+    code = page.get_by_test_id("stCode").first
+    expect(code).to_contain_text(command)
+    # The command starts with this environment's accelerate (as the page's Python finds it), wrapped: no sideways
+    # scroll to read it.
+    accelerate = devices._short(STREAMLIT.with_name("accelerate"))
+    shown = " ".join(code.inner_text().split())
+    assert shown.startswith(f"{accelerate} launch --config_file "), shown
+    assert code.locator("pre").first.evaluate("el => el.scrollWidth <= el.clientWidth + 1"), "the command scrolls"
+    # The time estimate shows before Launch: a caption, or a warning box past 30 min.
+    estimate = page.get_by_text(re.compile(r"^Estimated training time: about \S")).first
+    expect(estimate).to_be_visible()
+    launch_button = page.get_by_role("button", name="Launch run")
+    assert estimate.bounding_box()["y"] < launch_button.bounding_box()["y"], "the estimate is below Launch"
     settle(page)
     lap("upload and preview")
     shoot(page, out, "new_run")
@@ -272,11 +345,13 @@ def test_browser_end_to_end(app, page, tmp_path):
     assert {field: config[field] for field in DEMO_BERT} == DEMO_BERT, config
     assert config["train_file"].startswith(f"{home}/uploads/") and config["task"] == "text-classification", config
     assert Path(config["train_file"]).name == "upload.csv", "stored under a name the app chose"
+    assert config["test_file"].startswith(f"{home}/uploads/") and config["test_file"] != config["train_file"], config
+    assert not config.get("validation_file"), config
     lap("launched")
 
     # ---- Runs: wait for "finished", with curves and the base vs fine-tuned table ----------------------------
     nav(page, "Runs")
-    progress = page.get_by_test_id("stProgress")
+    progress = page.get_by_test_id("stProgress").first  # the run's; a merged build's shows below the buttons
     seen, changed_at = None, time.monotonic()
     while True:
         label = progress.inner_text() if progress.count() else ""
@@ -294,9 +369,46 @@ def test_browser_end_to_end(app, page, tmp_path):
     nav(page, "Runs")
     expect(progress).to_contain_text("finished")
     expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(2)  # losses; accuracy and f1
-    expect(page.get_by_test_id("stTable")).to_contain_text("fine-tuned")
-    expect(page.get_by_role("button", name="Download adapter (.zip)")).to_be_visible()
+    # The base vs fine-tuned scores on the validation split, and beside them on the test file.
+    for title in ("On the validation split", "On the test file"):
+        scores = page.get_by_test_id("stColumn").filter(has_text=title).get_by_test_id("stTable")
+        expect(scores).to_contain_text("fine-tuned")
+        expect(scores).to_contain_text("accuracy")
     settle(page)
+    lap("runs page")
+
+    # The adapter zip's model card names the data as uploaded, and no bare local folder as the base model.
+    adapter = download(page, "Download adapter (.zip)", tmp_path / "adapter.zip")
+    with zipfile.ZipFile(adapter) as archive:
+        names = archive.namelist()
+        assert f"{run_name}/adapter_config.json" in names, names
+        card = archive.read(f"{run_name}/README.md").decode()
+    assert "Trained on `reviews.csv`" in card and "name: reviews.csv" in card, card
+    # Nothing of this server travels with the card: no path of its uploads, no name the app gave them.
+    assert "upload.csv" not in card and str(home) not in card, card
+    bare = Path(config["model_name_or_path"]).name  # the demo checkpoint's folder
+    assert re.findall(r'^BASE = "([^"]*)"', card, re.M) == [f"<path to {bare}>"], card  # a placeholder to replace
+    assert not re.search(rf"^base_model:\s*{re.escape(bare)}\s*$", card, re.M), card
+    settle(page)
+    lap("adapter zip and its card")
+
+    # The merged model: built in the background with its progress (the demo BERT may finish before it shows), then
+    # downloaded; it loads with plain from_pretrained, so it holds a config and the weights.
+    page.get_by_role("button", name="Build merged model (.zip)").click()
+    building = page.get_by_text(re.compile("Building the merged model"))
+    ready = page.get_by_role("button", name="Download merged model (.zip)")
+    expect(building.or_(ready).first).to_be_visible(timeout=60_000)
+    print(f"[e2e] merged build progress seen: {building.count() > 0}", flush=True)
+    expect(ready).to_be_visible(timeout=300_000)
+    settle(page)
+    merged = download(page, "Download merged model (.zip)", tmp_path / "merged.zip")
+    with zipfile.ZipFile(merged) as archive:
+        names = archive.namelist()
+    assert f"{run_name}-merged/config.json" in names, names
+    assert any(n.startswith(f"{run_name}-merged/") and n.endswith(".safetensors") for n in names), names
+    assert not any("adapter_config.json" in n for n in names), names
+    settle(page)
+    lap(f"merged model built and downloaded ({merged.stat().st_size / 2**20:.0f} MiB)")
     shoot(page, out, "runs")
 
     # ---- An early-stopped run reads as finished at its step, not as stalled ------------------------------------
@@ -327,6 +439,10 @@ def test_browser_end_to_end(app, page, tmp_path):
     accuracy = row.locator("td, th").nth(column).inner_text()
     assert 0.0 <= float(accuracy) <= 1.0, accuracy
     print(f"[e2e] {run_name}: fine-tuned accuracy {accuracy}", flush=True)
+    # The scores on the test file, in their own table under the headline.
+    expect(page.get_by_text(re.compile(r"^On the test file")).first).to_be_visible()
+    test_table = page.get_by_test_id("stMarkdownContainer").locator("table").nth(1)
+    expect(test_table).to_contain_text(run_name)
     expect(page.get_by_text("Confusion matrices", exact=False)).to_be_visible()
     settle(page)
     lap("compare")
@@ -344,10 +460,10 @@ def test_browser_end_to_end(app, page, tmp_path):
 
     # ---- New run again: integer labels in any range (scores 1-5) preview as five classes, with no error ------
     nav(page, "New run")
-    page.get_by_text("Upload a file", exact=True).click()
+    pick(page, "Training data", "Upload a file")
     scores = tmp_path / "scores.csv"
     scores.write_text("review,score\n" + "".join(f"review number {i} of the film,{i % 5 + 1}\n" for i in range(60)))
-    page.locator("input[type=file]").set_input_files(str(scores))
+    page.locator("input[type=file]").first.set_input_files(str(scores))
     expect(page.get_by_test_id("stMetric").filter(has_text="Classes")).to_contain_text("5")
     expect(page.get_by_test_id("stException")).to_have_count(0)
     lap("integer labels 1-5")

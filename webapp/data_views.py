@@ -35,5 +35,5 @@ def findings(found: list[Finding]) -> None:
     for finding in found:
         notices.warning(finding.message)
         if finding.examples:
-            with st.expander(f"{finding.title}: {len(finding.examples)} example(s)"):
+            with st.expander(f"{finding.title}: the {len(finding.examples)} listed"):
                 st.dataframe(pd.DataFrame(finding.examples).astype(str), hide_index=True)

@@ -335,7 +335,8 @@ def label_errors(sample: _Sample, table: Dataset, column: str, labels: Optional[
         return None
     what = "text" if isinstance(sample.keys, list) else "file"
     model = "TF-IDF + logistic regression" if what == "text" else f"logistic regression on {PIXEL_SIDE}px grey pixels"
-    sampled = f" (a sample of {len(y):,} of {sample.total:,} rows)" if len(y) < sample.total else ""
+    read = f" (the probe read {len(y):,} of {sample.total:,} rows: a sample, or rows with no words)"
+    sampled = read if len(y) < sample.total else ""
     return Finding(
         "Suspected label errors in train_file",
         f"train_file: a quick probe ({model}, {PROBE_FOLDS}-fold cross-validated) confidently disagrees with "

@@ -159,7 +159,8 @@ def verdict(section: dict, task: Optional[str], split: str = "validation") -> Op
             f"a larger {larger} would."
         )
     better = (change < 0) == (metric in LOWER_IS_BETTER)
-    return f"Fine-tuning {'improved' if better else 'worsened'} {metric} by {change_text(change, [low, high])}."
+    moved = "improved" if better else "worsened"
+    return f"On the {where}, fine-tuning {moved} {metric} by {change_text(change, [low, high])}."
 
 
 def card_lines(metrics: dict) -> list[str]:

@@ -95,10 +95,10 @@ def test_the_verdict_says_noise_when_the_interval_crosses_zero_and_the_change_ot
         "a larger validation file would."
     )
     assert intervals.verdict(_section([0.33, 0.49]), "text-classification") == (
-        "Fine-tuning improved accuracy by +0.41 [0.33, 0.49]."
+        "On the validation split, fine-tuning improved accuracy by +0.41 [0.33, 0.49]."
     )
     worse = intervals.verdict(_section([-0.2, -0.05], 0.6, 0.48), "text-classification", "test")
-    assert worse == "Fine-tuning worsened accuracy by -0.12 [-0.20, -0.05]."
+    assert worse == "On the test file, fine-tuning worsened accuracy by -0.12 [-0.20, -0.05]."
     assert intervals.verdict({"base": {}, "finetuned": {}}, "text-classification") is None, "a run from before"
 
 
@@ -107,7 +107,7 @@ def test_the_model_card_lines():
     assert intervals.card_lines(metrics) == [
         "accuracy: 0.53 -> 0.94, +0.41 [0.33, 0.49] (95% bootstrap)",
         "test accuracy: 0.50 -> 0.60, +0.10 [-0.01, 0.20] (95% bootstrap)",
-        "Fine-tuning improved accuracy by +0.41 [0.33, 0.49].",
+        "On the validation split, fine-tuning improved accuracy by +0.41 [0.33, 0.49].",
         "The difference in accuracy is within noise: the test file (120 examples) is too small to tell; "
         "a larger test file would.",
     ]

@@ -27,7 +27,7 @@ def test_an_upload_shows_each_check_as_a_warning_and_a_held_out_leak_too(no_runn
     assert any(w.startswith("train_file: 1 of 64 rows repeat an earlier row") for w in shown), shown
     assert any("class 'positive' holds 60 of 64 training rows (94%)" in w for w in shown), shown
     assert any(w.startswith("train_file: 0 of 64 texts in column 'review' are empty") for w in shown), shown
-    assert "Short texts in train_file: 1 example(s)" in [e.label for e in at.expander]
+    assert "Short texts in train_file: the 1 listed" in [e.label for e in at.expander]
 
     at.radio(key="validation_file_source").set_value("Upload a file").run()
     held = _csv([("Review number 3 of a film I watched!", "positive"), ("a new one", "negative")])
@@ -35,4 +35,4 @@ def test_an_upload_shows_each_check_as_a_warning_and_a_held_out_leak_too(no_runn
     assert_ok(at)
     leak = [w for w in warnings(at) if w.startswith("validation_file: 1 of 2 examples also appear in train_file")]
     assert leak, warnings(at)
-    assert "Duplicates between train_file and validation_file: 1 example(s)" in [e.label for e in at.expander]
+    assert "Duplicates between train_file and validation_file: the 1 listed" in [e.label for e in at.expander]

@@ -24,7 +24,7 @@ def test_the_run_detail_shows_each_change_with_its_interval_and_the_verdict(no_r
     assert any(
         "accuracy **+0.41 [0.33, 0.49]**" in text and "eval_loss **-0.40 [-0.50, -0.30]**" in text for text in shown
     ), shown
-    assert "Fine-tuning improved accuracy by +0.41 [0.33, 0.49]." in shown
+    assert "On the validation split, fine-tuning improved accuracy by +0.41 [0.33, 0.49]." in shown
     at.selectbox(key="runs_selected").set_value("noisy").run()
     assert any(
         text.startswith("The difference in accuracy is within noise: the validation split (120 examples)")

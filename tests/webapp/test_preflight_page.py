@@ -25,28 +25,46 @@ def test_check_measures_the_demo_run_and_shows_the_report(no_runner):
     assert list((no_runner / "runs").iterdir()) == [], "the check writes no run directory"
 
 
+def _report(**measured) -> Report:
+    """A Check report of a CPU run that fits in a few minutes, with ``measured`` figures instead."""
+    figures = dict(
+        device="cpu",
+        memory_measure="process peak RSS, ru_maxrss",
+        peak_memory_mb=900,
+        memory_capacity_mb=20_000,
+        fits=True,
+        advice=[],
+        batch_size=8,
+        measured_steps=3,
+        seconds_per_step=0.5,
+        total_steps=100,
+        evaluations=11,
+        eval_batches=10,
+        seconds_per_eval_batch=0.1,
+        setup_seconds=20.0,
+        estimated_seconds=80.0,
+        time_advice=[],
+    )
+    return Report(**{**figures, **measured})
+
+
 def test_a_run_that_does_not_fit_shows_the_advice(no_runner, monkeypatch):
     advice = [
         "per_device_train_batch_size: 2 with gradient_accumulation_steps: 4 (keeps the effective batch of 8)",
         "gradient_checkpointing: true (recomputes activations in the backward pass)",
     ]
-    report = Report(
+    report = _report(
         device="cuda:0",
         memory_measure="CUDA max_memory_allocated",
         peak_memory_mb=90_000,
         memory_capacity_mb=81_559,
         fits=False,
         advice=advice,
-        batch_size=8,
-        measured_steps=3,
         seconds_per_step=0.25,
         total_steps=1000,
-        evaluations=11,
-        eval_batches=10,
         seconds_per_eval_batch=0.1,
         setup_seconds=20.0,
         estimated_seconds=281.0,
-        time_advice=[],
     )
     # The subprocess is replaced on the test's side only: a GPU that is too small cannot be had on a test machine.
     monkeypatch.setattr(preflight, "check", lambda cfg, shared, use_gpu: report)
@@ -75,19 +93,11 @@ def test_a_run_that_fits_but_takes_hours_gets_a_time_verdict_with_what_to_change
     assert any(item.startswith("num_train_epochs below 10: each epoch takes 20 min") for item in time_advice)
     assert any("a GPU" in item for item in time_advice)
     assert shorter_run_advice(cfg, 1_700.0, 6.0, 200, on_gpu=False) == [], "under 30 min: nothing to change"
-    report = Report(
-        device="cpu",
-        memory_measure="process peak RSS, ru_maxrss",
+    report = _report(
         peak_memory_mb=900,
         memory_capacity_mb=20_000,
-        fits=True,
-        advice=[],
-        batch_size=8,
-        measured_steps=3,
         seconds_per_step=6.0,
         total_steps=2_000,
-        evaluations=11,
-        eval_batches=10,
         seconds_per_eval_batch=5.2,
         setup_seconds=30.0,
         estimated_seconds=12_600.0,

@@ -47,7 +47,7 @@ DEMO_DESCRIPTIONS = {
     "gpt2": "a tiny random-init GPT-2 (2 layers, width 64, 251K parameters) made on this machine, learning "
     "template English sentences; before fine-tuning it writes random tokens",
     "bert": "real pretrained all-MiniLM-L6-v2 weights (BERT architecture, 6 layers, 22.7M parameters, "
-    "bert-base-uncased vocabulary) shipped with the app, learning the sentiment of film reviews",
+    "bert-base-uncased vocabulary) shipped with the app; its sample data is the sentiment of film reviews",
     "vit": "a tiny random-init ViT (2 layers, width 64, 85K parameters) made on this machine, learning "
     "scikit-learn's handwritten digits (real 8x8 scans, upscaled to 32x32)",
     "resnet": "a tiny random-init ResNet (2 stages of 16 and 32 channels, 22K parameters) made on this machine, "

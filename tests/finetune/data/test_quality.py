@@ -181,5 +181,6 @@ def test_checks_on_a_large_file_stay_within_their_bound_and_say_they_sampled(tmp
     print(f"checks on {len(rows) * 6:,} rows: {took:.1f} s (load_splits with them: {loaded:.1f} s)")
     assert took < 60, took
     doubts = _titled(found, "Suspected label errors in train_file")
-    assert f"(a sample of {quality.PROBE_ROWS:,} of {len(rows) * 6:,} rows)" in doubts.message, doubts.message
+    read = f"(the probe read {quality.PROBE_ROWS:,} of {len(rows) * 6:,} rows: a sample"
+    assert read in doubts.message, doubts.message
     assert len(splits["train"]) + len(splits["validation"]) == len(rows) * 6, "the checks warn, never drop rows"

@@ -22,6 +22,7 @@ REPORT_FIELDS = {
     "memory_capacity_mb",
     "fits",
     "advice",
+    "time_advice",
     "batch_size",
     "measured_steps",
     "seconds_per_step",
@@ -84,7 +85,7 @@ def test_peak_memory_is_within_the_stated_factor_of_the_real_runs(checked_and_tr
 def test_json_report_fields(checked_and_trained):
     report, _ = checked_and_trained
     assert set(report) == REPORT_FIELDS, f"{len(REPORT_FIELDS)} fields expected"
-    assert report["fits"] is True and report["advice"] == []
+    assert report["fits"] is True and report["advice"] == [] and report["time_advice"] == [], "12 steps: minutes"
     assert report["memory_measure"] == "process peak RSS, ru_maxrss"
     assert 0 < report["peak_memory_mb"] <= preflight.HEADROOM * report["memory_capacity_mb"]
     assert report["measured_steps"] == 3 and report["batch_size"] == 8

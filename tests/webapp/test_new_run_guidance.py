@@ -56,7 +56,9 @@ def test_unguessable_label_offers_column_pickers_and_continues(no_runner):
 
     label_box.set_value("id").run()  # the user's pick is used as it is
     assert_ok(at)
-    assert errors(at) == [] and len(at.warning) == 0 and "Launch run" in labels(at)
+    # 30 one-row classes: the data checks warn about them; the column warning is gone.
+    assert errors(at) == [] and not [w for w in warnings(at) if w.startswith("label_column")]
+    assert "Launch run" in labels(at)
     assert "label_column: id" in at.code[1].value
 
 
@@ -183,7 +185,7 @@ def test_image_preview_shows_thumbnails_and_class_counts(no_runner, tmp_path):
     root = write_image_folder(tmp_path / "images", per_class=4)
     at = upload_image_zip(open_app(), root)
     assert_ok(at)
-    [table] = [d.value for d in at.dataframe]
+    [table] = [d.value for d in at.dataframe if list(d.value.columns) == ["class", "examples"]]
     assert table.to_dict("records") == [{"class": c, "examples": 4} for c in ("blue", "green", "red")]
     assert len(at.image) == 1
 

@@ -1,12 +1,16 @@
 """The New run page's look at the data: its size, classes and first rows, and the data checks' warnings with the
 example rows each found (finetune/data/quality.py)."""
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 import streamlit as st
 
-from finetune.data.quality import Finding
 from webapp import notices
 from webapp.services import uploads
+
+if TYPE_CHECKING:  # the data layer imports `datasets`: not on a page load
+    from finetune.data.quality import Finding
 
 
 def data_preview(report: uploads.DataReport) -> None:
@@ -29,7 +33,7 @@ def data_preview(report: uploads.DataReport) -> None:
         st.dataframe(report.preview, hide_index=True, height=200)
 
 
-def findings(found: list[Finding]) -> None:
+def findings(found: list["Finding"]) -> None:
     """A warning per finding, and under it an expander with the rows it found: the table shows the data as it is
     (no Markdown), so texts and file names from the upload appear exactly."""
     for finding in found:

@@ -2,16 +2,18 @@
 each read by the engine's loader with the training data's columns before the run may launch."""
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import streamlit as st
 
-from finetune.data.quality import Finding
 from finetune.errors import UserError
 from finetune.task_kinds import task_kind
 from webapp import data_views, notices, widgets
 from webapp.services import uploads
 from webapp.services.identity import User
+
+if TYPE_CHECKING:  # the data layer imports `datasets`: not on a page load
+    from finetune.data.quality import Finding
 
 # (config field, label, what it is for)
 ROLES = (
@@ -52,7 +54,7 @@ def held_out_files(user: User, task: str, columns: dict[str, Optional[str]], tra
 
 
 @st.cache_data(show_spinner="Looking for examples also in the training data…", max_entries=32)
-def leaks(train: str, held_out: str, field: str, columns: dict[str, Optional[str]]) -> list[Finding]:
+def leaks(train: str, held_out: str, field: str, columns: dict[str, Optional[str]]) -> list["Finding"]:
     return uploads.held_out_leaks(Path(train), Path(held_out), field, columns)
 
 

@@ -10,17 +10,18 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from finetune.data.archive import unpack_zip
-from finetune.data.columns import Columns, mixed_label_note
-from finetune.data.quality import Finding
 from finetune.errors import UserError
 from finetune.export.model_card import DATA_NAME_FILE
 from finetune.rundir import read_json, write_bytes_atomic, write_json_atomic
 from finetune.task_kinds import task_kind
 from webapp.services import quotas, settings, workspace
 from webapp.services.identity import User
+
+if TYPE_CHECKING:  # the data layer imports `datasets` (~0.6 s): only where data is read, never on a page load
+    from finetune.data.quality import Finding
 
 
 @dataclass
@@ -40,7 +41,7 @@ class DataReport:
     sampled: bool = False  # True when only the first SAMPLE_ROWS rows of a large file were read and checked
     file_bytes: Optional[int] = None  # size of a data file (None for a folder of images)
     # Warnings on data that loads but may not be what was meant: the data checks (finetune/data/quality.py) and more.
-    findings: list[Finding] = field(default_factory=list)
+    findings: list["Finding"] = field(default_factory=list)
 
 
 def save_upload(user: User, filename: str, data: bytes, task: str) -> Path:
@@ -124,12 +125,14 @@ def inspect_data(
 
     A text file over SAMPLE_ABOVE_BYTES is judged by its first SAMPLE_ROWS rows (``sampled``); folders are read whole.
     """
+    from finetune.data.columns import Columns, mixed_label_note
     from finetune.data.loading import prepare_splits
+    from finetune.data.quality import Finding
 
     path = Path(path)
     given = Columns(text=text_column, label=label_column, image=image_column)
     raw, head = _read(path, "train_file")
-    findings: list[Finding] = []
+    findings: list["Finding"] = []
     splits, columns, labels = prepare_splits(
         {"train_file": raw}, {"train_file": str(path)}, task, given, 10.0, 42, report=findings.extend
     )
@@ -168,9 +171,10 @@ def _read(path: Path, role: str):
     return load_table(path, role, unpacking, max_rows=SAMPLE_ROWS if head else None), head
 
 
-def held_out_leaks(train: Path, held_out: Path, role: str, columns: dict[str, Optional[str]]) -> list[Finding]:
+def held_out_leaks(train: Path, held_out: Path, role: str, columns: dict[str, Optional[str]]) -> list["Finding"]:
     """Examples of the ``role`` file (validation_file, test_file) that are also in the training file: the data check's
     duplicates across files, on both files as the trainer reads them (``columns``: their resolved column roles)."""
+    from finetune.data.columns import Columns
     from finetune.data.images import check_images
     from finetune.data.quality import leaks, read_samples
 

@@ -65,7 +65,8 @@ def test_the_loop_start_is_recorded_after_the_base_evaluation(stopped_early):
     first, second = (next(e for e in events if e["event"] == "train" and e["step"] == s) for s in (1, 2))
     pace = max(first["time"] - status["loop_started_at"], second["time"] - first["time"])
     so_far = [e for e in events if e["time"] <= second["time"]]
-    assert eta(status, so_far, now=second["time"]) == pytest.approx(pace * 18)
+    # (never under 1 s while steps remain: a fast machine trains these tiny steps in milliseconds)
+    assert eta(status, so_far, now=second["time"]) == pytest.approx(max(pace * 18, 1.0))
 
 
 def test_a_resumed_run_records_the_step_it_resumed_at(common, stopped_early, tmp_path):

@@ -114,7 +114,7 @@ def set_up(cfg: TrainConfig, run: RunDirectory) -> Recipe:
     )
     sharded = accelerator.distributed_type in progress.SHARDED
     speed.store_frozen_weights_in_bf16(model, accelerator.mixed_precision, cfg.finetune_method, sharded)
-    model = speed.channels_last(model, speed.uses_cuda())
+    model = speed.for_this_device(model, speed.uses_cuda(), cfg.torch_compile)
     optimizer = engine.build_optimizer(model, cfg, new_heads)
     wrap_lora_layers_apart(accelerator, model)
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)

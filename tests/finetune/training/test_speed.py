@@ -237,3 +237,40 @@ def test_frozen_weights_are_stored_in_bf16_only_for_lora_under_bf16():
         untouched = model()
         assert speed.store_frozen_weights_in_bf16(untouched, precision, method) == 0
         assert all(p.dtype == torch.float32 for p in untouched.parameters())
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_device_setup_puts_convolutions_in_nhwc_and_cheap_dropout_on_the_cpu_only(cuda, monkeypatch):
+    kept = []
+    monkeypatch.setattr(speed, "reuse_freed_memory", lambda: kept.append(True))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Dropout(0.1))
+    model = speed.for_this_device(model, cuda=cuda, torch_compile=False)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert type(model[1]).__name__ == ("Dropout" if cuda else "LaneDropout")  # a GPU's dropout is fused already
+    assert kept == ([] if cuda else [True])
+    compiled = speed.for_this_device(torch.nn.Sequential(torch.nn.Dropout(0.1)), cuda=False, torch_compile=True)
+    assert type(compiled[0]) is torch.nn.Dropout  # inductor generates its own fused dropout
+    linear = torch.nn.Linear(4, 4)
+    assert speed.for_this_device(linear, cuda=cuda, torch_compile=False) is linear
+
+
+def test_freed_memory_is_kept_for_reuse_on_glibc(tmp_path):
+    """In a child: mallopt changes the whole process. A freed 256 MiB block comes back without the system
+    mapping (and the kernel zeroing) fresh pages: a step's third allocation of it costs no new minor page faults (without
+    this, each costs 65,536)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, sys, torch\n"
+        "from finetune.training.speed import reuse_freed_memory\n"
+        "applied = reuse_freed_memory()\n"
+        "for _ in range(2): torch.ones(64 * 2**20)\n"  # glibc settles where the block lives in the first two
+        "faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "torch.ones(64 * 2**20); again = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults\n"
+        "print(applied, again)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    applied, faults = done.stdout.split()
+    assert applied == "True"
+    assert int(faults) < 1000  # a fresh 256 MiB mapping takes 65,536 faults of 4 KiB pages

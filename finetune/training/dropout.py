@@ -30,12 +30,12 @@ class _LaneDropout(torch.autograd.Function):
         keep = lanes >= LOWEST_LANE + dropped_lanes
         ctx.scale = LANE_VALUES / (LANE_VALUES - dropped_lanes)
         ctx.save_for_backward(keep)
-        return inputs * keep * ctx.scale
+        return torch.mul(inputs, keep).mul_(ctx.scale)  # scaled in place: one tensor allocated, not two
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return grad_output * keep * ctx.scale, None
+        return torch.mul(grad_output, keep).mul_(ctx.scale), None
 
 
 class LaneDropout(nn.Dropout):
@@ -44,7 +44,12 @@ class LaneDropout(nn.Dropout):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or self.p >= 1:
             return super().forward(inputs)  # p=1 zeroes everything, which torch does exactly
-        return _LaneDropout.apply(inputs, self.p)
+        return lane_dropout(inputs, self.p)
+
+
+def lane_dropout(inputs: torch.Tensor, p: float) -> torch.Tensor:
+    """Training-time dropout of ``inputs`` with probability 0 < p < 1 (attention probabilities: no module there)."""
+    return _LaneDropout.apply(inputs, p)
 
 
 def use_lane_dropout(model: nn.Module) -> int:

@@ -82,3 +82,19 @@ def test_the_tuned_reference_trains_in_bf16_with_length_grouped_batches(tmp_path
     assert record["reference_setup"] == {"precision": "bf16", "group_by_length": True, "tf32": False}
     [reference] = [r for r in record["runs"] if r["variant"] == "reference"]
     assert reference["trainer_settings"] == {"bf16": True, "fp16": False, "tf32": None, "length_grouped": True}
+
+
+def test_the_real_size_is_trained_minilm_over_three_epochs_of_the_tweets(tmp_path):
+    """--size real: the equal-quality job, on weights that can learn; families without trained weights are refused."""
+    import pytest
+
+    from benchmarks import bench_setup
+    from benchmarks.vs_trainer_jobs import make_jobs
+
+    manifest = {"bert": {"checkpoint": "minilm", "train_file": "t.csv", "validation_file": "v.csv"}}
+    [job] = make_jobs(manifest, "real", "cpu", None)
+    rows = bench_setup.TEXT_ROWS["real"][0]
+    assert job.steps == 3 * rows // job.batch and job.task == "text-classification"
+    assert (bench_setup.checkpoint(tmp_path, "real", "bert") / "model.safetensors").is_file()
+    with pytest.raises(SystemExit, match="trained weights exist here for bert only"):
+        bench_setup.checkpoint(tmp_path, "real", "gpt2")

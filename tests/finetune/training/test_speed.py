@@ -274,3 +274,14 @@ def test_freed_memory_is_kept_for_reuse_on_glibc():
     applied, faults = done.stdout.split()
     assert applied == "True"
     assert int(faults) < 1000  # a fresh 256 MiB mapping takes 65,536 faults of 4 KiB pages
+
+
+def test_nhwc_leaves_lora_weights_contiguous_so_dora_convolutions_run():
+    from peft import LoraConfig, get_peft_model
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+    model = get_peft_model(net, LoraConfig(r=2, target_modules=["0", "2"], use_dora=True))
+    model = speed.channels_last(model)
+    assert model.base_model.model[0].base_layer.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(p.is_contiguous() for n, p in model.named_parameters() if "lora_" in n)
+    model(torch.randn(2, 3, 12, 12)).sum().backward()  # DoRA views lora_A/lora_B flat

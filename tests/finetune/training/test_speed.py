@@ -285,3 +285,19 @@ def test_nhwc_leaves_lora_weights_contiguous_so_dora_convolutions_run():
     assert model.base_model.model[0].base_layer.weight.is_contiguous(memory_format=torch.channels_last)
     assert all(p.is_contiguous() for n, p in model.named_parameters() if "lora_" in n)
     model(torch.randn(2, 3, 12, 12)).sum().backward()  # DoRA views lora_A/lora_B flat
+
+
+def test_under_bf16_lora_layers_take_bf16_inputs_without_a_fp32_copy_and_compute_the_same():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(16, 16)), LoraConfig(r=4, target_modules=["0"]))
+    torch.nn.init.normal_(model.base_model.model[0].lora_B["default"].weight)  # B starts at 0: make LoRA count
+    inputs = torch.randn(8, 16).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(inputs)
+    speed.store_frozen_weights_in_bf16(model, "bf16", "lora")
+    assert model.base_model.model[0].cast_input_dtype_enabled is False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        after = model(inputs)
+    assert torch.equal(before, after)  # autocast casts to bf16 anyway: the fp32 copy changed nothing

@@ -233,7 +233,7 @@ def train_step(recipe: Recipe, batch: dict):
 
     accelerator, cfg, model = recipe.accelerator, recipe.cfg, recipe.model
     with accelerator.accumulate(model):
-        loss = model(**engine_batch(batch, accelerator)).loss
+        loss = recipe.task.training_loss(model, engine_batch(batch, accelerator))
         accelerator.backward(loss)
         if accelerator.sync_gradients and cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)

@@ -96,6 +96,10 @@ class Task:
     def collate_fn(self, processor: Any):
         raise NotImplementedError
 
+    def training_loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        """The loss a training step minimises: the model's own, computed from the batch's labels."""
+        return model(**batch).loss
+
     def eval_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         """Per-example (or per-token) tensors to gather across processes for the metrics."""
         raise NotImplementedError

@@ -96,6 +96,10 @@ class CausalLMTask(Task):
     def collate_fn(self, processor: Any):
         return default_data_collator
 
+    def training_loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+        return NextTokenLoss.apply(logits, batch["labels"])
+
     def eval_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
         # Position t predicts token t + 1.
@@ -115,6 +119,42 @@ class CausalLMTask(Task):
 
         mask = gathered["references"] != -100
         return causal_lm_metrics(gathered["losses"][mask], gathered["predictions"][mask], gathered["references"][mask])
+
+
+class NextTokenLoss(torch.autograd.Function):
+    """The mean cross-entropy of each position's logits against the next token (labels of -100 left out), as
+    transformers' ForCausalLMLoss computes it, one sequence at a time in fp32. ForCausalLMLoss upcasts the whole
+    batch's logits (GPT-2, batch 4 x 256: 206 MB in bf16 become 412 MB, plus 412 MB of log-probabilities kept for
+    the backward pass); this keeps the logits as they are and recomputes each sequence's probabilities backwards:
+    hundreds of MB less at the peak of a GPT-2 step."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        targets = labels[:, 1:]
+        counted = targets != -100
+        tokens = counted.sum().clamp(min=1)
+        total, log_normalizers = torch.zeros((), device=logits.device), []
+        for scores, target, keep in zip(logits[:, :-1], targets, counted):
+            scores = scores.float()
+            log_normalizer = torch.logsumexp(scores, dim=-1)
+            picked = scores.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            total += ((log_normalizer - picked) * keep).sum()
+            log_normalizers.append(log_normalizer)
+        ctx.save_for_backward(logits, targets, counted, torch.stack(log_normalizers), tokens)
+        return total / tokens
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        logits, targets, counted, log_normalizers, tokens = ctx.saved_tensors
+        grads = torch.zeros_like(logits)
+        weights = counted * (grad_output / tokens)
+        positions = torch.arange(targets.shape[1], device=logits.device)
+        for row in range(logits.shape[0]):
+            # softmax - one-hot(target): the gradient of log-sum-exp minus the target's score
+            probabilities = (logits[row, :-1].float() - log_normalizers[row].unsqueeze(-1)).exp_()
+            probabilities[positions, targets[row].clamp(min=0)] -= 1
+            grads[row, :-1] = probabilities.mul_(weights[row].unsqueeze(-1))
+        return grads, None
 
 
 def _log_long_texts(data: DatasetDict, column: str) -> None:

@@ -175,9 +175,11 @@ def parse_overrides(items: list[str]) -> dict:
 
 def run_benchmark(args) -> tuple[str, dict]:
     """The printed table and the raw record (--json) of one invocation."""
-    from benchmarks.bench_setup import default_workdir
+    from benchmarks.bench_setup import REAL_FAMILIES, default_workdir
 
-    families = [args.family] if args.family != "all" else ["bert"] if args.size == "real" else list(FAMILIES)
+    families = [args.family]
+    if args.family == "all":
+        families = list(REAL_FAMILIES if args.size == "real" else FAMILIES)
     workdir = (args.workdir or default_workdir()).expanduser().resolve()
     jobs = make_jobs(setup(workdir, args.size, families), args.size, args.device, args.steps)
     reference = ReferenceSetup.named(args.reference, args.reference_precision, args.device)

@@ -11,7 +11,6 @@ name is never saved (transformers does not serialize the attention implementatio
 model loads with the library's default.
 """
 
-import logging
 from typing import Optional
 
 import torch
@@ -20,8 +19,6 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from finetune.training.dropout import lane_dropout
-
-logger = logging.getLogger(__name__)
 
 NAME = "lora_lab_cpu"
 
@@ -40,12 +37,8 @@ def cpu_attention(
     attention computes it; returns the output as (batch, length, heads, head size) and the probabilities."""
     scale = query.size(-1) ** -0.5 if scaling is None else scaling
     scores = torch.matmul(query, key.transpose(-1, -2)) * scale
-    if attention_mask is not None:
-        mask = attention_mask[:, :, :, : key.shape[-2]]
-        if mask.dtype == torch.bool:  # True: attend
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        else:  # additive: 0 or a large negative number
-            scores = scores + mask.to(scores.dtype)
+    if attention_mask is not None:  # boolean, from cpu_attention_mask: True where a query may attend
+        scores = scores.masked_fill(~attention_mask[:, :, :, : key.shape[-2]], torch.finfo(scores.dtype).min)
     probabilities = scores.softmax(dim=-1).to(value.dtype)
     if module.training and dropout > 0:
         probabilities = lane_dropout(probabilities, dropout)
